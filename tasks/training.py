@@ -1,0 +1,414 @@
+"""User-level DP-SGD training of :class:`tasks.model.TwoTower` with Opacus 1.6 (and a non-private twin).
+
+Privacy unit: the user. One dataset sample is one user: that user's features and history at a cut time,
+their purchases in the label window after it (capped at ``cap_k``) and sampled negatives. Users are
+Poisson-sampled (Opacus ``DPDataLoader``), each user's gradient is clipped to ``max_grad_norm`` as one
+vector (``grad_sample_mode="ghost"``: per-sample gradient norms without materialising per-sample
+gradients), Gaussian noise ``noise_multiplier * max_grad_norm`` is added to the sum, and the RDP
+accountant turns (noise multiplier, sample rate, steps) into (epsilon, delta).
+
+The noise multiplier is an input: it is calibrated against the budget the privacy ledger grants
+(``tasks.privacy.calibrate_noise_multiplier``), or by :func:`noise_for_budget` when the composition is
+known up front (benchmarks), never by ``make_private_with_epsilon``, which ignores budget already spent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from tasks.model import PAD, ItemCatalog, TwoTower, history_matrix, user_feature_matrix
+
+log = logging.getLogger(__name__)
+
+ACCOUNTANT: Final = "rdp"
+PURCHASE: Final = "purchase"
+_EVENT_COUNTS: Final = {"view": "views", "click": "clicks", "add_to_cart": "carts", "purchase": "purchases"}
+
+
+# --- point-in-time user state from the lake (mirrors the Feast user features) ------------------------
+def user_state_at(events: pd.DataFrame, at: pd.Timestamp, history_length: int) -> pd.DataFrame:
+    """One row per user with events before ``at``: the user feature columns, ``recent_items`` and
+    ``purchased_items``/``purchased_counts`` (the user's own purchase counts), as of ``at``."""
+    past = events[events["event_timestamp"] < at]
+    if past.empty:
+        return pd.DataFrame(columns=["user_id", "recent_items", "purchased_items", "purchased_counts"])
+    out = pd.DataFrame(index=pd.Index(sorted(past["user_id"].unique()), name="user_id"))
+    for days in (7, 30):
+        window = past[past["event_timestamp"] >= at - pd.Timedelta(days=days)]
+        counts = window.groupby(["user_id", "event_type"]).size().unstack(fill_value=0)
+        for etype, name in _EVENT_COUNTS.items():
+            col = counts[etype] if etype in counts.columns else pd.Series(dtype=float)
+            out[f"{name}_{days}d"] = col.reindex(out.index).fillna(0.0)
+        if days == 30:
+            buys = window[window["event_type"] == PURCHASE]
+            spend = (buys["quantity"] * buys["unit_price"].fillna(0.0)).groupby(buys["user_id"]).sum()
+            baskets = buys.groupby("user_id")["session_id"].nunique().clip(lower=1)
+            out["spend_30d"] = spend.reindex(out.index).fillna(0.0)
+            out["avg_basket_value_30d"] = (spend / baskets).reindex(out.index).fillna(0.0)
+    buys = past[past["event_type"] == PURCHASE]
+    last_buy = buys.groupby("user_id")["event_timestamp"].max()
+    out["days_since_last_purchase"] = ((at - last_buy).dt.days).reindex(out.index).fillna(-1).astype(int)
+    ordered = past.sort_values("event_timestamp", ascending=False, kind="stable")
+    recent = ordered.drop_duplicates(["user_id", "item_id"]).groupby("user_id")["item_id"]
+    out["recent_items"] = recent.apply(lambda s: list(s[:history_length])).reindex(out.index)
+    counts = buys.groupby(["user_id", "item_id"]).size()
+    grouped = counts.groupby(level=0)
+    out["purchased_items"] = grouped.apply(lambda s: list(s.index.get_level_values(1))).reindex(out.index)
+    out["purchased_counts"] = grouped.apply(lambda s: [int(v) for v in s.to_numpy()]).reindex(out.index)
+    for col in ("recent_items", "purchased_items", "purchased_counts"):
+        out[col] = out[col].map(lambda v: v if isinstance(v, list) else [])
+    return out.reset_index()
+
+
+def purchases_between(events: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp) -> dict[str, list[str]]:
+    """Each user's distinct purchased items in ``[start, end)``, most frequent first."""
+    window = events[
+        (events["event_type"] == PURCHASE)
+        & (events["event_timestamp"] >= start)
+        & (events["event_timestamp"] < end)
+    ]
+    counts = window.groupby(["user_id", "item_id"]).size().reset_index(name="n")
+    counts = counts.sort_values(["user_id", "n", "item_id"], ascending=[True, False, True], kind="stable")
+    return {str(u): [str(i) for i in g["item_id"]] for u, g in counts.groupby("user_id", sort=True)}
+
+
+# --- the per-user dataset ---------------------------------------------------------------------------
+class UserExamples(Dataset[tuple[torch.Tensor, ...]]):
+    """One sample per user: (features ``[F]``, history ``[H]``, candidates ``[k+n]``, target ``[k+n]``).
+
+    Candidates are the user's positives (capped at ``cap_k``, padded with 0) followed by ``n_negatives``
+    items drawn uniformly from the catalog; target is 1 for a positive, 0 for a negative, -1 for padding.
+    """
+
+    def __init__(
+        self,
+        features: np.ndarray,
+        history: np.ndarray,
+        positives: Sequence[np.ndarray],
+        *,
+        n_items: int,
+        cap_k: int,
+        n_negatives: int,
+        seed: int,
+    ) -> None:
+        self.features = torch.from_numpy(features)
+        self.history = torch.from_numpy(history)
+        pos = np.zeros((len(positives), cap_k), dtype=np.int64)
+        for row, items in enumerate(positives):
+            items = np.asarray(items, dtype=np.int64)[:cap_k]
+            pos[row, : len(items)] = items
+        self.positives = torch.from_numpy(pos)
+        self.n_items = n_items
+        self.n_negatives = n_negatives
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+    def __getitem__(self, row: int) -> tuple[torch.Tensor, ...]:
+        pos = self.positives[row]
+        neg = torch.randint(1, self.n_items + 1, (self.n_negatives,), generator=self.generator)
+        target = torch.cat([torch.where(pos != PAD, 1.0, -1.0), torch.zeros(self.n_negatives)])
+        return self.features[row], self.history[row], torch.cat([pos, neg]), target
+
+
+def build_examples(
+    state: pd.DataFrame,
+    labels: dict[str, list[str]],
+    catalog: ItemCatalog,
+    *,
+    history_length: int,
+    cap_k: int,
+    n_negatives: int,
+    seed: int,
+) -> tuple[UserExamples, list[str]]:
+    """Examples for the users of ``state`` (features as of the cut) who bought a catalog item after it."""
+    keep = [u for u in state["user_id"] if any(catalog.index_of(labels.get(str(u), [])))]
+    frame = state.set_index("user_id").loc[keep].reset_index()
+    positives = []
+    for u in frame["user_id"]:
+        idx = catalog.index_of(labels[str(u)])
+        positives.append(idx[idx != PAD])
+    examples = UserExamples(
+        user_feature_matrix(frame),
+        history_matrix(frame["recent_items"].tolist(), catalog, history_length),
+        positives,
+        n_items=catalog.n_items,
+        cap_k=cap_k,
+        n_negatives=n_negatives,
+        seed=seed,
+    )
+    return examples, [str(u) for u in frame["user_id"]]
+
+
+# --- loss -------------------------------------------------------------------------------------------
+class UserSoftmaxLoss(nn.Module):
+    """Sampled softmax per user: each positive against the user's negatives, averaged over positives.
+
+    ``reduction="none"`` returns one loss per user (what Opacus ghost clipping needs).
+    """
+
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__()
+        self.reduction = reduction
+
+    def forward(self, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        positive = target > 0
+        negative_scores = scores.masked_fill(target != 0, float("-inf"))
+        neg_lse = torch.logsumexp(negative_scores, dim=1, keepdim=True)
+        per_pos = torch.logaddexp(scores, neg_lse) - scores
+        n_pos = positive.sum(dim=1).clamp(min=1)
+        per_user = (per_pos * positive).sum(dim=1) / n_pos
+        if self.reduction == "none":
+            return per_user
+        if self.reduction == "sum":
+            return per_user.sum()
+        return per_user.mean()
+
+
+# --- accounting -------------------------------------------------------------------------------------
+def rdp_epsilon(history: Sequence[tuple[float, float, int]], delta: float) -> float:
+    """User-level epsilon at ``delta`` of a composition of subsampled Gaussians, RDP accountant.
+
+    ``history``: (noise multiplier, sample rate, steps) per mechanism; a plain Gaussian release (DP
+    popularity counts, say) is ``(sigma / sensitivity, 1.0, 1)``.
+    """
+    from opacus.accountants import RDPAccountant
+
+    accountant = RDPAccountant()
+    accountant.history = [(float(s), float(q), int(n)) for s, q, n in history]
+    return float(accountant.get_epsilon(delta=delta))
+
+
+def noise_for_budget(
+    epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    *,
+    also: Sequence[tuple[float, float, int]] = (),
+    tolerance: float = 0.005,
+) -> float:
+    """Smallest noise multiplier whose run, composed with the mechanisms in ``also``, stays within
+    (``epsilon``, ``delta``) user-level under the RDP accountant (bisection)."""
+    if rdp_epsilon(list(also), delta) >= epsilon:
+        raise ValueError(f"the other mechanisms alone spend epsilon >= {epsilon} at delta={delta}")
+    low, high = 0.0, 1.0
+    while rdp_epsilon([*also, (high, sample_rate, steps)], delta) > epsilon:
+        low, high = high, high * 2
+        if high > 1e4:
+            raise ValueError("no noise multiplier below 1e4 fits the budget")
+    while high - low > tolerance:
+        mid = (low + high) / 2
+        if rdp_epsilon([*also, (mid, sample_rate, steps)], delta) > epsilon:
+            low = mid
+        else:
+            high = mid
+    return high
+
+
+# --- training ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training hyper-parameters. ``private=False`` is the non-private twin (same model and loop)."""
+
+    private: bool = True
+    epochs: int = 5
+    batch_size: int = 256  # expected users per step (Poisson sampling when private)
+    lr: float = 3e-3
+    max_grad_norm: float = 1.0
+    noise_multiplier: float = 1.0
+    cap_k: int = 20
+    n_negatives: int = 128
+    seed: int = 7
+    device: str | None = None  # None: CUDA when present, else CPU
+
+    def sample_rate(self, n_users: int) -> float:
+        """Poisson sampling rate as Opacus sets it: ``1 / len(loader)``."""
+        return 1.0 / max(1, -(-n_users // self.batch_size))
+
+    def steps(self, n_users: int) -> int:
+        return self.epochs * max(1, -(-n_users // self.batch_size))
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run did: steps, timing, losses and (if private) the accountant's epsilon."""
+
+    private: bool
+    n_users: int
+    steps: int
+    sample_rate: float
+    noise_multiplier: float
+    max_grad_norm: float
+    cap_k: int
+    epsilon: float | None
+    delta: float | None
+    accountant: str | None
+    seconds_per_step: float
+    epoch_losses: tuple[float, ...]
+    device: str
+    resumed_from_epoch: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+def make_private_trainer(
+    model: TwoTower, examples: UserExamples, config: TrainConfig
+) -> tuple[nn.Module, Any, Any, DataLoader[Any], Any]:
+    """Wrap model, optimizer, loss and loader for user-level DP-SGD (ghost clipping, Poisson sampling).
+
+    Returns (module, optimizer, criterion, loader, privacy_engine).
+    """
+    from opacus import PrivacyEngine
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    loader = DataLoader(examples, batch_size=config.batch_size, shuffle=False)
+    engine = PrivacyEngine(accountant=ACCOUNTANT)
+    noise_gen = torch.Generator(device=next(model.parameters()).device).manual_seed(config.seed + 1)
+    module, dp_optimizer, criterion, dp_loader = engine.make_private(
+        module=model,
+        optimizer=optimizer,
+        criterion=UserSoftmaxLoss(reduction="mean"),
+        data_loader=loader,
+        noise_multiplier=config.noise_multiplier,
+        max_grad_norm=config.max_grad_norm,
+        grad_sample_mode="ghost",
+        poisson_sampling=True,
+        noise_generator=noise_gen,
+    )
+    return module, dp_optimizer, criterion, dp_loader, engine
+
+
+def train(
+    model: TwoTower,
+    examples: UserExamples,
+    config: TrainConfig,
+    *,
+    delta: float | None = None,
+    checkpoint_path: Path | None = None,
+) -> TrainResult:
+    """Train in place; private runs report epsilon at ``delta`` (user level, RDP accountant).
+
+    With ``checkpoint_path`` the state (weights, optimizer, accountant history, epoch) is saved after
+    every epoch and a later call resumes from it, so a retried task neither restarts nor under-counts
+    the privacy accounting.
+    """
+    if config.private and delta is None:
+        raise ValueError("a private run needs delta to state its epsilon")
+    seed_everything(config.seed)
+    device = pick_device(config.device)
+    model.to(device)
+    model.train()
+    n_users = len(examples)
+    if config.private:
+        module, optimizer, criterion, loader, engine = make_private_trainer(model, examples, config)
+    else:
+        module, engine = model, None
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        criterion = UserSoftmaxLoss(reduction="mean")
+        gen = torch.Generator().manual_seed(config.seed)
+        loader = DataLoader(examples, batch_size=config.batch_size, shuffle=True, generator=gen)
+    start_epoch, losses = 0, list[float]()
+    if checkpoint_path is not None and checkpoint_path.exists():
+        start_epoch, losses = _load_checkpoint(checkpoint_path, model, optimizer, engine)
+        log.info("resuming training from %s at epoch %d", checkpoint_path, start_epoch)
+    steps, busy = 0, 0.0
+    for epoch in range(start_epoch, config.epochs):
+        total, batches = 0.0, 0
+        for batch in loader:
+            features, history, candidates, target = (t.to(device) for t in batch)
+            if features.shape[0] == 0:
+                if config.private:  # an empty Poisson batch is still a step: noise only
+                    optimizer.zero_grad()
+                    optimizer.step()
+                    steps += 1
+                continue
+            tic = time.perf_counter()
+            optimizer.zero_grad()
+            loss = criterion(module(features, history, candidates), target)
+            loss.backward()
+            optimizer.step()
+            busy += time.perf_counter() - tic
+            total += float(loss.item())
+            batches += 1
+            steps += 1
+        losses.append(total / max(1, batches))
+        log.info("epoch %d loss %.4f", epoch, losses[-1])
+        if checkpoint_path is not None:
+            _save_checkpoint(checkpoint_path, epoch + 1, losses, model, optimizer, engine)
+    epsilon = None
+    if engine is not None and delta is not None:
+        epsilon = float(engine.accountant.get_epsilon(delta=delta))
+        log.info("user-level epsilon %.3f at delta %.2e (RDP accountant)", epsilon, delta)
+    model.eval()
+    return TrainResult(
+        private=config.private,
+        n_users=n_users,
+        steps=config.steps(n_users),
+        sample_rate=config.sample_rate(n_users),
+        noise_multiplier=config.noise_multiplier if config.private else 0.0,
+        max_grad_norm=config.max_grad_norm,
+        cap_k=config.cap_k,
+        epsilon=epsilon,
+        delta=delta if config.private else None,
+        accountant=ACCOUNTANT if config.private else None,
+        seconds_per_step=busy / max(1, steps),
+        epoch_losses=tuple(losses),
+        device=str(device),
+        resumed_from_epoch=start_epoch,
+    )
+
+
+def _save_checkpoint(
+    path: Path, epoch: int, losses: list[float], model: TwoTower, optimizer: Any, engine: Any
+) -> None:
+    state = {
+        "epoch": epoch,
+        "losses": losses,
+        "model": model.state_dict(),
+        "optimizer": getattr(optimizer, "original_optimizer", optimizer).state_dict(),
+        "accountant": engine.accountant.state_dict() if engine is not None else None,
+        "rng": torch.get_rng_state(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, model: TwoTower, optimizer: Any, engine: Any) -> tuple[int, list[float]]:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    getattr(optimizer, "original_optimizer", optimizer).load_state_dict(state["optimizer"])
+    if engine is not None:
+        if state["accountant"] is None:
+            raise ValueError(f"{path} holds a non-private run; refusing to resume a private one from it")
+        engine.accountant.load_state_dict(state["accountant"])
+    torch.set_rng_state(state["rng"])
+    return int(state["epoch"]), list(state["losses"])

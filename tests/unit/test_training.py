@@ -1,0 +1,167 @@
+"""Unit tests of user-level DP-SGD: per-user clipping, accounting, loss, resume (tiny tensors)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tasks.model import ItemCatalog, build_model
+from tasks.training import (
+    TrainConfig,
+    UserExamples,
+    UserSoftmaxLoss,
+    make_private_trainer,
+    noise_for_budget,
+    rdp_epsilon,
+    train,
+    user_state_at,
+)
+
+N_ITEMS = 30
+
+
+def _catalog(seed: int = 0) -> ItemCatalog:
+    rng = np.random.default_rng(seed)
+    return ItemCatalog(
+        item_ids=tuple(f"i{j:02d}" for j in range(N_ITEMS)),
+        text=rng.normal(size=(N_ITEMS, 8)).astype(np.float32),
+        category_index=rng.integers(0, 3, N_ITEMS),
+        price_bucket=rng.integers(0, 4, N_ITEMS),
+        categories=("a", "b", "c"),
+        price_edges=(1.0, 5.0, 20.0),
+    )
+
+
+def _examples(n_users: int, seed: int = 0, cap_k: int = 6) -> UserExamples:
+    rng = np.random.default_rng(seed)
+    history = np.zeros((n_users, 5), dtype=np.int64)
+    positives = []
+    for u in range(n_users):
+        n_events = 1 + (u * 7) % 25  # from 1 to 25 purchases: heavy and light users
+        items = rng.integers(1, N_ITEMS + 1, n_events)
+        history[u, : min(5, n_events)] = items[:5]
+        positives.append(items)
+    return UserExamples(
+        rng.normal(size=(n_users, 12)).astype(np.float32),
+        history,
+        positives,
+        n_items=N_ITEMS,
+        cap_k=cap_k,
+        n_negatives=10,
+        seed=seed,
+    )
+
+
+def _tiny_model(item_id_dim: int = 4) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(_catalog(), dim=8, hidden=16, item_id_dim=item_id_dim)
+
+
+def test_each_users_gradient_contribution_is_clipped_to_max_grad_norm_whatever_their_event_count() -> None:
+    """Record every sampled user's true gradient (plain autograd, one user at a time) and check that
+    Opacus ghost clipping measures its norm correctly and adds at most ``max_grad_norm`` of it."""
+    examples = _examples(8)
+    batch = [torch.stack(t) for t in zip(*(examples[i] for i in range(len(examples))), strict=True)]
+    model = _tiny_model()
+    reference = copy.deepcopy(model)
+    config = TrainConfig(max_grad_norm=0.05, noise_multiplier=0.0, batch_size=8)
+    module, optimizer, criterion, _, _ = make_private_trainer(model, examples, config)
+
+    optimizer.zero_grad()
+    criterion(module(*batch[:3]), batch[3]).backward()
+    summed = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
+    ghost_norms = module.per_sample_gradient_norms.detach()
+
+    per_user = []
+    for u in range(len(examples)):
+        reference.zero_grad()
+        loss = UserSoftmaxLoss(reduction="none")(
+            reference(*(t[u : u + 1] for t in batch[:3])), batch[3][u : u + 1]
+        )
+        loss.sum().backward()
+        per_user.append(torch.cat([p.grad.flatten() for p in reference.parameters() if p.requires_grad]))
+    true_norms = torch.stack([g.norm() for g in per_user])
+    coef = (config.max_grad_norm / (true_norms + 1e-6)).clamp(max=1.0)
+    contributions = [c * g for c, g in zip(coef, per_user, strict=True)]
+
+    torch.testing.assert_close(ghost_norms, true_norms, rtol=1e-3, atol=1e-6)
+    assert all(float(c.norm()) <= config.max_grad_norm * (1 + 1e-4) for c in contributions)
+    assert float(true_norms.min()) > config.max_grad_norm  # every user, light or heavy, was clipped
+    torch.testing.assert_close(summed, torch.stack(contributions).sum(dim=0), rtol=1e-3, atol=1e-6)
+
+
+def test_user_softmax_loss_ignores_padding_and_returns_one_loss_per_user() -> None:
+    scores = torch.tensor([[2.0, 0.0, 1.0, -1.0], [0.5, 9.0, 0.0, 0.0]])
+    target = torch.tensor([[1.0, -1.0, 0.0, 0.0], [1.0, -1.0, 0.0, 0.0]])
+    per_user = UserSoftmaxLoss(reduction="none")(scores, target)
+    expected0 = -2.0 + torch.logsumexp(torch.tensor([2.0, 1.0, -1.0]), 0)
+    expected1 = -0.5 + torch.logsumexp(torch.tensor([0.5, 0.0, 0.0]), 0)
+    torch.testing.assert_close(per_user, torch.stack([expected0, expected1]))
+
+
+def test_noise_for_budget_fits_the_epsilon_left_after_the_other_mechanisms() -> None:
+    delta, q, steps = 1e-4, 0.05, 200
+    alone = noise_for_budget(4.0, delta, q, steps)
+    with_popularity = noise_for_budget(4.0, delta, q, steps, also=[(5.0, 1.0, 1)])
+    assert rdp_epsilon([(alone, q, steps)], delta) <= 4.0
+    assert rdp_epsilon([(5.0, 1.0, 1), (with_popularity, q, steps)], delta) <= 4.0
+    assert rdp_epsilon([(alone - 0.01, q, steps)], delta) > 4.0
+    assert with_popularity > alone
+
+
+def test_private_training_reports_the_accountants_epsilon_for_its_steps() -> None:
+    examples = _examples(40)
+    config = TrainConfig(epochs=2, batch_size=10, noise_multiplier=1.1, max_grad_norm=1.0)
+    result = train(_tiny_model(), examples, config, delta=1e-3)
+    assert result.steps == 8
+    assert result.sample_rate == pytest.approx(0.25)
+    assert result.epsilon == pytest.approx(rdp_epsilon([(1.1, 0.25, 8)], 1e-3), rel=1e-6)
+    assert result.accountant == "rdp"
+
+
+def test_non_private_training_is_reproducible_with_the_same_seed() -> None:
+    config = TrainConfig(private=False, epochs=2, batch_size=10)
+    first, second = _tiny_model(), _tiny_model()
+    train(first, _examples(30), config)
+    train(second, _examples(30), config)
+    for a, b in zip(first.parameters(), second.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_resumed_private_run_keeps_the_accounting_of_the_epochs_already_done(tmp_path) -> None:
+    checkpoint = tmp_path / "ckpt.pt"
+    examples = _examples(40)
+    train(
+        _tiny_model(), examples, TrainConfig(epochs=1, batch_size=10), delta=1e-3, checkpoint_path=checkpoint
+    )
+    resumed = train(
+        _tiny_model(), examples, TrainConfig(epochs=3, batch_size=10), delta=1e-3, checkpoint_path=checkpoint
+    )
+    assert resumed.resumed_from_epoch == 1
+    assert resumed.epsilon == pytest.approx(rdp_epsilon([(1.0, 0.25, 12)], 1e-3), rel=1e-6)
+
+
+def test_user_state_at_uses_only_events_before_the_cut() -> None:
+    ts = pd.to_datetime(["2024-01-01", "2024-01-05", "2024-01-09", "2024-01-20"], utc=True)
+    events = pd.DataFrame(
+        {
+            "user_id": ["u", "u", "u", "u"],
+            "item_id": ["a", "b", "a", "c"],
+            "event_type": ["purchase", "view", "purchase", "purchase"],
+            "event_timestamp": ts,
+            "quantity": [1, 1, 2, 1],
+            "unit_price": [2.0, None, 2.0, 5.0],
+            "session_id": ["s1", "s2", "s3", "s4"],
+        }
+    )
+    state = user_state_at(events, pd.Timestamp("2024-01-10", tz="UTC"), history_length=5).iloc[0]
+    assert state["recent_items"] == ["a", "b"]
+    assert dict(zip(state["purchased_items"], state["purchased_counts"], strict=True)) == {"a": 2}
+    assert state["purchases_7d"] == 1
+    assert state["purchases_30d"] == 2
+    assert state["spend_30d"] == pytest.approx(6.0)
+    assert state["days_since_last_purchase"] == 1
