@@ -1,0 +1,261 @@
+"""Files already in the data contract -> landing day folders, and the writer every source shares.
+
+:func:`load_contract_files` reads CSV or Parquet files whose columns are the contract's ``events`` or
+``items`` columns, checks the columns with :mod:`tasks.contracts`, converts every value to the contract's
+types and writes one ``landing/date=YYYY-MM-DD/`` folder per UTC day (events by ``event_timestamp``,
+catalog rows by ``first_seen``).
+
+Landing is the raw zone: a null in a required column is passed through (the ingest gate quarantines the
+row with its reason) and only what makes a row impossible to place or type is refused with a
+:class:`~tasks.contracts.ContractError`: a missing, unexpected or personal-data column, a timestamp
+that is null or unparseable, a number that is not a number.
+
+:func:`write_landing_day` replaces one day's folder as a whole: the files are written into a temporary
+folder beside it, which is renamed into place, so a reader sees the old day or the new day, never half of
+one, and writing the same day twice leaves the same bytes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import tempfile
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from tasks.contracts import (
+    EVENTS_SCHEMA,
+    ITEMS_SCHEMA,
+    ContractError,
+    check_columns,
+    partition_dir,
+    require_columns,
+)
+
+
+@dataclass(frozen=True)
+class SourceManifest:
+    """What a source wrote below ``landing_dir``: the days (one ``date=YYYY-MM-DD`` folder each) and counts.
+
+    ``n_items`` counts catalog rows written (items land on the day they are first seen); ``n_users``
+    counts distinct raw user ids in the events written.
+    """
+
+    source: str
+    days: tuple[dt.date, ...]
+    n_events: int
+    n_items: int
+    n_users: int
+    landing_dir: str
+
+
+EVENTS_FILE = "events.parquet"
+ITEMS_FILE = "items.parquet"
+
+_TIMESTAMP_COLUMNS = {"event_timestamp", "first_seen"}
+
+
+def _relaxed(schema: pa.Schema) -> pa.Schema:
+    """The same columns and types with every field nullable (landing may hold rows the gate rejects)."""
+    return pa.schema([field.with_nullable(True) for field in schema])
+
+
+def _to_utc(values: pd.Series, column: str, where: str) -> pd.Series:
+    """Timestamps as UTC ``datetime64[us, UTC]``; naive values are read as UTC. Refuses null/unparseable."""
+    if pd.api.types.is_datetime64_any_dtype(values.dtype):
+        parsed = values
+    else:
+        parsed = pd.to_datetime(values, utc=True, errors="coerce", format="ISO8601")
+    if getattr(parsed.dt, "tz", None) is None:
+        parsed = parsed.dt.tz_localize("UTC")
+    parsed = parsed.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
+    bad = parsed.isna()
+    if bad.any():
+        first = values[bad].iloc[0]
+        raise ContractError(
+            f"{where}: {int(bad.sum())} rows have a null or unparseable {column} (first: {first!r})"
+        )
+    return parsed
+
+
+def _to_string(values: pd.Series) -> pd.Series:
+    """Strings, nulls kept; integral numbers (``13085.0``) are written without a decimal part."""
+    if pd.api.types.is_float_dtype(values.dtype):
+        whole = values.dropna()
+        if (whole == whole.round()).all():
+            values = values.astype("Int64")
+    return values.astype("string").astype(object).where(values.notna(), None)
+
+
+def _to_number(values: pd.Series, column: str, where: str, dtype: str) -> pd.Series:
+    numbers = pd.to_numeric(values, errors="coerce")
+    bad = numbers.isna() & values.notna()
+    if bad.any():
+        raise ContractError(
+            f"{where}: column {column} has non-numeric values (first: {values[bad].iloc[0]!r})"
+        )
+    if dtype == "Int64":
+        fractional = numbers.notna() & (numbers != numbers.round())
+        if fractional.any():
+            raise ContractError(
+                f"{where}: column {column} must hold whole numbers (first: {values[fractional].iloc[0]!r})"
+            )
+    return numbers.astype(dtype)
+
+
+def conform(frame: pd.DataFrame, schema: pa.Schema, where: str) -> pa.Table:
+    """A frame with the contract's columns (in any order) as a table of exactly the contract's types.
+
+    The schema is the contract's own when the required columns have no nulls, else the same schema with
+    every field nullable, so that the ingest gate can quarantine those rows rather than lose them.
+    """
+    require_columns(list(frame.columns), schema, where)
+    unexpected = check_columns(list(frame.columns), schema).unexpected
+    if unexpected:
+        raise ContractError(f"{where}: unexpected columns (not in the contract): {', '.join(unexpected)}")
+    columns: dict[str, pd.Series] = {}
+    for field in schema:
+        values = frame[field.name].reset_index(drop=True)
+        if field.name in _TIMESTAMP_COLUMNS:
+            columns[field.name] = _to_utc(values, field.name, where)
+        elif pa.types.is_integer(field.type):
+            columns[field.name] = _to_number(values, field.name, where, "Int64")
+        elif pa.types.is_floating(field.type):
+            columns[field.name] = _to_number(values, field.name, where, "Float64")
+        else:
+            columns[field.name] = _to_string(values)
+    conformed = pd.DataFrame(columns)
+    required = [f.name for f in schema if not f.nullable]
+    target = _relaxed(schema) if conformed[required].isna().any().any() else schema
+    table = pa.Table.from_pandas(conformed, schema=target, preserve_index=False)
+    return table.replace_schema_metadata(None)
+
+
+def empty_table(schema: pa.Schema) -> pa.Table:
+    return schema.empty_table().replace_schema_metadata(None)
+
+
+def write_landing_day(
+    landing_dir: Path, day: dt.date, events: pa.Table, items: pa.Table | None = None
+) -> Path:
+    """Replace ``landing_dir/date=DAY/`` with ``events.parquet`` (and ``items.parquet`` if any rows).
+
+    Written to a temporary sibling folder first, then renamed into place; an existing folder for the day
+    is moved aside and removed only after the new one is in place.
+    """
+    landing_dir.mkdir(parents=True, exist_ok=True)
+    final = partition_dir(landing_dir, day)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=landing_dir))
+    try:
+        pq.write_table(events, staging / EVENTS_FILE)
+        if items is not None and items.num_rows:
+            pq.write_table(items, staging / ITEMS_FILE)
+        staging.chmod(0o755)
+        if final.exists():
+            retired = landing_dir / f".{final.name}.old-{uuid.uuid4().hex}"
+            final.rename(retired)
+            staging.rename(final)
+            shutil.rmtree(retired)
+        else:
+            staging.rename(final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
+
+
+def write_landing(
+    source: str, landing_dir: Path, events: pa.Table, items: pa.Table | None = None
+) -> SourceManifest:
+    """Split contract tables by UTC day (events by ``event_timestamp``, items by ``first_seen``) and write.
+
+    Events of a day are sorted by (event_timestamp, event_id), catalog rows by (first_seen, item_id), so
+    the bytes depend on the rows only, not on their input order.
+    """
+    items = items if items is not None else empty_table(ITEMS_SCHEMA)
+    event_days = _utc_days(events, "event_timestamp")
+    item_days = _utc_days(items, "first_seen")
+    days = sorted(set(event_days.tolist()) | set(item_days.tolist()))
+    for day in days:
+        day_events = _sorted(events.filter(pa.array(event_days == day)), ["event_timestamp", "event_id"])
+        day_items = _sorted(items.filter(pa.array(item_days == day)), ["first_seen", "item_id"])
+        write_landing_day(landing_dir, day, day_events, day_items)
+    users = pc.count_distinct(events.column("user_id")).as_py() if events.num_rows else 0
+    return SourceManifest(
+        source=source,
+        days=tuple(days),
+        n_events=events.num_rows,
+        n_items=items.num_rows,
+        n_users=int(users),
+        landing_dir=str(landing_dir),
+    )
+
+
+def _utc_days(table: pa.Table, column: str) -> pd.Series:
+    if table.num_rows == 0:
+        return pd.Series([], dtype=object)
+    stamps = table.column(column).to_pandas()
+    return stamps.dt.tz_convert("UTC").dt.date
+
+
+def _sorted(table: pa.Table, keys: list[str]) -> pa.Table:
+    if table.num_rows == 0:
+        return table
+    return table.sort_by([(key, "ascending") for key in keys])
+
+
+def _read(path: Path) -> pd.DataFrame:
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return pq.read_table(path).to_pandas()
+    if suffix == ".csv":
+        return pd.read_csv(path, dtype=str, keep_default_na=True)
+    raise ContractError(f"{path}: only .csv and .parquet files are read (got {suffix or 'no suffix'})")
+
+
+def _table_of(columns: list[str], path: Path) -> pa.Schema:
+    """Which contract table a file holds, decided by its columns (``event_id`` -> events, else items)."""
+    if "event_id" in columns or "event_timestamp" in columns:
+        return EVENTS_SCHEMA
+    if "first_seen" in columns or "title" in columns:
+        return ITEMS_SCHEMA
+    raise ContractError(f"{path}: columns match neither events nor items: {', '.join(columns)}")
+
+
+def load_contract_files(paths: Sequence[Path], landing_dir: Path) -> SourceManifest:
+    """Read contract CSV/Parquet files (events or items, told apart by their columns) into landing days.
+
+    All files are read and checked before anything is written: one bad file refuses the whole batch.
+    Days that receive rows are replaced as a whole; other days in ``landing_dir`` are left untouched.
+    """
+    if not paths:
+        raise ContractError("load_contract_files: no files given")
+    events: list[pa.Table] = []
+    items: list[pa.Table] = []
+    for path in paths:
+        frame = _read(Path(path))
+        schema = _table_of(list(frame.columns), Path(path))
+        table = conform(frame, schema, str(path))
+        (events if schema is EVENTS_SCHEMA else items).append(table)
+    return write_landing(
+        "contract_files",
+        landing_dir,
+        _concat(events, EVENTS_SCHEMA),
+        _concat(items, ITEMS_SCHEMA),
+    )
+
+
+def _concat(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
+    if not tables:
+        return empty_table(schema)
+    if all(t.schema.equals(schema) for t in tables):
+        return pa.concat_tables(tables)
+    relaxed = _relaxed(schema)
+    return pa.concat_tables([t.cast(relaxed) for t in tables])
