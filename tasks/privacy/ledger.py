@@ -1,0 +1,635 @@
+"""The privacy budget ledger: append-only, hash-chained budgets and charges on SQLAlchemy.
+
+Three tables (SQLite by default, PostgreSQL in production; URL from ``Settings.resolved_ledger_url``):
+
+* ``privacy_budgets``: policy versions (scope, privacy unit = user, rolling period in days, epsilon cap,
+  delta).  The newest row of a scope is the policy in force.
+* ``privacy_charges``: one row per mechanism release (DP-SGD training, Gaussian/Laplace counts) with its
+  parameters, data window, number of users, code version, data snapshot hash, Airflow run id, its own
+  epsilon, the composed epsilon of the worst budget period it falls in and the ids composed with it.
+  The only in-place change ever made is the status transition reserved -> committed | released
+  (with the model version / artifact it produced).
+* ``privacy_charge_events``: every status transition, append-only; a charge's status must equal its
+  last event's status.
+
+Each table is a hash chain: ``row_hash = sha256(prev_hash || canonical JSON of the immutable fields)``
+and ``prev_hash`` is unique, so the chain cannot fork.  Every write runs in one serialised transaction
+(``BEGIN IMMEDIATE`` on SQLite, ``LOCK TABLE ... SHARE ROW EXCLUSIVE`` on PostgreSQL), which makes the
+read-compose-insert of :meth:`Ledger.reserve` atomic: two runs racing for the last budget cannot both
+pass.
+
+A charge counts in the rolling period ``[t - period_days, t]`` when its data window overlaps it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Callable, Generator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Final
+
+import sqlalchemy as sa
+
+from tasks.privacy.accounting import (
+    LEDGER_ACCOUNTANT,
+    DpSgdMechanism,
+    Mechanism,
+    compose_epsilon,
+    mechanism_from_json,
+    mechanism_kind,
+    mechanism_params_json,
+)
+
+GENESIS_HASH: Final = "0" * 64
+PRIVACY_UNIT: Final = "user"
+_CAP_SLACK: Final = 1e-9  # float noise allowed when comparing a composition with the cap
+
+
+class ChargeStatus(StrEnum):
+    RESERVED = "reserved"
+    COMMITTED = "committed"
+    RELEASED = "released"
+
+
+metadata = sa.MetaData()
+
+budgets_table = sa.Table(
+    "privacy_budgets",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("scope", sa.String(128), nullable=False),
+    sa.Column("unit", sa.String(32), nullable=False),
+    sa.Column("period_days", sa.Integer, nullable=False),
+    sa.Column("epsilon_cap", sa.Double, nullable=False),
+    sa.Column("delta", sa.Double, nullable=False),
+    sa.Column("created_at", sa.String(40), nullable=False),
+    sa.Column("prev_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("row_hash", sa.String(64), nullable=False),
+)
+
+charges_table = sa.Table(
+    "privacy_charges",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("scope", sa.String(128), nullable=False),
+    sa.Column("budget_id", sa.Integer, nullable=False),
+    sa.Column("run_id", sa.String(250), nullable=False),
+    sa.Column("purpose", sa.String(128), nullable=False),
+    sa.Column("mechanism_kind", sa.String(32), nullable=False),
+    sa.Column("mechanism_params", sa.Text, nullable=False),
+    sa.Column("window_start", sa.String(40), nullable=False),
+    sa.Column("window_end", sa.String(40), nullable=False),
+    sa.Column("n_users", sa.Integer, nullable=False),
+    sa.Column("code_version", sa.String(128), nullable=False),
+    sa.Column("data_hash", sa.String(128), nullable=False),
+    sa.Column("unit", sa.String(32), nullable=False),
+    sa.Column("delta", sa.Double, nullable=False),
+    sa.Column("epsilon", sa.Double, nullable=False),
+    sa.Column("composed_epsilon", sa.Double, nullable=False),
+    sa.Column("composed_with", sa.Text, nullable=False),
+    sa.Column("accountant", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.String(40), nullable=False),
+    sa.Column("prev_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("row_hash", sa.String(64), nullable=False),
+    # the status transition: the only columns ever updated in place
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("model_version", sa.String(128), nullable=True),
+    sa.Column("artifact_uri", sa.Text, nullable=True),
+    sa.Column("updated_at", sa.String(40), nullable=False),
+)
+sa.Index(
+    "uq_privacy_charges_active_run",
+    charges_table.c.scope,
+    charges_table.c.run_id,
+    charges_table.c.purpose,
+    unique=True,
+    sqlite_where=charges_table.c.status != ChargeStatus.RELEASED.value,
+    postgresql_where=charges_table.c.status != ChargeStatus.RELEASED.value,
+)
+
+events_table = sa.Table(
+    "privacy_charge_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("charge_id", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("model_version", sa.String(128), nullable=True),
+    sa.Column("artifact_uri", sa.Text, nullable=True),
+    sa.Column("at", sa.String(40), nullable=False),
+    sa.Column("prev_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("row_hash", sa.String(64), nullable=False),
+)
+
+# Columns covered by each table's hash (everything but the hashes and, for charges, the status transition).
+HASHED_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
+    budgets_table.name: tuple(c.name for c in budgets_table.c if c.name not in {"prev_hash", "row_hash"}),
+    charges_table.name: tuple(
+        c.name
+        for c in charges_table.c
+        if c.name not in {"prev_hash", "row_hash", "status", "model_version", "artifact_uri", "updated_at"}
+    ),
+    events_table.name: tuple(c.name for c in events_table.c if c.name not in {"prev_hash", "row_hash"}),
+}
+CHAINED_TABLES: Final = (budgets_table, charges_table, events_table)
+
+
+def row_digest(table: str, prev_hash: str, row: dict[str, Any]) -> str:
+    """sha256 over the previous hash and the canonical JSON of the row's hashed columns."""
+    payload = json.dumps({k: row[k] for k in HASHED_COLUMNS[table]}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256((prev_hash + payload).encode()).hexdigest()
+
+
+def _iso(moment: dt.datetime) -> str:
+    if moment.tzinfo is None:
+        raise ValueError(f"timestamps must be timezone-aware, got {moment!r}")
+    return moment.astimezone(dt.UTC).isoformat(timespec="microseconds")
+
+
+def _parse(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text)
+
+
+class BudgetExceeded(RuntimeError):
+    """The planned mechanism would take the composed epsilon above the budget's cap: the run is refused."""
+
+    def __init__(self, spent: float, requested: float, remaining: float, message: str) -> None:
+        super().__init__(message)
+        self.spent = spent
+        self.requested = requested
+        self.remaining = remaining
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Budget:
+    id: int
+    scope: str
+    unit: str
+    period_days: int
+    epsilon_cap: float
+    delta: float
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Charge:
+    id: int
+    scope: str
+    budget_id: int
+    run_id: str
+    purpose: str
+    mechanism: Mechanism
+    data_window: tuple[dt.datetime, dt.datetime]
+    n_users: int
+    code_version: str
+    data_hash: str
+    unit: str
+    delta: float
+    epsilon: float
+    composed_epsilon: float
+    composed_with: tuple[int, ...]
+    accountant: str
+    status: ChargeStatus
+    model_version: str | None
+    artifact_uri: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class EpsilonReport:
+    """Composed privacy loss of one scope's rolling period ending at ``at``."""
+
+    scope: str
+    at: dt.datetime
+    period_start: dt.datetime
+    epsilon: float
+    delta: float
+    unit: str
+    accountant: str
+    epsilon_cap: float
+    remaining: float
+    charge_ids: tuple[int, ...]
+
+    def describe(self) -> str:
+        return (
+            f"epsilon={self.epsilon:.4g} at delta={self.delta:.3g} (unit: {self.unit}, accountant: "
+            f"{self.accountant}) of cap {self.epsilon_cap:.4g}; remaining {self.remaining:.4g}"
+        )
+
+
+def _budget_from_row(row: Any) -> Budget:
+    return Budget(
+        id=row.id,
+        scope=row.scope,
+        unit=row.unit,
+        period_days=row.period_days,
+        epsilon_cap=row.epsilon_cap,
+        delta=row.delta,
+        created_at=_parse(row.created_at),
+    )
+
+
+def charge_from_row(row: Any) -> Charge:
+    return Charge(
+        id=row.id,
+        scope=row.scope,
+        budget_id=row.budget_id,
+        run_id=row.run_id,
+        purpose=row.purpose,
+        mechanism=mechanism_from_json(row.mechanism_kind, row.mechanism_params),
+        data_window=(_parse(row.window_start), _parse(row.window_end)),
+        n_users=row.n_users,
+        code_version=row.code_version,
+        data_hash=row.data_hash,
+        unit=row.unit,
+        delta=row.delta,
+        epsilon=row.epsilon,
+        composed_epsilon=row.composed_epsilon,
+        composed_with=tuple(json.loads(row.composed_with)),
+        accountant=row.accountant,
+        status=ChargeStatus(row.status),
+        model_version=row.model_version,
+        artifact_uri=row.artifact_uri,
+        created_at=_parse(row.created_at),
+        updated_at=_parse(row.updated_at),
+    )
+
+
+def counts_in_period(charge: Charge, start: dt.datetime, end: dt.datetime) -> bool:
+    """A charge counts in a period when its data window overlaps ``[start, end]``."""
+    return charge.data_window[0] <= end and charge.data_window[1] >= start
+
+
+def make_engine(url: str) -> sa.Engine:
+    """An engine whose transactions serialise writers (SQLite: ``BEGIN IMMEDIATE``)."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return sa.create_engine(url, pool_pre_ping=True)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, connect_args={"timeout": 60})
+
+    @sa.event.listens_for(engine, "connect")
+    def _autocommit_driver(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # let SQLAlchemy's "begin" below start transactions
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin_immediate(connection: sa.Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+class Ledger:
+    """The privacy ledger on the database at ``url`` (tables are created on first use)."""
+
+    def __init__(self, url: str, *, clock: Callable[[], dt.datetime] | None = None) -> None:
+        self.url = url
+        self._engine = make_engine(url)
+        self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
+        with self._write() as conn:
+            metadata.create_all(conn)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    @contextmanager
+    def _write(self) -> Generator[sa.Connection]:
+        with self._engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(7272002)")
+                )  # serialises all ledger writers
+            yield conn
+
+    # --- reading ------------------------------------------------------------------------------
+    def budget(self, scope: str) -> Budget:
+        """The policy in force for ``scope`` (its newest budget row)."""
+        with self._engine.begin() as conn:
+            found = self._latest_budget(conn, scope)
+        if found is None:
+            raise LookupError(f"no privacy budget for scope {scope!r}; call ensure_budget first")
+        return found
+
+    def budgets(self) -> list[Budget]:
+        with self._engine.begin() as conn:
+            rows = conn.execute(sa.select(budgets_table).order_by(budgets_table.c.id)).all()
+        latest: dict[str, Budget] = {}
+        for row in rows:
+            latest[row.scope] = _budget_from_row(row)
+        return list(latest.values())
+
+    def charges(self, scope: str | None = None) -> list[Charge]:
+        query = sa.select(charges_table).order_by(charges_table.c.id)
+        if scope is not None:
+            query = query.where(charges_table.c.scope == scope)
+        with self._engine.begin() as conn:
+            return [charge_from_row(r) for r in conn.execute(query).all()]
+
+    def charge(self, charge_id: int) -> Charge:
+        with self._engine.begin() as conn:
+            return self._charge(conn, charge_id)
+
+    def spent(self, scope: str, at: dt.datetime) -> EpsilonReport:
+        """Composed epsilon of all active charges whose data window overlaps ``[at - period, at]``."""
+        budget = self.budget(scope)
+        start = at - dt.timedelta(days=budget.period_days)
+        counted = [
+            c
+            for c in self.charges(scope)
+            if c.status is not ChargeStatus.RELEASED and counts_in_period(c, start, at)
+        ]
+        epsilon = compose_epsilon([c.mechanism for c in counted], budget.delta)
+        return EpsilonReport(
+            scope=scope,
+            at=at,
+            period_start=start,
+            epsilon=epsilon,
+            delta=budget.delta,
+            unit=budget.unit,
+            accountant=LEDGER_ACCOUNTANT,
+            epsilon_cap=budget.epsilon_cap,
+            remaining=max(budget.epsilon_cap - epsilon, 0.0),
+            charge_ids=tuple(c.id for c in counted),
+        )
+
+    # --- writing ------------------------------------------------------------------------------
+    def ensure_budget(self, scope: str, epsilon_cap: float, delta: float, period_days: int) -> Budget:
+        """The budget of ``scope``; appends a new policy version when the parameters differ."""
+        if epsilon_cap <= 0 or not 0 < delta < 1 or period_days < 1:
+            raise ValueError(f"invalid budget: cap={epsilon_cap}, delta={delta}, period_days={period_days}")
+        with self._write() as conn:
+            latest = self._latest_budget(conn, scope)
+            if latest is not None and (latest.epsilon_cap, latest.delta, latest.period_days) == (
+                epsilon_cap,
+                delta,
+                period_days,
+            ):
+                return latest
+            row = {
+                "scope": scope,
+                "unit": PRIVACY_UNIT,
+                "period_days": period_days,
+                "epsilon_cap": float(epsilon_cap),
+                "delta": float(delta),
+                "created_at": _iso(self._clock()),
+            }
+            new_id = self._append(conn, budgets_table, row)
+            found = conn.execute(sa.select(budgets_table).where(budgets_table.c.id == new_id)).one()
+            return _budget_from_row(found)
+
+    def reserve(
+        self,
+        *,
+        scope: str,
+        run_id: str,
+        mechanism: Mechanism,
+        data_window: tuple[dt.datetime, dt.datetime],
+        n_users: int,
+        code_version: str,
+        data_hash: str,
+        purpose: str,
+    ) -> Charge:
+        """Reserve the privacy cost of ``mechanism`` before it runs; idempotent on (run_id, purpose).
+
+        A retried task of the same run gets its active (reserved or committed) charge back unchanged.
+        Raises :class:`BudgetExceeded` when the worst rolling period the data window falls in would
+        exceed the cap.
+        """
+        start, end = data_window
+        if start > end:
+            raise ValueError(f"data window starts after it ends: {start} > {end}")
+        with self._write() as conn:
+            existing = conn.execute(
+                sa.select(charges_table).where(
+                    charges_table.c.scope == scope,
+                    charges_table.c.run_id == run_id,
+                    charges_table.c.purpose == purpose,
+                    charges_table.c.status != ChargeStatus.RELEASED.value,
+                )
+            ).one_or_none()
+            if existing is not None:
+                return charge_from_row(existing)
+            budget = self._latest_budget(conn, scope)
+            if budget is None:
+                raise LookupError(f"no privacy budget for scope {scope!r}; call ensure_budget first")
+            active = [
+                charge_from_row(r)
+                for r in conn.execute(
+                    sa.select(charges_table).where(
+                        charges_table.c.scope == scope,
+                        charges_table.c.status != ChargeStatus.RELEASED.value,
+                    )
+                ).all()
+            ]
+            own = compose_epsilon([mechanism], budget.delta)
+            spent, total, composed_with = worst_period(active, mechanism, data_window, budget)
+            if total > budget.epsilon_cap + _CAP_SLACK:
+                remaining = max(budget.epsilon_cap - spent, 0.0)
+                raise BudgetExceeded(
+                    spent,
+                    own,
+                    remaining,
+                    f"privacy budget {scope!r} refuses run {run_id!r} ({purpose}): spent epsilon={spent:.4g}, "
+                    f"requested epsilon={own:.4g} (composed total would be {total:.4g}), remaining "
+                    f"epsilon={remaining:.4g} of cap {budget.epsilon_cap:.4g} at delta={budget.delta:.3g} "
+                    f"(unit: {budget.unit}, accountant: {LEDGER_ACCOUNTANT}, period {budget.period_days} days)",
+                )
+            now = _iso(self._clock())
+            row = {
+                "scope": scope,
+                "budget_id": budget.id,
+                "run_id": run_id,
+                "purpose": purpose,
+                "mechanism_kind": mechanism_kind(mechanism),
+                "mechanism_params": mechanism_params_json(mechanism),
+                "window_start": _iso(start),
+                "window_end": _iso(end),
+                "n_users": int(n_users),
+                "code_version": code_version,
+                "data_hash": data_hash,
+                "unit": budget.unit,
+                "delta": budget.delta,
+                "epsilon": own,
+                "composed_epsilon": total,
+                "composed_with": json.dumps(sorted(composed_with)),
+                "accountant": LEDGER_ACCOUNTANT,
+                "created_at": now,
+                "status": ChargeStatus.RESERVED.value,
+                "model_version": None,
+                "artifact_uri": None,
+                "updated_at": now,
+            }
+            charge_id = self._append(conn, charges_table, row)
+            self._append_event(conn, charge_id, ChargeStatus.RESERVED, None, None, now)
+            return self._charge(conn, charge_id)
+
+    def commit(self, charge_id: int, *, model_version: str | None, artifact_uri: str | None) -> Charge:
+        """Mark a reserved charge as spent: the run wrote an artifact (promoted or not)."""
+        return self._transition(charge_id, ChargeStatus.COMMITTED, model_version, artifact_uri)
+
+    def release(self, charge_id: int) -> Charge:
+        """Give back a reservation whose run failed before writing any artifact."""
+        return self._transition(charge_id, ChargeStatus.RELEASED, None, None)
+
+    # --- internals ----------------------------------------------------------------------------
+    def _transition(
+        self, charge_id: int, status: ChargeStatus, model_version: str | None, artifact_uri: str | None
+    ) -> Charge:
+        with self._write() as conn:
+            current = self._charge(conn, charge_id)
+            if current.status is status:
+                same = status is ChargeStatus.RELEASED or (
+                    (current.model_version, current.artifact_uri) == (model_version, artifact_uri)
+                )
+                if same:
+                    return current  # a retried commit / release changes nothing
+            if current.status is not ChargeStatus.RESERVED:
+                raise ValueError(
+                    f"charge {charge_id} is {current.status.value}; only a reserved charge can become "
+                    f"{status.value}"
+                )
+            now = _iso(self._clock())
+            conn.execute(
+                sa.update(charges_table)
+                .where(charges_table.c.id == charge_id)
+                .values(
+                    status=status.value,
+                    model_version=model_version,
+                    artifact_uri=artifact_uri,
+                    updated_at=now,
+                )
+            )
+            self._append_event(conn, charge_id, status, model_version, artifact_uri, now)
+            return self._charge(conn, charge_id)
+
+    def _append_event(
+        self,
+        conn: sa.Connection,
+        charge_id: int,
+        status: ChargeStatus,
+        model_version: str | None,
+        artifact_uri: str | None,
+        at: str,
+    ) -> None:
+        row = {
+            "charge_id": charge_id,
+            "status": status.value,
+            "model_version": model_version,
+            "artifact_uri": artifact_uri,
+            "at": at,
+        }
+        self._append(conn, events_table, row)
+
+    @staticmethod
+    def _append(conn: sa.Connection, table: sa.Table, row: dict[str, Any]) -> int:
+        last = conn.execute(
+            sa.select(table.c.id, table.c.row_hash).order_by(table.c.id.desc()).limit(1)
+        ).first()
+        next_id = (last.id if last else 0) + 1
+        prev_hash = last.row_hash if last else GENESIS_HASH
+        full = {"id": next_id, **row}
+        full["prev_hash"] = prev_hash
+        full["row_hash"] = row_digest(table.name, prev_hash, full)
+        conn.execute(sa.insert(table).values(**full))
+        return next_id
+
+    @staticmethod
+    def _latest_budget(conn: sa.Connection, scope: str) -> Budget | None:
+        row = conn.execute(
+            sa.select(budgets_table)
+            .where(budgets_table.c.scope == scope)
+            .order_by(budgets_table.c.id.desc())
+            .limit(1)
+        ).first()
+        return None if row is None else _budget_from_row(row)
+
+    @staticmethod
+    def _charge(conn: sa.Connection, charge_id: int) -> Charge:
+        row = conn.execute(sa.select(charges_table).where(charges_table.c.id == charge_id)).one_or_none()
+        if row is None:
+            raise LookupError(f"no privacy charge {charge_id}")
+        return charge_from_row(row)
+
+
+def worst_period(
+    active: Sequence[Charge],
+    mechanism: Mechanism,
+    data_window: tuple[dt.datetime, dt.datetime],
+    budget: Budget,
+) -> tuple[float, float, list[int]]:
+    """The rolling period containing the new data window where the composition is largest.
+
+    Returns (spent before the new charge, total with it, ids composed with it) for that period.  The
+    set of charges counted at time ``t`` only grows when ``t`` passes a window start, so the periods
+    ending at the new window's start and at every later window start (while the new charge still
+    counts) are the only candidates.
+    """
+    start, end = data_window
+    period = dt.timedelta(days=budget.period_days)
+    candidates = {start} | {c.data_window[0] for c in active if start <= c.data_window[0] <= end + period}
+    best: tuple[float, float, list[int]] = (0.0, -1.0, [])
+    for t in sorted(candidates):
+        counted = [c for c in active if counts_in_period(c, t - period, t)]
+        mechanisms = [c.mechanism for c in counted]
+        total = compose_epsilon([*mechanisms, mechanism], budget.delta)
+        if total > best[1]:
+            best = (compose_epsilon(mechanisms, budget.delta), total, [c.id for c in counted])
+    return best
+
+
+def calibrate_noise_multiplier(
+    ledger: Ledger,
+    *,
+    scope: str,
+    sample_rate: float,
+    steps: int,
+    delta: float,
+    epsilon_target: float | None,
+    at: dt.datetime,
+) -> float:
+    """Smallest DP-SGD noise multiplier that keeps the scope's budget.
+
+    Composes (with the ledger accountant, at ``delta``) the active charges of the period ending at
+    ``at`` with a run of ``steps`` steps at ``sample_rate``, and bisects the noise multiplier so that
+    the total is at most ``min(cap, spent + epsilon_target)``.  ``delta`` may not exceed the budget's
+    delta (a smaller one is conservative).  Raises :class:`BudgetExceeded` when nothing is left.
+    """
+    budget = ledger.budget(scope)
+    if delta > budget.delta:
+        raise ValueError(f"delta {delta:.3g} is larger than the budget's delta {budget.delta:.3g}")
+    report = ledger.spent(scope, at)
+    existing = [c.mechanism for c in ledger.charges(scope) if c.id in set(report.charge_ids)]
+    spent = compose_epsilon(existing, delta)
+    limit = budget.epsilon_cap if epsilon_target is None else min(budget.epsilon_cap, spent + epsilon_target)
+    if limit - spent <= 1e-6:
+        raise BudgetExceeded(
+            spent,
+            0.0 if epsilon_target is None else epsilon_target,
+            max(budget.epsilon_cap - spent, 0.0),
+            f"privacy budget {scope!r} has nothing left: spent epsilon={spent:.4g} of cap "
+            f"{budget.epsilon_cap:.4g} at delta={delta:.3g} (unit: user, accountant: {LEDGER_ACCOUNTANT})",
+        )
+
+    def total(noise: float) -> float:
+        run = DpSgdMechanism(noise, sample_rate, steps, clip_norm=1.0, cap_k=1)
+        return compose_epsilon([*existing, run], delta)
+
+    low, high = 0.05, 0.5
+    while total(high) > limit:
+        low, high = high, high * 2
+        if high > 1e5:
+            raise BudgetExceeded(spent, limit - spent, limit - spent, "no noise multiplier up to 1e5 fits")
+    while high - low > 1e-4 * high:
+        middle = (low + high) / 2
+        if total(middle) > limit:
+            low = middle
+        else:
+            high = middle
+    return high
