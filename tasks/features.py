@@ -1,0 +1,303 @@
+"""Point-in-time user and item features computed from the lake, one daily snapshot per data day.
+
+Every row carries an ``event_timestamp``; a snapshot for day ``D`` has ``event_timestamp = D+1 00:00
+UTC`` and is computed only from events strictly before it, so Feast's point-in-time joins never see
+the future.  Files (the offline store, read by Feast through DuckDB with absolute paths)::
+
+    features/user_features/YYYY-MM-DD.parquet     one row per user active in the 30 days up to D
+    features/item_popularity/YYYY-MM-DD.parquet   one row per item with events in the 30 days up to D
+    features/item_features/catalog.parquet        the catalog + title embeddings (event_timestamp =
+                                                  first_seen), rewritten from the current catalog
+
+``user_features`` fields: views/clicks/carts/purchases over 7 and 30 days (event counts),
+``spend_30d`` (sum of quantity * unit_price of purchases), ``avg_basket_value_30d`` (spend per
+distinct purchase session), ``days_since_last_purchase`` (whole days, -1 when never), ``top_categories``
+(at most 3 categories by event count over 30 days), ``recent_items`` (the most recent distinct items,
+at most ``settings.history_length``, newest first, all history) and ``purchased_items`` /
+``purchased_counts`` (the user's own all-time purchase counts, at most 100 items, most bought first).
+
+``item_popularity`` is computed from many users' data and is NOT differentially private: the DP
+training set never reads it (it is not part of the ``recommender_v1`` feature service).
+
+Each day's file is written to a temporary name and renamed, so re-running a day rewrites the same rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasks.config import Settings
+from tasks.contracts import EVENT_COLUMNS, ITEM_COLUMNS, list_partitions, partition_dir
+
+if TYPE_CHECKING:
+    from tasks.embeddings import TextEncoder
+
+log = logging.getLogger(__name__)
+
+EVENT_NAMES: Final = {"view": "views", "click": "clicks", "add_to_cart": "carts", "purchase": "purchases"}
+WINDOWS: Final = (7, 30)
+TOP_CATEGORIES: Final = 3
+MAX_PURCHASED_ITEMS: Final = 100
+TS: Final = pa.timestamp("us", tz="UTC")
+
+COUNT_COLUMNS: Final = tuple(f"{name}_{days}d" for days in WINDOWS for name in EVENT_NAMES.values())
+
+USER_FEATURES_SCHEMA: Final = pa.schema(
+    [pa.field("user_id", pa.string(), nullable=False), pa.field("event_timestamp", TS, nullable=False)]
+    + [pa.field(c, pa.int64(), nullable=False) for c in COUNT_COLUMNS]
+    + [
+        pa.field("spend_30d", pa.float64(), nullable=False),
+        pa.field("avg_basket_value_30d", pa.float64(), nullable=False),
+        pa.field("days_since_last_purchase", pa.float64(), nullable=False),
+        pa.field("top_categories", pa.list_(pa.string())),
+        pa.field("recent_items", pa.list_(pa.string())),
+        pa.field("purchased_items", pa.list_(pa.string())),
+        pa.field("purchased_counts", pa.list_(pa.int64())),
+    ]
+)
+
+POPULARITY_SCHEMA: Final = pa.schema(
+    [pa.field("item_id", pa.string(), nullable=False), pa.field("event_timestamp", TS, nullable=False)]
+    + [pa.field(c, pa.int64(), nullable=False) for c in COUNT_COLUMNS]
+    + [pa.field("users_30d", pa.int64(), nullable=False)]
+)
+
+ITEM_FEATURES_SCHEMA: Final = pa.schema(
+    [
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("event_timestamp", TS, nullable=False),
+        pa.field("title", pa.string(), nullable=False),
+        pa.field("category", pa.string()),
+        pa.field("price", pa.float64()),
+        pa.field("first_seen", TS, nullable=False),
+        pa.field("embedding", pa.list_(pa.float32())),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class FeatureManifest:
+    """What :func:`compute_features` wrote (what XCom carries: paths and counts only)."""
+
+    days: list[str]
+    user_rows: int
+    popularity_rows: int
+    item_rows: int
+    items_embedded: int
+    embedding_model: str
+    files: list[str] = field(default_factory=list)
+    start: str = ""  # earliest snapshot event_timestamp (ISO, UTC)
+    end: str = ""  # latest snapshot event_timestamp (ISO, UTC)
+
+
+# --- paths ---------------------------------------------------------------------------------------
+def user_features_dir(settings: Settings) -> Path:
+    return settings.features_dir / "user_features"
+
+
+def item_popularity_dir(settings: Settings) -> Path:
+    return settings.features_dir / "item_popularity"
+
+
+def item_features_path(settings: Settings) -> Path:
+    return settings.features_dir / "item_features" / "catalog.parquet"
+
+
+def items_catalog_path(settings: Settings) -> Path:
+    return settings.items_dir / "items.parquet"
+
+
+def snapshot_time(day: dt.date) -> pd.Timestamp:
+    """``event_timestamp`` of day ``day``'s snapshot: the end of that day, ``D+1 00:00 UTC``."""
+    return pd.Timestamp(day + dt.timedelta(days=1), tz="UTC")
+
+
+# --- reading the lake ----------------------------------------------------------------------------
+def read_events(settings: Settings, until: dt.date | None = None) -> pd.DataFrame:
+    """All clean events of the partitions up to ``until`` (inclusive), contract columns."""
+    frames = []
+    for day in list_partitions(settings.events_dir):
+        if until is not None and day > until:
+            continue
+        for file in sorted(partition_dir(settings.events_dir, day).glob("*.parquet")):
+            frames.append(pq.read_table(file, columns=list(EVENT_COLUMNS)).to_pandas())
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in EVENT_COLUMNS}).astype(
+            {"event_timestamp": "datetime64[us, UTC]"}
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def read_items(settings: Settings) -> pd.DataFrame:
+    path = items_catalog_path(settings)
+    if not path.exists():
+        raise FileNotFoundError(f"item catalog not found: {path}")
+    return pq.read_table(path, columns=list(ITEM_COLUMNS)).to_pandas()
+
+
+# --- pure feature computation --------------------------------------------------------------------
+def _lists(series: pd.Series, index: pd.Index) -> list[list[Any]]:
+    return [list(v) if isinstance(v, list) else [] for v in series.reindex(index)]
+
+
+def user_features_at(
+    events: pd.DataFrame, items: pd.DataFrame, at: pd.Timestamp, history_length: int
+) -> pd.DataFrame:
+    """One row per user with an event in ``[at - 30 days, at)``; features from events before ``at``."""
+    past = events[events["event_timestamp"] < at]
+    window30 = past[past["event_timestamp"] >= at - pd.Timedelta(days=30)]
+    users = pd.Index(sorted(window30["user_id"].unique()), name="user_id")
+    out = pd.DataFrame(index=users)
+    out["event_timestamp"] = at
+    if users.empty:
+        return _empty(USER_FEATURES_SCHEMA)
+    past = past[past["user_id"].isin(users)]
+    for days in WINDOWS:
+        window = past[past["event_timestamp"] >= at - pd.Timedelta(days=days)]
+        counts = window.groupby(["user_id", "event_type"]).size().unstack(fill_value=0)
+        for etype, name in EVENT_NAMES.items():
+            col = counts[etype] if etype in counts.columns else pd.Series(dtype="int64")
+            out[f"{name}_{days}d"] = col.reindex(users).fillna(0).astype("int64")
+    buys30 = window30[window30["event_type"] == "purchase"]
+    spend = (buys30["quantity"] * buys30["unit_price"].fillna(0.0)).groupby(buys30["user_id"]).sum()
+    baskets = buys30.groupby("user_id")["session_id"].nunique().clip(lower=1)
+    out["spend_30d"] = spend.reindex(users).fillna(0.0).astype("float64")
+    out["avg_basket_value_30d"] = (spend / baskets).reindex(users).fillna(0.0).astype("float64")
+
+    buys = past[past["event_type"] == "purchase"]
+    last_buy = buys.groupby("user_id")["event_timestamp"].max()
+    since = (at - last_buy).dt.days.astype("float64")
+    out["days_since_last_purchase"] = since.reindex(users).fillna(-1.0)
+
+    with_cat = window30.merge(items[["item_id", "category"]], on="item_id", how="left").dropna(
+        subset=["category"]
+    )
+    cat_counts = with_cat.groupby(["user_id", "category"]).size().reset_index(name="n")
+    cat_counts = cat_counts.sort_values(["user_id", "n", "category"], ascending=[True, False, True])
+    top = cat_counts.groupby("user_id")["category"].agg(lambda s: list(s[:TOP_CATEGORIES]))
+    out["top_categories"] = _lists(top, users)
+
+    ordered = past.sort_values(["event_timestamp", "event_id"], ascending=False, kind="stable")
+    recent = ordered.drop_duplicates(["user_id", "item_id"]).groupby("user_id")["item_id"]
+    out["recent_items"] = _lists(recent.agg(lambda s: list(s[:history_length])), users)
+
+    bought = buys.groupby(["user_id", "item_id"]).agg(n=("event_id", "size"), last=("event_timestamp", "max"))
+    bought = bought.reset_index().sort_values(
+        ["user_id", "n", "last", "item_id"], ascending=[True, False, False, True]
+    )
+    top_bought = bought.groupby("user_id").head(MAX_PURCHASED_ITEMS).groupby("user_id")
+    out["purchased_items"] = _lists(top_bought["item_id"].agg(list), users)
+    out["purchased_counts"] = [[int(c) for c in v] for v in _lists(top_bought["n"].agg(list), users)]
+    return out.reset_index()[USER_FEATURES_SCHEMA.names]
+
+
+def item_popularity_at(events: pd.DataFrame, at: pd.Timestamp) -> pd.DataFrame:
+    """Raw (non-private) event counts per item over 7 and 30 days before ``at``; never for DP training."""
+    window30 = events[
+        (events["event_timestamp"] < at) & (events["event_timestamp"] >= at - pd.Timedelta(days=30))
+    ]
+    items = pd.Index(sorted(window30["item_id"].unique()), name="item_id")
+    if items.empty:
+        return _empty(POPULARITY_SCHEMA)
+    out = pd.DataFrame(index=items)
+    out["event_timestamp"] = at
+    for days in WINDOWS:
+        window = window30[window30["event_timestamp"] >= at - pd.Timedelta(days=days)]
+        counts = window.groupby(["item_id", "event_type"]).size().unstack(fill_value=0)
+        for etype, name in EVENT_NAMES.items():
+            col = counts[etype] if etype in counts.columns else pd.Series(dtype="int64")
+            out[f"{name}_{days}d"] = col.reindex(items).fillna(0).astype("int64")
+    out["users_30d"] = window30.groupby("item_id")["user_id"].nunique().reindex(items).astype("int64")
+    return out.reset_index()[POPULARITY_SCHEMA.names]
+
+
+def item_feature_rows(items: pd.DataFrame, embeddings: pd.DataFrame) -> pd.DataFrame:
+    """Catalog attributes plus the title embedding; ``event_timestamp`` = ``first_seen``."""
+    frame = items.merge(embeddings, on="item_id", how="left")
+    frame["event_timestamp"] = frame["first_seen"]
+    frame["embedding"] = [np.asarray(v, dtype=np.float32).tolist() for v in frame["embedding"]]
+    return frame[ITEM_FEATURES_SCHEMA.names]
+
+
+def _empty(schema: pa.Schema) -> pd.DataFrame:
+    return schema.empty_table().to_pandas()
+
+
+# --- writing -------------------------------------------------------------------------------------
+def write_table(frame: pd.DataFrame, schema: pa.Schema, path: Path) -> None:
+    """Write ``frame`` with ``schema`` to ``path`` atomically (temporary file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+
+
+def compute_features(
+    settings: Settings, days: Sequence[dt.date], encoder: TextEncoder | None = None
+) -> FeatureManifest:
+    """Write the user and popularity snapshots of ``days`` and refresh the item features.
+
+    ``encoder`` embeds item titles (default: the packaged all-MiniLM-L6-v2); embeddings are cached
+    under ``settings.cache_dir`` by (model id, title hash).
+    """
+    from tasks.embeddings import embed_items, load_pretrained_encoder
+
+    ordered = sorted(set(days))
+    if not ordered:
+        raise ValueError("compute_features: no days given")
+    events = read_events(settings, until=ordered[-1])
+    items = read_items(settings)
+    files: list[str] = []
+    user_rows = popularity_rows = 0
+    for day in ordered:
+        at = snapshot_time(day)
+        users = user_features_at(events, items, at, settings.history_length)
+        path = user_features_dir(settings) / f"{day.isoformat()}.parquet"
+        write_table(users, USER_FEATURES_SCHEMA, path)
+        files.append(str(path))
+        popularity = item_popularity_at(events, at)
+        path = item_popularity_dir(settings) / f"{day.isoformat()}.parquet"
+        write_table(popularity, POPULARITY_SCHEMA, path)
+        files.append(str(path))
+        user_rows += len(users)
+        popularity_rows += len(popularity)
+
+    result = embed_items(
+        items[["item_id", "title"]], settings.cache_dir, encoder or load_pretrained_encoder()
+    )
+    item_rows = item_feature_rows(items, result.frame)
+    path = item_features_path(settings)
+    write_table(item_rows, ITEM_FEATURES_SCHEMA, path)
+    files.append(str(path))
+    log.info(
+        "features for %d days: %d user rows, %d popularity rows, %d items (%d titles embedded by %s)",
+        len(ordered),
+        user_rows,
+        popularity_rows,
+        len(item_rows),
+        result.n_embedded,
+        result.model_id,
+    )
+    return FeatureManifest(
+        days=[d.isoformat() for d in ordered],
+        user_rows=user_rows,
+        popularity_rows=popularity_rows,
+        item_rows=len(item_rows),
+        items_embedded=result.n_embedded,
+        embedding_model=result.model_id,
+        files=files,
+        start=snapshot_time(ordered[0]).isoformat(),
+        end=snapshot_time(ordered[-1]).isoformat(),
+    )
