@@ -62,6 +62,8 @@ def verify_ledger(url: str, *, at: dt.datetime | None = None) -> VerifyResult:
     try:
         with engine.begin() as conn:
             missing = [t.name for t in CHAINED_TABLES if not sa.inspect(conn).has_table(t.name)]
+            if len(missing) == len(CHAINED_TABLES):  # nothing was ever charged: an empty ledger
+                return VerifyResult(True, INDEPENDENT_ACCOUNTANT, 0, 0, 0.0)
             if missing:
                 return VerifyResult(False, INDEPENDENT_ACCOUNTANT, 0, 0, 0.0, (f"missing tables: {missing}",))
             tables = {t.name: conn.execute(sa.select(t).order_by(t.c.id)).all() for t in CHAINED_TABLES}

@@ -1,0 +1,131 @@
+"""The privacy statement of one released model: what it guarantees, to whom, by which accountant.
+
+Every registered MLflow model version carries it as tags (``privacy.*``) and as the run artifact
+``privacy/privacy_statement.json`` (:func:`attach_to_model_version`), so the registry itself answers
+"what privacy loss does this model imply?".
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import asdict, dataclass
+from typing import Any, Final
+
+from tasks.privacy.accounting import DpSgdMechanism
+from tasks.privacy.ledger import Charge
+
+STATEMENT_ARTIFACT: Final = "privacy/privacy_statement.json"
+TAG_PREFIX: Final = "privacy."
+
+
+@dataclass(kw_only=True)
+class PrivacyStatement:
+    """(epsilon, delta)-DP at user level for one DP-SGD training, as composed by ``accountant``."""
+
+    epsilon: float
+    delta: float
+    unit: str = "user"
+    accountant: str
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    clip_norm: float
+    cap_k: int
+    data_window: tuple[dt.datetime, dt.datetime]
+    n_users: int
+    ledger_charge_id: int
+    secure_rng: bool
+
+    @classmethod
+    def from_charge(cls, charge: Charge, *, secure_rng: bool) -> PrivacyStatement:
+        """The statement of a DP-SGD charge (epsilon of this training alone, at the budget's delta)."""
+        mechanism = charge.mechanism
+        if not isinstance(mechanism, DpSgdMechanism):
+            raise TypeError(f"charge {charge.id} is not a DP-SGD training ({type(mechanism).__name__})")
+        return cls(
+            epsilon=charge.epsilon,
+            delta=charge.delta,
+            unit=charge.unit,
+            accountant=charge.accountant,
+            noise_multiplier=mechanism.noise_multiplier,
+            sample_rate=mechanism.sample_rate,
+            steps=mechanism.steps,
+            clip_norm=mechanism.clip_norm,
+            cap_k=mechanism.cap_k,
+            data_window=charge.data_window,
+            n_users=charge.n_users,
+            ledger_charge_id=charge.id,
+            secure_rng=secure_rng,
+        )
+
+    def summary(self) -> str:
+        rng = "secure RNG (torchcsprng)" if self.secure_rng else "NOT a secure RNG (torch default PRNG)"
+        return (
+            f"({self.epsilon:.4g}, {self.delta:.3g})-DP per {self.unit} ({self.accountant} accountant); "
+            f"DP-SGD noise multiplier {self.noise_multiplier:.4g}, sample rate {self.sample_rate:.4g}, "
+            f"{self.steps} steps, clip norm {self.clip_norm:.4g}, at most {self.cap_k} examples per user; "
+            f"{self.n_users} users, data {self.data_window[0].date()}..{self.data_window[1].date()}; "
+            f"noise drawn with {rng}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["data_window"] = [moment.isoformat() for moment in self.data_window]
+        values["summary"] = self.summary()
+        return values
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> PrivacyStatement:
+        values = json.loads(text)
+        values.pop("summary", None)
+        start, end = values.pop("data_window")
+        return cls(**values, data_window=(dt.datetime.fromisoformat(start), dt.datetime.fromisoformat(end)))
+
+    def to_tags(self) -> dict[str, str]:
+        """MLflow tags (strings) under ``privacy.``."""
+        tags = {
+            "epsilon": repr(self.epsilon),
+            "delta": repr(self.delta),
+            "unit": self.unit,
+            "accountant": self.accountant,
+            "noise_multiplier": repr(self.noise_multiplier),
+            "sample_rate": repr(self.sample_rate),
+            "steps": str(self.steps),
+            "clip_norm": repr(self.clip_norm),
+            "cap_k": str(self.cap_k),
+            "data_window_start": self.data_window[0].isoformat(),
+            "data_window_end": self.data_window[1].isoformat(),
+            "n_users": str(self.n_users),
+            "ledger_charge_id": str(self.ledger_charge_id),
+            "secure_rng": str(self.secure_rng).lower(),
+            "statement": self.summary(),
+        }
+        return {TAG_PREFIX + key: value for key, value in tags.items()}
+
+
+def attach_to_model_version(
+    statement: PrivacyStatement,
+    *,
+    tracking_uri: str,
+    registry_uri: str,
+    model_name: str,
+    version: str,
+) -> str | None:
+    """Tag a registered model version with its statement and log it as an artifact of its run.
+
+    Returns the artifact path, or None when the version has no run to log it to.
+    """
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
+    for key, value in statement.to_tags().items():
+        client.set_model_version_tag(model_name, version, key, value)
+    run_id = client.get_model_version(model_name, version).run_id
+    if not run_id:
+        return None
+    client.log_text(run_id, statement.to_json(), STATEMENT_ARTIFACT)
+    return STATEMENT_ARTIFACT
