@@ -1,0 +1,479 @@
+"""Ingest one landing day: read, pseudonymise, validate with Great Expectations, split lake / quarantine.
+
+Entry points the ``ingest_events`` DAG calls:
+
+* :func:`update_catalog` merges the landing ``items*`` files of every day up to and including ``day``
+  into ``lake/items/items.parquet`` (first_seen = earliest; other attributes from the latest day),
+  after the ``items`` suite passed.
+* :func:`ingest_day` reads ``landing/date=D/events*``, replaces user ids by keyed pseudonyms before
+  anything is written, runs the ``events`` suite and writes the good rows to
+  ``lake/events/date=D/part-0.parquet`` and the failing rows, each with the names of the expectations
+  it failed, to ``quarantine/date=D/rows.parquet``.  If the bad-row share exceeds
+  ``settings.max_bad_row_share`` or a table-level expectation fails, :class:`IngestRejected` is raised
+  and nothing of that day reaches the lake (the quarantine partition still records why).
+
+Partitions are written to a temporary folder and renamed into place, sorted deterministically, so a
+re-run replaces the day and identical input gives byte-identical files.  Raw user ids stay in landing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasks.config import Settings
+from tasks.contracts import (
+    EVENT_COLUMNS,
+    EVENT_TYPES,
+    EVENTS_SCHEMA,
+    ITEM_COLUMNS,
+    ITEMS_SCHEMA,
+    ContractError,
+    check_columns,
+    landing_files,
+    list_partitions,
+    partition_dir,
+    require_columns,
+)
+from tasks.pseudonymize import load_key, pseudonymize
+from tasks.validation import GateResult, run_gate
+
+log = logging.getLogger(__name__)
+
+LAKE_FILE: Final = "part-0.parquet"
+QUARANTINE_FILE: Final = "rows.parquet"
+REPORT_FILE: Final = "report.json"
+CATALOG_FILE: Final = "items.parquet"
+MIN_TRAILING_DAYS: Final = 3
+# A day is held in memory while it is validated; larger single files must be split upstream.
+MAX_LANDING_FILE_BYTES: Final = 512 * 1024 * 1024
+
+_SOURCE_FILE: Final = "_source_file"
+_SOURCE_ROW: Final = "_source_row"
+_PARSE_FAILURES: Final = "_parse_failures"
+
+
+class IngestError(ContractError):
+    """A landing day that cannot be read as the contract says (missing, empty, unreadable, wrong)."""
+
+
+class IngestRejected(RuntimeError):
+    """A day that was read but failed the gate; the message names expectations and counts."""
+
+
+@dataclass(frozen=True)
+class IngestManifest:
+    """What :func:`ingest_day` did for one day (small: goes through XCom)."""
+
+    day: str
+    run_id: str
+    rows_in: int
+    rows_clean: int
+    rows_quarantined: int
+    lake_uri: str
+    quarantine_uri: str
+    data_docs_uri: str
+    volume_check: str
+
+
+@dataclass(frozen=True)
+class CatalogManifest:
+    """What :func:`update_catalog` did (small: goes through XCom)."""
+
+    day: str
+    items: int
+    items_new_today: int
+    catalog_uri: str
+    data_docs_uri: str
+
+
+# --- reading landing files ------------------------------------------------------------------------
+
+
+def _fix_encoding(value: object) -> object:
+    """Undo ``surrogateescape``: UTF-8 if the bytes are UTF-8, else Windows-1252 (mixed-encoding CSVs)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return value
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("cp1252", "replace")
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    frame = pd.read_csv(
+        path,
+        dtype=str,
+        keep_default_na=False,
+        na_values=[""],
+        encoding="utf-8",
+        encoding_errors="surrogateescape",
+    )
+    return frame.map(_fix_encoding)
+
+
+def _read_file(path: Path, schema: pa.Schema) -> pd.DataFrame:
+    """One landing file as a frame of contract columns; refuses what the contract refuses."""
+    size = path.stat().st_size
+    if size == 0:
+        raise IngestError(f"{path}: empty file (0 bytes)")
+    if size > MAX_LANDING_FILE_BYTES:
+        raise IngestError(
+            f"{path}: {size} bytes, above the {MAX_LANDING_FILE_BYTES}-byte limit for one landing "
+            "file; split it into several files of the same day"
+        )
+    try:
+        if path.suffix.lower() == ".parquet":
+            table = pq.read_table(path)
+            columns = table.column_names
+        else:
+            frame = _read_csv(path)
+            columns = list(frame.columns)
+    except (pa.ArrowException, OSError, ValueError, pd.errors.ParserError) as exc:
+        raise IngestError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from exc
+    require_columns(columns, schema, where=str(path))
+    unexpected = check_columns(columns, schema).unexpected
+    if unexpected:
+        raise IngestError(f"{path}: columns not in the contract: {', '.join(unexpected)}")
+    if path.suffix.lower() == ".parquet":
+        frame = _parquet_to_frame(path, table, schema)
+    if frame.empty:
+        raise IngestError(f"{path}: no rows")
+    return frame[list(schema.names)]
+
+
+def _parquet_to_frame(path: Path, table: pa.Table, schema: pa.Schema) -> pd.DataFrame:
+    arrays = {}
+    for contract_field in schema:
+        column = table.column(contract_field.name)
+        target = contract_field.type
+        if pa.types.is_timestamp(target) and pa.types.is_timestamp(column.type) and column.type.tz is None:
+            column = column.cast(pa.timestamp("us")).cast(pa.timestamp("us", tz="UTC"))  # naive = UTC
+        elif pa.types.is_null(column.type):
+            column = pa.nulls(len(column), type=target)
+        if not column.type.equals(target):
+            compatible = (
+                (pa.types.is_integer(target) and pa.types.is_integer(column.type))
+                or (
+                    pa.types.is_floating(target)
+                    and (pa.types.is_integer(column.type) or pa.types.is_floating(column.type))
+                )
+                or (pa.types.is_string(target) and pa.types.is_large_string(column.type))
+                or (pa.types.is_timestamp(target) and pa.types.is_timestamp(column.type))
+            )
+            if not compatible:
+                raise IngestError(
+                    f"{path}: column {contract_field.name!r} has type {column.type}, "
+                    f"the contract says {target}"
+                )
+            try:
+                column = column.cast(target)
+            except pa.ArrowInvalid as exc:
+                raise IngestError(f"{path}: column {contract_field.name!r}: {exc}") from exc
+        arrays[contract_field.name] = column
+    return pa.table(arrays).to_pandas(types_mapper=None)
+
+
+def _normalise_events(frame: pd.DataFrame) -> pd.DataFrame:
+    """Cast string (CSV) columns to contract types; values that do not parse are listed per row."""
+    failures: list[list[str]] = [[] for _ in range(len(frame))]
+    out = frame.copy()
+
+    def record(column: str, bad: pd.Series) -> None:
+        for position in bad.to_numpy().nonzero()[0]:
+            failures[position].append(f"{column}_parses_as_contract_type")
+
+    for column in ("event_id", "user_id", "item_id", "event_type", "session_id", "country"):
+        out[column] = out[column].astype("object").where(out[column].notna(), None)
+    if not pd.api.types.is_datetime64_any_dtype(out["event_timestamp"]):
+        parsed = pd.to_datetime(out["event_timestamp"], utc=True, errors="coerce", format="ISO8601")
+        record("event_timestamp", parsed.isna() & out["event_timestamp"].notna())
+        out["event_timestamp"] = parsed
+    out["event_timestamp"] = out["event_timestamp"].dt.as_unit("us")
+    for column in ("quantity", "unit_price"):
+        if out[column].dtype == object:
+            parsed = pd.to_numeric(out[column], errors="coerce")
+            bad = parsed.isna() & out[column].notna()
+            if column == "quantity":
+                fractional = parsed.notna() & (parsed != parsed.round())
+                bad = bad | fractional
+                parsed = parsed.where(~fractional)
+            record(column, bad)
+            out[column] = parsed
+    out["quantity"] = out["quantity"].astype("Int64")
+    out["unit_price"] = out["unit_price"].astype("float64")
+    out[_PARSE_FAILURES] = [tuple(f) for f in failures]
+    return out
+
+
+def _read_day(day_dir: Path, table: str, schema: pa.Schema) -> pd.DataFrame:
+    if not day_dir.is_dir():
+        raise IngestError(f"landing folder {day_dir} does not exist")
+    files = landing_files(day_dir, table)
+    if not files:
+        raise IngestError(f"landing folder {day_dir} has no {table}*.parquet|csv files")
+    frames = []
+    for path in files:
+        frame = _read_file(path, schema)
+        if table == "events":
+            frame = _normalise_events(frame)
+        frame[_SOURCE_FILE] = path.name
+        frame[_SOURCE_ROW] = range(len(frame))
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+# --- writing partitions ---------------------------------------------------------------------------
+
+
+def _replace_dir(target: Path, write: object) -> None:
+    """Write into a temporary sibling folder with ``write(tmp)``, then rename it onto ``target``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        write(tmp)  # type: ignore[operator]
+        old = None
+        if target.exists():
+            old = target.parent / f".old-{target.name}-{uuid.uuid4().hex}"
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def _write_parquet(table: pa.Table, path: Path) -> None:
+    pq.write_table(table, path, compression="zstd", write_statistics=True)
+
+
+def _events_table(frame: pd.DataFrame) -> pa.Table:
+    ordered = frame.sort_values(["event_timestamp", "event_id"], kind="mergesort")
+    return pa.Table.from_pandas(ordered[list(EVENT_COLUMNS)], schema=EVENTS_SCHEMA, preserve_index=False)
+
+
+def _quarantine_table(frame: pd.DataFrame) -> pa.Table:
+    ordered = frame.sort_values([_SOURCE_FILE, _SOURCE_ROW], kind="mergesort")
+    nullable = pa.schema([field.with_nullable(True) for field in EVENTS_SCHEMA])
+    table = pa.Table.from_pandas(ordered[list(EVENT_COLUMNS)], schema=nullable, preserve_index=False)
+    extra = {
+        "failed_expectations": pa.array(
+            [list(f) for f in ordered["failed_expectations"]], pa.list_(pa.string())
+        ),
+        "source_file": pa.array(ordered[_SOURCE_FILE].tolist(), pa.string()),
+        "source_row": pa.array(ordered[_SOURCE_ROW].tolist(), pa.int64()),
+    }
+    for name, values in extra.items():
+        table = table.append_column(pa.field(name, values.type, nullable=False), values)
+    return table
+
+
+# --- the volume band ------------------------------------------------------------------------------
+
+
+def _volume_bounds(settings: Settings, day: dt.date) -> tuple[int, int | None, str]:
+    """(min_rows, max_rows, note) from the lake's trailing partitions before ``day``."""
+    prior = [d for d in list_partitions(settings.events_dir) if d < day][-settings.volume_trailing_days :]
+    counts = [
+        pq.ParquetFile(partition_dir(settings.events_dir, d) / LAKE_FILE).metadata.num_rows for d in prior
+    ]
+    if len(counts) < MIN_TRAILING_DAYS:
+        note = f"skipped: {len(counts)} prior lake days, need {MIN_TRAILING_DAYS}"
+        log.info("volume band check %s", note)
+        return 0, None, note
+    mean = sum(counts) / len(counts)
+    low = int(mean * (1 - settings.volume_band))
+    high = int(mean * (1 + settings.volume_band)) + 1
+    return low, high, f"rows within [{low}, {high}] (trailing mean {mean:.1f} over {len(counts)} days)"
+
+
+def _known_item_ids(settings: Settings) -> list[str]:
+    path = settings.items_dir / CATALOG_FILE
+    if not path.exists():
+        raise IngestError(f"item catalog {path} does not exist; run update_catalog first")
+    return sorted(pq.read_table(path, columns=["item_id"]).column("item_id").to_pylist())
+
+
+def _day_bounds(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
+    start = dt.datetime.combine(day, dt.time(), dt.UTC)
+    return start, start + dt.timedelta(days=1)
+
+
+# --- entry points ---------------------------------------------------------------------------------
+
+
+def ingest_day(
+    settings: Settings, day: dt.date, *, run_id: str, interval_end: dt.datetime | None = None
+) -> IngestManifest:
+    """Validate landing ``date=day`` and publish its good rows to the lake (see module docstring).
+
+    ``interval_end`` is the run's data-interval end: events after it are "in the future".  It defaults
+    to the end of ``day``.
+    """
+    day_start, day_end = _day_bounds(day)
+    future_bound = interval_end.astimezone(dt.UTC) if interval_end is not None else day_end
+    frame = _read_day(partition_dir(settings.landing_dir, day), "events", EVENTS_SCHEMA)
+
+    key = load_key(settings)
+    cache: dict[str, str] = {}
+    frame["user_id"] = [
+        None if raw is None or raw != raw else cache.setdefault(raw, pseudonymize(str(raw), key))
+        for raw in frame["user_id"]
+    ]
+
+    min_rows, max_rows, volume_note = _volume_bounds(settings, day)
+    parameters = {
+        "min_rows": min_rows,
+        "max_rows": max_rows,
+        "event_types": list(EVENT_TYPES),
+        "day_start": day_start,
+        "day_end": day_end,
+        "interval_end": future_bound,
+        "known_item_ids": _known_item_ids(settings),
+    }
+    docs_dir = partition_dir(settings.reports_dir / "data_docs" / "events", day)
+    gate = run_gate(frame[list(EVENT_COLUMNS)], "events", parameters, settings=settings, docs_dir=docs_dir)
+    failed = [tuple(frame.at[i, _PARSE_FAILURES]) + gate.row_failures.get(i, ()) for i in range(len(frame))]
+    frame["failed_expectations"] = failed
+    bad_mask = pd.Series([bool(f) for f in failed], index=frame.index)
+    good, bad = frame[~bad_mask], frame[bad_mask]
+    share = len(bad) / len(frame)
+    problems = _gate_problems(gate, bad, len(frame), settings.max_bad_row_share)
+    status = "rejected" if problems else "accepted"
+
+    quarantine_dir = partition_dir(settings.quarantine_dir, day)
+    report = {
+        "day": day.isoformat(),
+        "status": status,
+        "rows_in": len(frame),
+        "rows_clean": 0 if problems else len(good),
+        "rows_quarantined": len(bad),
+        "bad_row_share": round(share, 6),
+        "max_bad_row_share": settings.max_bad_row_share,
+        "failed_expectation_counts": _counts(bad),
+        "table_failures": list(gate.table_failures),
+        "errors": list(gate.errors),
+        "volume_check": volume_note,
+    }
+
+    def write_quarantine(tmp: Path) -> None:
+        _write_parquet(_quarantine_table(bad), tmp / QUARANTINE_FILE)
+        (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+    _replace_dir(quarantine_dir, write_quarantine)
+    if problems:
+        message = f"ingest of {day.isoformat()} rejected, nothing written to the lake: " + "; ".join(problems)
+        log.error(message)
+        raise IngestRejected(message)
+
+    lake_dir = partition_dir(settings.events_dir, day)
+    _replace_dir(lake_dir, lambda tmp: _write_parquet(_events_table(good), tmp / LAKE_FILE))
+    log.info(
+        "ingested %s: %d rows in, %d to the lake, %d quarantined (%s)",
+        day.isoformat(),
+        len(frame),
+        len(good),
+        len(bad),
+        report["failed_expectation_counts"],
+    )
+    return IngestManifest(
+        day=day.isoformat(),
+        run_id=run_id,
+        rows_in=len(frame),
+        rows_clean=len(good),
+        rows_quarantined=len(bad),
+        lake_uri=(lake_dir / LAKE_FILE).as_uri(),
+        quarantine_uri=quarantine_dir.as_uri(),
+        data_docs_uri=docs_dir.joinpath("index.html").as_uri(),
+        volume_check=volume_note,
+    )
+
+
+def _counts(bad: pd.DataFrame) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for failed in bad["failed_expectations"]:
+        for name in failed:
+            counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _gate_problems(gate: GateResult, bad: pd.DataFrame, rows_in: int, threshold: float) -> list[str]:
+    share = len(bad) / rows_in
+    problems = [f"table-level expectation failed: {failure}" for failure in gate.table_failures]
+    problems += [f"expectation error: {error}" for error in gate.errors]
+    if share > threshold:
+        counts = ", ".join(f"{name}={count}" for name, count in _counts(bad).items())
+        problems.append(
+            f"{len(bad)} of {rows_in} rows failed row-level expectations, {share:.1%} > threshold "
+            f"{threshold:.1%} ({counts})"
+        )
+    return problems
+
+
+def update_catalog(settings: Settings, day: dt.date) -> CatalogManifest:
+    """Merge landing ``items*`` files of all days up to ``day`` into ``lake/items/items.parquet``."""
+    days = [d for d in list_partitions(settings.landing_dir) if d <= day]
+    frames = []
+    for landing_day in days:
+        day_dir = partition_dir(settings.landing_dir, landing_day)
+        if not landing_files(day_dir, "items"):
+            continue
+        frame = _read_day(day_dir, "items", ITEMS_SCHEMA)
+        frame["_landing_day"] = landing_day
+        frames.append(frame)
+    if not frames:
+        raise IngestError(f"no items*.parquet|csv in any landing day up to {day.isoformat()}")
+    merged = pd.concat(frames, ignore_index=True)
+    merged["first_seen"] = pd.to_datetime(merged["first_seen"], utc=True, format="ISO8601").dt.as_unit("us")
+    merged["price"] = pd.to_numeric(merged["price"], errors="raise").astype("float64")
+    merged = merged.sort_values(["item_id", "_landing_day", _SOURCE_FILE, _SOURCE_ROW], kind="mergesort")
+    first_seen = merged.groupby("item_id", sort=True)["first_seen"].min()
+    latest = merged.groupby("item_id", sort=True).tail(1).set_index("item_id")
+    catalog = latest.assign(first_seen=first_seen).reset_index()[list(ITEM_COLUMNS)]
+    catalog = catalog.sort_values("item_id", kind="mergesort").reset_index(drop=True)
+
+    docs_dir = partition_dir(settings.reports_dir / "data_docs" / "items", day)
+    gate = run_gate(catalog, "items", {}, settings=settings, docs_dir=docs_dir)
+    if gate.row_failures or not gate.table_ok:
+        rows = ", ".join(
+            f"{catalog.at[i, 'item_id']}: {'/'.join(names)}"
+            for i, names in sorted(gate.row_failures.items())[:20]
+        )
+        raise IngestRejected(
+            f"item catalog up to {day.isoformat()} failed the items suite: "
+            + "; ".join([*gate.table_failures, *gate.errors, rows])
+        )
+    new_today = int((catalog["first_seen"] >= _day_bounds(day)[0]).sum())
+    table = pa.Table.from_pandas(catalog, schema=ITEMS_SCHEMA, preserve_index=False)
+    target = settings.items_dir / CATALOG_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".tmp-{uuid.uuid4().hex}-{CATALOG_FILE}")
+    _write_parquet(table, tmp)
+    os.replace(tmp, target)
+    log.info(
+        "item catalog up to %s: %d items, %d first seen that day", day.isoformat(), len(catalog), new_today
+    )
+    return CatalogManifest(
+        day=day.isoformat(),
+        items=len(catalog),
+        items_new_today=new_today,
+        catalog_uri=target.as_uri(),
+        data_docs_uri=docs_dir.joinpath("index.html").as_uri(),
+    )
