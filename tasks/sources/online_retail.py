@@ -1,0 +1,584 @@
+"""UCI Online Retail and Online Retail II invoice lines -> purchase events in the data contract.
+
+Reads parquet, csv or xlsx, with either column spelling (``Invoice``/``InvoiceNo``, ``Price``/
+``UnitPrice``, ``Customer ID``/``CustomerID``).  Every invoice line the shop really sold to a known
+customer becomes one ``purchase`` event; everything else is dropped by the first rule below that matches
+it, and counted (:class:`OnlineRetailReport`, also written as JSON beside the landing days):
+
+1. ``overlapping_sheet``: xlsx only: rows of a later sheet whose invoice already appeared in an earlier
+   sheet (the two Online Retail II sheets overlap in December 2010).
+2. ``unparseable_timestamp``: InvoiceDate neither ``YYYY-MM-DD HH:MM[:SS]`` nor ``M/D/YYYY H:MM``.
+3. ``cancellation``: invoices starting with ``C`` (returns; their quantities are negative).
+4. ``adjustment_invoice``: invoices starting with ``A`` ("Adjust bad debt").
+5. ``missing_customer``: no Customer ID: no user to attribute the purchase to.
+6. ``non_positive_quantity``: quantity <= 0 on a normal invoice (stock write-offs: "damages", "lost").
+7. ``non_product_code``: postage, fees and manual entries, not products (:data:`NON_PRODUCT_CODES`,
+   codes starting with ``TEST``, ``ADJUST`` or ``GIFT_`` (vouchers)).
+8. ``non_positive_price``: unit price <= 0 (free items, data fixes).
+9. ``missing_title``: no Description and no other line of the same StockCode has one.
+10. ``outside_window``: the event's UTC day is outside ``[start, end]`` (only when a window is given).
+
+Mapping: ``event_id`` = ``{invoice}-{line:04d}`` (line = 1-based position of the row within its invoice
+in file order, counted before any drop, so ids do not depend on the filters), ``session_id`` = invoice,
+``user_id`` = Customer ID as a whole number string ("13085"), ``event_timestamp`` = InvoiceDate read as
+Europe/London local time converted to UTC, ``quantity``/``unit_price``/``country`` as in the file.
+Items: ``item_id`` = StockCode (upper case), ``title`` = its most frequent Description (whitespace
+collapsed; ties: alphabetical), ``price`` = median unit price of its kept lines, ``category`` = first
+matching keyword rule on the title (:data:`CATEGORY_RULES`; "other" if none: a heuristic, not the
+shop's own categories), ``first_seen`` = its first kept purchase in the loaded window.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+import pandas as pd
+
+from tasks.contracts import EVENTS_SCHEMA, ITEMS_SCHEMA, ContractError
+from tasks.sources.loader import SourceManifest, conform, write_landing
+
+SOURCE: Final = "online_retail"
+# The leading underscore keeps parquet dataset readers (pyarrow, pandas, DuckDB hive scans) off it.
+REPORT_FILE: Final = "_online_retail_report.json"
+LOCAL_TZ: Final = "Europe/London"
+
+_COLUMN_ALIASES: Final = {"InvoiceNo": "Invoice", "UnitPrice": "Price", "CustomerID": "Customer ID"}
+_COLUMNS: Final = (
+    "Invoice",
+    "StockCode",
+    "Description",
+    "Quantity",
+    "InvoiceDate",
+    "Price",
+    "Customer ID",
+    "Country",
+)
+
+NON_PRODUCT_CODES: Final = frozenset(
+    {"POST", "DOT", "M", "D", "S", "B", "C2", "C3", "CRUK", "PADS", "BANK CHARGES", "AMAZONFEE", "GIFT"}
+)
+_NON_PRODUCT_PREFIXES: Final = ("TEST", "ADJUST", "GIFT_")
+
+# (category, title keywords); the first rule with a keyword in the title (as a whole word) wins.
+CATEGORY_RULES: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
+    ("christmas", ("CHRISTMAS", "XMAS", "ADVENT", "SANTA", "REINDEER", "SNOWFLAKE", "BAUBLE", "NATIVITY")),
+    ("easter", ("EASTER", "EGG", "EGGS", "CHICK", "CHICKS")),
+    (
+        "toys and games",
+        (
+            "TOY",
+            "TOYS",
+            "GAME",
+            "GAMES",
+            "PUZZLE",
+            "JIGSAW",
+            "DOLL",
+            "DOMINOES",
+            "SKITTLES",
+            "PLAYING CARDS",
+            "SPACEBOY",
+            "DOLLY",
+            "BALLOON",
+            "BALLOONS",
+            "CRAYONS",
+        ),
+    ),
+    (
+        "candles and lights",
+        (
+            "CANDLE",
+            "CANDLES",
+            "T-LIGHT",
+            "T-LIGHTS",
+            "TEALIGHT",
+            "LANTERN",
+            "LIGHT",
+            "LIGHTS",
+            "LAMP",
+            "NIGHTLIGHT",
+            "INCENSE",
+        ),
+    ),
+    ("bags", ("BAG", "BAGS", "TOTE", "SHOPPER", "PURSE", "RUCKSACK", "BACKPACK")),
+    (
+        "kitchen and dining",
+        (
+            "MUG",
+            "MUGS",
+            "CUP",
+            "CUPS",
+            "SAUCER",
+            "PLATE",
+            "PLATES",
+            "BOWL",
+            "BOWLS",
+            "TEAPOT",
+            "TEA",
+            "CAKE",
+            "CAKES",
+            "BAKING",
+            "CUTLERY",
+            "SPOON",
+            "SPOONS",
+            "NAPKINS",
+            "APRON",
+            "LUNCH",
+            "BOTTLE",
+            "GLASS",
+            "JUG",
+            "COASTER",
+            "COASTERS",
+            "KITCHEN",
+            "RECIPE",
+            "CUPCAKE",
+            "BEAKER",
+            "CHOPSTICKS",
+            "PANTRY",
+            "JAM",
+            "STRAWS",
+            "TRAY",
+            "CAFE",
+            "PICNIC",
+            "MOULD",
+        ),
+    ),
+    (
+        "stationery and gift wrap",
+        (
+            "CARD",
+            "CARDS",
+            "PAPER",
+            "NOTEBOOK",
+            "PENCIL",
+            "PENCILS",
+            "PEN",
+            "PENS",
+            "STICKER",
+            "STICKERS",
+            "WRAP",
+            "ENVELOPE",
+            "ENVELOPES",
+            "NOTEPAD",
+            "BOOK",
+            "TAPE",
+            "STAMP",
+            "STAMPS",
+            "RIBBON",
+            "RIBBONS",
+            "TAG",
+            "TAGS",
+            "CALENDAR",
+            "ERASER",
+            "RULER",
+            "DIARY",
+            "JOURNAL",
+            "TISSUES",
+        ),
+    ),
+    (
+        "jewellery and accessories",
+        (
+            "NECKLACE",
+            "NECKLACE",
+            "BRACELET",
+            "EARRINGS",
+            "RING",
+            "BROOCH",
+            "HAIR",
+            "HAIRCLIP",
+            "CLIP",
+            "UMBRELLA",
+            "SCARF",
+            "CHARM",
+            "JEWELLERY",
+            "DIAMANTE",
+            "BEADS",
+            "WALLET",
+            "SUNGLASSES",
+            "GLOVES",
+        ),
+    ),
+    (
+        "garden",
+        (
+            "GARDEN",
+            "PLANT",
+            "PLANTER",
+            "FLOWER",
+            "FLOWERS",
+            "WATERING",
+            "BIRD",
+            "BIRDS",
+            "HERB",
+            "SEED",
+            "SEEDS",
+            "POT",
+            "POTS",
+            "BIRDHOUSE",
+            "WINDMILL",
+        ),
+    ),
+    (
+        "storage",
+        (
+            "BOX",
+            "BOXES",
+            "BASKET",
+            "BASKETS",
+            "TIN",
+            "TINS",
+            "DRAWER",
+            "CHEST",
+            "STORAGE",
+            "CASE",
+            "JAR",
+            "JARS",
+            "CRATE",
+            "HAMPER",
+            "TRUNK",
+        ),
+    ),
+    ("bathroom", ("SOAP", "BATH", "BATHROOM", "TOWEL", "TOILET", "WASHBAG", "FLANNEL")),
+    (
+        "home decor",
+        (
+            "CUSHION",
+            "FRAME",
+            "CLOCK",
+            "SIGN",
+            "DOORMAT",
+            "MIRROR",
+            "VASE",
+            "HANGING",
+            "HEART",
+            "HEARTS",
+            "DECORATION",
+            "DECORATIONS",
+            "WALL",
+            "BUNTING",
+            "GARLAND",
+            "CHALKBOARD",
+            "HOOK",
+            "HOOKS",
+            "DOORSTOP",
+            "ORNAMENT",
+            "WREATH",
+            "PLAQUE",
+            "THROW",
+            "BLANKET",
+            "QUILT",
+            "RUG",
+            "MOBILE",
+            "CHIME",
+            "CHIMES",
+            "STAND",
+            "SHELF",
+            "CABINET",
+            "PHOTO",
+            "ART",
+            "DOORKNOB",
+            "KNOB",
+            "LETTERS",
+            "BELL",
+            "BELLS",
+        ),
+    ),
+)
+_CATEGORY_PATTERNS: Final = tuple(
+    (name, re.compile(r"(?<![A-Z0-9])(" + "|".join(re.escape(k) for k in keywords) + r")(?![A-Z0-9])"))
+    for name, keywords in CATEGORY_RULES
+)
+OTHER_CATEGORY: Final = "other"
+
+DROP_REASONS: Final = (
+    "overlapping_sheet",
+    "unparseable_timestamp",
+    "cancellation",
+    "adjustment_invoice",
+    "missing_customer",
+    "non_positive_quantity",
+    "non_product_code",
+    "non_positive_price",
+    "missing_title",
+    "outside_window",
+)
+
+
+@dataclass(frozen=True)
+class RowCounts:
+    """Rows and distinct customers, stock codes and invoices of a set of invoice lines."""
+
+    rows: int
+    customers: int
+    stock_codes: int
+    invoices: int
+
+
+@dataclass(frozen=True)
+class OnlineRetailReport:
+    """What the adapter read, dropped (by the first rule that matched, in :data:`DROP_REASONS` order),
+    treated specially and kept.
+
+    ``customer_and_cancellation_filtered`` counts the lines left after dropping cancellations,
+    ``A`` adjustments and rows without a customer: the figure the dataset's attribution note quotes
+    (the ``A`` invoices have no customer, so the note's two rules leave the same rows).  ``kept`` counts
+    what became events.  ``special`` counts lines that were kept but handled with care.
+    """
+
+    source_file: str
+    rows_read: int
+    dropped: Mapping[str, int]
+    special: Mapping[str, int]
+    customer_and_cancellation_filtered: RowCounts
+    kept: RowCounts
+    items: int
+    items_by_category: Mapping[str, int]
+    days: int
+    first_day: dt.date | None
+    last_day: dt.date | None
+    window: tuple[dt.date | None, dt.date | None] = (None, None)
+    report_path: str = field(default="")
+
+    def to_json(self) -> str:
+        def default(value: object) -> str:
+            if isinstance(value, dt.date):
+                return value.isoformat()
+            raise TypeError(type(value).__name__)
+
+        return json.dumps(asdict(self), indent=2, sort_keys=True, default=default)
+
+
+def category_of(title: str) -> str:
+    """The category of a product title: the first :data:`CATEGORY_RULES` rule with a keyword in it."""
+    upper = title.upper()
+    for name, pattern in _CATEGORY_PATTERNS:
+        if pattern.search(upper):
+            return name
+    return OTHER_CATEGORY
+
+
+def is_non_product(code: str) -> bool:
+    """Stock codes that are postage, fees, vouchers, tests or manual adjustments rather than products."""
+    upper = code.strip().upper()
+    return upper in NON_PRODUCT_CODES or upper.startswith(_NON_PRODUCT_PREFIXES)
+
+
+def _read(path: Path) -> tuple[pd.DataFrame, pd.Series]:
+    """The file's rows with canonical column names, and a mask of rows repeated from an earlier sheet."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        frames = [pd.read_parquet(path)]
+    elif suffix == ".csv":
+        try:
+            frames = [pd.read_csv(path, dtype=str, keep_default_na=True)]
+        except UnicodeDecodeError:  # the original UCI CSV exports are Latin-1
+            frames = [pd.read_csv(path, dtype=str, keep_default_na=True, encoding="latin-1")]
+    elif suffix in {".xlsx", ".xls"}:
+        frames = list(pd.read_excel(path, sheet_name=None, dtype={"Invoice": str, "InvoiceNo": str}).values())
+    else:
+        raise ContractError(f"{path}: Online Retail files are read from .parquet, .csv or .xlsx")
+    renamed = []
+    for frame in frames:
+        frame = frame.rename(columns=lambda c: _COLUMN_ALIASES.get(str(c).strip(), str(c).strip()))
+        missing = [c for c in _COLUMNS if c not in frame.columns]
+        if missing:
+            raise ContractError(f"{path}: not an Online Retail file, missing columns: {', '.join(missing)}")
+        frame = frame[list(_COLUMNS)].copy()
+        frame["Invoice"] = frame["Invoice"].astype(str).str.strip()
+        renamed.append(frame)
+    overlap = []
+    seen: set[str] = set()
+    for frame in renamed:
+        overlap.append(frame["Invoice"].isin(seen))
+        seen.update(frame["Invoice"].unique())
+    return pd.concat(renamed, ignore_index=True), pd.concat(overlap, ignore_index=True)
+
+
+def _parse_local_times(values: pd.Series) -> pd.Series:
+    """Naive local times: datetimes as they are, strings as ISO or as the UCI CSV's ``M/D/YYYY H:MM``."""
+    if pd.api.types.is_datetime64_any_dtype(values.dtype):
+        return values
+    text = values.astype("string").str.strip()
+    parsed = pd.to_datetime(text, format="ISO8601", errors="coerce")
+    us_style = parsed.isna() & text.notna()
+    if us_style.any():
+        parsed[us_style] = pd.to_datetime(text[us_style], format="%m/%d/%Y %H:%M", errors="coerce")
+    return parsed
+
+
+def _to_utc(naive: pd.Series) -> tuple[pd.Series, int, int]:
+    """Europe/London wall-clock times -> UTC; ambiguous times are read as GMT, missing ones shifted forward.
+
+    Returns the UTC times and the counts of ambiguous and non-existent local times.
+    """
+    naive = naive.astype("datetime64[us]")
+    probe = naive.dt.tz_localize(LOCAL_TZ, ambiguous="NaT", nonexistent="NaT")
+    odd = probe.isna() & naive.notna()
+    ambiguous = nonexistent = 0
+    if odd.any():
+        shifted = naive[odd].dt.tz_localize(LOCAL_TZ, ambiguous="NaT", nonexistent="shift_forward")
+        nonexistent = int(shifted.notna().sum())
+        ambiguous = int(odd.sum()) - nonexistent
+        fixed = naive[odd].dt.tz_localize(
+            LOCAL_TZ, ambiguous=np.zeros(int(odd.sum()), dtype=bool), nonexistent="shift_forward"
+        )
+        probe = probe.copy()
+        probe[odd] = fixed
+    return probe.dt.tz_convert("UTC"), ambiguous, nonexistent
+
+
+def _customer_ids(values: pd.Series) -> pd.Series:
+    """Customer IDs as whole-number strings ("13085"), nulls kept; non-numeric ids kept as written."""
+    text = values.astype("string").str.strip()
+    numbers = pd.to_numeric(text, errors="coerce")
+    whole = numbers.notna() & (numbers == numbers.round())
+    out = text.copy()
+    out[whole] = numbers[whole].astype("int64").astype(str)
+    return out.where(out.notna() & (out != ""), pd.NA)
+
+
+def _counts(frame: pd.DataFrame) -> RowCounts:
+    return RowCounts(
+        rows=len(frame),
+        customers=int(frame["user_id"].nunique()),
+        stock_codes=int(frame["StockCode"].nunique()),
+        invoices=int(frame["Invoice"].nunique()),
+    )
+
+
+def _titles(frame: pd.DataFrame) -> pd.Series:
+    """Most frequent description per stock code (ties: alphabetically first)."""
+    described = frame.dropna(subset=["title_raw"])
+    counts = described.groupby(["StockCode", "title_raw"]).size().rename("n").reset_index()
+    counts = counts.sort_values(["StockCode", "n", "title_raw"], ascending=[True, False, True])
+    return counts.drop_duplicates("StockCode").set_index("StockCode")["title_raw"]
+
+
+def load_online_retail(
+    path: Path,
+    landing_dir: Path,
+    *,
+    start: dt.date | None = None,
+    end: dt.date | None = None,
+) -> tuple[SourceManifest, OnlineRetailReport]:
+    """Convert an Online Retail (II) file into purchase events, one landing folder per UTC day.
+
+    ``start``/``end`` (inclusive UTC days) limit which days are written; every other rule is applied to
+    the whole file first, so titles, prices and the report's drop counts do not depend on the window.
+    The report is written to ``landing_dir/_online_retail_report.json`` (temp file, then renamed).
+    """
+    path = Path(path)
+    raw, overlapping = _read(path)
+    frame = raw.copy()
+    frame["line"] = frame.groupby("Invoice", sort=False).cumcount() + 1
+    frame["StockCode"] = frame["StockCode"].astype("string").str.strip().str.upper()
+    frame["title_raw"] = (
+        frame["Description"].astype("string").str.strip().str.replace(r"\s+", " ", regex=True)
+    )
+    frame.loc[frame["title_raw"] == "", "title_raw"] = pd.NA
+    frame["Quantity"] = pd.to_numeric(frame["Quantity"], errors="coerce")
+    frame["Price"] = pd.to_numeric(frame["Price"], errors="coerce")
+    frame["user_id"] = _customer_ids(frame["Customer ID"])
+    local = _parse_local_times(frame["InvoiceDate"])
+
+    reason = pd.Series(pd.NA, index=frame.index, dtype="string")
+
+    def drop(mask: pd.Series, name: str) -> None:
+        reason[mask.fillna(False).astype(bool) & reason.isna()] = name
+
+    invoice = frame["Invoice"]
+    drop(overlapping, "overlapping_sheet")
+    drop(local.isna(), "unparseable_timestamp")
+    drop(invoice.str.upper().str.startswith("C"), "cancellation")
+    drop(invoice.str.upper().str.startswith("A"), "adjustment_invoice")
+    drop(frame["user_id"].isna(), "missing_customer")
+    filtered = _counts(frame[reason.isna()])
+    drop(~(frame["Quantity"] > 0), "non_positive_quantity")
+    drop(frame["StockCode"].fillna("").map(is_non_product), "non_product_code")
+    drop(~(frame["Price"] > 0), "non_positive_price")
+    titles = _titles(frame[reason.isna()])
+    drop(~frame["StockCode"].isin(titles.index), "missing_title")
+
+    utc, ambiguous, nonexistent = _to_utc(local.where(reason.isna()))
+    utc_day = utc.dt.date
+    in_window = pd.Series(True, index=frame.index)
+    if start is not None:
+        in_window &= utc_day >= start
+    if end is not None:
+        in_window &= utc_day <= end
+    drop(reason.isna() & ~in_window, "outside_window")
+
+    kept = frame[reason.isna()].copy()
+    kept_utc = utc[reason.isna()]
+    duplicated = kept.duplicated(subset=list(_COLUMNS), keep="first")
+    special = {
+        "description_from_other_lines": int(kept["title_raw"].isna().sum()),
+        "stock_codes_with_several_descriptions": int(
+            frame[reason.isna() | (reason == "outside_window")]
+            .groupby("StockCode")["title_raw"]
+            .nunique()
+            .gt(1)
+            .sum()
+        ),
+        "repeated_identical_lines_kept": int(duplicated.sum()),
+        "ambiguous_local_times_read_as_gmt": ambiguous,
+        "nonexistent_local_times_shifted": nonexistent,
+    }
+
+    events = pd.DataFrame(
+        {
+            "event_id": kept["Invoice"] + "-" + kept["line"].map("{:04d}".format),
+            "user_id": kept["user_id"],
+            "item_id": kept["StockCode"],
+            "event_type": "purchase",
+            "event_timestamp": kept_utc,
+            "quantity": kept["Quantity"],
+            "unit_price": kept["Price"],
+            "session_id": kept["Invoice"],
+            "country": kept["Country"],
+        }
+    )
+    priced = frame[reason.isna() | (reason == "outside_window")]
+    prices = priced.groupby("StockCode")["Price"].median()
+    first_seen = events.groupby("item_id")["event_timestamp"].min()
+    items = pd.DataFrame({"item_id": first_seen.index, "first_seen": first_seen.to_numpy()})
+    items["title"] = items["item_id"].map(titles)
+    items["category"] = items["title"].map(category_of)
+    items["price"] = items["item_id"].map(prices).round(4)
+
+    manifest = write_landing(
+        SOURCE,
+        landing_dir,
+        conform(events, EVENTS_SCHEMA, f"{path} (events)"),
+        conform(items, ITEMS_SCHEMA, f"{path} (items)"),
+    )
+    counts = reason.value_counts()
+    report_path = Path(landing_dir) / REPORT_FILE
+    report = OnlineRetailReport(
+        source_file=str(path),
+        rows_read=len(frame),
+        dropped={name: int(counts.get(name, 0)) for name in DROP_REASONS},
+        special=special,
+        customer_and_cancellation_filtered=filtered,
+        kept=_counts(kept),
+        items=len(items),
+        items_by_category={k: int(v) for k, v in items["category"].value_counts().sort_index().items()},
+        days=len(manifest.days),
+        first_day=manifest.days[0] if manifest.days else None,
+        last_day=manifest.days[-1] if manifest.days else None,
+        window=(start, end),
+        report_path=str(report_path),
+    )
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    staging = report_path.with_name(f".{REPORT_FILE}.tmp")
+    staging.write_text(report.to_json() + "\n", encoding="utf-8")
+    os.replace(staging, report_path)
+    return manifest, report
