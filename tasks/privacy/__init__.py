@@ -1,0 +1,89 @@
+"""Privacy budget ledger, accounting, verification, reports and empirical audits (issue 6).
+
+Privacy unit: one user.  Every epsilon here is stated with its delta and the accountant that produced
+it (``opacus-rdp`` on the ledger, ``dp_accounting-rdp`` for independent verification).
+
+API others code against::
+
+    from tasks.privacy import (DpSgdMechanism, GaussianCountMechanism, LaplaceCountMechanism,
+                               Ledger, BudgetExceeded, calibrate_noise_multiplier, PrivacyStatement,
+                               release_dp_popularity, loss_threshold_audit, verify_ledger)
+
+    ledger = Ledger(settings.resolved_ledger_url)
+    ledger.ensure_budget(settings.privacy_scope, settings.privacy_epsilon_cap, delta, settings.privacy_period_days)
+    noise = calibrate_noise_multiplier(ledger, scope=..., sample_rate=q, steps=T, delta=delta,
+                                       epsilon_target=None, at=data_interval_end)
+    charge = ledger.reserve(scope=..., run_id=run_id, mechanism=DpSgdMechanism(noise, q, T, clip, k),
+                            data_window=(start, end), n_users=n, code_version=git_sha,
+                            data_hash=snapshot_hash, purpose="train_recommender")
+        # raises BudgetExceeded(spent, requested, remaining, message); idempotent on (run_id, purpose):
+        # a retried task gets its active charge back (use charge.mechanism, not a recalibration)
+    ... train with charge.mechanism ...
+    ledger.release(charge.id)                                  # failed before any artifact was written
+    ledger.commit(charge.id, model_version="3", artifact_uri=uri)  # wrote a model, promoted or not
+    statement = PrivacyStatement.from_charge(charge, secure_rng=False)
+    attach_to_model_version(statement, tracking_uri=..., registry_uri=..., model_name=..., version="3")
+    write_membership_losses(settings, "3", member_losses, heldout_losses, delta=delta)  # for the audit
+
+    ledger.spent(scope, at) -> EpsilonReport (epsilon, delta, unit, accountant, cap, remaining)
+    release_dp_popularity(events, sigma=, cap_per_user=, rng_seed=, by_country=) -> DataFrame
+        # reserve popularity_mechanism(sigma, cap_per_user) on the ledger first
+    loss_threshold_audit(member_losses, nonmember_losses, delta) -> AuditResult (auc, eps_lower_bound)
+    verify_ledger(url) -> VerifyResult (ok, problems)
+
+CLI: ``shoprec privacy verify|report|status`` (:data:`tasks.privacy.cli.app`).
+
+Modules: ``accounting`` (mechanisms, both accountants), ``ledger`` (tables, reserve/commit/release,
+calibration), ``verify``, ``statement``, ``audit``, ``popularity``, ``report``, ``cli``.  Importing
+this package imports SQLAlchemy, numpy, pandas and scipy, never torch, opacus, mlflow or
+dp_accounting (those load inside the functions that need them).
+"""
+
+from __future__ import annotations
+
+from tasks.privacy.accounting import (
+    DpSgdMechanism,
+    GaussianCountMechanism,
+    LaplaceCountMechanism,
+    Mechanism,
+    compose_epsilon,
+    independent_epsilon,
+)
+from tasks.privacy.audit import AuditResult, loss_threshold_audit, write_membership_losses
+from tasks.privacy.ledger import (
+    Budget,
+    BudgetExceeded,
+    Charge,
+    ChargeStatus,
+    EpsilonReport,
+    Ledger,
+    calibrate_noise_multiplier,
+)
+from tasks.privacy.popularity import popularity_mechanism, release_dp_popularity
+from tasks.privacy.statement import PrivacyStatement, attach_to_model_version
+from tasks.privacy.verify import VerifyResult, verify_ledger
+
+__all__ = [
+    "AuditResult",
+    "Budget",
+    "BudgetExceeded",
+    "Charge",
+    "ChargeStatus",
+    "DpSgdMechanism",
+    "EpsilonReport",
+    "GaussianCountMechanism",
+    "LaplaceCountMechanism",
+    "Ledger",
+    "Mechanism",
+    "PrivacyStatement",
+    "VerifyResult",
+    "attach_to_model_version",
+    "calibrate_noise_multiplier",
+    "compose_epsilon",
+    "independent_epsilon",
+    "loss_threshold_audit",
+    "popularity_mechanism",
+    "release_dp_popularity",
+    "verify_ledger",
+    "write_membership_losses",
+]

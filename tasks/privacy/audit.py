@@ -26,7 +26,6 @@ from typing import Final
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from tasks.config import Settings
 
@@ -68,6 +67,8 @@ class AuditResult:
 
 def membership_auc(member_losses: np.ndarray, nonmember_losses: np.ndarray) -> float:
     """P(a member's loss < a non-member's loss), ties counted half (Mann-Whitney U / n_m n_n)."""
+    from scipy import stats
+
     ranks = stats.rankdata(np.concatenate([nonmember_losses, member_losses]))
     n_n, n_m = len(nonmember_losses), len(member_losses)
     u_nonmember = ranks[:n_n].sum() - n_n * (n_n + 1) / 2  # pairs where the non-member's loss is larger
@@ -92,6 +93,8 @@ def loss_threshold_audit(
     n_thresholds: int = 50,
 ) -> AuditResult:
     """Loss-threshold attack: its AUC and the epsilon lower bound at ``delta`` it proves."""
+    from scipy import stats
+
     members = np.asarray(member_losses, dtype=np.float64)
     nonmembers = np.asarray(nonmember_losses, dtype=np.float64)
     if len(members) == 0 or len(nonmembers) == 0:
