@@ -107,6 +107,14 @@ class Settings(BaseSettings):
     registered_model_name: str = "shoprec-two-tower"
     experiment_name: str = "shoprec"
     promotion_tolerance: float = Field(default=0.01, ge=0.0)
+    training_epsilon: float = Field(
+        default=3.0, gt=0, description="User-level epsilon one DP-SGD training may add (ledger-calibrated)."
+    )
+    train_epochs: int = Field(default=5, ge=1)
+    eval_days: int = Field(default=7, ge=1, description="Length of the validation and the test window.")
+    min_training_interval_hours: float = Field(
+        default=24.0, ge=0.0, description="train_recommender skips data less this much newer than the last."
+    )
 
     @field_validator("home", "project_root")
     @classmethod
