@@ -27,22 +27,29 @@ version: ``publish_id = <model version>@<scoring time>``.  See :mod:`tasks.publi
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tasks.config import Settings
+
 if TYPE_CHECKING:
     import torch
+    from feast import FeatureStore
+
+    from tasks.model import Recommender
 
 GLOBAL: Final = "global"
+SERVICE_NAME_DEFAULT: Final = "recommendations_v1"  # feature_repo/recommendations.py SERVICE_NAME
 POPULAR_PREFIX: Final = "popular:"
 BOUGHT: Final = "bought:"
 VIEWED: Final = "viewed:"
@@ -319,3 +326,371 @@ def reason_labels(explained: np.ndarray, kinds: Sequence[str], item_ids: Sequenc
     for row, kind in enumerate(kinds):
         out.append([f"{kind}{ids[p]}" if p >= 0 else "" for p in explained[row]])
     return out
+
+
+# --- the scoring catalog: the current catalog through the champion's item tower ------------------
+@dataclass(frozen=True)
+class ScoringCatalog:
+    """The current catalog as scored: ids, item vectors, text vectors, category labels, popularity."""
+
+    item_ids: tuple[str, ...]
+    vectors: torch.Tensor  # [N, dim] item-tower vectors of the champion
+    text: np.ndarray  # [N, D] title embeddings (reasons)
+    category: np.ndarray  # [N] int labels (diversity cap)
+    popularity: np.ndarray | None  # [N] the champion's DP popularity release (0 for new items)
+    n_new: int  # items the champion never saw, scored through their text
+
+    def positions(self, item_ids: Sequence[str]) -> np.ndarray:
+        index = {item: i for i, item in enumerate(self.item_ids)}
+        found = [index[i] for i in item_ids if i in index]
+        return np.asarray(found, dtype=np.int64)
+
+
+def scoring_catalog(recommender: Recommender, items: pd.DataFrame) -> ScoringCatalog:
+    """Score the CURRENT catalog (``items``: item_id, category, price, embedding) with the champion.
+
+    Items that left the catalog are gone from the result, so they are never recommended; items the
+    champion never saw get item-tower vectors from their title embedding, category and price (the
+    tower has no per-item parameters unless ``item_id_dim > 0``, in which case unseen items are
+    dropped).
+    """
+    import torch
+
+    from tasks.model import ItemCatalog, TwoTower
+
+    known = recommender.catalog
+    frame = items.dropna(subset=["embedding"]).sort_values("item_id", kind="stable")
+    if known.n_items and recommender.model.config.item_id_dim > 0:
+        frame = frame[frame["item_id"].isin(set(known.item_ids))]
+    if frame.empty:
+        raise ValueError("no current catalog item can be scored")
+    ids = tuple(str(i) for i in frame["item_id"])
+    text = np.stack([np.asarray(v, dtype=np.float32) for v in frame["embedding"]])
+    cat_pos = {c: i for i, c in enumerate(known.categories)}
+    category = frame["category"].fillna("<unknown>").astype(str)
+    category_index = np.asarray([cat_pos.get(c, -1) for c in category], dtype=np.int64)  # -1 -> padding
+    price = frame["price"].fillna(0.0).to_numpy(dtype=np.float64)
+    catalog = ItemCatalog(
+        item_ids=ids,
+        text=text,
+        category_index=category_index,
+        price_bucket=np.searchsorted(np.asarray(known.price_edges), price).astype(np.int64),
+        categories=known.categories,
+        price_edges=known.price_edges,
+        encoder_id=known.encoder_id,
+    )
+    config = recommender.model.config
+    tower = TwoTower(dataclasses.replace(config, n_items=len(ids)))
+    per_item = {"item_text", "item_category", "item_price", "item_id.weight"}
+    state = {k: v for k, v in recommender.model.state_dict().items() if k not in per_item}
+    missing, unexpected = tower.load_state_dict(state, strict=False)
+    if set(missing) - per_item or unexpected:
+        raise ValueError(f"champion weights do not fit its architecture: {missing} {unexpected}")
+    if config.item_id_dim > 0:
+        assert tower.item_id is not None
+        old = recommender.model.state_dict()["item_id.weight"]
+        with torch.no_grad():
+            tower.item_id.weight[1:] = old[torch.from_numpy(known.index_of(list(ids)))]
+    tower.load_catalog(catalog)
+    tower.eval()
+    with torch.inference_mode():
+        vectors = tower.item_vectors(torch.arange(1, len(ids) + 1))
+    popularity = None
+    if recommender.popularity is not None and len(recommender.popularity):
+        old_pos = known.index_of(list(ids))  # model index (1-based), 0 = unseen
+        padded = np.concatenate([[0.0], np.asarray(recommender.popularity, dtype=np.float64)])
+        popularity = padded[old_pos]
+    labels = {c: i for i, c in enumerate(sorted(set(category)))}
+    return ScoringCatalog(
+        item_ids=ids,
+        vectors=vectors,
+        text=text,
+        category=np.asarray([labels[c] for c in category], dtype=np.int64),
+        popularity=popularity,
+        n_new=int(sum(1 for i in ids if i not in set(known.item_ids))),
+    )
+
+
+# --- Feast: blue/green slots and the atomic switch of recommendations_v1 -------------------------
+@dataclass(frozen=True)
+class OnlinePublish:
+    """What the online write did: the slot now live, its publish id, rows written (0: already live)."""
+
+    slot: str
+    publish_id: str
+    rows_written: int
+    already_live: bool
+
+
+def _repo_module(settings: Settings | None = None) -> Any:
+    """``feature_repo/recommendations.py``, loaded by path (the Feast repo is not a Python package)."""
+    import importlib.util
+    import sys
+
+    name = "shoprec_feature_repo_recommendations"
+    if name in sys.modules:
+        return sys.modules[name]
+    root = (
+        settings.feature_repo_dir
+        if settings is not None
+        else Path(__file__).resolve().parent.parent / "feature_repo"
+    )
+    spec = importlib.util.spec_from_file_location(name, root / "recommendations.py")
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {root / 'recommendations.py'}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def recommendation_objects(settings: Settings) -> list[Any]:
+    """Both slot views (no service: :func:`publish_online` applies it when it switches)."""
+    from tasks.feast_store import build_definitions
+
+    repo = _repo_module(settings)
+    user = build_definitions(settings.features_dir).user
+    source = repo.recommendations_source(str(offline_root(settings)))
+    return [user, source, *(repo.recommendation_view(slot, user, source) for slot in repo.SLOTS)]
+
+
+def live_slot(store: FeatureStore) -> tuple[str | None, str | None]:
+    """(live slot view name, live publish id) from the ``recommendations_v1`` tags; (None, None) if none."""
+    repo = _repo_module()
+    try:
+        service = store.get_feature_service(repo.SERVICE_NAME, allow_cache=False)
+    except Exception:  # FeatureServiceNotFoundException: nothing published yet
+        return None, None
+    return service.tags.get("slot"), service.tags.get("publish_id")
+
+
+def _clear_slot(store: FeatureStore, view: Any) -> None:
+    """Drop and recreate one slot's online table (Redis: delete its fields), so no stale row survives."""
+    provider = store._get_provider()  # Feast has no public per-view truncate
+    for delete, keep in (([view], []), ([], [view])):
+        provider.update_infra(
+            project=store.project,
+            tables_to_delete=delete,
+            tables_to_keep=keep,
+            entities_to_delete=[],
+            entities_to_keep=[],
+            partial=True,
+        )
+
+
+def read_slot(store: FeatureStore, slot: str, user_ids: Sequence[str]) -> dict[str, list[Any]]:
+    """The online rows of one slot (not what consumers read; for verification and tests)."""
+    features = [f"{slot}:{f}" for f in ("item_ids", "scores", "reasons", "model_version", "publish_id")]
+    response = store.get_online_features(features=features, entity_rows=[{"user_id": u} for u in user_ids])
+    return dict(response.to_dict())
+
+
+def publish_online(
+    store: FeatureStore,
+    rows: pd.DataFrame,
+    *,
+    chunk_rows: int = 5000,
+    on_chunk: Callable[[int], None] | None = None,
+) -> OnlinePublish:
+    """Write ``rows`` to the slot that is not live, verify every row, then switch ``recommendations_v1``.
+
+    If the live slot already holds this ``publish_id`` nothing is written (a re-run). A failure at any
+    point before the switch leaves the service on the previous slot, whose rows are untouched.
+    ``on_chunk(rows_written_so_far)`` is called after each chunk (progress; failure drills).
+    """
+    repo = _repo_module()
+    publish_ids = rows["publish_id"].unique().tolist()
+    if len(publish_ids) != 1:
+        raise ValueError(f"rows of one publish expected, got publish ids {publish_ids}")
+    publish_id = str(publish_ids[0])
+    live, live_id = live_slot(store)
+    if live is not None and live_id == publish_id:
+        return OnlinePublish(slot=live, publish_id=publish_id, rows_written=0, already_live=True)
+    target = repo.SLOTS[1] if live == repo.SLOTS[0] else repo.SLOTS[0]
+    view = store.get_feature_view(target, allow_registry_cache=False)
+    _clear_slot(store, view)
+    written = 0
+    for start in range(0, len(rows), chunk_rows):
+        chunk = rows.iloc[start : start + chunk_rows]
+        store.write_to_online_store(target, chunk, allow_registry_cache=False)
+        written += len(chunk)
+        if on_chunk is not None:
+            on_chunk(written)
+    check = read_slot(store, target, rows["user_id"].tolist())
+    wrong = [u for u, p in zip(check["user_id"], check["publish_id"], strict=True) if p != publish_id]
+    if wrong:
+        raise RuntimeError(
+            f"slot {target}: {len(wrong)} rows do not hold publish {publish_id}; not switching"
+        )
+    model_version = str(rows["model_version"].iloc[0])
+    tags = {"slot": target, "publish_id": publish_id, "model_version": model_version, "rows": str(len(rows))}
+    store.apply([repo.recommendations_service(view, tags)])
+    return OnlinePublish(slot=target, publish_id=publish_id, rows_written=written, already_live=False)
+
+
+def offline_root(settings: Settings) -> Path:
+    """Folder of the per-publish audit copies."""
+    return settings.home / "recommendations"
+
+
+# --- the whole publish ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PublishManifest:
+    """What one publish did (XCom-sized): ids, counts, paths."""
+
+    publish_id: str
+    model_version: str
+    scoring_time: str
+    n_users: int
+    n_cold_start: int
+    n_items_scored: int
+    n_new_items: int
+    slot: str
+    rows_written: int
+    already_live: bool
+    offline_uri: str
+    seconds_scoring: float
+
+
+def scoring_time_for_days(days: Sequence[str]) -> dt.datetime:
+    """Scoring time of a run over ``days`` (ISO dates): the end of the last day, 00:00 UTC next day."""
+    last = max(dt.date.fromisoformat(d) for d in days)
+    return dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), dt.UTC)
+
+
+def _user_snapshot(settings: Settings, scoring_time: dt.datetime) -> pd.DataFrame:
+    from tasks.features import user_features_dir
+
+    day = (scoring_time.astimezone(dt.UTC) - dt.timedelta(days=1)).date()
+    path = user_features_dir(settings) / f"{day.isoformat()}.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"no user feature snapshot for {day} (scoring time {scoring_time}): {path}")
+    return pq.read_table(path).to_pandas().sort_values("user_id", kind="stable").reset_index(drop=True)
+
+
+def _current_items(settings: Settings) -> pd.DataFrame:
+    from tasks.features import item_features_path
+
+    return pq.read_table(item_features_path(settings)).to_pandas()
+
+
+def run_publish(
+    settings: Settings,
+    scoring_time: dt.datetime,
+    *,
+    rules: PublishRules | None = None,
+    recommender: tuple[Recommender, str] | None = None,
+    on_chunk: Callable[[int], None] | None = None,
+    chunk_rows: int = 5000,
+) -> PublishManifest:
+    """Score every user of the snapshot at ``scoring_time`` with the champion and publish the top-K.
+
+    ``recommender``: (Recommender, version); default :func:`tasks.registry.load_champion` (MLflow
+    ``models:/<name>@champion``). Writes the audit parquet (temp file, rename) before the online
+    blue/green write and switch. Same model and scoring time: same rows, same bytes.
+    """
+    import time
+
+    import torch
+
+    from tasks.feast_store import apply_definitions, get_store
+    from tasks.model import blend_scores
+
+    rules = rules or PublishRules(k=settings.top_k)
+    if scoring_time.tzinfo is None:
+        raise ValueError("scoring_time must be timezone-aware")
+    if recommender is None:
+        from tasks.registry import load_champion
+
+        recommender = load_champion(settings)
+    model, version = recommender
+    torch.manual_seed(settings.seed)
+    users = _user_snapshot(settings, scoring_time)
+    catalog = scoring_catalog(model, _current_items(settings))
+    started = time.perf_counter()
+
+    purchases, histories, kinds = [], [], []
+    index = {item: i for i, item in enumerate(catalog.item_ids)}
+    for items, counts, recent in zip(
+        users["purchased_items"], users["purchased_counts"], users["recent_items"], strict=True
+    ):
+        items_l, counts_l = (
+            list(items if items is not None else []),
+            list(counts if counts is not None else []),
+        )
+        pairs = [(index[i], c) for i, c in zip(items_l, counts_l, strict=True) if i in index]
+        purchases.append(
+            (np.asarray([p for p, _ in pairs], np.int64), np.asarray([c for _, c in pairs], float))
+        )
+        bought = purchases[-1][0]
+        viewed = catalog.positions(list(recent if recent is not None else []))
+        histories.append(bought if len(bought) else viewed)
+        kinds.append(BOUGHT if len(bought) else VIEWED)
+    cold = np.asarray([len(h) == 0 for h in histories], dtype=bool)
+
+    def blend(raw: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        return blend_scores(raw, counts, catalog.popularity, model.weights)
+
+    warm_idx = np.flatnonzero(~cold)
+    k = min(rules.k, len(catalog.item_ids))
+    top = TopK(indices=np.full((len(users), k), -1, np.int64), scores=np.full((len(users), k), -np.inf))
+    reasons: list[list[str]] = [[""] * k for _ in range(len(users))]
+    if len(warm_idx):
+        warm = users.iloc[warm_idx]
+        warm_top = score_top_k(
+            model.user_vectors(warm),
+            catalog.vectors,
+            rules=rules,
+            purchases=[purchases[i] for i in warm_idx],
+            category=catalog.category,
+            blend=blend,
+        )
+        top.indices[warm_idx], top.scores[warm_idx] = warm_top.indices, warm_top.scores
+        explained = explain(warm_top.indices, [histories[i] for i in warm_idx], catalog.text)
+        for row, labels in zip(
+            warm_idx, reason_labels(explained, [kinds[i] for i in warm_idx], catalog.item_ids), strict=True
+        ):
+            reasons[row] = labels
+    popular = catalog.popularity if catalog.popularity is not None else np.zeros(len(catalog.item_ids))
+    pop_top = popularity_top_k(popular, rules=rules, category=catalog.category)
+    for row in np.flatnonzero(cold):
+        top.indices[row], top.scores[row] = pop_top.indices[0], pop_top.scores[0]
+        reasons[row] = [f"{POPULAR_PREFIX}{GLOBAL}"] * k
+    seconds = time.perf_counter() - started
+
+    user_ids = [*users["user_id"].astype(str), f"{POPULAR_PREFIX}{GLOBAL}"]
+    all_top = TopK(
+        indices=np.concatenate([top.indices, pop_top.indices]),
+        scores=np.concatenate([top.scores, pop_top.scores]),
+    )
+    rows = build_rows(
+        user_ids,
+        all_top,
+        [*reasons, [f"{POPULAR_PREFIX}{GLOBAL}"] * k],
+        catalog.item_ids,
+        model_version=version,
+        scoring_time=scoring_time,
+    )
+    publish = publish_id_for(version, scoring_time)
+    path = write_offline_copy(rows, offline_path(offline_root(settings), publish))
+    apply_definitions(settings, extra=recommendation_objects(settings))
+    online = publish_online(get_store(settings), rows, chunk_rows=chunk_rows, on_chunk=on_chunk)
+    return PublishManifest(
+        publish_id=publish,
+        model_version=version,
+        scoring_time=scoring_time.isoformat(),
+        n_users=len(users),
+        n_cold_start=int(cold.sum()),
+        n_items_scored=len(catalog.item_ids),
+        n_new_items=catalog.n_new,
+        slot=online.slot,
+        rows_written=online.rows_written,
+        already_live=online.already_live,
+        offline_uri=path.as_uri(),
+        seconds_scoring=round(seconds, 3),
+    )
+
+
+def read_offline_copy(path: Path) -> pd.DataFrame:
+    """The audit copy of one publish as written."""
+    return pq.read_table(path).to_pandas()

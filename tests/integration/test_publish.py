@@ -1,0 +1,163 @@
+"""Publishing against a real Feast store (SQLite online store, SQL registry) with a small real model.
+
+The champion here is a freshly built :class:`tasks.model.Recommender` (random weights, real towers)
+handed to :func:`run_publish`; MLflow loading is the registry's own tested path.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks.config import Settings
+from tasks.features import (
+    ITEM_FEATURES_SCHEMA,
+    USER_FEATURES_SCHEMA,
+    item_features_path,
+    user_features_dir,
+    write_table,
+)
+from tasks.model import BlendWeights, Recommender, build_item_catalog, build_model
+from tasks.publishing import SERVICE_NAME_DEFAULT, offline_path, offline_root, read_offline_copy, run_publish
+
+pytestmark = pytest.mark.integration
+
+DAY = dt.date(2026, 10, 10)
+T = dt.datetime(2026, 10, 11, tzinfo=dt.UTC)
+N_ITEMS, N_USERS, DIM = 30, 12, 8
+
+
+def _items(n: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(n, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return pd.DataFrame(
+        {
+            "item_id": [f"I{i:03d}" for i in range(n)],
+            "event_timestamp": pd.Timestamp("2026-09-01", tz="UTC"),
+            "title": [f"item {i}" for i in range(n)],
+            "category": [f"c{i % 3}" for i in range(n)],
+            "price": 1.0 + np.arange(n, dtype=float),
+            "first_seen": pd.Timestamp("2026-09-01", tz="UTC"),
+            "embedding": list(vectors),
+        }
+    )
+
+
+def _users() -> pd.DataFrame:
+    rows = []
+    for u in range(N_USERS):
+        bought = [f"I{(u + j) % N_ITEMS:03d}" for j in range(2)] if u % 4 else []
+        recent = [f"I{(u * 3 + j) % N_ITEMS:03d}" for j in range(3)] if u != 0 else []
+        rows.append(
+            {
+                "user_id": f"u_{u:032x}",
+                "event_timestamp": pd.Timestamp(T),
+                **{
+                    c: 1
+                    for c in USER_FEATURES_SCHEMA.names
+                    if c.endswith(("_7d", "_30d")) and "spend" not in c and "basket" not in c
+                },
+                "spend_30d": 10.0,
+                "avg_basket_value_30d": 5.0,
+                "days_since_last_purchase": 3.0 if bought else -1.0,
+                "top_categories": ["c0"],
+                "recent_items": recent,
+                "purchased_items": bought,
+                "purchased_counts": [1] * len(bought),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _world(settings: Settings, n_items_now: int = N_ITEMS) -> tuple[Recommender, str]:
+    settings.ensure_dirs()
+    items = _items(N_ITEMS)
+    write_table(_items(n_items_now), ITEM_FEATURES_SCHEMA, item_features_path(settings))
+    write_table(_users(), USER_FEATURES_SCHEMA, user_features_dir(settings) / f"{DAY.isoformat()}.parquet")
+    catalog = build_item_catalog(items, items[["item_id", "embedding"]])
+    import torch
+
+    torch.manual_seed(0)
+    model = build_model(catalog, dim=8, hidden=16)
+    popularity = np.arange(N_ITEMS, dtype=float)[::-1].copy()
+    return Recommender(
+        model,
+        catalog,
+        weights=BlendWeights(repeat=1.0, popularity=0.5),
+        popularity=popularity,
+        history_length=20,
+    ), "1"
+
+
+def _served(settings: Settings, user_ids: list[str]) -> dict[str, list]:
+    from tasks.feast_store import get_store
+
+    store = get_store(settings)
+    service = store.get_feature_service(SERVICE_NAME_DEFAULT, allow_cache=False)
+    return dict(
+        store.get_online_features(features=service, entity_rows=[{"user_id": u} for u in user_ids]).to_dict()
+    )
+
+
+def test_served_recommendations_equal_the_offline_copy(shoprec_home: Settings) -> None:
+    manifest = run_publish(shoprec_home, T, recommender=_world(shoprec_home))
+    offline = read_offline_copy(offline_path(offline_root(shoprec_home), manifest.publish_id))
+    served = _served(shoprec_home, offline["user_id"].tolist())
+    assert served["item_ids"] == [list(v) for v in offline["item_ids"]]
+    assert served["scores"] == [list(v) for v in offline["scores"]]
+    assert served["reasons"] == [list(v) for v in offline["reasons"]]
+    assert set(served["publish_id"]) == {"1@20261011T000000Z"}
+
+
+def test_rerun_of_the_same_publish_writes_nothing_and_keeps_the_same_bytes(shoprec_home: Settings) -> None:
+    world = _world(shoprec_home)
+    first = run_publish(shoprec_home, T, recommender=world)
+    path = offline_path(offline_root(shoprec_home), first.publish_id)
+    before = path.read_bytes()
+    second = run_publish(shoprec_home, T, recommender=world)
+    assert (second.already_live, second.rows_written, second.slot) == (True, 0, first.slot)
+    assert path.read_bytes() == before
+
+
+def test_a_publish_failing_midway_leaves_the_previous_set_served(shoprec_home: Settings) -> None:
+    world = _world(shoprec_home)
+    first = run_publish(shoprec_home, T, recommender=world)
+    before = _served(shoprec_home, [f"u_{u:032x}" for u in range(N_USERS)])
+
+    def die(written: int) -> None:
+        raise RuntimeError(f"killed on purpose after {written} rows")
+
+    later = T + dt.timedelta(days=1)
+    (user_features_dir(shoprec_home) / f"{(DAY + dt.timedelta(days=1)).isoformat()}.parquet").write_bytes(
+        (user_features_dir(shoprec_home) / f"{DAY.isoformat()}.parquet").read_bytes()
+    )
+    with pytest.raises(RuntimeError, match="killed on purpose after 5 rows"):
+        run_publish(shoprec_home, later, recommender=(world[0], "2"), chunk_rows=5, on_chunk=die)
+    after = _served(shoprec_home, [f"u_{u:032x}" for u in range(N_USERS)])
+    assert after == before
+    assert set(after["publish_id"]) == {first.publish_id}
+
+
+def test_cold_start_user_gets_global_dp_popularity(shoprec_home: Settings) -> None:
+    world = _world(shoprec_home)
+    run_publish(shoprec_home, T, recommender=world)
+    served = _served(shoprec_home, [f"u_{0:032x}", "popular:global"])
+    assert served["item_ids"][0] == served["item_ids"][1]
+    assert set(served["reasons"][0]) == {"popular:global"}
+    assert served["item_ids"][0][0] == "I000"  # the highest DP popularity in this world
+
+
+def test_items_that_left_the_catalog_are_not_recommended_and_new_items_are(shoprec_home: Settings) -> None:
+    world = _world(shoprec_home, n_items_now=N_ITEMS + 10)  # 10 new items the champion never saw
+    items = _items(N_ITEMS + 10).iloc[5:]  # I000..I004 left the catalog
+    write_table(items, ITEM_FEATURES_SCHEMA, item_features_path(shoprec_home))
+    manifest = run_publish(shoprec_home, T, recommender=world)
+    offline = read_offline_copy(offline_path(offline_root(shoprec_home), manifest.publish_id))
+    recommended = {i for v in offline["item_ids"] for i in v}
+    assert manifest.n_new_items == 10
+    assert recommended.isdisjoint({f"I{i:03d}" for i in range(5)})
+    assert recommended & {f"I{i:03d}" for i in range(N_ITEMS, N_ITEMS + 10)}
