@@ -27,7 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.config import Settings
-from tasks.contracts import EVENT_COLUMNS, ITEM_COLUMNS, list_partitions, partition_dir
+from tasks.contracts import EVENT_COLUMNS, ITEM_COLUMNS, days_in_interval, list_partitions, partition_dir
 
 if TYPE_CHECKING:
     from tasks.embeddings import TextEncoder
@@ -121,6 +121,28 @@ def items_catalog_path(settings: Settings) -> Path:
 def snapshot_time(day: dt.date) -> pd.Timestamp:
     """``event_timestamp`` of day ``day``'s snapshot: the end of that day, ``D+1 00:00 UTC``."""
     return pd.Timestamp(day + dt.timedelta(days=1), tz="UTC")
+
+
+def resolve_days(
+    conf: Mapping[str, Any] | None,
+    asset_extras: Iterable[Mapping[str, Any]],
+    interval: tuple[dt.datetime | None, dt.datetime | None] = (None, None),
+) -> list[dt.date]:
+    """The data days a ``build_features`` run covers, from (first that gives any):
+
+    1. the run conf ``{"days": ["YYYY-MM-DD", ...]}`` (demos, backfills, ``dag.test(run_conf=...)``);
+    2. the triggering ``events_clean`` asset events' extra, ``"partitions"`` or ``"days"``;
+    3. the run's data interval (``[start, end)`` calendar days), when it has one.
+    """
+    raw: list[str] = [str(d) for d in (conf or {}).get("days") or []]
+    if not raw:
+        for extra in asset_extras:
+            raw.extend(str(d) for d in (extra.get("partitions") or extra.get("days") or []))
+    days = {dt.date.fromisoformat(d) for d in raw}
+    start, end = interval
+    if not days and start is not None and end is not None:
+        days = set(days_in_interval(start, end))
+    return sorted(days)
 
 
 # --- reading the lake ----------------------------------------------------------------------------
