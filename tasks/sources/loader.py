@@ -86,7 +86,8 @@ def _to_utc(values: pd.Series, column: str, where: str) -> pd.Series:
 
 
 def _to_string(values: pd.Series) -> pd.Series:
-    """Strings, nulls kept; integral numbers (``13085.0``) are written without a decimal part."""
+    """Strings, nulls and blanks as null; integral numbers (``13085.0``) are written without ``.0``."""
+    values = _blank_to_null(values)
     if pd.api.types.is_float_dtype(values.dtype):
         whole = values.dropna()
         if (whole == whole.round()).all():
@@ -94,7 +95,16 @@ def _to_string(values: pd.Series) -> pd.Series:
     return values.astype("string").astype(object).where(values.notna(), None)
 
 
+def _blank_to_null(values: pd.Series) -> pd.Series:
+    """Empty or whitespace-only strings mean "missing", as an empty CSV cell does."""
+    if values.dtype != object and not pd.api.types.is_string_dtype(values.dtype):
+        return values
+    blank = values.map(lambda v: isinstance(v, str) and not v.strip())
+    return values.mask(blank.astype(bool), None)
+
+
 def _to_number(values: pd.Series, column: str, where: str, dtype: str) -> pd.Series:
+    values = _blank_to_null(values)
     numbers = pd.to_numeric(values, errors="coerce")
     bad = numbers.isna() & values.notna()
     if bad.any():
