@@ -694,3 +694,20 @@ def run_publish(
 def read_offline_copy(path: Path) -> pd.DataFrame:
     """The audit copy of one publish as written."""
     return pq.read_table(path).to_pandas()
+
+
+def resolve_scoring_time(
+    settings: Settings, days: Sequence[str] | None, interval_end: dt.datetime | None
+) -> dt.datetime:
+    """The run's scoring time, never the wall clock: the end of the last of ``days`` (run conf), else
+    the data interval end, else the time of the latest user feature snapshot on disk."""
+    if days:
+        return scoring_time_for_days(days)
+    if interval_end is not None:
+        return interval_end.astimezone(dt.UTC)
+    from tasks.features import user_features_dir
+
+    snapshots = sorted(p.stem for p in user_features_dir(settings).glob("*.parquet"))
+    if not snapshots:
+        raise FileNotFoundError(f"no user feature snapshots in {user_features_dir(settings)}")
+    return scoring_time_for_days([snapshots[-1]])

@@ -1,0 +1,62 @@
+"""Publish the champion's top-K recommendations to Feast for every active user.
+
+Triggered when a new champion is promoted (Asset `model_champion`) or when fresh features land
+(Asset `features`, the daily refresh). `score_and_publish` loads `models:/<name>@champion` from
+MLflow, scores the current catalog for every user of the feature snapshot at the run's scoring time
+(run conf `{"days": [...]}`: end of the last day; else the data interval end; never the wall clock),
+keeps the top K with reasons, writes the audit copy
+`SHOPREC_HOME/recommendations/publish_id=<version>@<time>/recommendations.parquet` (temp file, rename),
+writes the Feast slot that is not live (`user_recommendations_blue|green`), verifies it and only then
+switches the feature service `recommendations_v1`. A re-run of the same model and scoring time
+changes nothing; a failed run leaves the previous set served. Emits Asset `recommendations`.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import Asset, dag, task
+
+from tasks.assets import FEATURES, MODEL_CHAMPION, RECOMMENDATIONS
+
+model_champion = Asset(name=MODEL_CHAMPION[0], uri=MODEL_CHAMPION[1])
+features = Asset(name=FEATURES[0], uri=FEATURES[1])
+recommendations = Asset(name=RECOMMENDATIONS[0], uri=RECOMMENDATIONS[1])
+
+
+@dag(
+    schedule=(model_champion | features),
+    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["shoprec", "publish", "feast"],
+    default_args={
+        "retries": 2,
+        "retry_delay": pendulum.duration(minutes=1),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": pendulum.duration(minutes=10),
+    },
+    doc_md=__doc__,
+)
+def publish_recommendations() -> None:
+    """Champion from MLflow -> top-K per user with reasons -> Feast (blue/green) + audit parquet."""
+
+    @task(multiple_outputs=False, outlets=[recommendations])
+    def score_and_publish(*, dag_run=None, data_interval_end=None, outlet_events=None) -> dict:  # type: ignore[no-untyped-def]
+        from dataclasses import asdict
+
+        from tasks.config import get_settings
+        from tasks.publishing import resolve_scoring_time, run_publish
+
+        settings = get_settings()
+        conf = (dag_run.conf if dag_run is not None else None) or {}
+        scoring_time = resolve_scoring_time(settings, conf.get("days"), data_interval_end)
+        manifest = asdict(run_publish(settings, scoring_time))
+        outlet_events[recommendations].extra = {
+            k: manifest[k] for k in ("publish_id", "model_version", "n_users", "slot")
+        }
+        return manifest
+
+    score_and_publish()
+
+
+publish_recommendations()
