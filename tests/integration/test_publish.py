@@ -7,6 +7,7 @@ handed to :func:`run_publish`; MLflow loading is the registry's own tested path.
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -161,3 +162,81 @@ def test_items_that_left_the_catalog_are_not_recommended_and_new_items_are(shopr
     assert manifest.n_new_items == 10
     assert recommended.isdisjoint({f"I{i:03d}" for i in range(5)})
     assert recommended & {f"I{i:03d}" for i in range(N_ITEMS, N_ITEMS + 10)}
+
+
+def test_recommend_pseudonymises_a_raw_customer_id_before_the_lookup(shoprec_home: Settings) -> None:
+    from tasks.consumers import get_recommendations
+    from tasks.pseudonymize import load_key, pseudonymize
+
+    world = _world(shoprec_home)
+    path = user_features_dir(shoprec_home) / f"{DAY.isoformat()}.parquet"
+    users = _users()
+    users.loc[5, "user_id"] = pseudonymize("C-17", load_key(shoprec_home))
+    write_table(users, USER_FEATURES_SCHEMA, path)
+    manifest = run_publish(shoprec_home, T, recommender=world)
+    offline = read_offline_copy(offline_path(offline_root(shoprec_home), manifest.publish_id)).set_index(
+        "user_id"
+    )
+    recs = get_recommendations(shoprec_home, "C-17")
+    assert recs.fallback is False
+    assert recs.item_ids == list(offline.loc[recs.user_id, "item_ids"])
+    assert recs.titles[0] == f"item {int(recs.item_ids[0][1:])}"
+
+
+def test_recommend_for_an_unknown_user_falls_back_to_popular_items(shoprec_home: Settings) -> None:
+    from tasks.consumers import get_recommendations
+
+    run_publish(shoprec_home, T, recommender=_world(shoprec_home))
+    recs = get_recommendations(shoprec_home, "never-seen-customer", k=3)
+    assert (recs.fallback, len(recs.item_ids), set(recs.reasons)) == (True, 3, {"popular:global"})
+
+
+def test_feast_feature_server_serves_the_offline_copy(shoprec_home: Settings) -> None:
+    import json
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from tasks.feast_store import write_repo_yaml
+
+    manifest = run_publish(shoprec_home, T, recommender=_world(shoprec_home))
+    offline = read_offline_copy(offline_path(offline_root(shoprec_home), manifest.publish_id))
+    user = offline["user_id"].iloc[3]
+    repo = write_repo_yaml(shoprec_home)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    feast = Path(sys.executable).with_name("feast")
+    server = subprocess.Popen(
+        [str(feast), "-c", str(repo), "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        body = json.dumps({"feature_service": "recommendations_v1", "entities": {"user_id": [user]}}).encode()
+        deadline, payload = time.monotonic() + 90, None
+        while payload is None and time.monotonic() < deadline:
+            try:
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/get-online-features",
+                    data=body,
+                    headers={"Content-Type": "application/json"},
+                )
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    payload = json.loads(response.read())
+            except OSError:
+                time.sleep(1)
+        assert payload is not None, "feast serve did not answer within 90 s"
+        names = payload["metadata"]["feature_names"]
+        values = {name: result["values"][0] for name, result in zip(names, payload["results"], strict=True)}
+        assert values["item_ids"] == list(offline["item_ids"].iloc[3])
+        assert values["reasons"] == list(offline["reasons"].iloc[3])
+        assert values["publish_id"] == manifest.publish_id
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
