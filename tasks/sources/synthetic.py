@@ -10,7 +10,7 @@ The shape it simulates (every knob is a :class:`SyntheticConfig` field):
 * **Users.** ``n_users`` customers with shop-like raw ids (``C004217``), a country, an activity level
   (Gamma, mean 1) and category affinities (Dirichlet with ``affinity_concentration``; small = focused
   tastes).  A share ``initial_user_share`` is active from day 0, the others join on later days and have
-  their first session on the day they join.
+  their first session on the day they join (day 0's users are the existing customer base).
 * **Sessions.** Per user and day a Poisson number of sessions with mean
   ``sessions_per_user_per_day * activity * weekday factor`` (busier at weekends); the session's start hour
   follows a daily profile (lunch and evening peaks, quiet nights).  A session views
@@ -69,7 +69,7 @@ _COUNTRIES: Final[tuple[tuple[str, float], ...]] = (
     ("United States", 0.04), ("Australia", 0.02), ("Poland", 0.01),
 )  # fmt: skip
 # Monday .. Sunday
-_WEEKDAY_FACTOR: Final = (0.95, 0.9, 0.9, 0.95, 1.05, 1.2, 1.25)
+_WEEKDAY_FACTOR: Final = (1.0, 0.95, 0.95, 1.0, 1.05, 1.15, 1.2)
 # Share of session starts per UTC hour 0 .. 23: quiet nights, a lunch peak and an evening peak.
 _HOUR_PROFILE: Final = (
     0.4, 0.25, 0.15, 0.1, 0.1, 0.2, 0.5, 1.0, 1.6, 2.0, 2.2, 2.6,
@@ -191,7 +191,9 @@ def _simulate_day(
     rate = config.sessions_per_user_per_day * _WEEKDAY_FACTOR[day.weekday()] * users.activity
     joined = users.join_day <= day_index
     sessions = np.where(joined, rng.poisson(rate), 0)
-    sessions[users.join_day == day_index] = np.maximum(sessions[users.join_day == day_index], 1)
+    if day_index > 0:  # a customer who joins today has a first session today; day 0 is the existing base
+        joining = users.join_day == day_index
+        sessions[joining] = np.maximum(sessions[joining], 1)
     available = np.flatnonzero(catalog.first_day <= day_index)
     base = catalog.popularity[available]
     categories = catalog.category[available]
