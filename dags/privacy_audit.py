@@ -39,7 +39,7 @@ model_champion = Asset(name=MODEL_CHAMPION[0], uri=MODEL_CHAMPION[1])
 def privacy_audit() -> None:
     """Ledger verification -> membership-inference audit -> compliance report."""
 
-    @task(multiple_outputs=False, retries=0)
+    @task(multiple_outputs=False)
     def verify_ledger(*, data_interval_end=None, dag_run=None) -> dict:  # type: ignore[no-untyped-def]
         from dataclasses import asdict
 
