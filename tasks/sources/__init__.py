@@ -13,6 +13,14 @@ package imports pandas and pyarrow: DAG files import it inside task bodies.
 from __future__ import annotations
 
 from tasks.sources.loader import SourceManifest, load_contract_files
+from tasks.sources.online_retail import OnlineRetailReport, load_online_retail
 from tasks.sources.synthetic import SyntheticConfig, generate
 
-__all__ = ["SourceManifest", "SyntheticConfig", "generate", "load_contract_files"]
+__all__ = [
+    "OnlineRetailReport",
+    "SourceManifest",
+    "SyntheticConfig",
+    "generate",
+    "load_contract_files",
+    "load_online_retail",
+]
