@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from tasks.model import Recommender
 
 GLOBAL: Final = "global"
-SERVICE_NAME_DEFAULT: Final = "recommendations_v1"  # feature_repo/recommendations.py SERVICE_NAME
+SERVICE_NAME_DEFAULT: Final = "recommendations_v1"
 POPULAR_PREFIX: Final = "popular:"
 BOUGHT: Final = "bought:"
 VIEWED: Final = "viewed:"
@@ -422,43 +422,76 @@ class OnlinePublish:
     already_live: bool
 
 
-def _repo_module(settings: Settings | None = None) -> Any:
-    """``feature_repo/recommendations.py``, loaded by path (the Feast repo is not a Python package)."""
-    import importlib.util
-    import sys
+VIEW_NAME: Final = "user_recommendations"
+SLOTS: Final = ("user_recommendations_blue", "user_recommendations_green")
+SOURCE_NAME: Final = "user_recommendations_source"
 
-    name = "shoprec_feature_repo_recommendations"
-    if name in sys.modules:
-        return sys.modules[name]
-    root = (
-        settings.feature_repo_dir
-        if settings is not None
-        else Path(__file__).resolve().parent.parent / "feature_repo"
+
+def recommendations_source(settings: Settings) -> Any:
+    """The per-publish parquet audit copies (``publish_id=*/recommendations.parquet``)."""
+    from feast import FileSource
+    from feast.data_format import ParquetFormat
+
+    return FileSource(
+        name=SOURCE_NAME,
+        path=str(offline_root(settings) / "publish_id=*" / "recommendations.parquet"),
+        file_format=ParquetFormat(),
+        timestamp_field="event_timestamp",
+        description="audit copy of every publish of user recommendations",
     )
-    spec = importlib.util.spec_from_file_location(name, root / "recommendations.py")
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {root / 'recommendations.py'}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+
+
+def recommendation_view(slot: str, user: Any, source: Any) -> Any:
+    """One slot of the blue/green pair (entity ``user``; schema in docs/consumers.md)."""
+    from feast import FeatureView, Field
+    from feast.types import Array, Float64, String, UnixTimestamp
+
+    if slot not in SLOTS:
+        raise ValueError(f"unknown slot {slot!r}; expected one of {SLOTS}")
+    return FeatureView(
+        name=slot,
+        entities=[user],
+        ttl=dt.timedelta(0),
+        online=True,
+        source=source,
+        schema=[
+            Field(name="item_ids", dtype=Array(String), description="recommended item ids, best first"),
+            Field(name="scores", dtype=Array(Float64), description="blended score of each item"),
+            Field(name="reasons", dtype=Array(String), description="bought:/viewed:<item>, popular:<scope>"),
+            Field(name="model_version", dtype=String, description="MLflow version of the champion"),
+            Field(name="publish_id", dtype=String, description="<model version>@<scoring time>"),
+            Field(name="generated_at", dtype=UnixTimestamp, description="scoring time (interval end)"),
+        ],
+        description=f"top-K recommendations per user ({slot.rsplit('_', 1)[1]} slot)",
+        tags={"slot": slot},
+    )
+
+
+def recommendations_service(view: Any, tags: dict[str, str]) -> Any:
+    """``recommendations_v1``: the live slot projected under the stable name ``user_recommendations``."""
+    from feast import FeatureService
+
+    return FeatureService(
+        name=SERVICE_NAME_DEFAULT,
+        features=[view.with_name(VIEW_NAME)],
+        description="published recommendations: item_ids, scores, reasons, model_version, generated_at",
+        tags=tags,
+    )
 
 
 def recommendation_objects(settings: Settings) -> list[Any]:
     """Both slot views (no service: :func:`publish_online` applies it when it switches)."""
     from tasks.feast_store import build_definitions
 
-    repo = _repo_module(settings)
     user = build_definitions(settings.features_dir).user
-    source = repo.recommendations_source(str(offline_root(settings)))
-    return [user, source, *(repo.recommendation_view(slot, user, source) for slot in repo.SLOTS)]
+    source = recommendations_source(settings)
+    return [user, source, *(recommendation_view(slot, user, source) for slot in SLOTS)]
 
 
 def live_slot(store: FeatureStore) -> tuple[str | None, str | None]:
     """(live slot view name, live publish id) from the ``recommendations_v1`` tags; (None, None) if none."""
-    repo = _repo_module()
     try:
-        service = store.get_feature_service(repo.SERVICE_NAME, allow_cache=False)
+        service = store.get_feature_service(SERVICE_NAME_DEFAULT, allow_cache=False)
     except Exception:  # FeatureServiceNotFoundException: nothing published yet
         return None, None
     return service.tags.get("slot"), service.tags.get("publish_id")
@@ -498,7 +531,6 @@ def publish_online(
     point before the switch leaves the service on the previous slot, whose rows are untouched.
     ``on_chunk(rows_written_so_far)`` is called after each chunk (progress; failure drills).
     """
-    repo = _repo_module()
     publish_ids = rows["publish_id"].unique().tolist()
     if len(publish_ids) != 1:
         raise ValueError(f"rows of one publish expected, got publish ids {publish_ids}")
@@ -506,7 +538,7 @@ def publish_online(
     live, live_id = live_slot(store)
     if live is not None and live_id == publish_id:
         return OnlinePublish(slot=live, publish_id=publish_id, rows_written=0, already_live=True)
-    target = repo.SLOTS[1] if live == repo.SLOTS[0] else repo.SLOTS[0]
+    target = SLOTS[1] if live == SLOTS[0] else SLOTS[0]
     view = store.get_feature_view(target, allow_registry_cache=False)
     _clear_slot(store, view)
     written = 0
@@ -524,7 +556,7 @@ def publish_online(
         )
     model_version = str(rows["model_version"].iloc[0])
     tags = {"slot": target, "publish_id": publish_id, "model_version": model_version, "rows": str(len(rows))}
-    store.apply([repo.recommendations_service(view, tags)])
+    store.apply([recommendations_service(view, tags)])
     return OnlinePublish(slot=target, publish_id=publish_id, rows_written=written, already_live=False)
 
 
@@ -711,3 +743,19 @@ def resolve_scoring_time(
     if not snapshots:
         raise FileNotFoundError(f"no user feature snapshots in {user_features_dir(settings)}")
     return scoring_time_for_days([snapshots[-1]])
+
+
+def live_service_definition(settings: Settings) -> Any | None:
+    """The registered ``recommendations_v1`` as it is now (for ``feature_repo/``), None before the first
+    publish or when the registry cannot be read; lets ``feast apply`` from the folder keep the live slot."""
+    from tasks.feast_store import get_store
+
+    try:
+        store = get_store(settings)
+        slot, _ = live_slot(store)
+        if slot is None:
+            return None
+        service = store.get_feature_service(SERVICE_NAME_DEFAULT, allow_cache=False)
+        return recommendations_service(store.get_feature_view(slot), dict(service.tags))
+    except Exception:  # no registry yet (fresh checkout): the CLI then shows the views only
+        return None
