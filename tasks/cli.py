@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from tasks.config import get_settings
+from tasks.privacy.cli import app as privacy_app
 
 app = typer.Typer(
     name="shoprec",
@@ -23,6 +24,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 console = Console()
+app.add_typer(privacy_app, name="privacy", help="Privacy budget ledger: verify, report, status.")
 
 
 class Source(StrEnum):
@@ -138,6 +140,29 @@ def load_files(
         f"[green]wrote[/] {manifest.n_events:,} events over {len(manifest.days)} days to "
         f"{manifest.landing_dir}"
     )
+
+
+@app.command()
+def recommend(
+    user: Annotated[str, typer.Argument(help="Customer id (raw ids are pseudonymised) or pseudonym.")],
+    k: Annotated[int, typer.Option(help="How many items to show.")] = 10,
+) -> None:
+    """Print a user's published recommendations, with scores and reasons, from the online store."""
+    from tasks.consumers import recommend_command
+
+    recommend_command(user, k)
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for, in words.")],
+    user: Annotated[str | None, typer.Option(help="Personalise for this customer id or pseudonym.")] = None,
+    k: Annotated[int, typer.Option(help="How many items to show.")] = 10,
+) -> None:
+    """Semantic product search over the item text vectors, personalised when a user is given."""
+    from tasks.consumers import search_command
+
+    search_command(query, user, k)
 
 
 def main() -> None:  # pragma: no cover - console entry point
