@@ -1,0 +1,153 @@
+"""Helpers of the production-profile tests: the services check and a client for scripts/stack.sh.
+
+The tests need PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379).  Where one is not reachable the
+tests are skipped with the reason shown, except when ``SHOPREC_REQUIRE_SERVICES=1`` (``.ci/run`` sets
+it): then an unreachable service is a test failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STACK = REPO_ROOT / "scripts" / "stack.sh"
+SERVICES = {"PostgreSQL": ("127.0.0.1", 5432), "Redis": ("127.0.0.1", 6379)}
+START_TIMEOUT_S = 420
+
+
+@cache
+def unreachable_services() -> tuple[str, ...]:
+    """Names (with address and error) of the services that do not accept a TCP connection."""
+    down = []
+    for name, (host, port) in SERVICES.items():
+        try:
+            socket.create_connection((host, port), timeout=3).close()
+        except OSError as error:
+            down.append(f"{name} at {host}:{port} ({error})")
+    return tuple(down)
+
+
+def require_services() -> None:
+    """Skip (reason shown) when a service is unreachable; fail instead under SHOPREC_REQUIRE_SERVICES=1."""
+    down = unreachable_services()
+    if not down:
+        return
+    reason = "production services unreachable: " + ", ".join(down)
+    if os.environ.get("SHOPREC_REQUIRE_SERVICES") == "1":
+        pytest.fail(reason + " (SHOPREC_REQUIRE_SERVICES=1 makes them mandatory)")
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def free_redis_index() -> int:
+    """An empty pair of Redis indexes (online store, broker) among 2..14, chosen at random."""
+    import redis
+
+    candidates = list(range(2, 15, 2))
+    secrets.SystemRandom().shuffle(candidates)
+    for index in candidates:
+        if all(redis.Redis(host="127.0.0.1", db=i).dbsize() == 0 for i in (index, index + 1)):
+            return index
+    raise RuntimeError("no empty pair of Redis database indexes between 2 and 15")
+
+
+@dataclass(frozen=True)
+class Stack:
+    """A running native stack: its environment (from ``stack.sh env``) and REST helpers."""
+
+    env: dict[str, str]
+    state: Path
+
+    @property
+    def api_url(self) -> str:
+        return self.env["SHOPREC_STACK_API_URL"]
+
+    def run(self, command: str, timeout: float = START_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(STACK), command], env=self.env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+
+    def token(self, password: str | None = None) -> str:
+        if password is None:
+            password = Path(self.env["SHOPREC_STACK_ADMIN_PASSWORD_FILE"]).read_text()
+        body = {"username": self.env["SHOPREC_STACK_ADMIN_USER"], "password": password}
+        status, reply = self.request("POST", "/auth/token", body, token=None)
+        if status != 201:
+            raise PermissionError(f"token refused: HTTP {status} {reply}")
+        return str(reply["access_token"])
+
+    def request(
+        self, method: str, path: str, body: dict[str, Any] | None = None, token: str | None = ""
+    ) -> tuple[int, Any]:
+        """HTTP to the api-server; ``token=""`` fetches a fresh one, ``None`` sends none."""
+        headers = {"Content-Type": "application/json"}
+        if token == "":
+            token = self.token()
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.api_url + path, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout: float) -> dict[str, Any]:
+        """Poll the DAG run until it reaches a final state (or fail after ``timeout`` seconds)."""
+        token = self.token()
+        deadline = time.monotonic() + timeout
+        quoted = urllib.parse.quote(run_id, safe="")
+        while True:
+            status, run = self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{quoted}", token=token)
+            assert status == 200, run
+            if run["state"] in ("success", "failed") or time.monotonic() > deadline:
+                return dict(run)
+            time.sleep(2)
+
+
+def start_stack(home: Path, dags: Path) -> Stack:
+    name = f"shoprec_t{os.getpid()}_{secrets.token_hex(3)}"
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("AIRFLOW", "SHOPREC_"))}
+    env.update(
+        SHOPREC_HOME=str(home),
+        SHOPREC_STACK_NAME=name,
+        SHOPREC_STACK_REDIS_DB=str(free_redis_index()),
+        SHOPREC_STACK_DAGS=str(dags),
+        SHOPREC_STACK_TIMEOUT=str(START_TIMEOUT_S - 60),
+        SHOPREC_STACK_STOP_TIMEOUT="30",
+        **{
+            f"SHOPREC_STACK_{port}_PORT": str(free_port())
+            for port in ("API", "MLFLOW", "FEAST", "WORKER_LOG", "TRIGGER_LOG")
+        },
+    )
+    stack = Stack(env=env, state=home / "stack")
+    started = stack.run("start")
+    if started.returncode != 0:
+        stack.run("purge", timeout=120)
+        pytest.fail(f"scripts/stack.sh start failed:\n{started.stderr[-4000:]}")
+    generated = stack.run("env", timeout=30).stdout
+    for line in generated.splitlines():
+        if line.startswith("export "):
+            key, _, value = line.removeprefix("export ").partition("=")
+            env[key] = value.strip("'")
+    return stack
