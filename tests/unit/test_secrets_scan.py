@@ -32,7 +32,7 @@ PATTERNS: dict[str, re.Pattern[str]] = {
         r"""(?ix)
         \b[A-Z0-9_]*(?:PASSWORD|PASSWD|SECRET|SECRET_KEY|API_KEY|TOKEN|FERNET_KEY|PRIVATE_KEY)\b
         ["']?\s*(?::|=|:=)\s*
-        (?P<quote>["']?)(?P<value>[^\s"'#,()]{8,})"""
+        (?P<quote>["']?)(?P<value>[^\s"'#,(){}]{8,}|\{[^\s"']*)"""
     ),
 }
 
@@ -40,6 +40,7 @@ PATTERNS: dict[str, re.Pattern[str]] = {
 _NOT_A_SECRET = re.compile(
     r"""(?ix)^(
         \$.*                      # ${VAR}, $VAR, $$VAR: read from the environment
+      | \{.*                      # f-string / format / template placeholder
       | <[^>]*>                   # <password>
       | \*+ | x+ | \.\.\.         # masked / elided
       | (?:os\.)?environ.* | getenv.* | settings\..* | self\..* | conf\..* | secrets\..*
@@ -131,5 +132,13 @@ def test_scanner_accepts_values_read_from_the_environment(line: str) -> None:
     assert find_secrets(line) == []
 
 
-def test_scanner_accepts_python_code_on_the_right_hand_side() -> None:
-    assert find_secrets('secret = conn.password or conn.extra_dejson.get("key")', python=True) == []
+@pytest.mark.parametrize(
+    "line",
+    [
+        'secret = conn.password or conn.extra_dejson.get("key")',
+        'parts.append(f"password={parsed.password}")',
+        'body = {"username": user, "password": password}',
+    ],
+)
+def test_scanner_accepts_python_code_on_the_right_hand_side(line: str) -> None:
+    assert find_secrets(line, python=True) == []
