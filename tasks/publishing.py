@@ -565,6 +565,94 @@ def offline_root(settings: Settings) -> Path:
     return settings.home / "recommendations"
 
 
+# --- per-country DP popularity for cold start (one ledger-charged release per champion) ---------------
+COUNTRY_POPULARITY_PURPOSE: Final = "publish_popularity_by_country"
+POPULARITY_NOISE: Final = 4.0  # noise multiplier (sigma / L2 sensitivity), as training's global release
+POPULARITY_CAP: Final = 20  # distinct (country, item) keys one user adds
+POPULARITY_DAYS: Final = 30
+
+
+def user_countries(events: pd.DataFrame) -> dict[str, str]:
+    """Each user's country on their most recent event (the user's own data)."""
+    known = events.dropna(subset=["country"]).sort_values("event_timestamp", kind="stable")
+    latest = known.drop_duplicates("user_id", keep="last")
+    return dict(zip(latest["user_id"].astype(str), latest["country"].astype(str), strict=True))
+
+
+def country_popularity(
+    settings: Settings,
+    events: pd.DataFrame,
+    item_ids: Sequence[str],
+    *,
+    scoring_time: dt.datetime,
+    model_version: str,
+) -> dict[str, np.ndarray]:
+    """DP distinct-buyer counts per (country, item) over ``settings.publish_countries``, ``[N]`` each.
+
+    Released once per champion version (cached beside the audit copies) and charged to the ledger
+    before it runs: Gaussian mechanism, sigma = POPULARITY_NOISE * sqrt(POPULARITY_CAP), L2 sensitivity
+    sqrt(POPULARITY_CAP), privacy unit = user, accountant opacus-rdp, at the scope's delta.
+    """
+    import hashlib
+
+    from tasks.privacy import Ledger, popularity_mechanism, release_dp_popularity
+
+    countries = sorted(settings.publish_countries)
+    if not countries:
+        return {}
+    cache = offline_root(settings) / "popularity" / f"model={model_version.replace('/', '_')}.parquet"
+    if not cache.exists():
+        end = pd.Timestamp(scoring_time).tz_convert("UTC")
+        window = events[
+            (events["event_type"] == "purchase")
+            & (events["event_timestamp"] >= end - pd.Timedelta(days=POPULARITY_DAYS))
+            & (events["event_timestamp"] < end)
+        ]
+        sigma = POPULARITY_NOISE * float(np.sqrt(POPULARITY_CAP))
+        ledger = Ledger(settings.resolved_ledger_url)
+        try:
+            n_users = int(events["user_id"].nunique())
+            try:
+                ledger.budget(settings.privacy_scope)
+            except LookupError:
+                delta = settings.privacy_delta or 1.0 / (10 * max(n_users, 1))
+                ledger.ensure_budget(
+                    settings.privacy_scope, settings.privacy_epsilon_cap, delta, settings.privacy_period_days
+                )
+            charge = ledger.reserve(
+                scope=settings.privacy_scope,
+                run_id=f"publish:{model_version}",
+                mechanism=popularity_mechanism(sigma, POPULARITY_CAP),
+                data_window=((end - pd.Timedelta(days=POPULARITY_DAYS)).to_pydatetime(), end.to_pydatetime()),
+                n_users=n_users,
+                code_version="tasks.publishing",
+                data_hash=hashlib.sha256(f"{len(window)}|{end.isoformat()}".encode()).hexdigest(),
+                purpose=COUNTRY_POPULARITY_PURPOSE,
+            )
+            released = release_dp_popularity(
+                window,
+                sigma=sigma,
+                cap_per_user=POPULARITY_CAP,
+                rng_seed=settings.seed + 11,
+                by_country=True,
+                item_ids=list(item_ids),
+                countries=countries,
+            )
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_name(cache.name + f".tmp-{os.getpid()}")
+            released.to_parquet(tmp, index=False)
+            tmp.replace(cache)
+            ledger.commit(charge.id, model_version=model_version, artifact_uri=cache.as_uri())
+        finally:
+            ledger.close()
+    released = pd.read_parquet(cache)
+    out = {}
+    for country in countries:
+        counts = released[released["country"] == country].set_index("item_id")["noisy_count"]
+        out[country] = counts.reindex(list(item_ids), fill_value=0.0).to_numpy(dtype=np.float64)
+    return out
+
+
 # --- the whole publish ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PublishManifest:
@@ -684,21 +772,36 @@ def run_publish(
         ):
             reasons[row] = labels
     popular = catalog.popularity if catalog.popularity is not None else np.zeros(len(catalog.item_ids))
-    pop_top = popularity_top_k(popular, rules=rules, category=catalog.category)
+    lists = {GLOBAL: popularity_top_k(popular, rules=rules, category=catalog.category)}
+    countries: dict[str, str] = {}
+    if settings.publish_countries:
+        from tasks.features import read_events
+
+        events = read_events(settings, until=(scoring_time.astimezone(dt.UTC) - dt.timedelta(days=1)).date())
+        events = events[events["event_timestamp"] < pd.Timestamp(scoring_time)]
+        by_country = country_popularity(
+            settings, events, catalog.item_ids, scoring_time=scoring_time, model_version=version
+        )
+        for country, counts in by_country.items():
+            lists[country] = popularity_top_k(counts, rules=rules, category=catalog.category)
+        countries = user_countries(events)
     for row in np.flatnonzero(cold):
-        top.indices[row], top.scores[row] = pop_top.indices[0], pop_top.scores[0]
-        reasons[row] = [f"{POPULAR_PREFIX}{GLOBAL}"] * k
+        scope = countries.get(str(users["user_id"].iloc[row]), GLOBAL)
+        scope = scope if scope in lists else GLOBAL
+        top.indices[row], top.scores[row] = lists[scope].indices[0], lists[scope].scores[0]
+        reasons[row] = [f"{POPULAR_PREFIX}{scope}"] * k
     seconds = time.perf_counter() - started
 
-    user_ids = [*users["user_id"].astype(str), f"{POPULAR_PREFIX}{GLOBAL}"]
+    scopes = sorted(lists)
+    user_ids = [*users["user_id"].astype(str), *(f"{POPULAR_PREFIX}{c}" for c in scopes)]
     all_top = TopK(
-        indices=np.concatenate([top.indices, pop_top.indices]),
-        scores=np.concatenate([top.scores, pop_top.scores]),
+        indices=np.concatenate([top.indices, *(lists[c].indices for c in scopes)]),
+        scores=np.concatenate([top.scores, *(lists[c].scores for c in scopes)]),
     )
     rows = build_rows(
         user_ids,
         all_top,
-        [*reasons, [f"{POPULAR_PREFIX}{GLOBAL}"] * k],
+        [*reasons, *([f"{POPULAR_PREFIX}{c}"] * k for c in scopes)],
         catalog.item_ids,
         model_version=version,
         scoring_time=scoring_time,

@@ -240,3 +240,48 @@ def test_feast_feature_server_serves_the_offline_copy(shoprec_home: Settings) ->
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def _lake_events(settings: Settings) -> None:
+    """200 FR buyers of I007 and 200 GB buyers of I003 on DAY; user 0 (no history) last seen in FR."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tasks.contracts import EVENTS_SCHEMA, partition_dir
+
+    rows = []
+    for n in range(400):
+        country, item = ("FR", "I007") if n < 200 else ("GB", "I003")
+        rows.append((f"e{n}", f"u_buyer{n:05d}", item, "purchase", country))
+    rows.append(("e-u0", f"u_{0:032x}", "GONE", "view", "FR"))
+    stamp = pd.Timestamp(f"{DAY.isoformat()} 12:00", tz="UTC")
+    frame = pd.DataFrame(rows, columns=["event_id", "user_id", "item_id", "event_type", "country"])
+    frame = frame.assign(event_timestamp=stamp, quantity=1, unit_price=2.0, session_id="s")
+    folder = partition_dir(settings.events_dir, DAY)
+    folder.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(frame[list(EVENTS_SCHEMA.names)], schema=EVENTS_SCHEMA, preserve_index=False)
+    pq.write_table(table, folder / "events.parquet")
+
+
+def test_cold_start_user_gets_dp_popularity_of_their_country_charged_once(shoprec_home: Settings) -> None:
+    from tasks.privacy import Ledger
+
+    settings = shoprec_home.model_copy(update={"publish_countries": ("FR", "GB")})
+    world = _world(settings)
+    _lake_events(settings)
+    run_publish(settings, T, recommender=world)
+    run_publish(settings, T + dt.timedelta(hours=1), recommender=world)  # same champion: no new release
+    served = _served(settings, [f"u_{0:032x}", "popular:FR", "popular:GB"])
+    assert served["item_ids"][0] == served["item_ids"][1]
+    assert set(served["reasons"][0]) == {"popular:FR"}
+    assert (served["item_ids"][1][0], served["item_ids"][2][0]) == ("I007", "I003")
+    ledger = Ledger(settings.resolved_ledger_url)
+    try:
+        charges = [
+            c for c in ledger.charges(settings.privacy_scope) if c.purpose == "publish_popularity_by_country"
+        ]
+    finally:
+        ledger.close()
+    assert [(c.run_id, str(c.status), c.accountant) for c in charges] == [
+        ("publish:1", "committed", "opacus-rdp")
+    ]
