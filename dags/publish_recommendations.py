@@ -3,7 +3,8 @@
 Triggered when a new champion is promoted (Asset `model_champion`) or when fresh features land
 (Asset `features`, the daily refresh). `score_and_publish` loads `models:/<name>@champion` from
 MLflow, scores the current catalog for every user of the feature snapshot at the run's scoring time
-(run conf `{"days": [...]}`: end of the last day; else the data interval end; never the wall clock),
+(the end of the last day of run conf `{"days": [...]}`, else of the triggering `features` event's
+partitions, else of the latest feature snapshot; never the wall clock),
 keeps the top K with reasons, writes the audit copy
 `SHOPREC_HOME/recommendations/publish_id=<version>@<time>/recommendations.parquet` (temp file, rename),
 writes the Feast slot that is not live (`user_recommendations_blue|green`), verifies it and only then
@@ -41,7 +42,7 @@ def publish_recommendations() -> None:
     """Champion from MLflow -> top-K per user with reasons -> Feast (blue/green) + audit parquet."""
 
     @task(multiple_outputs=False, outlets=[recommendations])
-    def score_and_publish(*, dag_run=None, data_interval_end=None, outlet_events=None) -> dict:  # type: ignore[no-untyped-def]
+    def score_and_publish(*, dag_run=None, triggering_asset_events=None, outlet_events=None) -> dict:  # type: ignore[no-untyped-def]
         from dataclasses import asdict
 
         from tasks.config import get_settings
@@ -49,7 +50,10 @@ def publish_recommendations() -> None:
 
         settings = get_settings()
         conf = (dag_run.conf if dag_run is not None else None) or {}
-        scoring_time = resolve_scoring_time(settings, conf.get("days"), data_interval_end)
+        extras = [
+            event.extra or {} for events in (triggering_asset_events or {}).values() for event in events
+        ]
+        scoring_time = resolve_scoring_time(settings, conf, extras)
         manifest = asdict(run_publish(settings, scoring_time))
         outlet_events[recommendations].extra = {
             k: manifest[k] for k in ("publish_id", "model_version", "n_users", "slot")

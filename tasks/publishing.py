@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -832,14 +832,17 @@ def read_offline_copy(path: Path) -> pd.DataFrame:
 
 
 def resolve_scoring_time(
-    settings: Settings, days: Sequence[str] | None, interval_end: dt.datetime | None
+    settings: Settings, conf: Mapping[str, Any] | None, asset_extras: Iterable[Mapping[str, Any]] = ()
 ) -> dt.datetime:
-    """The run's scoring time, never the wall clock: the end of the last of ``days`` (run conf), else
-    the data interval end, else the time of the latest user feature snapshot on disk."""
+    """The run's scoring time, from the data, never the wall clock: the end of the last day of the run
+    conf ``{"days": [...]}``, else of the triggering ``features`` events' ``partitions``/``days``, else
+    the time of the latest user feature snapshot on disk (a ``model_champion`` trigger)."""
+    days = [str(d) for d in (conf or {}).get("days") or []]
+    if not days:
+        for extra in asset_extras:
+            days.extend(str(d) for d in (extra.get("partitions") or extra.get("days") or []))
     if days:
         return scoring_time_for_days(days)
-    if interval_end is not None:
-        return interval_end.astimezone(dt.UTC)
     from tasks.features import user_features_dir
 
     snapshots = sorted(p.stem for p in user_features_dir(settings).glob("*.parquet"))

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from tasks.config import Settings
 from tasks.publishing import (
     PublishRules,
     TopK,
@@ -21,6 +22,7 @@ from tasks.publishing import (
     popularity_top_k,
     publish_id_for,
     reason_labels,
+    resolve_scoring_time,
     score_top_k,
     top_k_with_rules,
     write_offline_copy,
@@ -162,3 +164,21 @@ def test_offline_copy_is_byte_identical_when_rewritten(tmp_path: Path) -> None:
     second = write_offline_copy(_rows(), path).read_bytes()
     assert first == second
     assert pq.read_table(path).column("user_id").to_pylist() == ["u_a", "u_b"]
+
+
+def test_scoring_time_is_the_end_of_the_last_run_conf_day(shoprec_home: Settings) -> None:
+    conf = {"days": ["2026-10-09", "2026-10-10"]}
+    assert resolve_scoring_time(shoprec_home, conf) == T0
+
+
+def test_scoring_time_comes_from_the_features_event_partitions(shoprec_home: Settings) -> None:
+    extras = [{"partitions": ["2026-10-10", "2026-10-08"]}]
+    assert resolve_scoring_time(shoprec_home, {}, extras) == T0
+
+
+def test_scoring_time_without_conf_is_the_latest_snapshot(shoprec_home: Settings) -> None:
+    folder = shoprec_home.features_dir / "user_features"
+    folder.mkdir(parents=True)
+    for day in ("2026-10-09", "2026-10-10"):
+        (folder / f"{day}.parquet").write_bytes(b"")
+    assert resolve_scoring_time(shoprec_home, None) == T0
