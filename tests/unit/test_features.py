@@ -17,6 +17,7 @@ from tasks.features import (
     compute_features,
     item_features_path,
     item_popularity_at,
+    resolve_days,
     snapshot_time,
     user_features_at,
     user_features_dir,
@@ -107,7 +108,9 @@ def test_spend_and_average_basket_value() -> None:
 
 
 def test_days_since_last_purchase_is_minus_one_when_never() -> None:
-    assert features_of([ev("u1", "i1", "view", "2024-03-10")])["days_since_last_purchase"] == pytest.approx(-1.0)
+    assert features_of([ev("u1", "i1", "view", "2024-03-10")])["days_since_last_purchase"] == pytest.approx(
+        -1.0
+    )
 
 
 def test_days_since_last_purchase_counts_whole_days() -> None:
@@ -209,3 +212,22 @@ def test_compute_features_writes_one_snapshot_per_day_and_is_idempotent(shoprec_
 def test_compute_features_rejects_empty_days(shoprec_home: Settings, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no days"):
         compute_features(shoprec_home, [])
+
+
+def test_resolve_days_prefers_the_run_conf() -> None:
+    days = resolve_days({"days": ["2024-03-02", "2024-03-01"]}, [{"days": ["2024-01-01"]}])
+    assert days == [dt.date(2024, 3, 1), dt.date(2024, 3, 2)]
+
+
+def test_resolve_days_reads_partitions_or_days_from_asset_events() -> None:
+    extras = [{"partitions": ["2024-03-02"]}, {"days": ["2024-03-01", "2024-03-02"]}]
+    assert resolve_days({}, extras) == [dt.date(2024, 3, 1), dt.date(2024, 3, 2)]
+
+
+def test_resolve_days_falls_back_to_the_data_interval() -> None:
+    interval = (dt.datetime(2024, 3, 1, tzinfo=dt.UTC), dt.datetime(2024, 3, 3, tzinfo=dt.UTC))
+    assert resolve_days(None, [], interval) == [dt.date(2024, 3, 1), dt.date(2024, 3, 2)]
+
+
+def test_resolve_days_is_empty_without_any_source() -> None:
+    assert resolve_days(None, [], (None, None)) == []
