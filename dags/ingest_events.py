@@ -15,7 +15,7 @@ overwrites only its own days.
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Asset, dag, task
+from airflow.sdk import Asset, CronDataIntervalTimetable, dag, task
 
 from tasks.assets import EVENTS_CLEAN, ITEM_CATALOG
 
@@ -24,7 +24,8 @@ item_catalog = Asset(name=ITEM_CATALOG[0], uri=ITEM_CATALOG[1])
 
 
 @dag(
-    schedule="@daily",
+    # @daily with a real [day, next day) data interval (a plain "@daily" has a zero-length one in Airflow 3)
+    schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -44,15 +45,19 @@ def ingest_events() -> None:
     def update_catalog(*, data_interval_start=None, data_interval_end=None, outlet_events=None) -> list[dict]:  # type: ignore[no-untyped-def]
         from dataclasses import asdict
 
+        from airflow.sdk.exceptions import AirflowFailException
+
         from tasks import ingest
         from tasks.config import get_settings
-        from tasks.contracts import days_in_interval
+        from tasks.contracts import ContractError, days_in_interval
 
         settings = get_settings()
-        manifests = [
-            asdict(ingest.update_catalog(settings, day))
-            for day in days_in_interval(data_interval_start, data_interval_end)
-        ]
+        manifests = []
+        for day in days_in_interval(data_interval_start, data_interval_end):
+            try:
+                manifests.append(asdict(ingest.update_catalog(settings, day)))
+            except (ContractError, ingest.IngestRejected) as exc:
+                raise AirflowFailException(str(exc)) from exc
         outlet_events[item_catalog].extra = {
             "days": [m["day"] for m in manifests],
             "items": manifests[-1]["items"] if manifests else 0,

@@ -328,7 +328,12 @@ def ingest_day(
     to the end of ``day``.
     """
     day_start, day_end = _day_bounds(day)
-    future_bound = interval_end.astimezone(dt.UTC) if interval_end is not None else day_end
+    # A plain tz-aware datetime: GX mis-handles datetime subclasses such as pendulum.DateTime.
+    future_bound = (
+        dt.datetime.fromtimestamp(interval_end.timestamp(), tz=dt.UTC)
+        if interval_end is not None
+        else day_end
+    )
     frame = _read_day(partition_dir(settings.landing_dir, day), "events", EVENTS_SCHEMA)
 
     key = load_key(settings)
