@@ -21,6 +21,7 @@
 #   SHOPREC_STACK_API_PORT / _MLFLOW_PORT / _FEAST_PORT / _WORKER_LOG_PORT / _TRIGGER_LOG_PORT
 #   SHOPREC_STACK_DAGS        DAG folder (default ./dags)
 #   SHOPREC_STACK_PARALLELISM AIRFLOW__CORE__PARALLELISM (default 8)
+#   SHOPREC_STACK_GPU_SLOTS   slots of the Airflow pool "gpu" the training task runs in (default 1)
 #   SHOPREC_STACK_TIMEOUT     seconds to wait for health (default 300); SHOPREC_STACK_STOP_TIMEOUT (default 30)
 set -euo pipefail
 
@@ -62,6 +63,7 @@ PARALLELISM="${SHOPREC_STACK_PARALLELISM:-8}"
 TIMEOUT="${SHOPREC_STACK_TIMEOUT:-300}"
 STOP_TIMEOUT="${SHOPREC_STACK_STOP_TIMEOUT:-30}"
 ADMIN_USER="${SHOPREC_STACK_ADMIN_USER:-admin}"
+GPU_SLOTS="${SHOPREC_STACK_GPU_SLOTS:-1}"
 SERVICES=(api-server scheduler dag-processor triggerer worker-default worker-gpu mlflow feast)
 
 log() { printf '[stack %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
@@ -122,24 +124,16 @@ EOF
     mv "$STATE/stack.env.tmp" "$STATE/stack.env"
 }
 
-# Feast feature server configuration of the production profile: SQL registry, Redis online store.
+# The Feast feature server reads the same repo config the pipeline builds from Settings
+# (tasks.feast_store: SQL registry on PostgreSQL, Redis online store); prints the repo folder.
 write_feature_store_yaml() {
-    mkdir -p "$STATE/feast"
-    cat > "$STATE/feast/feature_store.yaml.tmp" <<EOF
-project: shoprec
-provider: local
-registry:
-  registry_type: sql
-  path: $PG/${NAME}_feast
-  cache_ttl_seconds: 30
-online_store:
-  type: redis
-  connection_string: "${REDIS#redis://},db=$REDIS_DB"
-offline_store:
-  type: duckdb
-entity_key_serialization_version: 3
-EOF
-    mv "$STATE/feast/feature_store.yaml.tmp" "$STATE/feast/feature_store.yaml"
+    (
+        # shellcheck disable=SC1091
+        source "$STATE/stack.env"
+        "$PYTHON" -c 'from tasks.config import get_settings
+from tasks.feast_store import write_repo_yaml
+print(write_repo_yaml(get_settings()))'
+    ) > "$STATE/feast_repo" || die "could not write the Feast repo config"
 }
 
 # Runs inside the new session/process group: start every service, record pids, wait for them.
@@ -169,7 +163,7 @@ supervise() {
         --backend-store-uri "$PG/${NAME}_mlflow" \
         --artifacts-destination "$HOME_DIR/mlflow/artifacts" \
         --host "$BIND" --port "$MLFLOW_PORT" --workers 1
-    start_one feast "$BIN/feast" -c "$STATE/feast" serve --host "$BIND" --port "$FEAST_PORT" --workers 1
+    start_one feast "$BIN/feast" -c "$(cat "$STATE/feast_repo")" serve --host "$BIND" --port "$FEAST_PORT" --workers 1
     wait
 }
 
@@ -189,7 +183,10 @@ start() {
         source "$STATE/stack.env"
         log "migrating the Airflow metadata database"
         timeout "$TIMEOUT" "$BIN/airflow" db migrate >> "$STATE/logs/migrate.log" 2>&1
-    ) || die "airflow db migrate failed; see $STATE/logs/migrate.log"
+        # train_recommender's training task runs in pool "gpu": one slot per GPU worker process.
+        timeout "$TIMEOUT" "$BIN/airflow" pools set gpu "$GPU_SLOTS" "GPU training slots (queue gpu)" \
+            >> "$STATE/logs/migrate.log" 2>&1
+    ) || die "airflow db migrate or pool setup failed; see $STATE/logs/migrate.log"
     # A new session and process group holds every service, so that stop can end them all together.
     setsid bash "$0" _supervise > "$STATE/logs/supervisor.log" 2>&1 < /dev/null &
     local waited=0
