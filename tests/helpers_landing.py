@@ -54,7 +54,9 @@ def write_events(
     folder = partition_dir(landing, day)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
-    pq.write_table(pa.Table.from_pylist(rows, schema=EVENTS_SCHEMA), path)
+    # Landing data may break the contract (nulls included): write it with every field nullable.
+    schema = pa.schema([field.with_nullable(True) for field in EVENTS_SCHEMA])
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
     return path
 
 
