@@ -114,3 +114,27 @@ def test_no_raw_user_id_in_lake_quarantine_reports_or_airflow_logs(
     output = capfd.readouterr()
     assert not any(raw in output.out + output.err for raw in raw_ids)
     assert find_raw_ids(shoprec_home.landing_dir, raw_ids) != []  # the search can find them
+
+
+ONLINE_RETAIL_SAMPLE = Path(__file__).resolve().parents[1] / "data" / "online_retail_sample.parquet"
+
+
+def test_online_retail_days_ingest_through_the_dag(ingest_dag: Any, shoprec_home: Settings) -> None:
+    """Real UCI Online Retail II invoices (CC BY 4.0 sample) -> landing -> ingest_events, two days."""
+    from tasks.sources.online_retail import load_online_retail
+
+    days = (dt.date(2010, 3, 28), dt.date(2010, 6, 15))
+    load_online_retail(ONLINE_RETAIL_SAMPLE, shoprec_home.landing_dir, start=days[0], end=days[1])
+    for day in days:
+        landing = pq.read_table(shoprec_home.landing_dir / f"date={day.isoformat()}" / "events.parquet")
+        state, states = run_day(ingest_dag, day)
+        assert (state, states["validate_and_publish"]) == ("success", "success")
+        lake = pq.read_table(shoprec_home.events_dir / f"date={day.isoformat()}" / "part-0.parquet")
+        quarantined = pq.read_table(shoprec_home.quarantine_dir / f"date={day.isoformat()}" / "rows.parquet")
+        assert lake.num_rows + quarantined.num_rows == landing.num_rows
+        assert lake.num_rows > 1000
+        assert set(lake.column("event_type").to_pylist()) == {"purchase"}
+        raw_users = set(landing.column("user_id").to_pylist())
+        lake_users = set(lake.column("user_id").to_pylist())
+        assert raw_users.isdisjoint(lake_users)
+        assert all(user.startswith("u_") and len(user) == 34 for user in lake_users)
