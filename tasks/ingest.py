@@ -384,7 +384,10 @@ def ingest_day(
 
     _replace_dir(quarantine_dir, write_quarantine)
     if problems:
-        message = f"ingest of {day.isoformat()} rejected, nothing written to the lake: " + "; ".join(problems)
+        message = (
+            f"ingest of {day.isoformat()} rejected, nothing written to the lake: {'; '.join(problems)} "
+            f"[volume check: {volume_note}]"
+        )
         log.error(message)
         raise IngestRejected(message)
 
