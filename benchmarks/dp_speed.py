@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.harness import Context, Goal, Section, line_plot, stopwatch
+from benchmarks.harness import REPO_ROOT, Context, Goal, Section, line_plot, stopwatch
 
 N_ITEMS = 4_000
 N_USERS = 4_096
@@ -156,6 +156,7 @@ def _child_peak(private: bool, batch: int, steps: int) -> dict[str, float]:
         capture_output=True,
         text=True,
         check=True,
+        cwd=REPO_ROOT,  # our `benchmarks` package, not the one opacus installs into site-packages
     )
     result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
