@@ -14,6 +14,8 @@ overwrites only its own days.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pendulum
 from airflow.sdk import Asset, CronDataIntervalTimetable, dag, task
 
@@ -44,7 +46,9 @@ def ingest_events() -> None:
     """Landing -> pseudonymised, validated lake partitions + quarantine."""
 
     @task(outlets=[item_catalog])
-    def update_catalog(*, data_interval_start=None, data_interval_end=None, outlet_events=None) -> list[dict]:  # type: ignore[no-untyped-def]
+    def update_catalog(
+        *, data_interval_start: Any = None, data_interval_end: Any = None, outlet_events: Any = None
+    ) -> list[dict[str, Any]]:
         from dataclasses import asdict
 
         from airflow.sdk.exceptions import AirflowFailException
@@ -67,9 +71,13 @@ def ingest_events() -> None:
         return manifests
 
     @task(outlets=[events_clean])
-    def validate_and_publish(  # type: ignore[no-untyped-def]
-        *, run_id=None, data_interval_start=None, data_interval_end=None, outlet_events=None
-    ) -> list[dict]:
+    def validate_and_publish(
+        *,
+        run_id: Any = None,
+        data_interval_start: Any = None,
+        data_interval_end: Any = None,
+        outlet_events: Any = None,
+    ) -> list[dict[str, Any]]:
         from dataclasses import asdict
 
         from airflow.sdk.exceptions import AirflowFailException

@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -186,7 +187,7 @@ def _parquet_to_frame(path: Path, table: pa.Table, schema: pa.Schema) -> pd.Data
             except pa.ArrowInvalid as exc:
                 raise IngestError(f"{path}: column {contract_field.name!r}: {exc}") from exc
         arrays[contract_field.name] = column
-    return pa.table(arrays).to_pandas(types_mapper=None)
+    return pa.table(arrays).to_pandas()
 
 
 def _normalise_events(frame: pd.DataFrame) -> pd.DataFrame:
@@ -241,13 +242,13 @@ def _read_day(day_dir: Path, table: str, schema: pa.Schema) -> pd.DataFrame:
 # --- writing partitions ---------------------------------------------------------------------------
 
 
-def _replace_dir(target: Path, write: object) -> None:
+def _replace_dir(target: Path, write: Callable[[Path], None]) -> None:
     """Write into a temporary sibling folder with ``write(tmp)``, then rename it onto ``target``."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
-        write(tmp)  # type: ignore[operator]
+        write(tmp)
         old = None
         if target.exists():
             old = target.parent / f".old-{target.name}-{uuid.uuid4().hex}"
