@@ -64,7 +64,7 @@ def demo(
         start=dt.date.fromisoformat(start) if start else None,
         end=dt.date.fromisoformat(end) if end else None,
     )
-    summary = run_demo(get_settings(), options, console=console)
+    summary = run_demo(get_settings(), options)
     if not summary.ok:
         raise typer.Exit(code=1)
 

@@ -7,8 +7,11 @@ Lands a data set, then runs each DAG with ``dag.test()`` in the order the Assets
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
 import time
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,26 +87,57 @@ def land(settings: Settings, options: DemoOptions) -> list[dt.date]:
     ]
 
 
+@contextlib.contextmanager
+def airflow_output_to(log_path: Path) -> Generator[None]:
+    """Send everything written to file descriptors 1 and 2 (Airflow's console logs) to ``log_path``.
+
+    ``dag.test()`` logs every task line to the console; the demo keeps them in a file instead and
+    prints its own progress on a duplicate of the original stdout.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    saved = os.dup(1), os.dup(2)
+    with log_path.open("ab") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
 def run_demo(settings: Settings, options: DemoOptions, console: Console | None = None) -> DemoSummary:
-    """Land data, run every DAG that exists through ``dag.test()``, and print the summary."""
-    console = console or Console()
+    """Land data, run every DAG that exists through ``dag.test()``, and print the summary.
+
+    Airflow's own console output goes to ``SHOPREC_HOME/demo.log``; task logs stay in Airflow's
+    log folder as usual.
+    """
+    if console is None:
+        console = Console(file=os.fdopen(os.dup(1), "w", buffering=1))
+    log_path = settings.home / "demo.log"
     started = time.perf_counter()
     summary = DemoSummary()
     settings.ensure_dirs()
     console.rule("[bold]ShopRec demo[/] (embedded profile)")
-    console.print(f"state folder: {settings.home}")
+    console.print(f"state folder: {settings.home}; Airflow console output: {log_path}")
     with console.status("preparing Airflow's metadata database"):
         configure_airflow(settings)
     with console.status(f"landing the {options.source} data set"):
         summary.days = land(settings, options)
+    if not summary.days:
+        raise ValueError("the source produced no days to ingest (check --start/--end)")
     console.print(f"landed {len(summary.days)} days: {summary.days[0]} .. {summary.days[-1]}")
-    dags = load_dags(settings)
+    with airflow_output_to(log_path):
+        dags = load_dags(settings)
 
     if "ingest_events" in dags:
         with _progress(console) as progress:
             job = progress.add_task("ingest_events (one run per day)", total=len(summary.days))
             for day in summary.days:
-                result = run_dag(dags["ingest_events"], logical_date=interval_end_for_day(day))
+                with airflow_output_to(log_path):
+                    result = run_dag(dags["ingest_events"], logical_date=interval_end_for_day(day))
                 summary.runs.append(result)
                 progress.advance(job)
                 if not result.succeeded:
@@ -121,7 +155,7 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console | None =
         if dag_id not in dags:
             console.print(f"[yellow]{dag_id}: not built yet, skipped[/]")
             continue
-        with console.status(f"running {dag_id}"):
+        with console.status(f"running {dag_id}"), airflow_output_to(log_path):
             result = run_dag(dags[dag_id], run_conf=conf)
         summary.runs.append(result)
         mark = "[green]ok[/]" if result.succeeded else "[red]FAILED[/]"
