@@ -260,3 +260,73 @@ def blend_scores(
         pop = (pop - pop.mean()) / (pop.std() + 1e-6)
         out = out + weights.popularity * pop[None, :]
     return out
+
+
+def own_purchase_matrix(state: pd.DataFrame, catalog: ItemCatalog) -> np.ndarray:
+    """``[U, N]`` counts of each user's own past purchases (the user's own data: no privacy cost)."""
+    out = np.zeros((len(state), catalog.n_items), dtype=np.float32)
+    for row, (items, counts) in enumerate(
+        zip(state["purchased_items"], state["purchased_counts"], strict=True)
+    ):
+        idx = catalog.index_of(list(items))
+        keep = idx != PAD
+        np.add.at(out[row], idx[keep] - 1, np.asarray(counts, dtype=np.float32)[keep])
+    return out
+
+
+class Recommender:
+    """The released scorer: model + public catalog + blend weights + a DP popularity release.
+
+    ``user_vectors`` and ``item_vectors`` give matrix-product batch scoring; ``scores`` adds the blend
+    (the user's own repeat purchases and the DP popularity); ``recommend`` returns top-K item ids.
+    """
+
+    def __init__(
+        self,
+        model: TwoTower,
+        catalog: ItemCatalog,
+        *,
+        weights: BlendWeights,
+        popularity: np.ndarray | None,
+        history_length: int,
+    ) -> None:
+        self.model = model.eval()
+        self.catalog = catalog
+        self.weights = weights
+        self.popularity = popularity
+        self.history_length = history_length
+
+    @property
+    def item_ids(self) -> tuple[str, ...]:
+        return self.catalog.item_ids
+
+    @torch.no_grad()
+    def item_vectors(self) -> torch.Tensor:
+        """``[N, dim]`` item vectors, row ``i`` for ``item_ids[i]``."""
+        device = self.model.item_text.device
+        return self.model.item_vectors(torch.arange(1, self.catalog.n_items + 1, device=device))
+
+    @torch.no_grad()
+    def user_vectors(self, frame: pd.DataFrame) -> torch.Tensor:
+        """``[U, dim]`` from a frame of user features with ``recent_items`` (most recent first)."""
+        device = self.model.item_text.device
+        features = torch.from_numpy(user_feature_matrix(frame)).to(device)
+        history = history_matrix(frame["recent_items"].tolist(), self.catalog, self.history_length)
+        return self.model.user_vectors(features, torch.from_numpy(history).to(device))
+
+    def model_scores(self, frame: pd.DataFrame) -> np.ndarray:
+        """``[U, N]`` bare two-tower scores (no blend)."""
+        return (self.user_vectors(frame) @ self.item_vectors().T).cpu().numpy()
+
+    def scores(self, frame: pd.DataFrame) -> np.ndarray:
+        """``[U, N]`` blended scores; ``frame`` needs ``purchased_items``/``purchased_counts`` for repeats."""
+        own = own_purchase_matrix(frame, self.catalog) if "purchased_items" in frame else None
+        return blend_scores(self.model_scores(frame), own, self.popularity, self.weights)
+
+    def recommend(self, frame: pd.DataFrame, k: int) -> list[tuple[list[str], list[float]]]:
+        """Top-``k`` (item ids, scores) per user row of ``frame``."""
+        scores = self.scores(frame)
+        k = min(k, scores.shape[1])
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        ids = np.asarray(self.catalog.item_ids)
+        return [(ids[row].tolist(), [float(x) for x in scores[u, row]]) for u, row in enumerate(top)]

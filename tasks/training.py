@@ -14,6 +14,7 @@ known up front (benchmarks), never by ``make_private_with_epsilon``, which ignor
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from tasks.config import Settings
 from tasks.model import PAD, ItemCatalog, TwoTower, history_matrix, user_feature_matrix
 
 log = logging.getLogger(__name__)
@@ -412,3 +414,295 @@ def _load_checkpoint(path: Path, model: TwoTower, optimizer: Any, engine: Any) -
         engine.accountant.load_state_dict(state["accountant"])
     torch.set_rng_state(state["rng"])
     return int(state["epoch"]), list(state["losses"])
+
+
+# --- the train_recommender pipeline step --------------------------------------------------------------
+TRAIN_PURPOSE: Final = "train_recommender"
+POPULARITY_PURPOSE: Final = "dp_popularity"
+POPULARITY_NOISE: Final = 4.0  # noise multiplier of each DP popularity release (sigma / sqrt(cap))
+POPULARITY_CAP: Final = 20  # distinct items one user adds to a popularity release
+POPULARITY_DAYS: Final = 30
+LABEL_WINDOWS: Final = 2  # training labels cover this many eval windows before the validation cut
+
+
+@dataclass(frozen=True)
+class Cuts:
+    """The run's time points (all derived from the data's end ``as_of``, never from the clock)."""
+
+    as_of: pd.Timestamp
+    test: pd.Timestamp  # evaluation truth: [test, as_of)
+    validation: pd.Timestamp  # blend tuning truth: [validation, test)
+    train: pd.Timestamp  # training state at ``train``, labels in [train, validation)
+
+    @classmethod
+    def from_end(cls, as_of: pd.Timestamp, eval_days: int) -> Cuts:
+        window = pd.Timedelta(days=eval_days)
+        test = as_of - window
+        validation = test - window
+        return cls(as_of=as_of, test=test, validation=validation, train=validation - LABEL_WINDOWS * window)
+
+
+@dataclass(frozen=True)
+class TrainingManifest:
+    """What ``train_model`` hands to registration (XCom-sized: ids, paths, numbers)."""
+
+    run_key: str
+    model_dir: str
+    nonprivate_dir: str
+    as_of: str
+    cuts: dict[str, str]
+    n_users: int
+    n_train_users: int
+    delta: float
+    epsilon: float
+    accountant: str
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    clip_norm: float
+    cap_k: int
+    charge_id: int
+    popularity_charge_id: int
+    seconds_per_step: float
+    seconds_per_step_nonprivate: float
+    device: str
+    blend: dict[str, float]
+    training_users_file: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def feature_state(settings: Settings, user_ids: Sequence[str], at: pd.Timestamp) -> pd.DataFrame:
+    """``recommender_v1`` features of users as of ``at`` from Feast (point-in-time); users without a
+    snapshot before ``at`` are dropped."""
+    from tasks.feast_store import get_training_frame
+
+    entity = pd.DataFrame({"user_id": list(user_ids), "event_timestamp": at})
+    if entity.empty:
+        return entity
+    frame = get_training_frame(settings, entity)
+    frame = frame[frame["recent_items"].map(lambda v: v is not None and len(v) > 0)].copy()
+    for col in ("recent_items", "purchased_items", "purchased_counts"):
+        frame[col] = frame[col].map(lambda v: list(v) if v is not None else [])
+    return frame.sort_values("user_id", kind="stable").reset_index(drop=True)
+
+
+def load_catalog(settings: Settings) -> ItemCatalog:
+    """Public item-tower inputs from the item features (catalog + frozen title embeddings)."""
+    from tasks.feast_store import item_vectors
+    from tasks.features import read_items
+    from tasks.model import build_item_catalog
+
+    ids, matrix = item_vectors(settings)
+    embeddings = pd.DataFrame({"item_id": ids, "embedding": list(matrix)})
+    return build_item_catalog(read_items(settings), embeddings, encoder_id=f"dim{matrix.shape[1]}")
+
+
+def popularity_release(
+    events: pd.DataFrame, catalog: ItemCatalog, end: pd.Timestamp, seed: int
+) -> np.ndarray:
+    """DP distinct-buyer counts over the catalog in the 30 days before ``end`` (ledger-charged by the caller)."""
+    from tasks.baselines import counts_to_catalog
+    from tasks.privacy import release_dp_popularity
+
+    window = events[
+        (events["event_type"] == PURCHASE)
+        & (events["event_timestamp"] >= end - pd.Timedelta(days=POPULARITY_DAYS))
+        & (events["event_timestamp"] < end)
+    ]
+    released = release_dp_popularity(
+        window,
+        sigma=POPULARITY_NOISE * float(np.sqrt(POPULARITY_CAP)),
+        cap_per_user=POPULARITY_CAP,
+        rng_seed=seed,
+        by_country=False,
+        item_ids=list(catalog.item_ids),
+    )
+    return counts_to_catalog(released.rename(columns={"noisy_count": "count"}), catalog)
+
+
+def _active_charge(ledger: Any, scope: str, run_key: str, purpose: str) -> Any:
+    for charge in ledger.charges(scope):
+        if charge.run_id == run_key and charge.purpose == purpose and str(charge.status) != "released":
+            return charge
+    return None
+
+
+def run_training(settings: Settings, *, run_key: str, code_version: str = "unknown") -> TrainingManifest:
+    """Train the DP challenger (and its non-private twin) on the lake and Feast as of the data's end.
+
+    Pre-flight on the privacy ledger: the DP popularity releases and the DP-SGD run are reserved
+    (idempotently per ``run_key``) before anything runs; the noise multiplier is calibrated so the run
+    fits the budget the ledger grants, and a retry reuses the reserved mechanism and the checkpoint.
+    """
+    import hashlib
+    import shutil
+
+    from tasks.contracts import list_partitions
+    from tasks.evaluation import tune_blend
+    from tasks.features import read_events, snapshot_time
+    from tasks.model import BlendWeights, Recommender, build_model, own_purchase_matrix
+    from tasks.privacy import (
+        DpSgdMechanism,
+        Ledger,
+        calibrate_noise_multiplier,
+        popularity_mechanism,
+    )
+    from tasks.registry import save_recommender
+
+    days = list_partitions(settings.events_dir)
+    if not days:
+        raise FileNotFoundError(f"no event partitions under {settings.events_dir}")
+    cuts = Cuts.from_end(snapshot_time(days[-1]), settings.eval_days)
+    events = read_events(settings)
+    catalog = load_catalog(settings)
+    all_users = sorted(events["user_id"].astype(str).unique())
+    state = feature_state(
+        settings, sorted(events.loc[events["event_timestamp"] < cuts.train, "user_id"].unique()), cuts.train
+    )
+    labels = purchases_between(events, cuts.train, cuts.validation)
+    config = TrainConfig(epochs=settings.train_epochs, batch_size=64, seed=settings.seed, n_negatives=64)
+    examples, train_users = build_examples(
+        state,
+        labels,
+        catalog,
+        history_length=settings.history_length,
+        cap_k=config.cap_k,
+        n_negatives=config.n_negatives,
+        seed=settings.seed,
+    )
+    if len(examples) < 2:
+        raise ValueError(f"only {len(examples)} users with labels between {cuts.train} and {cuts.validation}")
+    q, steps = config.sample_rate(len(examples)), config.steps(len(examples))
+
+    ledger = Ledger(settings.resolved_ledger_url)
+    try:
+        delta = settings.privacy_delta or 1.0 / (10 * len(all_users))
+        budget = ledger.ensure_budget(
+            settings.privacy_scope, settings.privacy_epsilon_cap, delta, settings.privacy_period_days
+        )
+        delta = budget.delta
+        data_hash = hashlib.sha256(
+            "|".join(f"{d}" for d in days).encode() + str(len(events)).encode()
+        ).hexdigest()
+        common: dict[str, Any] = dict(
+            scope=settings.privacy_scope,
+            run_id=run_key,
+            n_users=len(all_users),
+            code_version=code_version,
+            data_hash=data_hash,
+        )
+        pop_charge = _active_charge(
+            ledger, settings.privacy_scope, run_key, POPULARITY_PURPOSE
+        ) or ledger.reserve(
+            mechanism=_with_releases(
+                popularity_mechanism(POPULARITY_NOISE * float(np.sqrt(POPULARITY_CAP)), POPULARITY_CAP), 3
+            ),
+            data_window=(cuts.validation - pd.Timedelta(days=POPULARITY_DAYS), cuts.as_of),
+            purpose=POPULARITY_PURPOSE,
+            **common,
+        )
+        charge = _active_charge(ledger, settings.privacy_scope, run_key, TRAIN_PURPOSE)
+        if charge is None:
+            noise = calibrate_noise_multiplier(
+                ledger,
+                scope=settings.privacy_scope,
+                sample_rate=q,
+                steps=steps,
+                delta=delta,
+                epsilon_target=settings.training_epsilon,
+                at=cuts.as_of.to_pydatetime(),
+            )
+            charge = ledger.reserve(
+                mechanism=DpSgdMechanism(noise, q, steps, clip_norm=config.max_grad_norm, cap_k=config.cap_k),
+                data_window=(
+                    events["event_timestamp"].min().to_pydatetime(),
+                    cuts.validation.to_pydatetime(),
+                ),
+                purpose=TRAIN_PURPOSE,
+                **common,
+            )
+    finally:
+        ledger.close()
+    mechanism = charge.mechanism
+    config = TrainConfig(**{**asdict(config), "noise_multiplier": mechanism.noise_multiplier})
+
+    run_dir = settings.models_dir / _safe(run_key)
+    torch.manual_seed(settings.seed)
+    model = build_model(catalog)
+    result = train(model, examples, config, delta=delta, checkpoint_path=run_dir / "checkpoint.pt")
+    torch.manual_seed(settings.seed)
+    twin = build_model(catalog)
+    twin_result = train(twin, examples, TrainConfig(**{**asdict(config), "private": False}))
+
+    pop_val = popularity_release(events, catalog, cuts.validation, settings.seed + 1)
+    pop_test = popularity_release(events, catalog, cuts.test, settings.seed + 2)
+    pop_serve = popularity_release(events, catalog, cuts.as_of, settings.seed + 3)
+    from tasks.evaluation import temporal_split_from_state
+
+    val_state = feature_state(settings, all_users, cuts.validation)
+    val = temporal_split_from_state(events, catalog, val_state, cuts.validation, cuts.test)
+    blends = {}
+    for name, net in (("dp", model), ("nonprivate", twin)):
+        bare = Recommender(
+            net, catalog, weights=BlendWeights(), popularity=None, history_length=settings.history_length
+        )
+        blends[name], _ = tune_blend(
+            bare.model_scores(val.state), own_purchase_matrix(val.state, catalog), pop_val, val, catalog
+        )
+    for name, net, folder in (("dp", model, "recommender"), ("nonprivate", twin, "nonprivate")):
+        rec = Recommender(
+            net, catalog, weights=blends[name], popularity=pop_serve, history_length=settings.history_length
+        )
+        tmp = run_dir / f".{folder}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_recommender(rec, tmp)
+        np.save(tmp / "popularity_eval.npy", pop_test)
+        shutil.rmtree(run_dir / folder, ignore_errors=True)
+        tmp.rename(run_dir / folder)
+    users_file = run_dir / "training_users.json"
+    users_file.write_text(json.dumps(train_users))
+    epsilon = float(charge.epsilon)
+    log.info(
+        "trained %s: (%.3f, %.2e)-DP per user (ledger accountant %s), %d steps",
+        run_key,
+        epsilon,
+        delta,
+        charge.accountant,
+        steps,
+    )
+    return TrainingManifest(
+        run_key=run_key,
+        model_dir=str(run_dir / "recommender"),
+        nonprivate_dir=str(run_dir / "nonprivate"),
+        as_of=cuts.as_of.isoformat(),
+        cuts={k: v.isoformat() for k, v in asdict(cuts).items()},
+        n_users=len(all_users),
+        n_train_users=len(examples),
+        delta=delta,
+        epsilon=epsilon,
+        accountant=str(charge.accountant),
+        noise_multiplier=float(mechanism.noise_multiplier),
+        sample_rate=q,
+        steps=steps,
+        clip_norm=config.max_grad_norm,
+        cap_k=config.cap_k,
+        charge_id=int(charge.id),
+        popularity_charge_id=int(pop_charge.id),
+        seconds_per_step=result.seconds_per_step,
+        seconds_per_step_nonprivate=twin_result.seconds_per_step,
+        device=result.device,
+        blend=asdict(blends["dp"]),
+        training_users_file=str(users_file),
+    )
+
+
+def _with_releases(mechanism: Any, releases: int) -> Any:
+    from dataclasses import replace
+
+    return replace(mechanism, releases=releases)
+
+
+def _safe(run_key: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in run_key)

@@ -1,0 +1,83 @@
+"""Train the two-tower recommender with user-level DP-SGD, register it in MLflow, gate its promotion.
+
+Runs when the Asset `features` is updated, unless the data is less than
+`SHOPREC_MIN_TRAINING_INTERVAL_HOURS` newer than the data of the last registered version
+(`check_training_due`, compared on data time, not the clock).
+
+`train_model` (queue `gpu`, pool `gpu`) reserves the DP popularity releases and the DP-SGD run on the
+privacy ledger, calibrates the noise multiplier to the budget the ledger grants
+(`SHOPREC_TRAINING_EPSILON` per training, user level, RDP accountant, the budget's delta), trains with
+Opacus (ghost clipping, Poisson sampling of users; CUDA when present) and its non-private twin, and tunes
+the score blend on a validation window. A retry reuses the reservation and the checkpoint.
+`register_and_gate` evaluates challenger, twin, champion and baselines on the same temporal split,
+logs one MLflow run, registers the version (alias `challenger`) with its privacy statement, commits
+the ledger charges and applies the promotion gate (`SHOPREC_PROMOTION_TOLERANCE`); the decision and
+its reasons are the version's `gate.*` tags. The Asset `model_champion` is emitted only when the
+champion changed.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import Asset, dag, task
+
+from tasks.assets import FEATURES, MODEL_CHAMPION
+
+features = Asset(name=FEATURES[0], uri=FEATURES[1])
+model_champion = Asset(name=MODEL_CHAMPION[0], uri=MODEL_CHAMPION[1])
+
+
+@dag(
+    schedule=[features],
+    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["shoprec", "training", "opacus", "mlflow"],
+    default_args={
+        "retries": 2,
+        "retry_delay": pendulum.duration(minutes=1),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": pendulum.duration(minutes=10),
+    },
+    doc_md=__doc__,
+)
+def train_recommender() -> None:
+    """features -> DP-SGD challenger in MLflow -> promotion gate -> model_champion."""
+
+    @task.short_circuit
+    def check_training_due() -> bool:
+        from tasks.config import get_settings
+        from tasks.registry import training_due
+
+        return training_due(get_settings())
+
+    @task(multiple_outputs=False, queue="gpu", pool="gpu", execution_timeout=pendulum.duration(hours=3))
+    def train_model(*, run_id=None) -> dict:  # type: ignore[no-untyped-def]
+        from tasks.config import get_settings
+        from tasks.training import run_training
+
+        return run_training(get_settings(), run_key=run_id).to_dict()
+
+    @task(multiple_outputs=False, execution_timeout=pendulum.duration(hours=1))
+    def register_and_gate(manifest: dict) -> dict:
+        from tasks.config import get_settings
+        from tasks.registry import register_and_gate as register
+
+        return register(get_settings(), manifest).to_dict()
+
+    @task.short_circuit
+    def champion_changed(registration: dict) -> bool:
+        return bool(registration["champion_changed"])
+
+    @task(outlets=[model_champion])
+    def announce_champion(registration: dict, *, outlet_events=None) -> str:  # type: ignore[no-untyped-def]
+        outlet_events[model_champion].extra = {"version": registration["version"]}
+        return str(registration["version"])
+
+    manifest = train_model()
+    check_training_due() >> manifest
+    registration = register_and_gate(manifest)
+    champion_changed(registration) >> announce_champion(registration)
+
+
+train_recommender()

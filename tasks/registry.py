@@ -1,0 +1,561 @@
+"""MLflow: one run per training, the model as a pyfunc with a signature, aliases and the promotion gate.
+
+A training run logs parameters, metrics (evaluation of the challenger and the baselines), the
+evaluation report, the privacy statement (tags ``privacy.*`` and an artifact, via
+``tasks.privacy.attach_to_model_version``) and the model. The registered version gets the alias
+``challenger``; :func:`decide_promotion` compares it with the ``champion`` on the same evaluation data
+and :func:`apply_decision` moves ``champion`` (aliases only, never the deprecated stages) and writes the
+decision and its reasons to the version's tags.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tasks.config import Settings
+from tasks.model import BlendWeights, ItemCatalog, ModelConfig, Recommender, TwoTower
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+CHALLENGER: Final = "challenger"
+CHAMPION: Final = "champion"
+GATE_METRIC: Final = "ndcg@10"
+MODEL_ARTIFACT: Final = "model"
+
+
+# --- saving and loading a Recommender -------------------------------------------------------------
+def save_recommender(recommender: Recommender, path: Path) -> Path:
+    """Write weights, architecture, public catalog inputs, blend weights and DP popularity to ``path``."""
+    path.mkdir(parents=True, exist_ok=True)
+    torch.save(recommender.model.state_dict(), path / "weights.pt")
+    catalog = recommender.catalog
+    np.savez(
+        path / "catalog.npz",
+        text=catalog.text,
+        category_index=catalog.category_index,
+        price_bucket=catalog.price_bucket,
+        popularity=recommender.popularity if recommender.popularity is not None else np.zeros(0),
+    )
+    meta = {
+        "model_config": asdict(recommender.model.config),
+        "item_ids": list(catalog.item_ids),
+        "categories": list(catalog.categories),
+        "price_edges": list(catalog.price_edges),
+        "encoder_id": catalog.encoder_id,
+        "weights": asdict(recommender.weights),
+        "history_length": recommender.history_length,
+        "has_popularity": recommender.popularity is not None,
+    }
+    (path / "recommender.json").write_text(json.dumps(meta, indent=2))
+    return path
+
+
+def load_recommender(path: Path, device: str = "cpu") -> Recommender:
+    """Rebuild a :class:`Recommender` written by :func:`save_recommender`."""
+    meta = json.loads((path / "recommender.json").read_text())
+    arrays = np.load(path / "catalog.npz")
+    catalog = ItemCatalog(
+        item_ids=tuple(meta["item_ids"]),
+        text=arrays["text"],
+        category_index=arrays["category_index"],
+        price_bucket=arrays["price_bucket"],
+        categories=tuple(meta["categories"]),
+        price_edges=tuple(meta["price_edges"]),
+        encoder_id=meta["encoder_id"],
+    )
+    model = TwoTower(ModelConfig(**meta["model_config"]))
+    model.load_state_dict(torch.load(path / "weights.pt", map_location=device, weights_only=True))
+    return Recommender(
+        model.to(device),
+        catalog,
+        weights=BlendWeights(**meta["weights"]),
+        popularity=arrays["popularity"] if meta["has_popularity"] else None,
+        history_length=int(meta["history_length"]),
+    )
+
+
+# --- the MLflow pyfunc ----------------------------------------------------------------------------
+def _python_model_class() -> type:
+    import mlflow.pyfunc
+
+    class RecommenderModel(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
+        """Given a user's features and history, return the top-K item ids and scores."""
+
+        def load_context(self, context: Any) -> None:
+            self.recommender = load_recommender(Path(context.artifacts["recommender"]))
+
+        def predict(
+            self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+        ) -> pd.DataFrame:
+            k = int((params or {}).get("k", 10))
+            frame = model_input.copy()
+            for col in ("recent_items", "purchased_items", "purchased_counts"):
+                if col in frame:
+                    frame[col] = frame[col].map(lambda v: list(v) if v is not None else [])
+            top = self.recommender.recommend(frame, k)
+            return pd.DataFrame({"item_ids": [ids for ids, _ in top], "scores": [s for _, s in top]})
+
+    return RecommenderModel
+
+
+def example_input(recommender: Recommender) -> pd.DataFrame:
+    """One illustrative input row (user features, history and own purchases)."""
+    from tasks.model import USER_FEATURE_COLUMNS
+
+    row: dict[str, Any] = {c: 0.0 for c in USER_FEATURE_COLUMNS}
+    row["days_since_last_purchase"] = -1.0
+    first = recommender.item_ids[0]
+    row.update(recent_items=[first], purchased_items=[first], purchased_counts=[1])
+    return pd.DataFrame([row])
+
+
+def model_signature() -> Any:
+    """Input: a user's features, ``recent_items`` and own ``purchased_items``/``purchased_counts``;
+    output: ``item_ids`` and ``scores`` of the top ``k`` (a parameter, default 10)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
+
+    from tasks.model import USER_FEATURE_COLUMNS
+
+    inputs: list[Any] = [ColSpec(DataType.double, c, required=False) for c in USER_FEATURE_COLUMNS]
+    inputs += [
+        ColSpec(Array(DataType.string), "recent_items"),
+        ColSpec(Array(DataType.string), "purchased_items", required=False),
+        ColSpec(Array(DataType.long), "purchased_counts", required=False),
+    ]
+    outputs: list[Any] = [
+        ColSpec(Array(DataType.string), "item_ids"),
+        ColSpec(Array(DataType.double), "scores"),
+    ]
+    return ModelSignature(
+        inputs=Schema(inputs),
+        outputs=Schema(outputs),
+        params=ParamSchema([ParamSpec("k", DataType.long, 10)]),
+    )
+
+
+# --- logging a training run -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class RegisteredModel:
+    """Where a training run and its model version live."""
+
+    run_id: str
+    name: str
+    version: str
+    model_uri: str  # models:/name/version
+    artifact_uri: str
+
+
+def client(settings: Settings) -> MlflowClient:
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.resolved_mlflow_tracking_uri)
+    mlflow.set_registry_uri(settings.resolved_mlflow_registry_uri)
+    return mlflow.MlflowClient(settings.resolved_mlflow_tracking_uri, settings.resolved_mlflow_registry_uri)
+
+
+def _experiment_id(settings: Settings, mlflow_client: MlflowClient) -> str:
+    existing = mlflow_client.get_experiment_by_name(settings.experiment_name)
+    if existing is not None:
+        return str(existing.experiment_id)
+    settings.mlflow_artifact_root.mkdir(parents=True, exist_ok=True)
+    return str(
+        mlflow_client.create_experiment(
+            settings.experiment_name, artifact_location=settings.mlflow_artifact_root.as_uri()
+        )
+    )
+
+
+def find_run(settings: Settings, run_key: str) -> RegisteredModel | None:
+    """The version already registered for ``run_key`` (the Airflow run id), for idempotent retries."""
+    mlflow_client = client(settings)
+    versions = mlflow_client.search_model_versions(
+        f"name = '{settings.registered_model_name}' and tag.shoprec.run_key = '{run_key}'"
+    )
+    if not versions:
+        return None
+    mv = max(versions, key=lambda v: int(v.version))
+    run_id = str(mv.run_id)
+    run = mlflow_client.get_run(run_id)
+    return RegisteredModel(
+        run_id=run_id,
+        name=mv.name,
+        version=str(mv.version),
+        model_uri=f"models:/{mv.name}/{mv.version}",
+        artifact_uri=str(run.info.artifact_uri),
+    )
+
+
+def log_training(
+    settings: Settings,
+    recommender: Recommender,
+    *,
+    run_key: str,
+    params: dict[str, Any],
+    metrics: dict[str, float],
+    report: dict[str, Any],
+    extra_tags: dict[str, str] | None = None,
+) -> RegisteredModel:
+    """Log one training as an MLflow run, register the model and give it the alias ``challenger``.
+
+    Idempotent on ``run_key``: a retried task gets the version already registered for it.
+    """
+    import mlflow
+
+    found = find_run(settings, run_key)
+    if found is not None:
+        return found
+    mlflow_client = client(settings)
+    experiment_id = _experiment_id(settings, mlflow_client)
+    name = settings.registered_model_name
+    signature = model_signature()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_recommender(recommender, Path(tmp) / "recommender")
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{run_key}") as run:
+            mlflow.set_tag("shoprec.run_key", run_key)
+            mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items() if np.isfinite(v)})
+            mlflow.log_dict(report, "evaluation/report.json")
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_ARTIFACT,
+                python_model=_python_model_class()(),
+                artifacts={"recommender": str(folder)},
+                signature=signature,
+                input_example=(example_input(recommender), {"k": 10}),
+            )
+            artifact_uri = str(run.info.artifact_uri)
+            run_id = run.info.run_id
+        shutil.rmtree(folder, ignore_errors=True)
+    try:
+        mlflow_client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        mlflow_client.create_registered_model(name)
+    mv = mlflow_client.create_model_version(
+        name, info.model_uri, run_id=run_id, tags={"shoprec.run_key": run_key, **(extra_tags or {})}
+    )
+    mlflow_client.set_registered_model_alias(name, CHALLENGER, str(mv.version))
+    return RegisteredModel(
+        run_id=run_id,
+        name=name,
+        version=str(mv.version),
+        model_uri=f"models:/{name}/{mv.version}",
+        artifact_uri=artifact_uri,
+    )
+
+
+def load_version(settings: Settings, version: str) -> Recommender:
+    """The :class:`Recommender` of a registered version (downloads its artifacts)."""
+    import mlflow
+
+    client(settings)
+    uri = f"models:/{settings.registered_model_name}/{version}"
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+        return load_recommender(local / "artifacts" / "recommender")
+
+
+def alias_version(settings: Settings, alias: str) -> str | None:
+    """The version holding ``alias``, or None."""
+    import mlflow
+
+    try:
+        mv = client(settings).get_model_version_by_alias(settings.registered_model_name, alias)
+    except mlflow.exceptions.MlflowException:
+        return None
+    return str(mv.version)
+
+
+def load_champion(settings: Settings) -> tuple[Recommender, str]:
+    """The current champion for batch scoring: (Recommender, version). Raises LookupError if none."""
+    version = alias_version(settings, CHAMPION)
+    if version is None:
+        raise LookupError(f"registered model {settings.registered_model_name!r} has no {CHAMPION!r} alias")
+    return load_version(settings, version), version
+
+
+# --- the promotion gate ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GateDecision:
+    """Whether the challenger becomes champion, and why."""
+
+    promote: bool
+    reasons: tuple[str, ...]
+    challenger_version: str
+    champion_version: str | None
+
+    def to_tags(self) -> dict[str, str]:
+        return {
+            "gate.decision": "promoted" if self.promote else "rejected",
+            "gate.reasons": "; ".join(self.reasons),
+            "gate.compared_with": self.champion_version or "none",
+        }
+
+
+def privacy_within_policy(settings: Settings, tags: dict[str, str], n_users: int) -> list[str]:
+    """Reasons the privacy statement (``privacy.*`` tags) breaks policy; empty when it is within it."""
+    problems = []
+    if tags.get("privacy.unit") != "user":
+        problems.append(f"privacy unit is {tags.get('privacy.unit')!r}, policy requires 'user'")
+    if not tags.get("privacy.accountant"):
+        problems.append("no accountant named in the privacy statement")
+    if not tags.get("privacy.ledger_charge_id"):
+        problems.append("no ledger charge id in the privacy statement")
+    try:
+        epsilon, delta = float(tags["privacy.epsilon"]), float(tags["privacy.delta"])
+    except (KeyError, ValueError):
+        return [*problems, "privacy statement lacks epsilon or delta"]
+    if epsilon > settings.privacy_epsilon_cap:
+        problems.append(f"epsilon {epsilon:.4g} exceeds the cap {settings.privacy_epsilon_cap:.4g}")
+    if n_users > 0 and delta > 1.0 / n_users:
+        problems.append(f"delta {delta:.3g} exceeds 1/n_users = {1.0 / n_users:.3g}")
+    return problems
+
+
+def decide_promotion(
+    *,
+    challenger_version: str,
+    challenger: dict[str, float],
+    champion_version: str | None,
+    champion: dict[str, float] | None,
+    popularity: dict[str, float],
+    privacy_problems: list[str],
+    tolerance: float,
+) -> GateDecision:
+    """The gate, on the same evaluation data: NDCG@10 per variant (``{"A": x, "B": y}``).
+
+    Promote only if, in every variant, the challenger is not worse than the champion by more than
+    ``tolerance`` and beats popularity, and its privacy statement is within policy.
+    """
+    reasons, ok = [], True
+    for variant, value in sorted(challenger.items()):
+        pop = popularity[variant]
+        if value > pop:
+            reasons.append(f"{variant}: {GATE_METRIC} {value:.4f} beats popularity {pop:.4f}")
+        else:
+            ok = False
+            reasons.append(f"{variant}: {GATE_METRIC} {value:.4f} does not beat popularity {pop:.4f}")
+        if champion is not None:
+            best = champion[variant]
+            if value >= best - tolerance:
+                reasons.append(f"{variant}: {value:.4f} within {tolerance:g} of champion {best:.4f}")
+            else:
+                ok = False
+                reasons.append(
+                    f"{variant}: {value:.4f} worse than champion {best:.4f} by more than {tolerance:g}"
+                )
+    if champion is None:
+        reasons.append("no champion yet")
+    if privacy_problems:
+        ok = False
+        reasons.extend(f"privacy: {p}" for p in privacy_problems)
+    else:
+        reasons.append("privacy statement within policy")
+    return GateDecision(
+        promote=ok,
+        reasons=tuple(reasons),
+        challenger_version=challenger_version,
+        champion_version=champion_version,
+    )
+
+
+def apply_decision(settings: Settings, decision: GateDecision) -> bool:
+    """Write the decision to the challenger's tags; move ``champion`` if promoted. Returns whether the
+    champion changed."""
+    mlflow_client = client(settings)
+    name = settings.registered_model_name
+    for key, value in decision.to_tags().items():
+        mlflow_client.set_model_version_tag(name, decision.challenger_version, key, value[:5000])
+    if not decision.promote or decision.champion_version == decision.challenger_version:
+        return False
+    mlflow_client.set_registered_model_alias(name, CHAMPION, decision.challenger_version)
+    return True
+
+
+def version_tags(settings: Settings, version: str) -> dict[str, str]:
+    return dict(client(settings).get_model_version(settings.registered_model_name, version).tags)
+
+
+# --- the train_recommender registration step --------------------------------------------------------
+@dataclass(frozen=True)
+class RegistrationManifest:
+    """What registration did: the version, the gate's decision, whether the champion changed."""
+
+    version: str
+    run_id: str
+    promoted: bool
+    champion_changed: bool
+    champion_version: str | None
+    reasons: tuple[str, ...]
+    ndcg_at_10: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def evaluation_reports(
+    settings: Settings, manifest: dict[str, Any], champion: Recommender | None
+) -> tuple[dict[str, Any], Any]:
+    """Challenger, its non-private twin, the champion and the baselines on the run's test split."""
+    from tasks.baselines import broadcast, buy_again_scores, cooccurrence_scores, popularity_counts
+    from tasks.evaluation import evaluate_scores, temporal_split_from_state
+    from tasks.features import read_events
+    from tasks.training import feature_state, load_catalog
+
+    cut, end = pd.Timestamp(manifest["cuts"]["test"]), pd.Timestamp(manifest["cuts"]["as_of"])
+    events = read_events(settings)
+    catalog = load_catalog(settings)
+    users = sorted(events.loc[events["event_timestamp"] < cut, "user_id"].astype(str).unique())
+    split = temporal_split_from_state(events, catalog, feature_state(settings, users, cut), cut, end)
+    if split.n_users == 0:
+        raise ValueError(f"no user with history bought a catalog item in the test window {cut}..{end}")
+    dp = load_recommender(Path(manifest["model_dir"]))
+    twin = load_recommender(Path(manifest["nonprivate_dir"]))
+    pop_eval = np.load(Path(manifest["model_dir"]) / "popularity_eval.npy")
+    reports = {}
+    for name, rec in (("challenger", dp), ("nonprivate", twin)):
+        rec.popularity = pop_eval  # the release for the test cut, not the serving one
+        reports[name] = evaluate_scores(name, rec.scores(split.state), split, catalog)
+        reports[f"{name}_bare"] = evaluate_scores(
+            f"{name}_bare", rec.model_scores(split.state), split, catalog
+        )
+    if champion is not None:
+        champion.popularity = pop_eval
+        reports["champion"] = evaluate_scores("champion", champion.scores(split.state), split, catalog)
+    pop_all = popularity_counts(events, catalog, cut)
+    pop_recent = popularity_counts(events, catalog, cut, cut - pd.Timedelta(days=30))
+    reports["popularity_all"] = evaluate_scores("popularity_all", broadcast(pop_all, split), split, catalog)
+    reports["popularity_recent"] = evaluate_scores(
+        "popularity_recent", broadcast(pop_recent, split), split, catalog
+    )
+    reports["dp_popularity"] = evaluate_scores("dp_popularity", broadcast(pop_eval, split), split, catalog)
+    reports["buy_again"] = evaluate_scores(
+        "buy_again", buy_again_scores(split, catalog, pop_all), split, catalog
+    )
+    reports["cooccurrence"] = evaluate_scores(
+        "cooccurrence", cooccurrence_scores(events, catalog, split, cut), split, catalog
+    )
+    return reports, split
+
+
+def register_and_gate(settings: Settings, manifest: dict[str, Any]) -> RegistrationManifest:
+    """Evaluate, log and register the challenger, attach its privacy statement, commit the ledger
+    charges, and run the promotion gate against the champion on the same evaluation data."""
+    from tasks.evaluation import retention
+    from tasks.privacy import Ledger, PrivacyStatement, attach_to_model_version
+
+    champion_version = alias_version(settings, CHAMPION)
+    champion = load_version(settings, champion_version) if champion_version else None
+    reports, split = evaluation_reports(settings, manifest, champion)
+    metrics = {f"{name}.{k}": v for name, r in reports.items() for k, v in r.flat().items()}
+    for variant in ("A", "B"):
+        metrics[f"retention_{variant}_ndcg_at_10"] = retention(
+            reports["challenger"], reports["nonprivate"], variant
+        )
+    metrics.update(
+        epsilon=manifest["epsilon"],
+        delta=manifest["delta"],
+        seconds_per_step_dp=manifest["seconds_per_step"],
+        seconds_per_step_nonprivate=manifest["seconds_per_step_nonprivate"],
+    )
+    params = {k: v for k, v in manifest.items() if k not in {"cuts", "blend"}}
+    params.update({f"cut_{k}": v for k, v in manifest["cuts"].items()})
+    params.update({f"blend_{k}": v for k, v in manifest["blend"].items()})
+    report = {name: r.to_dict() for name, r in reports.items()}
+    report["test_users"] = split.n_users
+    registered = log_training(
+        settings,
+        load_recommender(Path(manifest["model_dir"])),
+        run_key=manifest["run_key"],
+        params=params,
+        metrics=metrics,
+        report=report,
+        extra_tags={"shoprec.as_of": str(manifest["as_of"])},
+    )
+    ledger = Ledger(settings.resolved_ledger_url)
+    try:
+        charge = ledger.charge(int(manifest["charge_id"]))
+        statement = PrivacyStatement.from_charge(charge, secure_rng=False)
+        attach_to_model_version(
+            statement,
+            tracking_uri=settings.resolved_mlflow_tracking_uri,
+            registry_uri=settings.resolved_mlflow_registry_uri,
+            model_name=settings.registered_model_name,
+            version=registered.version,
+        )
+        for charge_id in (manifest["charge_id"], manifest["popularity_charge_id"]):
+            if str(ledger.charge(int(charge_id)).status) != "committed":
+                ledger.commit(
+                    int(charge_id), model_version=registered.version, artifact_uri=registered.model_uri
+                )
+    finally:
+        ledger.close()
+    tags = version_tags(settings, registered.version)
+    if champion_version == registered.version:  # a retried run after its own promotion
+        champion_version, champion_ndcg = None, None
+    else:
+        champion_ndcg = (
+            {v: reports["champion"].metric(v, GATE_METRIC) for v in ("A", "B")}
+            if "champion" in reports
+            else None
+        )
+    popularity = {
+        v: max(reports[p].metric(v, GATE_METRIC) for p in ("popularity_all", "popularity_recent"))
+        for v in ("A", "B")
+    }
+    challenger = {v: reports["challenger"].metric(v, GATE_METRIC) for v in ("A", "B")}
+    decision = decide_promotion(
+        challenger_version=registered.version,
+        challenger=challenger,
+        champion_version=champion_version,
+        champion=champion_ndcg,
+        popularity=popularity,
+        privacy_problems=privacy_within_policy(settings, tags, int(manifest["n_users"])),
+        tolerance=settings.promotion_tolerance,
+    )
+    changed = apply_decision(settings, decision)
+    return RegistrationManifest(
+        version=registered.version,
+        run_id=registered.run_id,
+        promoted=decision.promote,
+        champion_changed=changed,
+        champion_version=alias_version(settings, CHAMPION),
+        reasons=decision.reasons,
+        ndcg_at_10=challenger,
+    )
+
+
+def last_trained_as_of(settings: Settings) -> pd.Timestamp | None:
+    """The data end (``as_of``) of the newest registered version, or None."""
+    import mlflow
+
+    try:
+        versions = client(settings).search_model_versions(f"name = '{settings.registered_model_name}'")
+    except mlflow.exceptions.MlflowException:
+        return None
+    stamps = [pd.Timestamp(v.tags["shoprec.as_of"]) for v in versions if "shoprec.as_of" in v.tags]
+    return max(stamps) if stamps else None
+
+
+def training_due(settings: Settings) -> bool:
+    """Whether the lake's data end is at least ``min_training_interval_hours`` after the data end of
+    the last registered version (data time, never the clock)."""
+    from tasks.contracts import list_partitions
+    from tasks.features import snapshot_time
+
+    days = list_partitions(settings.events_dir)
+    if not days:
+        return False
+    last = last_trained_as_of(settings)
+    if last is None:
+        return True
+    return snapshot_time(days[-1]) - last >= pd.Timedelta(hours=settings.min_training_interval_hours)

@@ -1,0 +1,117 @@
+"""Unit tests of the evaluation protocol and the promotion gate (tiny hand-made rankings)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks.evaluation import EvalSplit, evaluate_scores, ranking_metrics, tune_blend
+from tasks.model import ItemCatalog
+from tasks.registry import decide_promotion
+
+
+def _catalog(n: int = 5) -> ItemCatalog:
+    return ItemCatalog(
+        item_ids=tuple(f"i{j}" for j in range(n)),
+        text=np.zeros((n, 2), dtype=np.float32),
+        category_index=np.array([0, 0, 1, 1, 1][:n]),
+        price_bucket=np.zeros(n, dtype=np.int64),
+        categories=("a", "b"),
+        price_edges=(1.0,),
+    )
+
+
+def _split(purchased: list[list[str]], truth: list[list[int]]) -> EvalSplit:
+    state = pd.DataFrame(
+        {
+            "user_id": [f"u{k}" for k in range(len(purchased))],
+            "purchased_items": purchased,
+            "purchased_counts": [[1] * len(p) for p in purchased],
+            "recent_items": purchased,
+        }
+    )
+    return EvalSplit(
+        cut=pd.Timestamp("2024-01-01", tz="UTC"),
+        end=pd.Timestamp("2024-01-08", tz="UTC"),
+        state=state,
+        truth=tuple(np.array(t) for t in truth),
+    )
+
+
+def test_ndcg_recall_and_hit_match_hand_computed_values() -> None:
+    scores = np.array([[5.0, 4.0, 3.0, 2.0, 1.0]])
+    m = ranking_metrics(scores, [np.array([1, 4])], _catalog(), ks=(2,))
+    idcg = 1 + 1 / math.log2(3)
+    assert m.metrics["ndcg@2"] == pytest.approx((1 / math.log2(3)) / idcg)
+    assert m.metrics["recall@2"] == pytest.approx(0.5)
+    assert m.metrics["hit@2"] == pytest.approx(1.0)
+    assert m.metrics["coverage@2"] == pytest.approx(2 / 5)
+    assert m.exposure_by_category == {"a": 1.0}
+
+
+def test_variant_b_removes_items_already_bought_from_ranking_and_truth() -> None:
+    split = _split([["i0"], []], [[0, 3], [0]])
+    scores = np.array([[9.0, 1.0, 2.0, 3.0, 0.0], [9.0, 1.0, 2.0, 3.0, 0.0]])
+    report = evaluate_scores("s", scores, split, _catalog())
+    assert report.variants["A"].users == 2
+    assert report.metric("A", "hit@10") == pytest.approx(1.0)
+    assert report.variants["B"].users == 2
+    # user 0: i0 removed from truth and ranking, i3 is now first
+    assert report.metric("B", "ndcg@10") == pytest.approx(1.0)
+
+
+def test_variant_b_drops_users_whose_only_purchases_were_repeats() -> None:
+    split = _split([["i0"], ["i1"]], [[0], [2]])
+    report = evaluate_scores("s", np.zeros((2, 5)), split, _catalog())
+    assert report.variants["B"].users == 1
+
+
+def test_tune_blend_prefers_the_repeat_signal_when_users_rebuy() -> None:
+    split = _split([["i4"], ["i3"]], [[4], [3]])
+    own = np.zeros((2, 5), dtype=np.float32)
+    own[0, 4] = own[1, 3] = 1
+    model = np.tile(np.array([5.0, 4.0, 3.0, 2.0, 1.0]), (2, 1))
+    weights, value = tune_blend(model, own, None, split, _catalog())
+    assert weights.repeat > 0
+    assert value > 0.4
+
+
+def _decide(
+    challenger: dict[str, float], champion: dict[str, float] | None, problems: list[str] | None = None
+):
+    return decide_promotion(
+        challenger_version="2",
+        challenger=challenger,
+        champion_version="1" if champion else None,
+        champion=champion,
+        popularity={"A": 0.10, "B": 0.05},
+        privacy_problems=problems or [],
+        tolerance=0.01,
+    )
+
+
+def test_gate_promotes_a_challenger_within_tolerance_of_the_champion() -> None:
+    decision = _decide({"A": 0.295, "B": 0.08}, {"A": 0.30, "B": 0.08})
+    assert decision.promote
+    assert decision.to_tags()["gate.decision"] == "promoted"
+
+
+def test_gate_rejects_a_challenger_worse_than_the_champion_by_more_than_tolerance() -> None:
+    decision = _decide({"A": 0.28, "B": 0.08}, {"A": 0.30, "B": 0.08})
+    assert not decision.promote
+    assert any("worse than champion" in r for r in decision.reasons)
+
+
+def test_gate_rejects_a_challenger_that_does_not_beat_popularity() -> None:
+    decision = _decide({"A": 0.30, "B": 0.04}, None)
+    assert not decision.promote
+    assert any("does not beat popularity" in r for r in decision.reasons)
+
+
+def test_gate_rejects_a_privacy_statement_out_of_policy() -> None:
+    decision = _decide({"A": 0.30, "B": 0.08}, None, ["epsilon 12 exceeds the cap 10"])
+    assert not decision.promote
+    assert "privacy: epsilon 12 exceeds the cap 10" in decision.reasons

@@ -1,0 +1,97 @@
+"""Unit tests of the two-tower model: no per-user parameters, cold items via text, the blend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tasks.model import (
+    BlendWeights,
+    ItemCatalog,
+    Recommender,
+    blend_scores,
+    build_item_catalog,
+    build_model,
+    user_feature_matrix,
+)
+
+
+def _catalog(n: int = 6, dim: int = 4) -> ItemCatalog:
+    items = pd.DataFrame(
+        {
+            "item_id": [f"i{j}" for j in range(n)],
+            "category": ["a", "b"] * (n // 2),
+            "price": np.arange(n) * 3.0,
+        }
+    )
+    rng = np.random.default_rng(0)
+    emb = pd.DataFrame({"item_id": items["item_id"], "embedding": list(rng.normal(size=(n, dim)))})
+    return build_item_catalog(items, emb)
+
+
+def _frame(histories: list[list[str]]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "purchases_30d": [1] * len(histories),
+            "days_since_last_purchase": [3] * len(histories),
+            "recent_items": histories,
+            "purchased_items": histories,
+            "purchased_counts": [[1] * len(h) for h in histories],
+        }
+    )
+
+
+def test_model_has_no_per_user_parameters() -> None:
+    model = build_model(_catalog(), dim=8, hidden=16)
+    n_params = sum(p.numel() for p in model.parameters())
+    rec = Recommender(model, _catalog(), weights=BlendWeights(), popularity=None, history_length=3)
+    vectors = rec.user_vectors(_frame([["i0"], ["i1", "i2"], []] * 50))
+    assert vectors.shape == (150, 8)
+    assert sum(p.numel() for p in model.parameters()) == n_params
+
+
+def test_a_users_vector_depends_only_on_their_own_features_and_history() -> None:
+    torch.manual_seed(0)
+    rec = Recommender(
+        build_model(_catalog(), dim=8, hidden=16),
+        _catalog(),
+        weights=BlendWeights(),
+        popularity=None,
+        history_length=3,
+    )
+    alone = rec.user_vectors(_frame([["i0", "i3"]]))
+    together = rec.user_vectors(_frame([["i5"], ["i0", "i3"], ["i1"]]))
+    torch.testing.assert_close(alone[0], together[1])
+
+
+def test_a_new_item_gets_a_vector_from_its_text() -> None:
+    torch.manual_seed(0)
+    catalog = _catalog()
+    model = build_model(catalog, dim=8, hidden=16)
+    bigger = _catalog(n=8)  # two new items, same architecture inputs
+    grown = build_model(bigger, dim=8, hidden=16)
+    grown.load_state_dict(
+        {k: v for k, v in model.state_dict().items() if not k.startswith("item_")}, strict=False
+    )
+    rec = Recommender(grown, bigger, weights=BlendWeights(), popularity=None, history_length=3)
+    vectors = rec.item_vectors()
+    assert vectors.shape == (8, 8)
+    assert float(vectors[7].norm()) > 0
+
+
+def test_blend_puts_the_users_own_repeat_purchases_first_with_a_large_repeat_weight() -> None:
+    model = np.array([[3.0, 2.0, 1.0, 0.0]])
+    own = np.array([[0.0, 0.0, 0.0, 2.0]])
+    out = blend_scores(model, own, None, BlendWeights(repeat=8.0))
+    assert int(out.argmax()) == 3
+
+
+def test_user_features_use_fixed_transforms_that_do_not_depend_on_other_users() -> None:
+    one = user_feature_matrix(pd.DataFrame({"purchases_30d": [4], "days_since_last_purchase": [-1]}))
+    many = user_feature_matrix(
+        pd.DataFrame({"purchases_30d": [4, 1000], "days_since_last_purchase": [-1, 5]})
+    )
+    np.testing.assert_allclose(one[0], many[0])
+    assert one[0, -1] == pytest.approx(1.0)  # never purchased flag
