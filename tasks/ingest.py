@@ -290,19 +290,35 @@ def _quarantine_table(frame: pd.DataFrame) -> pa.Table:
 
 
 def _volume_bounds(settings: Settings, day: dt.date) -> tuple[int, int | None, str]:
-    """(min_rows, max_rows, note) from the lake's trailing partitions before ``day``."""
-    prior = [d for d in list_partitions(settings.events_dir) if d < day][-settings.volume_trailing_days :]
-    counts = [
-        pq.ParquetFile(partition_dir(settings.events_dir, d) / LAKE_FILE).metadata.num_rows for d in prior
-    ]
-    if len(counts) < MIN_TRAILING_DAYS:
-        note = f"skipped: {len(counts)} prior lake days, need {MIN_TRAILING_DAYS}"
+    """(min_rows, max_rows, note) for ``day`` from the lake's earlier partitions.
+
+    The reference is the mean of the same weekday over the previous four weeks when at least two such
+    days exist (shops have strong weekly cycles), else the mean of the trailing
+    ``volume_trailing_days`` days.  The band is asymmetric: a half-empty day fails
+    (``volume_band``, default 0.5), a busy day may be up to ``1 + volume_band_high`` times the
+    reference (sales peaks are real; a doubled delivery of a whole day is caught).
+    """
+    if settings.volume_check == "off":
+        return 0, None, "off (SHOPREC_VOLUME_CHECK=off)"
+    earlier = [d for d in list_partitions(settings.events_dir) if d < day]
+    trailing = earlier[-settings.volume_trailing_days :]
+    if len(trailing) < MIN_TRAILING_DAYS:
+        note = f"skipped: {len(trailing)} prior lake days, need {MIN_TRAILING_DAYS}"
         log.info("volume band check %s", note)
         return 0, None, note
+    same_weekday = [d for d in earlier if d.weekday() == day.weekday() and (day - d).days <= 28]
+    reference, basis = (
+        (same_weekday, f"same weekday over {len(same_weekday)} weeks")
+        if len(same_weekday) >= 2
+        else (trailing, f"{len(trailing)} trailing days")
+    )
+    counts = [
+        pq.ParquetFile(partition_dir(settings.events_dir, d) / LAKE_FILE).metadata.num_rows for d in reference
+    ]
     mean = sum(counts) / len(counts)
     low = int(mean * (1 - settings.volume_band))
-    high = int(mean * (1 + settings.volume_band)) + 1
-    return low, high, f"rows within [{low}, {high}] (trailing mean {mean:.1f} over {len(counts)} days)"
+    high = int(mean * (1 + settings.volume_band_high)) + 1
+    return low, high, f"rows within [{low}, {high}] (mean {mean:.1f}, {basis})"
 
 
 def _known_item_ids(settings: Settings) -> list[str]:

@@ -163,4 +163,49 @@ def test_day_at_ten_percent_volume_is_rejected(shoprec_home: Settings) -> None:
     assert not (shoprec_home.events_dir / "date=2024-03-05").exists()
     report = json.loads((shoprec_home.quarantine_dir / "date=2024-03-05" / "report.json").read_text())
     assert report["status"] == "rejected"
-    assert report["volume_check"] == "rows within [30, 91] (trailing mean 60.0 over 3 days)"
+    assert report["volume_check"] == "rows within [30, 181] (mean 60.0, 3 trailing days)"
+
+
+def _ingest_history(settings: Settings, days: list[dt.date], n_for: Callable[[dt.date], int]) -> None:
+    for day in days:
+        write_good_day(settings.landing_dir, day, n=n_for(day))
+        update_catalog(settings, day)
+        ingest_day(settings, day, run_id=f"r-{day}")
+
+
+def test_busy_day_within_the_high_band_is_accepted(shoprec_home: Settings) -> None:
+    _ingest_history(shoprec_home, [DAY - dt.timedelta(days=k) for k in (3, 2, 1)], lambda _: N)
+    write_good_day(shoprec_home.landing_dir, DAY, n=int(N * 2.5))
+    update_catalog(shoprec_home, DAY)
+    manifest = ingest_day(shoprec_home, DAY, run_id="r")
+    assert manifest.rows_clean == int(N * 2.5)
+
+
+def test_day_above_the_high_band_is_rejected(shoprec_home: Settings) -> None:
+    _ingest_history(shoprec_home, [DAY - dt.timedelta(days=k) for k in (3, 2, 1)], lambda _: N)
+    write_good_day(shoprec_home.landing_dir, DAY, n=N * 4)
+    update_catalog(shoprec_home, DAY)
+    with pytest.raises(IngestRejected, match=r"row_count_within_trailing_band \(observed 240\)"):
+        ingest_day(shoprec_home, DAY, run_id="r")
+
+
+def test_quiet_weekday_is_judged_against_the_same_weekday(shoprec_home: Settings) -> None:
+    """A Sunday with a quarter of weekday volume passes when earlier Sundays were as quiet."""
+    sunday = dt.date(2024, 3, 24)
+    history = [sunday - dt.timedelta(days=k) for k in range(15, 0, -1)]
+    backfill = shoprec_home.model_copy(update={"volume_check": "off"})  # history loaded as a backfill
+    _ingest_history(backfill, history, lambda d: 20 if d.weekday() == 6 else 80)
+    write_good_day(shoprec_home.landing_dir, sunday, n=20)
+    update_catalog(shoprec_home, sunday)
+    manifest = ingest_day(shoprec_home, sunday, run_id="r")
+    assert manifest.rows_clean == 20
+    assert manifest.volume_check == "rows within [10, 61] (mean 20.0, same weekday over 2 weeks)"
+
+
+def test_volume_check_off_accepts_a_known_holiday(shoprec_home: Settings) -> None:
+    _ingest_history(shoprec_home, [DAY - dt.timedelta(days=k) for k in (3, 2, 1)], lambda _: N)
+    write_good_day(shoprec_home.landing_dir, DAY, n=N // 10)
+    update_catalog(shoprec_home, DAY)
+    relaxed = shoprec_home.model_copy(update={"volume_check": "off"})
+    manifest = ingest_day(relaxed, DAY, run_id="r")
+    assert manifest.rows_clean == N // 10
