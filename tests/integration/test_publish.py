@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.config import Settings
+from tasks.config import Profile, Settings
 from tasks.features import (
     ITEM_FEATURES_SCHEMA,
     USER_FEATURES_SCHEMA,
@@ -285,3 +286,64 @@ def test_cold_start_user_gets_dp_popularity_of_their_country_charged_once(shopre
     assert [(c.run_id, str(c.status), c.accountant) for c in charges] == [
         ("publish:1", "committed", "opacus-rdp")
     ]
+
+
+@pytest.fixture
+def redis_settings(shoprec_home: Settings) -> Any:
+    """Production profile on its own empty Redis DB index (flushed at the end), SQLite registry."""
+    import redis
+
+    for db in range(15, 0, -1):
+        client = redis.Redis(host="127.0.0.1", port=6379, db=db)
+        if client.dbsize() == 0 and client.set("shoprec-test-publish-lock", "1", nx=True):
+            break
+    else:
+        pytest.fail("no empty Redis DB index on 127.0.0.1:6379")
+    try:
+        yield shoprec_home.model_copy(
+            update={
+                "profile": Profile.PRODUCTION,
+                "redis_url": f"redis://127.0.0.1:6379/{db}",
+                "feast_registry_url": f"sqlite:///{shoprec_home.home / 'feast' / 'registry.db'}",
+            }
+        )
+    finally:
+        client.flushdb()
+        client.close()
+
+
+def test_on_redis_a_retry_after_a_failed_publish_serves_only_the_new_rows(redis_settings: Settings) -> None:
+    """Redis skips writes not newer than the stored timestamp: the emptied slot makes a retry land."""
+    from tasks.feast_store import get_store
+
+    assert get_store(redis_settings).config.online_store.type == "redis"
+    world = _world(redis_settings)
+    first = run_publish(redis_settings, T, recommender=world)
+    later = T + dt.timedelta(days=1)
+    day_file = user_features_dir(redis_settings) / f"{DAY.isoformat()}.parquet"
+    (day_file.parent / f"{(DAY + dt.timedelta(days=1)).isoformat()}.parquet").write_bytes(
+        day_file.read_bytes()
+    )
+
+    def die(written: int) -> None:
+        raise RuntimeError("killed on purpose")
+
+    with pytest.raises(RuntimeError, match="killed on purpose"):
+        run_publish(redis_settings, later, recommender=(world[0], "2"), chunk_rows=5, on_chunk=die)
+    users = [f"u_{u:032x}" for u in range(N_USERS)]
+    assert set(_served(redis_settings, users)["publish_id"]) == {first.publish_id}
+    import torch
+
+    torch.manual_seed(1)
+    other = Recommender(
+        build_model(world[0].catalog, dim=8, hidden=16),
+        world[0].catalog,
+        weights=world[0].weights,
+        popularity=world[0].popularity,
+        history_length=20,
+    )
+    retry = run_publish(redis_settings, later, recommender=(other, "3"))
+    offline = read_offline_copy(offline_path(offline_root(redis_settings), retry.publish_id))
+    served = _served(redis_settings, offline["user_id"].tolist())
+    assert set(served["publish_id"]) == {"3@20261012T000000Z"}
+    assert served["item_ids"] == [list(v) for v in offline["item_ids"]]
