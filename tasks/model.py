@@ -3,7 +3,9 @@
 Item tower: frozen text embedding of the title (public, from a pretrained encoder), category, price
 bucket and optionally a learned item-id embedding whose vocabulary is the public catalog.
 User tower: the user's Feast features (fixed ``log1p`` transforms, no statistics computed from other
-users) and a masked mean of the item-tower vectors of the user's recent items.
+users) and a masked mean of the item-tower vectors of the user's recent items, which also reaches the
+output through a skip connection (so the model starts from "items like the ones you looked at" and
+DP-SGD only has to refine it).
 
 There are no per-user parameters: a user's vector is computed at serving time from that user's own
 features and history, so the released weights are all the DP guarantee has to cover, and a new user is
@@ -198,7 +200,7 @@ class TwoTower(nn.Module):
         mask = (history != PAD).unsqueeze(-1).to(history_vectors.dtype)
         pooled = (history_vectors * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
         hidden = self.act(self.user_fc1(torch.cat([features, pooled], dim=-1)))
-        return self.user_fc2(hidden)
+        return pooled + self.user_fc2(hidden)  # skip: an untrained model already ranks by similarity
 
     def user_vectors(self, features: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         """User vectors from user features ``[B, F]`` and history model indices ``[B, H]``."""

@@ -86,6 +86,30 @@ def purchases_between(events: pd.DataFrame, start: pd.Timestamp, end: pd.Timesta
     return {str(u): [str(i) for i in g["item_id"]] for u, g in counts.groupby("user_id", sort=True)}
 
 
+def per_user_cuts(events: pd.DataFrame, end: pd.Timestamp) -> pd.DataFrame:
+    """Each user's own training cut: the start of the middle one of their distinct purchase days
+    before ``end`` (users with at least two such days). Their state is taken at the cut and their
+    purchases in ``[cut, end)`` are the labels, so every user is one sample and the labels of one
+    user never leak into the state of the same sample."""
+    buys = events[(events["event_type"] == PURCHASE) & (events["event_timestamp"] < end)]
+    days = buys.assign(day=buys["event_timestamp"].dt.floor("D")).drop_duplicates(["user_id", "day"])
+    days = days.sort_values(["user_id", "day"], kind="stable")
+    n_days = days.groupby("user_id")["day"].transform("size")
+    rank = days.groupby("user_id").cumcount()
+    chosen = days[(n_days >= 2) & (rank == n_days // 2)]
+    return pd.DataFrame(
+        {"user_id": chosen["user_id"].astype(str).to_numpy(), "cut": chosen["day"].to_numpy()}
+    )
+
+
+def purchases_after_cuts(events: pd.DataFrame, cuts: pd.DataFrame, end: pd.Timestamp) -> dict[str, list[str]]:
+    """Each user's distinct purchased items in ``[their cut, end)``, most frequent first."""
+    buys = events[(events["event_type"] == PURCHASE) & (events["event_timestamp"] < end)]
+    merged = buys.assign(user_id=buys["user_id"].astype(str)).merge(cuts, on="user_id")
+    merged = merged[merged["event_timestamp"] >= merged["cut"]]
+    return purchases_between(merged, merged["event_timestamp"].min(), end) if len(merged) else {}
+
+
 # --- the per-user dataset ---------------------------------------------------------------------------
 class UserExamples(Dataset[tuple[torch.Tensor, ...]]):
     """One sample per user: (features ``[F]``, history ``[H]``, candidates ``[k+n]``, target ``[k+n]``).
@@ -422,7 +446,6 @@ POPULARITY_PURPOSE: Final = "dp_popularity"
 POPULARITY_NOISE: Final = 4.0  # noise multiplier of each DP popularity release (sigma / sqrt(cap))
 POPULARITY_CAP: Final = 20  # distinct items one user adds to a popularity release
 POPULARITY_DAYS: Final = 30
-LABEL_WINDOWS: Final = 2  # training labels cover this many eval windows before the validation cut
 
 
 @dataclass(frozen=True)
@@ -432,14 +455,13 @@ class Cuts:
     as_of: pd.Timestamp
     test: pd.Timestamp  # evaluation truth: [test, as_of)
     validation: pd.Timestamp  # blend tuning truth: [validation, test)
-    train: pd.Timestamp  # training state at ``train``, labels in [train, validation)
 
     @classmethod
     def from_end(cls, as_of: pd.Timestamp, eval_days: int) -> Cuts:
         window = pd.Timedelta(days=eval_days)
         test = as_of - window
         validation = test - window
-        return cls(as_of=as_of, test=test, validation=validation, train=validation - LABEL_WINDOWS * window)
+        return cls(as_of=as_of, test=test, validation=validation)
 
 
 @dataclass(frozen=True)
@@ -473,9 +495,11 @@ class TrainingManifest:
         return asdict(self)
 
 
-def feature_state(settings: Settings, user_ids: Sequence[str], at: pd.Timestamp) -> pd.DataFrame:
-    """``recommender_v1`` features of users as of ``at`` from Feast (point-in-time); users without a
-    snapshot before ``at`` are dropped."""
+def feature_state(
+    settings: Settings, user_ids: Sequence[str], at: pd.Timestamp | Sequence[pd.Timestamp]
+) -> pd.DataFrame:
+    """``recommender_v1`` features of users as of ``at`` (one time, or one per user) from Feast
+    (point-in-time); users without a snapshot with history before their time are dropped."""
     from tasks.feast_store import get_training_frame
 
     entity = pd.DataFrame({"user_id": list(user_ids), "event_timestamp": at})
@@ -500,7 +524,7 @@ def load_catalog(settings: Settings) -> ItemCatalog:
 
 
 def popularity_release(
-    events: pd.DataFrame, catalog: ItemCatalog, end: pd.Timestamp, seed: int
+    events: pd.DataFrame, catalog: ItemCatalog, end: pd.Timestamp, seed: int, noise: float = POPULARITY_NOISE
 ) -> np.ndarray:
     """DP distinct-buyer counts over the catalog in the 30 days before ``end`` (ledger-charged by the caller)."""
     from tasks.baselines import counts_to_catalog
@@ -513,7 +537,7 @@ def popularity_release(
     ]
     released = release_dp_popularity(
         window,
-        sigma=POPULARITY_NOISE * float(np.sqrt(POPULARITY_CAP)),
+        sigma=noise * float(np.sqrt(POPULARITY_CAP)),
         cap_per_user=POPULARITY_CAP,
         rng_seed=seed,
         by_country=False,
@@ -558,10 +582,9 @@ def run_training(settings: Settings, *, run_key: str, code_version: str = "unkno
     events = read_events(settings)
     catalog = load_catalog(settings)
     all_users = sorted(events["user_id"].astype(str).unique())
-    state = feature_state(
-        settings, sorted(events.loc[events["event_timestamp"] < cuts.train, "user_id"].unique()), cuts.train
-    )
-    labels = purchases_between(events, cuts.train, cuts.validation)
+    user_cuts = per_user_cuts(events, cuts.validation)
+    state = feature_state(settings, user_cuts["user_id"].tolist(), list(user_cuts["cut"]))
+    labels = purchases_after_cuts(events, user_cuts, cuts.validation)
     config = TrainConfig(epochs=settings.train_epochs, batch_size=64, seed=settings.seed, n_negatives=64)
     examples, train_users = build_examples(
         state,
@@ -573,7 +596,7 @@ def run_training(settings: Settings, *, run_key: str, code_version: str = "unkno
         seed=settings.seed,
     )
     if len(examples) < 2:
-        raise ValueError(f"only {len(examples)} users with labels between {cuts.train} and {cuts.validation}")
+        raise ValueError(f"only {len(examples)} users with purchases on two days before {cuts.validation}")
     q, steps = config.sample_rate(len(examples)), config.steps(len(examples))
 
     ledger = Ledger(settings.resolved_ledger_url)

@@ -16,6 +16,8 @@ from tasks.training import (
     UserSoftmaxLoss,
     make_private_trainer,
     noise_for_budget,
+    per_user_cuts,
+    purchases_after_cuts,
     rdp_epsilon,
     train,
     user_state_at,
@@ -165,3 +167,22 @@ def test_user_state_at_uses_only_events_before_the_cut() -> None:
     assert state["purchases_30d"] == 2
     assert state["spend_30d"] == pytest.approx(6.0)
     assert state["days_since_last_purchase"] == 1
+
+
+def test_per_user_cut_splits_each_users_purchase_days_and_labels_come_after_it() -> None:
+    ts = pd.to_datetime(
+        ["2024-01-01 10:00", "2024-01-03 10:00", "2024-01-05 10:00", "2024-01-02 09:00", "2024-01-09 09:00"],
+        utc=True,
+    )
+    events = pd.DataFrame(
+        {
+            "user_id": ["a", "a", "a", "b", "b"],
+            "item_id": ["x", "y", "z", "x", "late"],
+            "event_type": "purchase",
+            "event_timestamp": ts,
+        }
+    )
+    end = pd.Timestamp("2024-01-08", tz="UTC")
+    cuts = per_user_cuts(events, end)
+    assert cuts.set_index("user_id")["cut"].to_dict() == {"a": pd.Timestamp("2024-01-03", tz="UTC")}
+    assert purchases_after_cuts(events, cuts, end) == {"a": ["y", "z"]}

@@ -1,0 +1,147 @@
+"""train_recommender through real Airflow (``dag.test()``), Feast, Opacus, the privacy ledger and MLflow.
+
+One small synthetic shop (400 users, 80 items, 35 days, personal taste stronger than popularity) is written to the lake, its features computed
+with a tiny random text encoder and applied to a fresh Feast repository; then the DAG runs twice in the
+module's own SHOPREC_HOME: the first run registers version 1 and promotes it (no champion yet), the
+second trains at a tiny epsilon (a worse model) and the gate compares it with version 1 on the same
+evaluation data and rejects it. Each test asserts one outcome of those two runs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tasks.config import Settings, get_settings
+from tasks.contracts import EVENTS_SCHEMA, ITEMS_SCHEMA, landing_files, list_partitions, partition_dir
+
+pytestmark = pytest.mark.integration
+
+DAG_FILE = Path(__file__).resolve().parents[2] / "dags" / "train_recommender.py"
+
+
+def _write_lake(settings: Settings) -> list[Any]:
+    """Synthetic landing days copied into the lake as they are (this test is not about ingest)."""
+    from tasks.sources.synthetic import SyntheticConfig, generate
+
+    shop = SyntheticConfig(n_users=400, n_items=80, days=35, seed=3, zipf_exponent=0.6, affinity_concentration=0.1)
+    generate(shop, settings.landing_dir)
+    items = []
+    for day in list_partitions(settings.landing_dir):
+        folder = partition_dir(settings.landing_dir, day)
+        for path in landing_files(folder, "events"):
+            target = partition_dir(settings.events_dir, day)
+            target.mkdir(parents=True, exist_ok=True)
+            pq.write_table(pq.read_table(path).cast(EVENTS_SCHEMA), target / "part-0.parquet")
+        items += [pq.read_table(p).to_pandas() for p in landing_files(folder, "items")]
+    catalog = pd.concat(items, ignore_index=True).drop_duplicates("item_id")
+    settings.items_dir.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(catalog, schema=ITEMS_SCHEMA, preserve_index=False)
+    pq.write_table(table, settings.items_dir / "items.parquet")
+    return list_partitions(settings.events_dir)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, airflow_home: Path) -> dict[str, Any]:
+    from airflow.dag_processing.dagbag import DagBag
+
+    from tasks.embeddings import tiny_random_encoder
+    from tasks.feast_store import apply_definitions
+    from tasks.features import compute_features
+
+    env = {
+        "SHOPREC_HOME": str(tmp_path_factory.mktemp("train") / "shoprec"),
+        "SHOPREC_MIN_TRAINING_INTERVAL_HOURS": "0",
+        "SHOPREC_TRAIN_EPOCHS": "4",
+        "SHOPREC_PROMOTION_TOLERANCE": "0.0",
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        for key in [k for k in os.environ if k.startswith("SHOPREC_")]:
+            mp.delenv(key)
+        for key, value in env.items():
+            mp.setenv(key, value)
+        settings = get_settings()
+        days = _write_lake(settings)
+        compute_features(settings, days, encoder=tiny_random_encoder(seed=0, dim=32))
+        apply_definitions(settings)
+        bag = DagBag(dag_folder=str(DAG_FILE))
+        assert bag.import_errors == {}
+        dag = bag.get_dag("train_recommender")
+        first = dag.test()
+        mp.setenv("SHOPREC_TRAINING_EPSILON", "0.02")
+        second = dag.test()
+        return {"settings": get_settings(), "first": first, "second": second}
+
+
+def _states(run: Any) -> dict[str, str]:
+    return {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+
+
+def _xcom(run: Any, task_id: str) -> Any:
+    (ti,) = [ti for ti in run.get_task_instances() if ti.task_id == task_id]
+    return ti.xcom_pull(task_ids=task_id)
+
+
+def _tags(settings: Settings, version: str) -> dict[str, str]:
+    from tasks.registry import version_tags
+
+    return version_tags(settings, version)
+
+
+def test_first_run_registers_version_1_with_its_privacy_statement(runs: dict[str, Any]) -> None:
+    assert _states(runs["first"])["register_and_gate"] == "success"
+    tags = _tags(runs["settings"], "1")
+    assert tags["privacy.unit"] == "user"
+    assert tags["privacy.accountant"]
+    assert 0 < float(tags["privacy.epsilon"]) <= runs["settings"].privacy_epsilon_cap
+    assert 0 < float(tags["privacy.delta"]) < 1e-2
+    assert int(tags["privacy.steps"]) > 0
+    assert int(tags["privacy.ledger_charge_id"]) >= 1
+
+
+def test_first_run_is_promoted_and_emits_model_champion(runs: dict[str, Any]) -> None:
+    from tasks.registry import alias_version
+
+    states = _states(runs["first"])
+    assert states["announce_champion"] == "success"
+    assert _tags(runs["settings"], "1")["gate.decision"] == "promoted"
+    assert alias_version(runs["settings"], "champion") in {"1", "2"}
+
+
+def test_second_run_is_compared_with_the_champion_and_rejected(runs: dict[str, Any]) -> None:
+    from tasks.registry import alias_version
+
+    tags = _tags(runs["settings"], "2")
+    assert tags["gate.compared_with"] == "1"
+    assert tags["gate.decision"] == "rejected"
+    assert "worse than champion" in tags["gate.reasons"]
+    assert alias_version(runs["settings"], "challenger") == "2"
+    assert alias_version(runs["settings"], "champion") == "1"
+
+
+def test_second_run_does_not_emit_model_champion(runs: dict[str, Any]) -> None:
+    states = _states(runs["second"])
+    assert states["champion_changed"] == "success"
+    assert states["announce_champion"] == "skipped"
+
+
+def test_each_run_charged_the_ledger_once_and_committed_it(runs: dict[str, Any]) -> None:
+    from tasks.privacy import Ledger
+
+    ledger = Ledger(runs["settings"].resolved_ledger_url)
+    try:
+        charges = ledger.charges(runs["settings"].privacy_scope)
+    finally:
+        ledger.close()
+    assert sorted((c.purpose, str(c.status)) for c in charges) == [
+        ("dp_popularity", "committed"),
+        ("dp_popularity", "committed"),
+        ("train_recommender", "committed"),
+        ("train_recommender", "committed"),
+    ]
