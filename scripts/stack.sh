@@ -21,6 +21,7 @@
 #   SHOPREC_STACK_API_PORT / _MLFLOW_PORT / _FEAST_PORT / _WORKER_LOG_PORT / _TRIGGER_LOG_PORT
 #   SHOPREC_STACK_DAGS        DAG folder (default ./dags)
 #   SHOPREC_STACK_PARALLELISM AIRFLOW__CORE__PARALLELISM (default 8)
+#   SHOPREC_STACK_DAGS_PAUSED new DAGs start paused (default True, as in Airflow): unpause them in the UI/API
 #   SHOPREC_STACK_GPU_SLOTS   slots of the Airflow pool "gpu" the training task runs in (default 1)
 #   SHOPREC_STACK_TIMEOUT     seconds to wait for health (default 300); SHOPREC_STACK_STOP_TIMEOUT (default 30)
 set -euo pipefail
@@ -64,6 +65,7 @@ TIMEOUT="${SHOPREC_STACK_TIMEOUT:-300}"
 STOP_TIMEOUT="${SHOPREC_STACK_STOP_TIMEOUT:-30}"
 ADMIN_USER="${SHOPREC_STACK_ADMIN_USER:-admin}"
 GPU_SLOTS="${SHOPREC_STACK_GPU_SLOTS:-1}"
+PAUSED_AT_CREATION="${SHOPREC_STACK_DAGS_PAUSED:-True}"
 SERVICES=(api-server scheduler dag-processor triggerer worker-default worker-gpu mlflow feast)
 
 log() { printf '[stack %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
@@ -80,7 +82,7 @@ export AIRFLOW__CORE__EXECUTOR='CeleryExecutor'
 export AIRFLOW__CORE__DAGS_FOLDER='$DAGS'
 export AIRFLOW__CORE__LOAD_EXAMPLES='False'
 export AIRFLOW__CORE__PARALLELISM='$PARALLELISM'
-export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION='False'
+export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION='$PAUSED_AT_CREATION'
 export AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT='120'
 export AIRFLOW__CORE__FERNET_KEY='$(cat "$secrets/fernet_key")'
 export AIRFLOW__CORE__AUTH_MANAGER='airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager'
@@ -104,7 +106,7 @@ export AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT='$WORKER_LOG_PORT'
 export AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT='$TRIGGER_LOG_PORT'
 export AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK='False'
 export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL='30'
-export PYTHONPATH='$ROOT/scripts'
+export PYTHONPATH='$ROOT:$ROOT/scripts'
 export SHOPREC_PROFILE='production'
 export SHOPREC_HOME='$HOME_DIR'
 export SHOPREC_PROJECT_ROOT='$ROOT'

@@ -1,7 +1,8 @@
-"""Fixtures of the production-profile tests: the services gate and one native stack per test module.
+"""Fixtures of the production-profile tests: one native stack per test module, behind a services gate.
 
-The gate skips every test here, with the reason shown, when PostgreSQL or Redis is unreachable, and
-fails them instead under ``SHOPREC_REQUIRE_SERVICES=1`` (``.ci/run`` sets it).
+The gate (in every fixture that starts a stack) skips the test, with the reason shown, when PostgreSQL
+or Redis is unreachable, and fails it instead under ``SHOPREC_REQUIRE_SERVICES=1`` (``.ci/run`` sets
+it).  Tests that need no service (the offline Kubernetes pod check) are not gated.
 """
 
 from __future__ import annotations
@@ -11,11 +12,6 @@ from collections.abc import Iterator
 
 import pytest
 from stack_client import REPO_ROOT, Stack, require_services, start_stack
-
-
-@pytest.fixture(autouse=True)
-def _require_services() -> None:
-    require_services()
 
 
 @pytest.fixture(scope="module")

@@ -112,6 +112,35 @@ class Stack:
         except urllib.error.HTTPError as error:
             return error.code, error.read().decode()
 
+    def wait_parsed(self, dag_ids: list[str], timeout: float = 180) -> None:
+        """Wait until the dag-processor has parsed each DAG (the API knows it)."""
+        token = self.token()
+        deadline = time.monotonic() + timeout
+        for dag_id in dag_ids:
+            while (status := self.request("GET", f"/api/v2/dags/{dag_id}", token=token)[0]) == 404:
+                assert time.monotonic() < deadline, f"{dag_id} not parsed after {timeout} s"
+                time.sleep(2)
+            assert status == 200
+
+    def unpause(self, dag_ids: list[str]) -> None:
+        """Unpause each DAG through the REST API, once it is parsed."""
+        self.wait_parsed(dag_ids)
+        token = self.token()
+        for dag_id in dag_ids:
+            status, body = self.request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False}, token)
+            assert (status, body["is_paused"]) == (200, False), body
+
+    def dag_runs(self, dag_id: str, token: str) -> list[dict[str, Any]]:
+        status, body = self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns?order_by=run_after", token=token)
+        assert status == 200, body
+        return list(body["dag_runs"])
+
+    def task_instances(self, dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
+        quoted = urllib.parse.quote(run_id, safe="")
+        status, body = self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{quoted}/taskInstances")
+        assert status == 200, body
+        return {ti["task_id"]: ti for ti in body["task_instances"]}
+
     def wait_for_run(self, dag_id: str, run_id: str, timeout: float) -> dict[str, Any]:
         """Poll the DAG run until it reaches a final state (or fail after ``timeout`` seconds)."""
         token = self.token()
@@ -125,7 +154,8 @@ class Stack:
             time.sleep(2)
 
 
-def start_stack(home: Path, dags: Path) -> Stack:
+def start_stack(home: Path, dags: Path, extra_env: dict[str, str] | None = None) -> Stack:
+    """Start scripts/stack.sh with its own databases, Redis indexes and ports; fail the test if it can't."""
     name = f"shoprec_t{os.getpid()}_{secrets.token_hex(3)}"
     env = {key: value for key, value in os.environ.items() if not key.startswith(("AIRFLOW", "SHOPREC_"))}
     env.update(
@@ -140,6 +170,7 @@ def start_stack(home: Path, dags: Path) -> Stack:
             for port in ("API", "MLFLOW", "FEAST", "WORKER_LOG", "TRIGGER_LOG")
         },
     )
+    env.update(extra_env or {})
     stack = Stack(env=env, state=home / "stack")
     started = stack.run("start")
     if started.returncode != 0:

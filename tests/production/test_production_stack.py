@@ -27,9 +27,8 @@ RUN_TIMEOUT_S = 240
 @pytest.fixture(scope="module")
 def probe_run(stack: Stack) -> dict[str, object]:
     """One run of ``stack_probe`` triggered through the REST API, waited for until it finishes."""
+    stack.unpause(["stack_probe", "stack_probe_consumer"])
     token = stack.token()
-    status, dag = stack.request("GET", "/api/v2/dags/stack_probe", token=token)
-    assert status == 200, dag
     status, run = stack.request("POST", "/api/v2/dags/stack_probe/dagRuns", {"logical_date": None}, token)
     assert status == 200, run
     return stack.wait_for_run("stack_probe", run["dag_run_id"], RUN_TIMEOUT_S)

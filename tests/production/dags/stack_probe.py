@@ -2,13 +2,28 @@
 
 ``stack_probe`` runs ``report_default_worker`` on queue ``default`` and ``report_gpu_worker`` on queue
 ``gpu``; the latter updates the asset ``stack_probe`` which schedules ``stack_probe_consumer``.
+``report_gpu_worker`` carries the Kubernetes ``pod_override`` a GPU task needs under the
+KubernetesExecutor (the CeleryExecutor ignores it), checked offline with
+``airflow kubernetes generate-dag-yaml``.
 """
 
 from __future__ import annotations
 
 import pendulum
 from airflow.sdk import Asset, dag, task
+from kubernetes.client import models as k8s
 
+GPU_POD = k8s.V1Pod(
+    spec=k8s.V1PodSpec(
+        containers=[
+            k8s.V1Container(
+                name="base",
+                image="shoprec-trainer:latest",
+                resources=k8s.V1ResourceRequirements(limits={"nvidia.com/gpu": "1"}),
+            )
+        ]
+    )
+)
 PROBE = Asset(name="stack_probe", uri="shoprec://tests/stack_probe")
 DEFAULT_ARGS = {
     "retries": 2,
@@ -33,7 +48,7 @@ def stack_probe() -> None:
 
         return os.environ.get("SHOPREC_WORKER_NAME", "")
 
-    @task(queue="gpu", outlets=[PROBE])
+    @task(queue="gpu", outlets=[PROBE], executor_config={"pod_override": GPU_POD})
     def report_gpu_worker() -> str:
         import os
 
