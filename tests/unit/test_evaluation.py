@@ -115,3 +115,39 @@ def test_gate_rejects_a_privacy_statement_out_of_policy() -> None:
     decision = _decide({"A": 0.30, "B": 0.08}, None, ["epsilon 12 exceeds the cap 10"])
     assert not decision.promote
     assert "privacy: epsilon 12 exceeds the cap 10" in decision.reasons
+
+
+def test_leave_one_out_holds_out_each_users_last_purchase() -> None:
+    from tasks.evaluation import leave_one_out_split
+
+    events = pd.DataFrame(
+        {
+            "user_id": ["u", "u", "u"],
+            "item_id": ["i0", "i1", "i2"],
+            "event_type": ["purchase", "view", "purchase"],
+            "event_timestamp": pd.to_datetime(["2024-01-01", "2024-01-02", "2024-01-03"], utc=True),
+            "quantity": 1,
+            "unit_price": 1.0,
+            "session_id": ["a", "b", "c"],
+        }
+    )
+    split = leave_one_out_split(events, _catalog(), history_length=5)
+    assert [list(t) for t in split.truth] == [[2]]
+    assert split.state.iloc[0]["recent_items"] == ["i1", "i0"]
+
+
+def test_privacy_policy_refuses_epsilon_above_the_cap_and_a_non_user_unit() -> None:
+    from tasks.config import Settings
+    from tasks.registry import privacy_within_policy
+
+    tags = {
+        "privacy.unit": "event",
+        "privacy.accountant": "rdp",
+        "privacy.ledger_charge_id": "1",
+        "privacy.epsilon": "12.0",
+        "privacy.delta": "1e-5",
+    }
+    problems = privacy_within_policy(Settings(privacy_epsilon_cap=10.0), tags, n_users=1000)
+    assert len(problems) == 2
+    assert any("unit" in p for p in problems)
+    assert any("exceeds the cap" in p for p in problems)
