@@ -33,7 +33,7 @@ BENCHMARKS: dict[str, str] = {
     "dp_speed": "benchmarks.dp_speed",
     "serving": "benchmarks.serving",
     "quality": "benchmarks.quality",
-    # benchmark 3 (pipeline stage times at 10k/100k/1M users) is not written yet: see the report
+    "pipeline": "benchmarks.pipeline",
 }
 
 

@@ -187,7 +187,7 @@ def run(ctx: Context) -> Section:
     from tasks.config import get_settings
 
     section = Section(key="serving", title="4. Online serving latency (Feast)")
-    users, calls = (2_000, 100) if ctx.quick else (20_000, 500)
+    users, calls = (1_000, 100) if ctx.quick else (20_000, 500)
     results = [bench_store("sqlite", get_settings(home=ctx.work_dir / "sqlite"), users, calls)]
     with redis_settings(ctx.work_dir / "redis") as settings:
         results.append(bench_store("redis", settings, users, calls))

@@ -1,7 +1,7 @@
 """Benchmark 6 (text): item titles embedded per second by the MiniLM encoder, and the cache on a re-run.
 
 Titles are the distinct product descriptions of the shared Online Retail II file (all of them in the full
-run, 400 in the quick run).  Three passes through :func:`tasks.embeddings.embed_items` on one cache
+run, 200 in the quick run).  Three passes through :func:`tasks.embeddings.embed_items` on one cache
 folder: cold (every title encoded), an identical re-run (every title from the cache), and a re-run of a
 catalog where 5% of the titles are new (only those are encoded).
 """
@@ -26,7 +26,7 @@ def run(ctx: Context) -> Section:
     from tasks.embeddings import embed_items, load_pretrained_encoder
 
     section = Section(key="text", title="6. Text embeddings (MiniLM)")
-    titles = distinct_titles(ctx, 400 if ctx.quick else None)
+    titles = distinct_titles(ctx, 200 if ctx.quick else None)
     with stopwatch() as load_time:
         encoder = load_pretrained_encoder(device="cpu")
     items = pd.DataFrame({"item_id": [f"t{i:06d}" for i in range(len(titles))], "title": titles})
