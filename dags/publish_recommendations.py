@@ -54,7 +54,12 @@ def publish_recommendations() -> None:
             event.extra or {} for events in (triggering_asset_events or {}).values() for event in events
         ]
         scoring_time = resolve_scoring_time(settings, conf, extras)
-        manifest = asdict(run_publish(settings, scoring_time))
+        try:
+            manifest = asdict(run_publish(settings, scoring_time))
+        except LookupError as exc:  # no champion yet: retrying cannot help
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(str(exc)) from exc
         outlet_events[recommendations].extra = {
             k: manifest[k] for k in ("publish_id", "model_version", "n_users", "slot")
         }
