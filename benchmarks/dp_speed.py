@@ -167,7 +167,7 @@ def run(ctx: Context) -> Section:
 
     section = Section(key="dp_speed", title="2. DP-SGD training speed")
     batches = (64, 256) if ctx.quick else (64, 256, 1024)
-    rounds, steps = (2, 2) if ctx.quick else (5, 8)
+    rounds, steps = (2, 2) if ctx.quick else (3, 5)
     table = section.table(
         "Step time, same model / batch / data, interleaved in one process (median over rounds)",
         [

@@ -10,7 +10,7 @@ Three measurements:
   publish.  Full run: the Online Retail II file (volume check off, as for any historical backfill)
   and the default synthetic shop; quick run: a small synthetic shop.
 * **Scaling** on synthetic shops of growing size (full: 10k, 100k and 999,999 users, the generator's
-  maximum; quick: 1k and 3k), 14 days, 4,000 items: landing, the user feature snapshot of the last
+  maximum; quick: 1k and 3k), ``SCALING_DAYS`` days, 4,000 items: landing, the user feature snapshot of the last
   day, one DP-SGD training epoch (batch 256, seconds per step measured on up to ``MAX_STEPS`` steps and
   multiplied by the epoch's steps) and scoring every user (users/s measured on up to
   ``MAX_SCORED`` users).  The growth exponent is the slope of log(cost) against log(users).
@@ -32,6 +32,7 @@ import pandas as pd
 from benchmarks.harness import Context, Goal, Section, line_plot, online_retail_file, stopwatch
 
 MAX_STEPS = 10
+SCALING_DAYS = 7
 MAX_SCORED = 20_000
 
 
@@ -153,7 +154,7 @@ def scaling_point(ctx: Context, users: int) -> dict[str, Any]:
 
     landing = ctx.work_dir / f"scale_{users}"
     with stopwatch() as elapsed:
-        synthetic_land(users, 4_000, 14)(landing)
+        synthetic_land(users, 4_000, SCALING_DAYS)(landing)
     land_s = elapsed()
     events, items = read_landing(landing)
     at = events["event_timestamp"].max().normalize() + pd.Timedelta(days=1)
@@ -263,7 +264,7 @@ def run(ctx: Context) -> Section:
         )
     points = [scaling_point(ctx, n) for n in sizes]
     scale = section.table(
-        "Cost against size (synthetic, 14 days, 4,000 items; seconds)",
+        f"Cost against size (synthetic, {SCALING_DAYS} days, 4,000 items; seconds)",
         [
             "users",
             "active users",

@@ -41,7 +41,7 @@ def run(ctx: Context) -> Section:
     section = Section(key="scoring", title="5. Batch scoring")
     rules = PublishRules()
     dim = 64
-    users = 5_000 if ctx.quick else 100_000
+    users = 5_000 if ctx.quick else 20_000
     catalogs = (4_000,) if ctx.quick else (1_000, 4_000, 20_000)
     rounds = 2 if ctx.quick else 3
     rng = np.random.default_rng(0)
