@@ -191,8 +191,8 @@ def tune_blend(
     split: EvalSplit,
     catalog: ItemCatalog,
     *,
-    repeat_grid: Sequence[float] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0),
-    popularity_grid: Sequence[float] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0),
+    repeat_grid: Sequence[float] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0),
+    popularity_grid: Sequence[float] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0),
 ) -> tuple[BlendWeights, float]:
     """Blend weights tuned on a validation split, in two stages.
 

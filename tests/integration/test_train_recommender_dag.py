@@ -1,7 +1,7 @@
 """train_recommender through real Airflow (``dag.test()``), Feast, Opacus, the privacy ledger and MLflow.
 
-One small synthetic shop (400 users, 80 items, 35 days, personal taste stronger than popularity) is written to the lake, its features computed
-with a tiny random text encoder and applied to a fresh Feast repository; then the DAG runs twice in the
+One small synthetic shop (400 users, 80 items, 35 days, personal taste stronger than popularity) is
+written to the lake, its features computed with a tiny random text encoder and applied to a fresh Feast repository; then the DAG runs twice in the
 module's own SHOPREC_HOME: the first run registers version 1 and promotes it (no champion yet), the
 second trains at a tiny epsilon (a worse model) and the gate compares it with version 1 on the same
 evaluation data and rejects it. Each test asserts one outcome of those two runs.
@@ -30,7 +30,9 @@ def _write_lake(settings: Settings) -> list[Any]:
     """Synthetic landing days copied into the lake as they are (this test is not about ingest)."""
     from tasks.sources.synthetic import SyntheticConfig, generate
 
-    shop = SyntheticConfig(n_users=400, n_items=80, days=35, seed=3, zipf_exponent=0.6, affinity_concentration=0.1)
+    shop = SyntheticConfig(
+        n_users=400, n_items=80, days=35, seed=3, zipf_exponent=0.6, affinity_concentration=0.1
+    )
     generate(shop, settings.landing_dir)
     items = []
     for day in list_partitions(settings.landing_dir):
