@@ -85,11 +85,6 @@ def _states(run: Any) -> dict[str, str]:
     return {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
 
 
-def _xcom(run: Any, task_id: str) -> Any:
-    (ti,) = [ti for ti in run.get_task_instances() if ti.task_id == task_id]
-    return ti.xcom_pull(task_ids=task_id)
-
-
 def _tags(settings: Settings, version: str) -> dict[str, str]:
     from tasks.registry import version_tags
 
