@@ -420,6 +420,7 @@ class OnlinePublish:
     publish_id: str
     rows_written: int
     already_live: bool
+    superseded: bool = False  # a newer publish is live: this older one was not switched in
 
 
 VIEW_NAME: Final = "user_recommendations"
@@ -497,6 +498,14 @@ def live_slot(store: FeatureStore) -> tuple[str | None, str | None]:
     return service.tags.get("slot"), service.tags.get("publish_id")
 
 
+def _live_generated_at(store: FeatureStore) -> pd.Timestamp | None:
+    try:
+        tags = store.get_feature_service(SERVICE_NAME_DEFAULT, allow_cache=False).tags
+    except Exception:  # FeatureServiceNotFoundException: nothing published yet
+        return None
+    return pd.Timestamp(tags["generated_at"]).tz_convert("UTC") if tags.get("generated_at") else None
+
+
 def _clear_slot(store: FeatureStore, view: Any) -> None:
     """Drop and recreate one slot's online table (Redis: delete its fields), so no stale row survives."""
     provider = store._get_provider()  # Feast has no public per-view truncate
@@ -527,7 +536,9 @@ def publish_online(
 ) -> OnlinePublish:
     """Write ``rows`` to the slot that is not live, verify every row, then switch ``recommendations_v1``.
 
-    If the live slot already holds this ``publish_id`` nothing is written (a re-run). A failure at any
+    If the live slot already holds this ``publish_id`` nothing is written (a re-run); if it holds a
+    publish with a later scoring time, nothing is written either (``superseded``: a backfill of an older
+    interval never rolls consumers back). A failure at any
     point before the switch leaves the service on the previous slot, whose rows are untouched.
     ``on_chunk(rows_written_so_far)`` is called after each chunk (progress; failure drills).
     """
@@ -538,6 +549,13 @@ def publish_online(
     live, live_id = live_slot(store)
     if live is not None and live_id == publish_id:
         return OnlinePublish(slot=live, publish_id=publish_id, rows_written=0, already_live=True)
+    generated = pd.Timestamp(rows["generated_at"].iloc[0]).tz_convert("UTC")
+    live_generated = _live_generated_at(store)
+    if live is not None and live_id is not None and live_generated is not None and generated < live_generated:
+        # a re-run or backfill of an older interval must not roll consumers back to older lists
+        return OnlinePublish(
+            slot=live, publish_id=live_id, rows_written=0, already_live=False, superseded=True
+        )
     target = SLOTS[1] if live == SLOTS[0] else SLOTS[0]
     view = store.get_feature_view(target, allow_registry_cache=False)
     _clear_slot(store, view)
@@ -555,7 +573,13 @@ def publish_online(
             f"slot {target}: {len(wrong)} rows do not hold publish {publish_id}; not switching"
         )
     model_version = str(rows["model_version"].iloc[0])
-    tags = {"slot": target, "publish_id": publish_id, "model_version": model_version, "rows": str(len(rows))}
+    tags = {
+        "slot": target,
+        "publish_id": publish_id,
+        "model_version": model_version,
+        "generated_at": generated.isoformat(),
+        "rows": str(len(rows)),
+    }
     store.apply([recommendations_service(view, tags)])
     return OnlinePublish(slot=target, publish_id=publish_id, rows_written=written, already_live=False)
 
@@ -668,6 +692,7 @@ class PublishManifest:
     slot: str
     rows_written: int
     already_live: bool
+    superseded: bool
     offline_uri: str
     seconds_scoring: float
 
@@ -821,6 +846,7 @@ def run_publish(
         slot=online.slot,
         rows_written=online.rows_written,
         already_live=online.already_live,
+        superseded=online.superseded,
         offline_uri=path.as_uri(),
         seconds_scoring=round(seconds, 3),
     )

@@ -347,3 +347,17 @@ def test_on_redis_a_retry_after_a_failed_publish_serves_only_the_new_rows(redis_
     served = _served(redis_settings, offline["user_id"].tolist())
     assert set(served["publish_id"]) == {"3@20261012T000000Z"}
     assert served["item_ids"] == [list(v) for v in offline["item_ids"]]
+
+
+def test_a_backfill_of_an_older_interval_does_not_replace_a_newer_live_set(shoprec_home: Settings) -> None:
+    world = _world(shoprec_home)
+    day_file = user_features_dir(shoprec_home) / f"{DAY.isoformat()}.parquet"
+    (day_file.parent / f"{(DAY + dt.timedelta(days=1)).isoformat()}.parquet").write_bytes(
+        day_file.read_bytes()
+    )
+    newer = run_publish(shoprec_home, T + dt.timedelta(days=1), recommender=world)
+    older = run_publish(shoprec_home, T, recommender=(world[0], "2"))
+    served = _served(shoprec_home, [f"u_{u:032x}" for u in range(N_USERS)])
+    assert (older.superseded, older.rows_written) == (True, 0)
+    assert set(served["publish_id"]) == {newer.publish_id}
+    assert offline_path(offline_root(shoprec_home), older.publish_id).exists()
