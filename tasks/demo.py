@@ -191,7 +191,7 @@ def print_summary(settings: Settings, summary: DemoSummary, console: Console) ->
             f"{sum(r.seconds for r in runs):.1f}",
         )
     console.print(table)
-    for line in stage_report(settings):
+    for line in stage_report(settings, summary.days):
         console.print(line)
     console.print(f"total wall time: {summary.seconds:.0f}s")
     console.print(
@@ -203,15 +203,134 @@ def print_summary(settings: Settings, summary: DemoSummary, console: Console) ->
     console.print(f"demo {state}")
 
 
-def stage_report(settings: Settings) -> list[str]:
-    """One or more lines per stage, read back from the stores the stages wrote."""
+def stage_report(settings: Settings, days: list[dt.date] | None = None) -> list[str]:
+    """Lines per stage, read back from the stores the stages wrote (not from the DAGs' own claims)."""
     lines: list[str] = []
+    lines += _ingest_lines(settings)
+    lines += _feature_lines(settings)
+    lines += _privacy_lines(settings, days)
+    lines += _model_lines(settings)
+    lines += _recommendation_lines(settings, days)
+    return lines
+
+
+def _ingest_lines(settings: Settings) -> list[str]:
+    import json
+
+    import pyarrow.parquet as pq
+
     from tasks.contracts import list_partitions
 
     lake_days = list_partitions(settings.events_dir)
-    quarantine_days = list_partitions(settings.quarantine_dir)
-    lines.append(
-        f"ingest: {len(lake_days)} day partitions in the lake, "
-        f"{len(quarantine_days)} days with quarantined rows"
+    clean = sum(
+        pq.ParquetFile(p).metadata.num_rows
+        for d in lake_days
+        for p in (settings.events_dir / f"date={d.isoformat()}").glob("*.parquet")
     )
+    quarantined, rejected = 0, []
+    for day in list_partitions(settings.quarantine_dir):
+        report_path = settings.quarantine_dir / f"date={day.isoformat()}" / "report.json"
+        if report_path.exists():
+            report = json.loads(report_path.read_text())
+            quarantined += int(report.get("rows_quarantined", 0))
+            if report.get("status") == "rejected":
+                rejected.append(day.isoformat())
+    return [
+        f"[bold]validated[/]: {len(lake_days)} days, {clean:,} clean events in the lake, "
+        f"{quarantined:,} rows quarantined, {len(rejected)} days rejected"
+        + (f" ({', '.join(rejected)})" if rejected else "")
+    ]
+
+
+def _feature_lines(settings: Settings) -> list[str]:
+    import pyarrow.parquet as pq
+
+    snapshots = sorted((settings.features_dir / "user_features").glob("*.parquet"))
+    if not snapshots:
+        return ["[bold]features[/]: not built"]
+    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in snapshots)
+    return [
+        f"[bold]features[/]: {len(snapshots)} daily user snapshots ({rows:,} rows) in the offline store, "
+        f"materialised to the online store ({settings.feast_online_path.name})"
+    ]
+
+
+def _privacy_lines(settings: Settings, days: list[dt.date] | None) -> list[str]:
+    from tasks.privacy import Ledger
+
+    if not settings.privacy_dir.joinpath("ledger.db").exists() and settings.resolved_ledger_url.startswith(
+        "sqlite"
+    ):
+        return ["[bold]privacy[/]: no ledger yet"]
+    at = (
+        dt.datetime.combine(max(days) + dt.timedelta(days=1), dt.time(), dt.UTC)
+        if days
+        else dt.datetime.now(dt.UTC)
+    )
+    try:
+        report = Ledger(settings.resolved_ledger_url).spent(settings.privacy_scope, at)
+    except LookupError:
+        return ["[bold]privacy[/]: no budget registered yet"]
+    return [f"[bold]privacy spent[/] (scope {report.scope}): {report.describe()}"]
+
+
+def _model_lines(settings: Settings) -> list[str]:
+    from tasks.registry import CHAMPION, alias_version, client, version_tags
+
+    version = alias_version(settings, CHAMPION)
+    label = "champion"
+    if version is None:
+        version, label = alias_version(settings, "challenger"), "challenger (not promoted)"
+        if version is None:
+            return ["[bold]model[/]: none registered"]
+    tags = version_tags(settings, version)
+    mlflow_client = client(settings)
+    run_id = mlflow_client.get_model_version(settings.registered_model_name, version).run_id
+    metrics = mlflow_client.get_run(run_id).data.metrics if run_id else {}
+    lines = [
+        f"[bold]{label}[/]: {settings.registered_model_name} version {version}",
+        f"  privacy: {tags.get('privacy.statement', 'no statement recorded')}",
+        f"  gate: {tags.get('gate.decision', '?')}: {tags.get('gate.reasons', '?')}",
+    ]
+    for name in ("challenger", "challenger_bare", "nonprivate", "popularity_recent", "buy_again"):
+        values = [metrics.get(f"{name}.{v}_ndcg_at_10") for v in ("A", "B")]
+        if any(v is not None for v in values):
+            shown = ", ".join(
+                f"{v} {val:.3f}" for v, val in zip(("A", "B"), values, strict=True) if val is not None
+            )
+            lines.append(f"  NDCG@10 {name}: {shown}")
+    return lines
+
+
+def _recommendation_lines(settings: Settings, days: list[dt.date] | None) -> list[str]:
+    import pyarrow.parquet as pq
+
+    from tasks.consumers import get_recommendations
+    from tasks.contracts import landing_files, list_partitions
+
+    landing_days = list_partitions(settings.landing_dir)
+    if not landing_days:
+        return []
+    folder = settings.landing_dir / f"date={(max(days) if days else landing_days[-1]).isoformat()}"
+    raw_users: list[str] = []
+    for path in landing_files(folder, "events"):
+        if path.suffix == ".parquet":
+            for user in pq.read_table(path, columns=["user_id"]).column("user_id").to_pylist():
+                if user and user not in raw_users:
+                    raw_users.append(user)
+    lines = ["[bold]recommendations read back from Feast[/] (customer id -> pseudonym -> online store):"]
+    for raw in raw_users[:3]:
+        try:
+            recs = get_recommendations(settings, raw, k=3)
+        except Exception as exc:  # the summary reports, it does not fail the run
+            lines.append(f"  {raw}: unavailable ({type(exc).__name__}: {exc})")
+            continue
+        shown = ", ".join(
+            f"{title or item} ({score:.3f})"
+            for item, title, score in zip(
+                recs.item_ids, recs.titles or [""] * len(recs.item_ids), recs.scores, strict=False
+            )
+        )
+        source = "DP popularity fallback" if recs.fallback else f"model v{recs.model_version}"
+        lines.append(f"  {raw} -> {recs.user_id[:12]}..: {shown} [{source}]")
     return lines
