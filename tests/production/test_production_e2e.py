@@ -1,0 +1,226 @@
+"""The whole chain on the production profile, through the native stack (scripts/stack.sh).
+
+One REST call (``/api/v2``, token from the configured password file) triggers ``ingest_events`` for
+the last day of a small synthetic shop (300 users, 60 items, 35 days, the train DAG test's shop); the scheduler then runs
+``build_features``, ``train_recommender``, ``publish_recommendations`` and ``privacy_audit`` through
+asset-driven scheduling on the Celery workers.  The days before the last are put into the lake and the
+feature snapshots directly (ingest and features have their own DAG tests; 34 more ingest runs would
+cost minutes on two cores), with the stack's own pseudonymisation key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from stack_client import REPO_ROOT, Stack, require_services, start_stack
+
+from tasks.config import Settings, get_settings
+
+pytestmark = [
+    pytest.mark.production,
+    pytest.mark.integration,
+    # Known blockers outside this file, measured on the stack (see docs/production.md): strict, so the
+    # run that passes turns this marker into a failure and it gets removed.
+    pytest.mark.xfail(
+        strict=True,
+        reason="tasks/registry.py create_model_version needs model_id=info.model_id on an MLflow "
+        "server; publish_recommendations fails (not skips) before the first champion; the first "
+        "model on this shop does not beat popularity at the gate, so no champion is announced",
+    ),
+]
+
+CHAIN = ("ingest_events", "build_features", "train_recommender", "publish_recommendations", "privacy_audit")
+CHAIN_TIMEOUT_S = 900
+DAYS = 35
+
+
+def _stack_settings(stack: Stack) -> Settings:
+    with pytest.MonkeyPatch.context() as mp:
+        for key in [k for k in os.environ if k.startswith("SHOPREC_")]:
+            mp.delenv(key)
+        for key, value in stack.env.items():
+            if key.startswith("SHOPREC_"):
+                mp.setenv(key, value)
+        return get_settings()
+
+
+def _prepare_history(settings: Settings) -> list[dt.date]:
+    """Land the shop; put every day but the last into the lake and the feature snapshots."""
+    from tasks.contracts import EVENTS_SCHEMA, ITEMS_SCHEMA, landing_files, list_partitions, partition_dir
+    from tasks.features import compute_features
+    from tasks.pseudonymize import load_key, pseudonymize
+    from tasks.sources.synthetic import SyntheticConfig, generate
+
+    settings.ensure_dirs()
+    # The shop's last day is yesterday: the run the REST call triggers is the one the scheduler would
+    # create for the latest daily interval once ingest_events is unpaused (it then skips creating it).
+    start = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=DAYS)
+    generate(SyntheticConfig(n_users=300, n_items=60, days=DAYS, seed=3, start=start), settings.landing_dir)
+    days = list_partitions(settings.landing_dir)
+    key = load_key(settings)
+    items = []
+    for day in days[:-1]:
+        target = partition_dir(settings.events_dir, day)
+        target.mkdir(parents=True, exist_ok=True)
+        for path in landing_files(partition_dir(settings.landing_dir, day), "events"):
+            frame = pq.read_table(path).to_pandas()
+            frame["user_id"] = [pseudonymize(str(user), key) for user in frame["user_id"]]
+            table = pa.Table.from_pandas(frame, preserve_index=False).cast(EVENTS_SCHEMA)
+            pq.write_table(table, target / "part-0.parquet")
+        items += [pq.read_table(p) for p in landing_files(partition_dir(settings.landing_dir, day), "items")]
+    catalog = pa.concat_tables(items).to_pandas().drop_duplicates("item_id")
+    pq.write_table(
+        pa.Table.from_pandas(catalog, schema=ITEMS_SCHEMA, preserve_index=False),
+        settings.items_dir / "items.parquet",
+    )
+    compute_features(settings, days[:-1])
+    return days
+
+
+def _wait_for_chain(stack: Stack, timeout: float) -> dict[str, list[dict[str, Any]]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        token = stack.token()
+        runs = {dag_id: stack.dag_runs(dag_id, token) for dag_id in CHAIN}
+        audits = [r for r in runs["privacy_audit"] if r["run_type"] == "asset_triggered"]
+        finished = bool(audits) and all(
+            r and r[-1]["state"] in ("success", "failed") for r in [*runs.values(), audits]
+        )
+        failed = any(run["state"] == "failed" for r in runs.values() for run in r)
+        if finished or failed or _gate_rejected(stack, runs) or time.monotonic() > deadline:
+            return runs
+        time.sleep(5)
+
+
+def _gate_rejected(stack: Stack, runs: dict[str, list[dict[str, Any]]]) -> bool:
+    """Training finished without a new champion: no asset-driven publish or audit will follow."""
+    trained = runs["train_recommender"]
+    if not trained or trained[-1]["state"] != "success":
+        return False
+    tis = stack.task_instances("train_recommender", trained[-1]["dag_run_id"])
+    return tis.get("announce_champion", {}).get("state") == "skipped"
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    require_services()
+    started = time.monotonic()
+    stack = start_stack(
+        tmp_path_factory.mktemp("shoprec-e2e"),
+        REPO_ROOT / "dags",
+        {
+            "SHOPREC_MIN_TRAINING_INTERVAL_HOURS": "0",
+            "SHOPREC_TRAIN_EPOCHS": "5",
+            # A small shop: a larger per-training epsilon (user level, RDP, ledger-calibrated, within
+            # the 10.0 cap) keeps the DP noise low enough for the model to beat popularity at the gate.
+            "SHOPREC_TRAINING_EPSILON": "8.0",
+            "SHOPREC_PROMOTION_TOLERANCE": "0.0",
+            "SHOPREC_TOP_K": "20",
+        },
+    )
+    try:
+        settings = _stack_settings(stack)
+        days = _prepare_history(settings)
+        last = dt.datetime.combine(days[-1], dt.time(), dt.UTC)
+        body = {
+            "logical_date": last.isoformat(),
+            "data_interval_start": last.isoformat(),
+            "data_interval_end": (last + dt.timedelta(days=1)).isoformat(),
+        }
+        stack.wait_parsed(list(CHAIN))
+        status, run = stack.request("POST", "/api/v2/dags/ingest_events/dagRuns", body)
+        assert status == 200, run
+        stack.unpause(list(CHAIN))
+        runs = _wait_for_chain(stack, CHAIN_TIMEOUT_S)
+        print(f"e2e: stack + history + chain took {time.monotonic() - started:.0f} s")
+        yield {"stack": stack, "settings": settings, "runs": runs, "days": days}
+    finally:
+        stack.run("purge", timeout=120)
+
+
+def test_every_dag_run_of_the_chain_succeeded(chain: dict[str, Any]) -> None:
+    states = {dag_id: [(r["run_type"], r["state"]) for r in runs] for dag_id, runs in chain["runs"].items()}
+    assert states["ingest_events"] == [("manual", "success")]
+    for dag_id in CHAIN[1:]:
+        assert states[dag_id], states
+        assert {state for _, state in states[dag_id]} == {"success"}, states
+        # privacy_audit also runs monthly: unpausing it may add its latest scheduled run.
+        allowed = {"asset_triggered", "scheduled"} if dag_id == "privacy_audit" else {"asset_triggered"}
+        assert {run_type for run_type, _ in states[dag_id]} <= allowed, states
+        assert "asset_triggered" in {run_type for run_type, _ in states[dag_id]}, states
+
+
+def test_training_ran_on_the_gpu_worker(chain: dict[str, Any]) -> None:
+    stack: Stack = chain["stack"]
+    run = chain["runs"]["train_recommender"][-1]
+    tis = stack.task_instances("train_recommender", run["dag_run_id"])
+    train = tis["train_model"]
+    assert (train["state"], train["queue"], train["pool"]) == ("success", "gpu", "gpu")
+    assert train["hostname"].endswith("-gpu")
+    others = {tid: ti["hostname"] for tid, ti in tis.items() if tid != "train_model" and ti["hostname"]}
+    assert others, tis
+    assert {hostname.rsplit("-", 1)[1] for hostname in others.values()} == {"default"}
+
+
+def test_champion_model_is_in_the_mlflow_server(chain: dict[str, Any]) -> None:
+    settings: Settings = chain["settings"]
+    url = (
+        f"{chain['stack'].env['SHOPREC_MLFLOW_SERVER_URL']}/api/2.0/mlflow/registered-models/alias"
+        f"?name={settings.registered_model_name}&alias=champion"
+    )
+    with urllib.request.urlopen(url, timeout=30) as response:
+        version = json.loads(response.read())["model_version"]
+    assert version["name"] == settings.registered_model_name
+    assert int(version["version"]) >= 1
+
+
+def test_recommendations_are_read_from_redis_through_the_feast_server(chain: dict[str, Any]) -> None:
+    settings: Settings = chain["settings"]
+    published = sorted((settings.home / "recommendations").glob("publish_id=*/recommendations.parquet"))
+    assert published, "no offline copy of the publish"
+    offline = pq.read_table(published[-1]).to_pandas()
+    users = [u for u in offline["user_id"].head(3) if not str(u).startswith("popular:")] or list(
+        offline["user_id"].head(1)
+    )
+    request = urllib.request.Request(
+        chain["stack"].env["SHOPREC_STACK_FEAST_URL"] + "/get-online-features",
+        data=json.dumps({"feature_service": "recommendations_v1", "entities": {"user_id": users}}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        answer = json.loads(response.read())
+    names = answer["metadata"]["feature_names"]
+    item_ids = answer["results"][names.index("item_ids")]["values"]
+    expected = [list(offline.loc[offline["user_id"] == u, "item_ids"].iloc[0]) for u in users]
+    assert item_ids == expected
+    assert settings.redis_url.startswith("redis://")
+
+
+def test_ledger_in_postgres_verifies(chain: dict[str, Any]) -> None:
+    settings: Settings = chain["settings"]
+    assert settings.resolved_ledger_url.startswith("postgresql")
+    env = {k: v for k, v in chain["stack"].env.items()}
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "shoprec"), "privacy", "verify"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("ledger verified:")
+    assert " 0 charges" not in result.stdout
