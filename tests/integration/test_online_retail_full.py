@@ -18,7 +18,14 @@ from tasks.config import Settings
 from tasks.contracts import list_partitions
 from tasks.sources.online_retail import REPORT_FILE, RowCounts, load_online_retail
 
-FULL_FILE = Path("/work/shared/data/online_retail_ii/online_retail_II_2009-2010.parquet")
+# The shared data sits beside the checkout (CI clones next to a copy of shared/).
+FULL_FILE = (
+    Path(__file__).resolve().parents[3]
+    / "shared"
+    / "data"
+    / "online_retail_ii"
+    / "online_retail_II_2009-2010.parquet"
+)
 
 pytestmark = pytest.mark.integration
 
