@@ -13,7 +13,8 @@ the score blend on a validation window. A retry reuses the reservation and the c
 logs one MLflow run, registers the version (alias `challenger`) with its privacy statement, commits
 the ledger charges and applies the promotion gate (`SHOPREC_PROMOTION_TOLERANCE`); the decision and
 its reasons are the version's `gate.*` tags. The Asset `model_champion` is emitted only when the
-champion changed.
+champion changed. `record_membership_losses` stores the registered version's per-user losses of its
+training users and of held-out users for the `privacy_audit` DAG's membership-inference audit.
 """
 
 from __future__ import annotations
@@ -65,6 +66,13 @@ def train_recommender() -> None:
 
         return register(get_settings(), manifest).to_dict()
 
+    @task(multiple_outputs=False, execution_timeout=pendulum.duration(hours=1))
+    def record_membership_losses(manifest: dict, registration: dict) -> dict:
+        from tasks.config import get_settings
+        from tasks.membership import record_membership_losses as record
+
+        return record(get_settings(), manifest, registration).to_dict()
+
     @task.short_circuit
     def champion_changed(registration: dict) -> bool:
         return bool(registration["champion_changed"])
@@ -77,7 +85,8 @@ def train_recommender() -> None:
     manifest = train_model()
     check_training_due() >> manifest
     registration = register_and_gate(manifest)
-    champion_changed(registration) >> announce_champion(registration)
+    losses = record_membership_losses(manifest, registration)  # before the asset wakes privacy_audit
+    losses >> champion_changed(registration) >> announce_champion(registration)
 
 
 train_recommender()

@@ -120,6 +120,12 @@ class Settings(BaseSettings):
         default=None, description="None: 1 / (10 * number of users) at training time."
     )
     privacy_period_days: int = Field(default=365, ge=1)
+    membership_holdout_share: float = Field(
+        default=0.1,
+        ge=0.0,
+        lt=1.0,
+        description="Share of users held out of training (hash split) as the membership audit's non-members.",
+    )
 
     # --- MLflow -----------------------------------------------------------------------------------
     registered_model_name: str = "shoprec-two-tower"

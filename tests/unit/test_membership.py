@@ -1,0 +1,124 @@
+"""Unit tests of the membership split and the per-user losses (tiny tensors, no services)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tasks.config import Settings
+from tasks.membership import drop_held_out, holdout_mask, per_user_losses, split_members
+from tasks.model import ItemCatalog, build_model
+from tasks.training import TrainConfig, UserExamples, UserSoftmaxLoss, train
+
+N_ITEMS = 20
+
+
+def _catalog() -> ItemCatalog:
+    rng = np.random.default_rng(0)
+    return ItemCatalog(
+        item_ids=tuple(f"i{j:02d}" for j in range(N_ITEMS)),
+        text=rng.normal(size=(N_ITEMS, 8)).astype(np.float32),
+        category_index=rng.integers(0, 3, N_ITEMS),
+        price_bucket=rng.integers(0, 4, N_ITEMS),
+        categories=("a", "b", "c"),
+        price_edges=(1.0, 5.0, 20.0),
+    )
+
+
+def _examples(n_users: int) -> UserExamples:
+    rng = np.random.default_rng(1)
+    return UserExamples(
+        rng.normal(size=(n_users, 12)).astype(np.float32),
+        rng.integers(1, N_ITEMS + 1, (n_users, 4)).astype(np.int64),
+        [rng.integers(1, N_ITEMS + 1, 1 + u % 4) for u in range(n_users)],
+        n_items=N_ITEMS,
+        cap_k=3,
+        n_negatives=6,
+        seed=0,
+    )
+
+
+def test_holdout_mask_holds_out_the_requested_share_of_users() -> None:
+    users = [f"user-{i}" for i in range(20_000)]
+    assert holdout_mask(users, 0.1, seed=7).mean() == pytest.approx(0.1, abs=0.01)
+
+
+def test_holdout_mask_decides_each_user_alone_whatever_the_order_or_the_other_users() -> None:
+    users = [f"user-{i}" for i in range(500)]
+    whole = dict(zip(users, holdout_mask(users, 0.3, seed=7), strict=True))
+    subset = users[::-3]
+    assert list(holdout_mask(subset, 0.3, seed=7)) == [whole[u] for u in subset]
+
+
+def test_holdout_mask_depends_on_the_seed() -> None:
+    users = [f"user-{i}" for i in range(500)]
+    assert (holdout_mask(users, 0.5, seed=1) != holdout_mask(users, 0.5, seed=2)).any()
+
+
+def test_holdout_share_zero_holds_out_nobody_and_one_is_refused() -> None:
+    assert not holdout_mask(["a", "b", "c"], 0.0, seed=7).any()
+    with pytest.raises(ValueError, match="held-out share"):
+        holdout_mask(["a"], 1.0, seed=7)
+
+
+def test_drop_held_out_keeps_exactly_the_users_the_mask_does_not_hold_out(tmp_path) -> None:
+    settings = Settings(home=tmp_path, membership_holdout_share=0.4, seed=3)
+    cuts = pd.DataFrame(
+        {"user_id": [f"u{i}" for i in range(200)], "cut": pd.Timestamp("2024-01-01", tz="UTC")}
+    )
+    kept = drop_held_out(settings, cuts)
+    held = holdout_mask(cuts["user_id"], 0.4, seed=3)
+    assert kept["user_id"].tolist() == cuts.loc[~held, "user_id"].tolist()
+    assert 0 < len(kept) < len(cuts)
+
+
+def test_split_members_never_counts_a_user_who_trained_as_a_non_member() -> None:
+    users = [f"u{i}" for i in range(300)]
+    held = holdout_mask(users, 0.5, seed=7)
+    trained = [u for u, h in zip(users, held, strict=True) if not h] + [users[int(np.argmax(held))]]
+    split = split_members(users, trained, 0.5, seed=7)
+    assert set(split.members) == set(trained)
+    assert set(split.nonmembers) == {u for u, h in zip(users, held, strict=True) if h} - set(trained)
+
+
+def test_per_user_losses_are_each_users_training_loss_on_fixed_negatives() -> None:
+    torch.manual_seed(0)
+    model = build_model(_catalog(), dim=8, hidden=16)
+    examples = _examples(9)
+    losses = per_user_losses(model, examples, draws=1, seed=5, batch_size=4)
+    replay = copy.copy(examples)
+    replay.generator = torch.Generator().manual_seed(5_000)
+    criterion = UserSoftmaxLoss(reduction="none")
+    with torch.no_grad():
+        expected = []
+        for row in range(len(examples)):
+            features, history, candidates, target = (t.unsqueeze(0) for t in replay[row])
+            expected.append(float(criterion(model(features, history, candidates), target)[0]))
+    np.testing.assert_allclose(losses, expected, rtol=1e-5)
+
+
+def test_per_user_losses_are_reproducible_and_leave_the_examples_generator_alone() -> None:
+    torch.manual_seed(0)
+    model = build_model(_catalog(), dim=8, hidden=16)
+    examples = _examples(9)
+    before = examples.generator.get_state()
+    first = per_user_losses(model, examples, draws=3, seed=1)
+    second = per_user_losses(model, examples, draws=3, seed=1)
+    np.testing.assert_array_equal(first, second)
+    assert torch.equal(examples.generator.get_state(), before)
+
+
+def test_per_user_losses_of_an_opacus_trained_model_are_those_of_its_weights() -> None:
+    torch.manual_seed(0)
+    model = build_model(_catalog(), dim=8, hidden=16)
+    examples = _examples(20)
+    train(model, examples, TrainConfig(epochs=1, batch_size=10, noise_multiplier=1.0), delta=1e-3)
+    clean = build_model(_catalog(), dim=8, hidden=16)
+    clean.load_state_dict(model.state_dict())
+    np.testing.assert_allclose(
+        per_user_losses(model, examples, draws=2), per_user_losses(clean, examples, draws=2), rtol=1e-6
+    )
