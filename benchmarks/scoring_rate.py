@@ -41,7 +41,7 @@ def run(ctx: Context) -> Section:
     section = Section(key="scoring", title="5. Batch scoring")
     rules = PublishRules()
     dim = 64
-    users = 5_000 if ctx.quick else 20_000
+    users_max = 5_000 if ctx.quick else 20_000
     catalogs = (4_000,) if ctx.quick else (1_000, 4_000, 20_000)
     rounds = 2 if ctx.quick else 3
     rng = np.random.default_rng(0)
@@ -59,6 +59,7 @@ def run(ctx: Context) -> Section:
     )
     results = []
     for n_items in catalogs:
+        users = min(users_max, 80_000_000 // n_items)  # constant work per catalog size
         user_vectors = torch.from_numpy(rng.normal(size=(users, dim)).astype(np.float32))
         item_vectors = torch.from_numpy(rng.normal(size=(n_items, dim)).astype(np.float32))
         category = rng.integers(0, 10, n_items)
