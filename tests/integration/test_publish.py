@@ -192,7 +192,9 @@ def test_recommend_for_an_unknown_user_falls_back_to_popular_items(shoprec_home:
     assert (recs.fallback, len(recs.item_ids), set(recs.reasons)) == (True, 3, {"popular:global"})
 
 
-def test_feast_feature_server_serves_the_offline_copy(shoprec_home: Settings) -> None:
+def query_feature_server(settings: Settings, users: list[str]) -> dict[str, list[Any]]:
+    """Start ``feast serve`` on 127.0.0.1 (own process group), read ``recommendations_v1`` for ``users``
+    over HTTP, stop it; returns feature name -> one value per user."""
     import json
     import os
     import signal
@@ -204,22 +206,27 @@ def test_feast_feature_server_serves_the_offline_copy(shoprec_home: Settings) ->
 
     from tasks.feast_store import write_repo_yaml
 
-    manifest = run_publish(shoprec_home, T, recommender=_world(shoprec_home))
-    offline = read_offline_copy(offline_path(offline_root(shoprec_home), manifest.publish_id))
-    user = offline["user_id"].iloc[3]
-    repo = write_repo_yaml(shoprec_home)
+    repo = write_repo_yaml(settings)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    feast = Path(sys.executable).with_name("feast")
     server = subprocess.Popen(
-        [str(feast), "-c", str(repo), "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        [
+            str(Path(sys.executable).with_name("feast")),
+            "-c",
+            str(repo),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     try:
-        body = json.dumps({"feature_service": "recommendations_v1", "entities": {"user_id": [user]}}).encode()
+        body = json.dumps({"feature_service": "recommendations_v1", "entities": {"user_id": users}}).encode()
         deadline, payload = time.monotonic() + 90, None
         while payload is None and time.monotonic() < deadline:
             try:
@@ -234,13 +241,19 @@ def test_feast_feature_server_serves_the_offline_copy(shoprec_home: Settings) ->
                 time.sleep(1)
         assert payload is not None, "feast serve did not answer within 90 s"
         names = payload["metadata"]["feature_names"]
-        values = {name: result["values"][0] for name, result in zip(names, payload["results"], strict=True)}
-        assert values["item_ids"] == list(offline["item_ids"].iloc[3])
-        assert values["reasons"] == list(offline["reasons"].iloc[3])
-        assert values["publish_id"] == manifest.publish_id
+        return {name: result["values"] for name, result in zip(names, payload["results"], strict=True)}
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_feast_feature_server_serves_the_offline_copy(shoprec_home: Settings) -> None:
+    manifest = run_publish(shoprec_home, T, recommender=_world(shoprec_home))
+    offline = read_offline_copy(offline_path(offline_root(shoprec_home), manifest.publish_id))
+    values = query_feature_server(shoprec_home, offline["user_id"].iloc[3:5].tolist())
+    assert values["item_ids"] == [list(v) for v in offline["item_ids"].iloc[3:5]]
+    assert values["reasons"] == [list(v) for v in offline["reasons"].iloc[3:5]]
+    assert values["publish_id"] == [manifest.publish_id] * 2
 
 
 def _lake_events(settings: Settings) -> None:

@@ -12,15 +12,9 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +61,17 @@ def _land(settings: Any) -> list[dt.date]:
     return days
 
 
+@contextmanager
+def _shoprec_env(env: dict[str, str]) -> Generator[None, None, None]:
+    """Only these SHOPREC_* variables, for the module's DAG runs (Airflow tasks read them)."""
+    with pytest.MonkeyPatch.context() as mp:
+        for key in [k for k in os.environ if k.startswith("SHOPREC_")]:
+            mp.delenv(key)
+        for key, value in env.items():
+            mp.setenv(key, value)
+        yield
+
+
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory: pytest.TempPathFactory, airflow_home: Path) -> Iterator[dict[str, Any]]:
     from airflow.dag_processing.dagbag import DagBag
@@ -79,11 +84,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory, airflow_home: Path) -> Itera
         "SHOPREC_TRAIN_EPOCHS": "4",
         "SHOPREC_TOP_K": "20",
     }
-    with pytest.MonkeyPatch.context() as mp:
-        for key in [k for k in os.environ if k.startswith("SHOPREC_")]:
-            mp.delenv(key)
-        for key, value in env.items():
-            mp.setenv(key, value)
+    with _shoprec_env(env):
         settings = get_settings()
         settings.ensure_dirs()
         days = _land(settings)
@@ -121,51 +122,11 @@ def _offline(run: dict[str, Any]) -> pd.DataFrame:
 
 
 def _assert_server_equals_offline(settings: Any, offline: pd.DataFrame) -> None:
-    from tasks.feast_store import write_repo_yaml
+    from test_publish import query_feature_server
 
-    users = offline["user_id"].tolist()[:5]
-    repo = write_repo_yaml(settings)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("feast")),
-            "-c",
-            str(repo),
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        body = json.dumps({"feature_service": "recommendations_v1", "entities": {"user_id": users}}).encode()
-        deadline, payload = time.monotonic() + 90, None
-        while payload is None and time.monotonic() < deadline:
-            try:
-                request = urllib.request.Request(
-                    f"http://127.0.0.1:{port}/get-online-features",
-                    data=body,
-                    headers={"Content-Type": "application/json"},
-                )
-                with urllib.request.urlopen(request, timeout=5) as response:
-                    payload = json.loads(response.read())
-            except OSError:
-                time.sleep(1)
-        assert payload is not None, "feast serve did not answer within 90 s"
-        values = dict(
-            zip(payload["metadata"]["feature_names"], (r["values"] for r in payload["results"]), strict=True)
-        )
-        assert values["item_ids"] == [list(v) for v in offline["item_ids"].iloc[:5]]
-        assert values["scores"] == [list(v) for v in offline["scores"].iloc[:5]]
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+    values = query_feature_server(settings, offline["user_id"].tolist()[:5])
+    assert values["item_ids"] == [list(v) for v in offline["item_ids"].iloc[:5]]
+    assert values["scores"] == [list(v) for v in offline["scores"].iloc[:5]]
 
 
 def test_the_chain_serves_the_offline_copy_through_the_sdk(chain: dict[str, Any]) -> None:
@@ -185,11 +146,7 @@ def published(tmp_path_factory: pytest.TempPathFactory, airflow_home: Path) -> I
     from tasks.training import load_catalog
 
     env = {"SHOPREC_HOME": str(tmp_path_factory.mktemp("published") / "shoprec"), "SHOPREC_TOP_K": "20"}
-    with pytest.MonkeyPatch.context() as mp:
-        for key in [k for k in os.environ if k.startswith("SHOPREC_")]:
-            mp.delenv(key)
-        for key, value in env.items():
-            mp.setenv(key, value)
+    with _shoprec_env(env):
         settings = get_settings()
         settings.ensure_dirs()
         days = _land(settings)[:-1]  # the last landed day is not in the lake here
