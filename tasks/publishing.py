@@ -112,6 +112,19 @@ def _rank_within_group(groups: torch.Tensor) -> torch.Tensor:
     return rank
 
 
+def _capped_top_k(
+    scores: torch.Tensor, k: int, category: torch.Tensor, cap: int, pool: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top ``k`` with at most ``cap`` per category, looking at the best ``pool`` items of each row."""
+    import torch
+
+    pool_values, pool_idx = torch.topk(scores, pool, dim=1, sorted=True)
+    rank = _rank_within_group(category[pool_idx])
+    pool_values = pool_values.masked_fill(rank >= cap, float("-inf"))
+    values, pos = torch.topk(pool_values, k, dim=1, sorted=True)
+    return values, torch.gather(pool_idx, 1, pos)
+
+
 def top_k_with_rules(
     scores: torch.Tensor,
     *,
@@ -137,11 +150,12 @@ def top_k_with_rules(
     n = masked.shape[1]
     k_out = min(k, n)
     if category is not None and max_per_category is not None:
-        pool, pool_idx = torch.sort(masked, dim=1, descending=True, stable=True)
-        rank = _rank_within_group(category[pool_idx])
-        pool = pool.masked_fill(rank >= max_per_category, float("-inf"))
-        values, pos = torch.topk(pool, k_out, dim=1, sorted=True)
-        indices = torch.gather(pool_idx, 1, pos)
+        values, indices = _capped_top_k(masked, k_out, category, max_per_category, pool=min(n, 4 * k_out))
+        short = torch.isinf(values).any(dim=1) & ~torch.isinf(masked).all(dim=1)
+        if bool(short.any()) and 4 * k_out < n:  # the pool ran dry under the cap: those rows in full
+            values[short], indices[short] = _capped_top_k(
+                masked[short], k_out, category, max_per_category, pool=n
+            )
     else:
         values, indices = torch.topk(masked, k_out, dim=1, sorted=True)
     indices = indices.masked_fill(torch.isinf(values), -1)

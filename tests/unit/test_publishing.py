@@ -182,3 +182,11 @@ def test_scoring_time_without_conf_is_the_latest_snapshot(shoprec_home: Settings
     for day in ("2026-10-09", "2026-10-10"):
         (folder / f"{day}.parquet").write_bytes(b"")
     assert resolve_scoring_time(shoprec_home, None) == T0
+
+
+def test_category_cap_looks_past_a_pool_that_one_category_fills() -> None:
+    """The best 4K items are all of one category: the second slot must come from further down."""
+    scores = torch.tensor([[float(20 - i) for i in range(20)]])
+    category = torch.tensor([0] * 19 + [1])
+    _, indices = top_k_with_rules(scores, k=2, category=category, max_per_category=1)
+    assert indices.tolist() == [[0, 19]]
