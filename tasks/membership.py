@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-AUDIT_NEGATIVES: Final = 64  # negatives per user in the audit's samples, as run_training trains with
+AUDIT_NEGATIVES: Final = 64  # negatives per user when the training manifest does not say (``n_negatives``)
 AUDIT_DRAWS: Final = 4  # draws of negatives averaged per user (a steadier estimate of the sample loss)
 
 
@@ -192,7 +192,7 @@ def record_membership_losses(
         catalog,
         history_length=settings.history_length,
         cap_k=int(manifest["cap_k"]),
-        n_negatives=AUDIT_NEGATIVES,
+        n_negatives=int(manifest.get("n_negatives", AUDIT_NEGATIVES)),
         seed=settings.seed,
     )
     trained = _trained_users(manifest)

@@ -138,3 +138,101 @@ def test_stored_losses_are_audited_by_the_privacy_audit_step(
     assert stored.auc == pytest.approx(dp.audit.auc)
     assert stored.n_members == len(dp.members)
     assert stored.n_nonmembers == len(dp.nonmembers)
+
+
+# --- the train_recommender step on a real pipeline: lake -> Feast -> trainer -> MLflow -> losses ------
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One training of the synthetic shop of the train_recommender DAG test (400 users, 35 days),
+    with the trainer's one-line hook (``drop_held_out`` on ``per_user_cuts``) applied, registered in
+    MLflow; then ``record_membership_losses`` for the registered version."""
+    import os
+
+    from tasks import training
+    from tasks.config import get_settings
+    from tasks.embeddings import tiny_random_encoder
+    from tasks.feast_store import apply_definitions
+    from tasks.features import compute_features
+    from tasks.membership import drop_held_out, record_membership_losses
+    from tasks.registry import register_and_gate
+    from tests.integration.test_train_recommender_dag import _write_lake
+
+    env = {
+        "SHOPREC_HOME": str(tmp_path_factory.mktemp("membership") / "shoprec"),
+        "SHOPREC_TRAIN_EPOCHS": "2",
+        "SHOPREC_MEMBERSHIP_HOLDOUT_SHARE": "0.3",
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        for key in [k for k in os.environ if k.startswith("SHOPREC_")]:
+            mp.delenv(key)
+        for key, value in env.items():
+            mp.setenv(key, value)
+        settings = get_settings()
+        compute_features(settings, _write_lake(settings), encoder=tiny_random_encoder(seed=0, dim=32))
+        apply_definitions(settings)
+        with pytest.MonkeyPatch.context() as hook:  # the trainer change proposed to the lead
+            cuts = training.per_user_cuts
+            hook.setattr(
+                training, "per_user_cuts", lambda *args, **kw: drop_held_out(settings, cuts(*args, **kw))
+            )
+            manifest = training.run_training(settings, run_key="membership-run-1").to_dict()
+        registration = register_and_gate(settings, manifest).to_dict()
+        recorded = record_membership_losses(settings, manifest, registration)
+        return {
+            "settings": settings,
+            "manifest": manifest,
+            "version": registration["version"],
+            "recorded": recorded,
+        }
+
+
+def test_recorded_members_are_exactly_the_runs_training_users(pipeline: dict[str, Any]) -> None:
+    import pandas as pd
+
+    recorded = pipeline["recorded"]
+    assert recorded.losses_uri is not None
+    frame = pd.read_parquet(recorded.losses_uri)
+    assert int(frame["member"].sum()) == pipeline["manifest"]["n_train_users"] == recorded.n_members
+
+
+def test_held_out_users_never_entered_training_and_are_the_non_members(pipeline: dict[str, Any]) -> None:
+    import json
+    from pathlib import Path
+
+    from tasks.membership import holdout_mask
+
+    settings, recorded = pipeline["settings"], pipeline["recorded"]
+    trained = json.loads(Path(pipeline["manifest"]["training_users_file"]).read_text())
+    assert not holdout_mask(trained, settings.membership_holdout_share, seed=settings.seed).any()
+    assert recorded.n_nonmembers > 0
+
+
+def test_recorded_losses_carry_the_runs_delta_and_are_audited_for_the_registered_version(
+    pipeline: dict[str, Any],
+) -> None:
+    from tasks.privacy.audit import audit_pending, load_audits
+
+    settings, recorded, version = pipeline["settings"], pipeline["recorded"], pipeline["version"]
+    assert recorded.model_version == version
+    assert audit_pending(settings) == [version]
+    audit = load_audits(settings)[version]
+    assert audit.delta == pytest.approx(pipeline["manifest"]["delta"])
+    assert (audit.n_members, audit.n_nonmembers) == (recorded.n_members, recorded.n_nonmembers)
+
+
+def test_a_run_that_trained_on_held_out_users_records_nothing_and_says_why(
+    pipeline: dict[str, Any], tmp_path: Any
+) -> None:
+    import json
+
+    from tasks.features import read_events
+    from tasks.membership import record_membership_losses
+
+    settings = pipeline["settings"]
+    everyone = tmp_path / "training_users.json"
+    everyone.write_text(json.dumps(sorted(read_events(settings)["user_id"].astype(str).unique())))
+    manifest = {**pipeline["manifest"], "training_users_file": str(everyone)}
+    recorded = record_membership_losses(settings, manifest, {"version": "no-holdout"})
+    assert recorded.losses_uri is None
+    assert recorded.n_nonmembers == 0
+    assert "drop_held_out" in recorded.reason
