@@ -28,18 +28,16 @@ from stack_client import REPO_ROOT, Stack, require_services, start_stack
 
 from tasks.config import Settings, get_settings
 
-pytestmark = [
-    pytest.mark.production,
-    pytest.mark.integration,
-    # Known blockers outside this file, measured on the stack (see docs/production.md): strict, so the
-    # run that passes turns this marker into a failure and it gets removed.
-    pytest.mark.xfail(
-        strict=True,
-        reason="tasks/registry.py create_model_version needs model_id=info.model_id on an MLflow "
-        "server; publish_recommendations fails (not skips) before the first champion; the first "
-        "model on this shop does not beat popularity at the gate, so no champion is announced",
-    ),
-]
+pytestmark = [pytest.mark.production, pytest.mark.integration]
+
+# Known blockers outside this file, measured on the stack (see the report / docs/production.md).
+# Strict: the run that passes turns the marker into a failure, and it gets removed.
+BLOCKED = pytest.mark.xfail(
+    strict=True,
+    reason="tasks/registry.py create_model_version needs model_id=info.model_id on an MLflow server; "
+    "publish_recommendations fails (instead of skipping) before the first champion; the first model on "
+    "this shop does not beat popularity at the gate, so no champion is announced",
+)
 
 CHAIN = ("ingest_events", "build_features", "train_recommender", "publish_recommendations", "privacy_audit")
 CHAIN_TIMEOUT_S = 900
@@ -99,7 +97,13 @@ def _wait_for_chain(stack: Stack, timeout: float) -> dict[str, list[dict[str, An
             r and r[-1]["state"] in ("success", "failed") for r in [*runs.values(), audits]
         )
         failed = any(run["state"] == "failed" for r in runs.values() for run in r)
-        if finished or failed or _gate_rejected(stack, runs) or time.monotonic() > deadline:
+        upstream_failed = any(run["state"] == "failed" for dag_id in CHAIN[:2] for run in runs[dag_id])
+        trained = runs["train_recommender"]
+        train_done = bool(trained) and trained[-1]["state"] in ("success", "failed")
+        # A failed publish does not end the wait before training has finished (its tests need it).
+        if finished or upstream_failed or (train_done and (failed or _gate_rejected(stack, runs))):
+            return runs
+        if time.monotonic() > deadline:
             return runs
         time.sleep(5)
 
@@ -150,6 +154,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         stack.run("purge", timeout=120)
 
 
+@BLOCKED
 def test_every_dag_run_of_the_chain_succeeded(chain: dict[str, Any]) -> None:
     states = {dag_id: [(r["run_type"], r["state"]) for r in runs] for dag_id, runs in chain["runs"].items()}
     assert states["ingest_events"] == [("manual", "success")]
@@ -174,6 +179,7 @@ def test_training_ran_on_the_gpu_worker(chain: dict[str, Any]) -> None:
     assert {hostname.rsplit("-", 1)[1] for hostname in others.values()} == {"default"}
 
 
+@BLOCKED
 def test_champion_model_is_in_the_mlflow_server(chain: dict[str, Any]) -> None:
     settings: Settings = chain["settings"]
     url = (
@@ -186,6 +192,7 @@ def test_champion_model_is_in_the_mlflow_server(chain: dict[str, Any]) -> None:
     assert int(version["version"]) >= 1
 
 
+@BLOCKED
 def test_recommendations_are_read_from_redis_through_the_feast_server(chain: dict[str, Any]) -> None:
     settings: Settings = chain["settings"]
     published = sorted((settings.home / "recommendations").glob("publish_id=*/recommendations.parquet"))
@@ -209,6 +216,7 @@ def test_recommendations_are_read_from_redis_through_the_feast_server(chain: dic
     assert settings.redis_url.startswith("redis://")
 
 
+@BLOCKED  # the charges are committed by register_and_gate
 def test_ledger_in_postgres_verifies(chain: dict[str, Any]) -> None:
     settings: Settings = chain["settings"]
     assert settings.resolved_ledger_url.startswith("postgresql")
