@@ -56,10 +56,12 @@ def publish_recommendations() -> None:
         scoring_time = resolve_scoring_time(settings, conf, extras)
         try:
             manifest = asdict(run_publish(settings, scoring_time))
-        except LookupError as exc:  # no champion yet: retrying cannot help
-            from airflow.sdk.exceptions import AirflowFailException
+        except LookupError as exc:
+            # No champion yet (fresh features arrived before any model passed the gate): there is
+            # nothing to publish and the previous set, if any, stays live. Skip, do not retry.
+            from airflow.sdk.exceptions import AirflowSkipException
 
-            raise AirflowFailException(str(exc)) from exc
+            raise AirflowSkipException(f"nothing published: {exc}") from exc
         outlet_events[recommendations].extra = {
             k: manifest[k] for k in ("publish_id", "model_version", "n_users", "slot")
         }
