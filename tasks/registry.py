@@ -240,8 +240,13 @@ def log_training(
         mlflow_client.get_registered_model(name)
     except mlflow.exceptions.MlflowException:
         mlflow_client.create_registered_model(name)
+    # model_id: an MLflow 3 tracking server refuses a "models:/m-..." source without it.
     mv = mlflow_client.create_model_version(
-        name, info.model_uri, run_id=run_id, tags={"shoprec.run_key": run_key, **(extra_tags or {})}
+        name,
+        info.model_uri,
+        run_id=run_id,
+        tags={"shoprec.run_key": run_key, **(extra_tags or {})},
+        model_id=info.model_id,
     )
     mlflow_client.set_registered_model_alias(name, CHALLENGER, str(mv.version))
     return RegisteredModel(

@@ -115,3 +115,78 @@ def test_gate_decision_is_written_to_the_version_tags(registered: tuple[Settings
     tags = version_tags(settings, version)
     assert tags["gate.decision"] == "promoted"
     assert "no champion yet" in tags["gate.reasons"]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: pytest.TempPathFactory) -> str:  # type: ignore[misc]
+    """A real ``mlflow server`` (one worker) on 127.0.0.1, stopped by its own process group."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    root = Path(str(tmp_path))
+    command = [
+        str(Path(sys.executable).with_name("mlflow")),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'server.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+    ]
+    log = (root / "server.log").open("wb")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:  # noqa: S310
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}"
+                )
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+def test_a_version_registers_and_loads_through_an_mlflow_tracking_server(
+    mlflow_server: str, tmp_path: pytest.TempPathFactory
+) -> None:
+    """Production profile path: tracking and registry over HTTP (MLflow 3 needs the model id)."""
+    from tasks.registry import alias_version, load_version, log_training
+
+    settings = get_settings(home=tmp_path, mlflow_tracking_uri=mlflow_server)  # type: ignore[arg-type]
+    rec = _recommender()
+    model = log_training(
+        settings, rec, run_key="server-run", params={"epochs": 1}, metrics={"A_ndcg_at_10": 0.3}, report={}
+    )
+    assert model.version == "1"
+    assert alias_version(settings, "challenger") == "1"
+    loaded = load_version(settings, "1")
+    assert loaded.item_ids == rec.item_ids
