@@ -154,7 +154,7 @@ def mlflow_server(tmp_path: pytest.TempPathFactory) -> str:  # type: ignore[misc
         deadline = time.monotonic() + 120
         while True:
             try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:  # noqa: S310
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
                     if response.status == 200:
                         break
             except OSError:
