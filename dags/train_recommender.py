@@ -19,13 +19,30 @@ training users and of held-out users for the `privacy_audit` DAG's membership-in
 
 from __future__ import annotations
 
+import os
+
 import pendulum
 from airflow.sdk import Asset, dag, task
+from kubernetes.client import models as k8s
 
 from tasks.assets import FEATURES, MODEL_CHAMPION
 
 features = Asset(name=FEATURES[0], uri=FEATURES[1])
 model_champion = Asset(name=MODEL_CHAMPION[0], uri=MODEL_CHAMPION[1])
+
+# Under the KubernetesExecutor, train_model runs in the CUDA trainer image with one GPU; the
+# CeleryExecutor ignores executor_config and routes the task to the `gpu` queue's workers instead.
+TRAINER_POD = k8s.V1Pod(
+    spec=k8s.V1PodSpec(
+        containers=[
+            k8s.V1Container(
+                name="base",
+                image=os.environ.get("SHOPREC_TRAINER_IMAGE", "shoprec-trainer:latest"),
+                resources=k8s.V1ResourceRequirements(limits={"nvidia.com/gpu": "1"}),
+            )
+        ]
+    )
+)
 
 
 @dag(
@@ -52,7 +69,13 @@ def train_recommender() -> None:
 
         return training_due(get_settings())
 
-    @task(multiple_outputs=False, queue="gpu", pool="gpu", execution_timeout=pendulum.duration(hours=3))
+    @task(
+        multiple_outputs=False,
+        queue="gpu",
+        pool="gpu",
+        execution_timeout=pendulum.duration(hours=3),
+        executor_config={"pod_override": TRAINER_POD},
+    )
     def train_model(*, run_id=None) -> dict:  # type: ignore[no-untyped-def]
         from tasks.config import get_settings
         from tasks.training import run_training

@@ -18,14 +18,13 @@ import yaml
 pytestmark = [pytest.mark.production, pytest.mark.integration]
 
 PROBE_DAGS = Path(__file__).resolve().parent / "dags"
+PIPELINE_DAGS = Path(__file__).resolve().parents[2] / "dags"
 
 
-@pytest.fixture(scope="module")
-def pods(airflow_home: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
-    out = tmp_path_factory.mktemp("pods")
-    env = {**os.environ, "AIRFLOW__CORE__DAGS_FOLDER": str(PROBE_DAGS)}
+def _render(dags: Path, dag_id: str, out: Path) -> dict[str, dict]:
+    env = {**os.environ, "AIRFLOW__CORE__DAGS_FOLDER": str(dags)}
     command = [str(Path(sys.executable).parent / "airflow"), "kubernetes", "generate-dag-yaml"]
-    command += ["stack_probe", "--logical-date", "2026-01-02", "--output-path", str(out)]
+    command += [dag_id, "--logical-date", "2026-01-02", "--output-path", str(out)]
     result = subprocess.run(
         command,
         env=env,
@@ -37,6 +36,16 @@ def pods(airflow_home: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     assert result.returncode == 0, result.stderr[-3000:]
     files = sorted((out / "airflow_yaml_output").glob("*.yml"))
     return {path.name.split("_2026")[0]: yaml.safe_load(path.read_text()) for path in files}
+
+
+@pytest.fixture(scope="module")
+def pods(airflow_home: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    return _render(PROBE_DAGS, "stack_probe", tmp_path_factory.mktemp("pods"))
+
+
+@pytest.fixture(scope="module")
+def training_pods(airflow_home: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    return _render(PIPELINE_DAGS, "train_recommender", tmp_path_factory.mktemp("training_pods"))
 
 
 def _limits(pod: dict) -> dict:
@@ -55,3 +64,16 @@ def test_gpu_task_pod_runs_the_trainer_image(pods: dict[str, dict]) -> None:
 
 def test_default_queue_task_pod_requests_no_gpu(pods: dict[str, dict]) -> None:
     assert "nvidia.com/gpu" not in _limits(pods["stack_probe_report_default_worker"])
+
+
+def test_train_model_pod_requests_one_nvidia_gpu_in_the_trainer_image(
+    training_pods: dict[str, dict],
+) -> None:
+    pod = training_pods["train_recommender_train_model"]
+    assert _limits(pod) == {"nvidia.com/gpu": "1"}
+    (base,) = pod["spec"]["containers"]
+    assert base["image"] == "shoprec-trainer:latest"
+
+
+def test_other_training_tasks_request_no_gpu(training_pods: dict[str, dict]) -> None:
+    assert "nvidia.com/gpu" not in _limits(training_pods["train_recommender_register_and_gate"])
