@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 RUN = DpSgdMechanism(noise_multiplier=1.1, sample_rate=0.01, steps=1000, clip_norm=1.0, cap_k=20)
 WINDOW = (dt.datetime(2026, 1, 1, tzinfo=dt.UTC), dt.datetime(2026, 2, 1, tzinfo=dt.UTC))
-CAP = 2.5  # one run costs 1.71, two compose to 2.38, three to 2.93 (delta 1e-5, opacus-rdp)
+CAP = 2.5  # one run costs 1.725, two compose to 2.382, three to 2.934 (delta 1e-5, opacus-rdp)
 RACERS = 6
 
 

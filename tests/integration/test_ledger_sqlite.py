@@ -67,11 +67,11 @@ def test_refusal_states_spent_requested_and_remaining(ledger: Ledger) -> None:
     _reserve(ledger, "run-2")
     with pytest.raises(BudgetExceeded) as refusal:
         _reserve(ledger, "run-3")
-    assert refusal.value.spent == pytest.approx(2.381, abs=1e-3)
-    assert refusal.value.requested == pytest.approx(1.712, abs=1e-3)
-    assert refusal.value.remaining == pytest.approx(2.5 - 2.381, abs=1e-3)
-    assert "spent epsilon=2.381" in refusal.value.message
-    assert "remaining epsilon=0.119" in refusal.value.message
+    assert refusal.value.spent == pytest.approx(2.382, abs=1e-3)
+    assert refusal.value.requested == pytest.approx(1.725, abs=1e-3)
+    assert refusal.value.remaining == pytest.approx(2.5 - 2.382, abs=1e-3)
+    assert "spent epsilon=2.382" in refusal.value.message
+    assert "remaining epsilon=0.1178" in refusal.value.message
     assert "delta=1e-05" in refusal.value.message
 
 
@@ -98,7 +98,7 @@ def test_charges_outside_the_rolling_period_do_not_count(ledger: Ledger) -> None
     spent = ledger.spent("events", JANUARY[1])
     assert spent.charge_ids == ()
     assert spent.epsilon == pytest.approx(0.0, abs=1e-12)
-    assert _reserve(ledger, "run-2026").composed_epsilon == pytest.approx(1.7118, abs=1e-3)
+    assert _reserve(ledger, "run-2026").composed_epsilon == pytest.approx(1.7253, abs=1e-3)
 
 
 def test_count_release_and_training_compose_in_one_budget(ledger: Ledger) -> None:
@@ -141,7 +141,7 @@ def test_verify_detects_a_lowered_epsilon(ledger: Ledger, url: str) -> None:
     result = verify_ledger(url, at=JANUARY[1])
     assert not result.ok
     assert any("row altered" in p for p in result.problems)
-    assert any("stored epsilon 0.5 != recomputed 1.71" in p for p in result.problems)
+    assert any("stored epsilon 0.5 != recomputed 1.72" in p for p in result.problems)
 
 
 def test_verify_detects_a_removed_row(ledger: Ledger, url: str) -> None:
@@ -171,7 +171,7 @@ def test_cli_verify_exits_non_zero_on_tampering(shoprec_home: Settings) -> None:
     assert clean.exit_code == 0, clean.output
     assert "ledger verified" in clean.output
     status = runner.invoke(app, ["status", "--at", "2026-02-01T00:00:00+00:00"])
-    assert "events: epsilon=1.712 at delta=1e-05 (unit: user, accountant: opacus-rdp)" in status.output
+    assert "events: epsilon=1.725 at delta=1e-05 (unit: user, accountant: opacus-rdp)" in status.output
     _tamper(shoprec_home.resolved_ledger_url, "UPDATE privacy_charges SET n_users = 9 WHERE id = 1")
     tampered = runner.invoke(app, ["verify", "--at", "2026-02-01T00:00:00+00:00"])
     assert tampered.exit_code == 1
