@@ -506,6 +506,7 @@ class TrainingManifest:
     device: str
     blend: dict[str, float]
     training_users_file: str
+    n_negatives: int
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -583,6 +584,7 @@ def run_training(settings: Settings, *, run_key: str, code_version: str = "unkno
     from tasks.contracts import list_partitions
     from tasks.evaluation import tune_blend
     from tasks.features import read_events, snapshot_time
+    from tasks.membership import drop_held_out
     from tasks.model import BlendWeights, Recommender, build_model, own_purchase_matrix
     from tasks.privacy import (
         DpSgdMechanism,
@@ -599,7 +601,9 @@ def run_training(settings: Settings, *, run_key: str, code_version: str = "unkno
     events = read_events(settings)
     catalog = load_catalog(settings)
     all_users = sorted(events["user_id"].astype(str).unique())
-    user_cuts = per_user_cuts(events, cuts.validation)
+    # Held-out users (a keyed hash split decided before training) never enter DP-SGD: they are the
+    # non-members of the membership-inference audit (tasks.membership).
+    user_cuts = drop_held_out(settings, per_user_cuts(events, cuts.validation))
     state = feature_state(settings, user_cuts["user_id"].tolist(), list(user_cuts["cut"]))
     labels = purchases_after_cuts(events, user_cuts, cuts.validation)
     config = TrainConfig(
@@ -741,6 +745,7 @@ def run_training(settings: Settings, *, run_key: str, code_version: str = "unkno
         device=result.device,
         blend=asdict(blends["dp"]),
         training_users_file=str(users_file),
+        n_negatives=config.n_negatives,
     )
 
 
