@@ -455,7 +455,9 @@ def _load_checkpoint(path: Path, model: TwoTower, optimizer: Any, engine: Any) -
 TRAIN_PURPOSE: Final = "train_recommender"
 POPULARITY_PURPOSE: Final = "dp_popularity"
 POPULARITY_NOISE: Final = 4.0  # noise multiplier of each DP popularity release (sigma / sqrt(cap))
-POPULARITY_CAP: Final = 50  # distinct items one user adds to a popularity release (measured on both data sets)
+POPULARITY_CAP: Final = (
+    50  # distinct items one user adds to a popularity release (measured on both data sets)
+)
 POPULARITY_DAYS: Final = 14  # recent window: measured better than 30 days on Online Retail II (variant B)
 # DP-SGD: on the default synthetic shop (~940 training users) batch 128 and lr 1e-2 (40 steps) beat
 # batch 64 and lr 3e-3 (75 steps) at the same epsilon: NDCG@10 of the bare DP model 0.32/0.25 vs 0.22/0.18.
