@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -323,7 +324,7 @@ def _recommendation_lines(settings: Settings, days: list[dt.date] | None) -> lis
         try:
             recs = get_recommendations(settings, raw, k=3)
         except Exception as exc:  # the summary reports, it does not fail the run
-            lines.append(f"  {raw}: unavailable ({type(exc).__name__}: {exc})")
+            lines.append(escape(f"  {raw}: unavailable ({type(exc).__name__}: {exc})"))
             continue
         shown = ", ".join(
             f"{title or item} ({score:.3f})"
@@ -332,5 +333,5 @@ def _recommendation_lines(settings: Settings, days: list[dt.date] | None) -> lis
             )
         )
         source = "DP popularity fallback" if recs.fallback else f"model v{recs.model_version}"
-        lines.append(f"  {raw} -> {recs.user_id[:12]}..: {shown} [{source}]")
+        lines.append(escape(f"  {raw} -> {recs.user_id[:12]}..: {shown} [{source}]"))
     return lines
