@@ -16,11 +16,6 @@ its own DB index, with a throw-away PostgreSQL registry), in a temporary SHOPREC
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Generator
@@ -48,49 +43,14 @@ def _latencies(call: Callable[[], object], calls: int) -> list[float]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def feature_server(settings: Any) -> Generator[str, None, None]:
     """``feast serve`` for ``settings`` on 127.0.0.1, one worker; stopped by its process group."""
     from tasks.feast_store import write_repo_yaml
+    from tasks.servers import feast_server, local_server
 
-    repo = write_repo_yaml(settings)
-    port = _free_port()
-    feast = Path(sys.executable).parent / "feast"
-    proc = subprocess.Popen(
-        [str(feast), "-c", str(repo), "serve", "-h", "127.0.0.1", "-p", str(port), "--workers", "1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None:
-                raise RuntimeError("feast serve exited before it became healthy")
-            if time.monotonic() > deadline:
-                raise TimeoutError("feast serve did not become healthy in 120 s")
-            time.sleep(0.5)
+    with local_server(feast_server(write_repo_yaml(settings)), name="feast serve") as url:
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def _post(url: str, service: str, user_ids: list[str]) -> dict[str, Any]:

@@ -8,11 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,44 +104,12 @@ def test_online_features_from_the_sdk_equal_the_offline_snapshot(built: tuple[Se
         assert {f: _plain(online[f][n]) for f in USER_FIELDS} == expected
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def feature_server(built: tuple[Settings, Any, tuple]) -> Iterator[str]:
-    repo = write_repo_yaml(built[0])
-    port = _free_port()
-    feast = Path(sys.executable).parent / "feast"
-    proc = subprocess.Popen(
-        [str(feast), "-c", str(repo), "serve", "-h", "127.0.0.1", "-p", str(port), "--workers", "1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, "feast serve exited"
-            assert time.monotonic() < deadline, "feast serve did not become healthy in 90 s"
-            time.sleep(0.5)
+    from tasks.servers import feast_server, local_server
+
+    with local_server(feast_server(write_repo_yaml(built[0])), name="feast serve", timeout_s=90) as url:
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def test_feast_serve_over_http_returns_the_offline_values(

@@ -7,7 +7,6 @@ handed to :func:`run_publish`; MLflow loading is the registry's own tested path.
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -196,55 +195,20 @@ def query_feature_server(settings: Settings, users: list[str]) -> dict[str, list
     """Start ``feast serve`` on 127.0.0.1 (own process group), read ``recommendations_v1`` for ``users``
     over HTTP, stop it; returns feature name -> one value per user."""
     import json
-    import os
-    import signal
-    import socket
-    import subprocess
-    import sys
-    import time
     import urllib.request
 
     from tasks.feast_store import write_repo_yaml
+    from tasks.servers import feast_server, local_server
 
-    repo = write_repo_yaml(settings)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("feast")),
-            "-c",
-            str(repo),
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        body = json.dumps({"feature_service": "recommendations_v1", "entities": {"user_id": users}}).encode()
-        deadline, payload = time.monotonic() + 90, None
-        while payload is None and time.monotonic() < deadline:
-            try:
-                request = urllib.request.Request(
-                    f"http://127.0.0.1:{port}/get-online-features",
-                    data=body,
-                    headers={"Content-Type": "application/json"},
-                )
-                with urllib.request.urlopen(request, timeout=5) as response:
-                    payload = json.loads(response.read())
-            except OSError:
-                time.sleep(1)
-        assert payload is not None, "feast serve did not answer within 90 s"
-        names = payload["metadata"]["feature_names"]
-        return {name: result["values"] for name, result in zip(names, payload["results"], strict=True)}
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+    body = json.dumps({"feature_service": "recommendations_v1", "entities": {"user_id": users}}).encode()
+    with local_server(feast_server(write_repo_yaml(settings)), name="feast serve", timeout_s=90) as url:
+        request = urllib.request.Request(
+            f"{url}/get-online-features", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            payload = json.loads(response.read())
+    names = payload["metadata"]["feature_names"]
+    return {name: result["values"] for name, result in zip(names, payload["results"], strict=True)}
 
 
 def test_feast_feature_server_serves_the_offline_copy(shoprec_home: Settings) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -118,65 +121,17 @@ def test_gate_decision_is_written_to_the_version_tags(registered: tuple[Settings
 
 
 @pytest.fixture
-def mlflow_server(tmp_path: pytest.TempPathFactory) -> str:  # type: ignore[misc]
+def mlflow_server(tmp_path: Path) -> Iterator[str]:
     """A real ``mlflow server`` (one worker) on 127.0.0.1, stopped by its own process group."""
-    import os
-    import signal
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-    from pathlib import Path
+    from tasks.servers import local_server, mlflow_server
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    root = Path(str(tmp_path))
-    command = [
-        str(Path(sys.executable).with_name("mlflow")),
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--backend-store-uri",
-        f"sqlite:///{root / 'server.db'}",
-        "--artifacts-destination",
-        str(root / "artifacts"),
-    ]
-    log = (root / "server.log").open("wb")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}"
-                )
-            time.sleep(1)
+    command = mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "artifacts")
+    with local_server(command, name="mlflow server", log_path=tmp_path / "server.log") as url:
         yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
 
 
 def test_a_version_registers_and_loads_through_an_mlflow_tracking_server(
-    mlflow_server: str, tmp_path: pytest.TempPathFactory
+    mlflow_server: str, tmp_path: Path
 ) -> None:
     """Production profile path: tracking and registry over HTTP (MLflow 3 needs the model id)."""
     from tasks.registry import alias_version, load_version, log_training
