@@ -336,6 +336,30 @@ def _day_bounds(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
 # --- entry points ---------------------------------------------------------------------------------
 
 
+def _quarantine_unreadable(settings: Settings, day: dt.date, error: ContractError) -> None:
+    """``quarantine/date=D/report.json`` for a landing batch that could not be read at all.
+
+    The landing files stay where they are (nothing is deleted); no ``rows.parquet`` is written, as no
+    row could be read.  A rerun after the batch is repaired replaces the report.
+    """
+    report = {
+        "day": day.isoformat(),
+        "status": "rejected",
+        "rows_in": 0,
+        "rows_clean": 0,
+        "rows_quarantined": 0,
+        "failed_expectation_counts": {},
+        "table_failures": [],
+        "errors": [str(error)],
+        "volume_check": "not run (the batch could not be read)",
+    }
+
+    def write(tmp: Path) -> None:
+        (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+    _replace_dir(partition_dir(settings.quarantine_dir, day), write)
+
+
 def ingest_day(
     settings: Settings, day: dt.date, *, run_id: str, interval_end: dt.datetime | None = None
 ) -> IngestManifest:
@@ -351,7 +375,13 @@ def ingest_day(
         if interval_end is not None
         else day_end
     )
-    frame = _read_day(partition_dir(settings.landing_dir, day), "events", EVENTS_SCHEMA)
+    landing_day = partition_dir(settings.landing_dir, day)
+    try:
+        frame = _read_day(landing_day, "events", EVENTS_SCHEMA)
+    except ContractError as exc:
+        if landing_day.is_dir():  # a batch that is there but cannot be read: the day is quarantined whole
+            _quarantine_unreadable(settings, day, exc)
+        raise
 
     key = load_key(settings)
     cache: dict[str, str] = {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,16 @@ def lake_ids(settings: Settings) -> set[str]:
     return set(pq.read_table(path, columns=["event_id"]).column("event_id").to_pylist())
 
 
+def assert_rejection_report(settings: Settings, error: str) -> None:
+    """The unreadable day is quarantined whole: a rejected report naming the problem, no rows file."""
+    folder = settings.quarantine_dir / "date=2024-03-05"
+    report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    assert (report["status"], report["rows_clean"]) == ("rejected", 0)
+    assert len(report["errors"]) == 1
+    assert re.search(error, report["errors"][0]), report["errors"]
+    assert not (folder / "rows.parquet").exists()
+
+
 def quarantine_rows(settings: Settings) -> list[dict[str, Any]]:
     return pq.read_table(settings.quarantine_dir / "date=2024-03-05" / "rows.parquet").to_pylist()
 
@@ -116,6 +127,7 @@ def test_wrong_type_in_parquet_rejects_the_day(shoprec_home: Settings) -> None:
     with pytest.raises(IngestError, match=r"column 'unit_price' has type string, the contract says double"):
         ingest_day(shoprec_home, DAY, run_id="r")
     assert not (shoprec_home.events_dir / "date=2024-03-05").exists()
+    assert_rejection_report(shoprec_home, r"column 'unit_price' has type string, the contract says double")
 
 
 def test_missing_column_rejects_the_day(shoprec_home: Settings) -> None:
@@ -126,6 +138,7 @@ def test_missing_column_rejects_the_day(shoprec_home: Settings) -> None:
     with pytest.raises(ContractError, match=r"missing columns: country"):
         ingest_day(shoprec_home, DAY, run_id="r")
     assert not (shoprec_home.events_dir / "date=2024-03-05").exists()
+    assert_rejection_report(shoprec_home, r"missing columns: country")
 
 
 def test_personal_data_column_rejects_the_day(shoprec_home: Settings) -> None:
@@ -137,6 +150,7 @@ def test_personal_data_column_rejects_the_day(shoprec_home: Settings) -> None:
     with pytest.raises(ContractError, match=r"personal-data columns are refused: email"):
         ingest_day(shoprec_home, DAY, run_id="r")
     assert not (shoprec_home.events_dir / "date=2024-03-05").exists()
+    assert_rejection_report(shoprec_home, r"personal-data columns are refused: email")
 
 
 def test_empty_file_rejects_the_day(shoprec_home: Settings) -> None:
@@ -147,6 +161,7 @@ def test_empty_file_rejects_the_day(shoprec_home: Settings) -> None:
     with pytest.raises(IngestError, match=r"events-2.csv: empty file"):
         ingest_day(shoprec_home, DAY, run_id="r")
     assert not (shoprec_home.events_dir / "date=2024-03-05").exists()
+    assert_rejection_report(shoprec_home, r"events-2.csv: empty file")
     assert empty.exists()
 
 

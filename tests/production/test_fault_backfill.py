@@ -15,6 +15,7 @@ key, through :func:`tasks.ingest.update_catalog` / :func:`tasks.ingest.ingest_da
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -47,12 +48,21 @@ class Backfill:
     clean_bytes: bytes  # the file before it was truncated
     lake_days_before_repair: list[dt.date]
     lake_before_repair: dict[dt.date, bytes]
+    quarantine_before_repair: dict[str, dict[str, Any]]  # day -> report.json
+    quarantine_after_rerun: dict[str, Any]  # the repaired day's report.json
     rerun: dict[str, Any]
     failure_log: str
 
 
 def _lake_file(settings: Settings, day: dt.date) -> Path:
     return partition_dir(settings.events_dir, day) / "part-0.parquet"
+
+
+def _quarantine_reports(settings: Settings) -> dict[str, dict[str, Any]]:
+    return {
+        path.parent.name.removeprefix("date="): json.loads(path.read_text(encoding="utf-8"))
+        for path in sorted(settings.quarantine_dir.glob("date=*/report.json"))
+    }
 
 
 def _run(dag: Any, logical_date: dt.datetime) -> dict[str, Any]:
@@ -118,9 +128,11 @@ def backfill(airflow_home: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         kept_bytes = corrupt_file.read_bytes() if corrupt_file.exists() else None
         lake_days_before_repair = list_partitions(settings.events_dir)
         lake_before_repair = {d: _lake_file(settings, d).read_bytes() for d in DAYS if d != CORRUPT}
+        quarantine_before_repair = _quarantine_reports(settings)
 
         corrupt_file.write_bytes(clean_bytes)  # the operator re-uploads the day
         rerun = _run(dag, dt.datetime.combine(CORRUPT + dt.timedelta(days=1), dt.time(), dt.UTC))
+        quarantine_after_rerun = _quarantine_reports(settings)[CORRUPT.isoformat()]
 
         reference = get_settings(home=root / "reference")
         reference.ensure_dirs()
@@ -140,6 +152,8 @@ def backfill(airflow_home: Path, tmp_path_factory: pytest.TempPathFactory) -> It
             clean_bytes=clean_bytes,
             lake_days_before_repair=lake_days_before_repair,
             lake_before_repair=lake_before_repair,
+            quarantine_before_repair=quarantine_before_repair,
+            quarantine_after_rerun=quarantine_after_rerun,
             rerun=rerun,
             failure_log=failure_log,
         )
@@ -177,6 +191,19 @@ def test_nothing_of_the_corrupt_day_reaches_the_lake_or_the_features_asset(backf
         announced = sorted(day for event in events for day in event.extra["days"])
     # build_features is scheduled on events_clean: it hears of every day but the corrupt one
     assert announced == [d.isoformat() for d in DAYS if d != CORRUPT]
+
+
+def test_only_the_corrupt_day_is_quarantined_as_rejected(backfill: Backfill) -> None:
+    reports = backfill.quarantine_before_repair
+    assert sorted(reports) == [d.isoformat() for d in DAYS]  # every day gets its report
+    statuses = {day: (r["status"], r["rows_quarantined"]) for day, r in reports.items()}
+    assert statuses == {d.isoformat(): ("rejected", 0) if d == CORRUPT else ("accepted", 0) for d in DAYS}
+    corrupt = reports[CORRUPT.isoformat()]
+    assert len(corrupt["errors"]) == 1
+    assert corrupt["errors"][0].startswith(f"{backfill.corrupt_file}: unreadable (ArrowInvalid")
+    # after the repair the day's report is replaced by the accepted one
+    assert backfill.quarantine_after_rerun["status"] == "accepted"
+    assert backfill.quarantine_after_rerun["rows_clean"] == backfill.quarantine_after_rerun["rows_in"] > 0
 
 
 def test_every_other_day_equals_a_clean_ingest_byte_for_byte(backfill: Backfill) -> None:
