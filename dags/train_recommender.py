@@ -53,7 +53,9 @@ TRAINER_POD = k8s.V1Pod(
     tags=["shoprec", "training", "opacus", "mlflow"],
     default_args={
         "retries": 2,
-        "retry_delay": pendulum.duration(minutes=1),
+        # The first retry waits 1-2x this (exponential backoff with jitter); operators (and the fault
+        # tests) may shorten it.
+        "retry_delay": pendulum.duration(seconds=int(os.environ.get("SHOPREC_TRAIN_RETRY_DELAY_S", "60"))),
         "retry_exponential_backoff": True,
         "max_retry_delay": pendulum.duration(minutes=10),
     },
