@@ -41,6 +41,38 @@ class Plan:
     batch_size: int
     window_days: int = 28
     max_eval_users: int | None = None  # evaluate on a seeded sample of the split's users
+    lr: float = 1e-2  # the pipeline's DP-SGD settings (tasks.training.TRAIN_*)
+    n_negatives: int = 32
+    # total epsilons of the whole DP system (DP two-tower + own history + DP popularity), composed
+    system_epsilons: tuple[float, ...] = (8.0,)
+    sweep: bool = False  # one-at-a-time sweep of batch, epochs, model size, clipping at max(epsilons)
+
+
+# One-at-a-time changes from the plan's settings for the sweep (first seed, DP at the top epsilon).
+SWEEP: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("batch 256", {"batch_size": 256}),
+    ("batch 512", {"batch_size": 512}),
+    ("epochs 2", {"epochs": 2}),
+    ("epochs 10", {"epochs": 10}),
+    ("model dim 32", {"dim": 32}),
+    ("model dim 128", {"dim": 128}),
+    ("clip 0.3", {"max_grad_norm": 0.3}),
+    ("clip 3", {"max_grad_norm": 3.0}),
+)
+
+
+ORACLE_POPULARITY_WEIGHTS: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 1e6)
+
+
+def popularity_noise_for(epsilon: float, delta: float, releases: int) -> float:
+    """Noise multiplier of ``releases`` Gaussian popularity releases that together spend ``epsilon``."""
+    from tasks.training import rdp_epsilon
+
+    low, high = 0.05, 100.0
+    while high - low > 1e-3:
+        mid = (low + high) / 2
+        low, high = (mid, high) if rdp_epsilon([(mid, 1.0, releases)], delta) > epsilon else (low, mid)
+    return high
 
 
 def per_user_training_set(
@@ -112,13 +144,16 @@ def synthetic(ctx: Context, n_users: int) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def evaluate_dataset(name: str, events: pd.DataFrame, items: pd.DataFrame, plan: Plan) -> dict[str, Any]:
     """Every ranker's metrics on the test window, per seed; plus what the DP runs spent."""
+    import torch
+
     from tasks.baselines import broadcast, buy_again_scores, cooccurrence_scores, popularity_counts
     from tasks.embeddings import embed_items, load_pretrained_encoder
     from tasks.evaluation import evaluate_scores, temporal_split, tune_blend
     from tasks.model import BlendWeights, Recommender, blend_scores, build_item_catalog, own_purchase_matrix
-    from tasks.privacy import popularity_mechanism
     from tasks.training import (
+        INTERACTIONS,
         POPULARITY_CAP,
+        POPULARITY_DAYS,
         POPULARITY_NOISE,
         Cuts,
         TrainConfig,
@@ -153,58 +188,167 @@ def evaluate_dataset(name: str, events: pd.DataFrame, items: pd.DataFrame, plan:
 
     popularity = popularity_counts(events, catalog, cuts.test, cuts.test - pd.Timedelta(days=30))
     record("popularity (30 d, no privacy)", broadcast(popularity, test))
+    interactions = events[events["event_type"].isin(list(INTERACTIONS))]
+    recent = {  # exact distinct users per item in the DP release's window (its non-private counterpart)
+        end: popularity_counts(
+            interactions.assign(event_type="purchase"), catalog, end, end - pd.Timedelta(days=POPULARITY_DAYS)
+        )
+        for end in (cuts.validation, cuts.test)
+    }
+    record(f"popularity ({POPULARITY_DAYS} d, no privacy)", broadcast(recent[cuts.test], test))
     record("item-to-item co-occurrence (no privacy)", cooccurrence_scores(events, catalog, test, cuts.test))
     record("buy again (own history + popularity)", buy_again_scores(test, catalog, popularity))
     runs: list[dict[str, Any]] = []
+    sweep: list[dict[str, Any]] = []
+    oracle: list[dict[str, Any]] = []
+
+    def fit(config: TrainConfig, seed: int, dim: int = 64) -> tuple[Any, Any, float]:
+        from tasks.model import build_model
+
+        examples, _ = build_examples(
+            state,
+            labels,
+            catalog,
+            history_length=history,
+            cap_k=config.cap_k,
+            n_negatives=config.n_negatives,
+            seed=seed,
+        )
+        if config.private and config.noise_multiplier <= 0:
+            raise ValueError("a private config needs its noise multiplier")
+        torch.manual_seed(seed)
+        model = build_model(catalog, dim=dim)
+        with stopwatch() as elapsed:
+            result = train(model, examples, config, delta=delta if config.private else None)
+        bare = Recommender(model, catalog, weights=BlendWeights(), popularity=None, history_length=history)
+        return bare, result, elapsed()
+
+    def calibrated(config: TrainConfig, eps: float, also: list[tuple[float, float, int]]) -> TrainConfig:
+        n_train = len(
+            build_examples(
+                state, labels, catalog, history_length=history, cap_k=config.cap_k, n_negatives=1, seed=0
+            )[0]
+        )
+        q, steps = config.sample_rate(n_train), config.steps(n_train)
+        noise = noise_for_budget(eps, delta, q, steps, also=also)
+        return TrainConfig(**{**config.__dict__, "private": True, "noise_multiplier": noise})
+
+    def run_row(label: str, seed: int, eps: float | None, result: Any, seconds: float, **extra: Any) -> None:
+        runs.append(
+            {
+                "model": label,
+                "seed": seed,
+                "target_epsilon": eps,
+                "epsilon": result.epsilon,
+                "delta": result.delta,
+                "accountant": result.accountant,
+                "noise_multiplier": result.noise_multiplier,
+                "sample_rate": result.sample_rate,
+                "steps": result.steps,
+                "train_users": result.n_users,
+                "seconds": seconds,
+                **extra,
+            }
+        )
+
     for seed in plan.seeds:
         record("DP popularity", broadcast(popularity_release(events, catalog, cuts.test, seed), test))
-        examples, _ = build_examples(
-            state, labels, catalog, history_length=history, cap_k=20, n_negatives=64, seed=seed
+        base = TrainConfig(
+            epochs=plan.epochs,
+            batch_size=plan.batch_size,
+            lr=plan.lr,
+            seed=seed,
+            n_negatives=plan.n_negatives,
         )
-        base = TrainConfig(epochs=plan.epochs, batch_size=plan.batch_size, seed=seed, n_negatives=64)
         variants: list[tuple[str, TrainConfig, float | None]] = [
             ("two-tower, no DP", TrainConfig(**{**base.__dict__, "private": False}), None)
         ]
-        q, steps = base.sample_rate(len(examples)), base.steps(len(examples))
-        for eps in plan.epsilons:
-            noise = noise_for_budget(eps, delta, q, steps)
-            variants.append(
-                (f"DP eps={eps:g}", TrainConfig(**{**base.__dict__, "noise_multiplier": noise}), eps)
-            )
+        variants += [(f"DP eps={eps:g}", calibrated(base, eps, []), eps) for eps in plan.epsilons]
         for label, config, eps in variants:
-            import torch
-
-            torch.manual_seed(seed)
-            model = build_model_for(catalog)
-            with stopwatch() as elapsed:
-                result = train(model, examples, config, delta=delta if config.private else None)
-            bare = Recommender(
-                model, catalog, weights=BlendWeights(), popularity=None, history_length=history
-            )
-            weights, _ = tune_blend(
-                bare.model_scores(val.state), own_val, None, val, catalog, popularity_grid=(0.0,)
-            )
-            raw = bare.model_scores(test.state)
+            bare, result, seconds = fit(config, seed)
+            raw_val, raw = bare.model_scores(val.state), bare.model_scores(test.state)
+            weights, _ = tune_blend(raw_val, own_val, None, val, catalog, popularity_grid=(0.0,))
             record(label, raw)
             record(f"{label} + own-history blend", blend_scores(raw, own_test, None, weights))
-            runs.append(
+            if not config.private:  # the whole system without privacy: exact recent popularity
+                sys_w, _ = tune_blend(raw_val, own_val, recent[cuts.validation], val, catalog)
+                record(
+                    "system, no DP (two-tower + own history + 14 d popularity)",
+                    blend_scores(raw, own_test, recent[cuts.test], sys_w),
+                )
+                if plan.sweep and seed == plan.seeds[0]:
+                    # The ceiling of the blend in B: weights picked on the TEST window (an oracle, never
+                    # used for a reported ranker), to see whether the model adds anything to popularity.
+                    for weight in ORACLE_POPULARITY_WEIGHTS:
+                        blended = blend_scores(raw, None, recent[cuts.test], BlendWeights(popularity=weight))
+                        oracle.append(
+                            {
+                                "popularity_weight": weight,
+                                "B_ndcg@10": evaluate_scores("oracle", blended, test, catalog).metric(
+                                    "B", "ndcg@10"
+                                ),
+                            }
+                        )
+            run_row(label, seed, eps, result, seconds, blend_repeat=weights.repeat)
+        # The whole DP system at a total epsilon: two DP popularity releases (validation and test cut)
+        # take half the budget, DP-SGD the rest (composed by the RDP accountant).
+        for eps in plan.system_epsilons:
+            pop_noise = popularity_noise_for(eps / 2, delta, 2)
+            pop_mech = [(pop_noise, 1.0, 2)]
+            config = calibrated(base, eps, pop_mech)
+            bare, result, seconds = fit(config, seed)
+            pop_v = popularity_release(events, catalog, cuts.validation, 1000 + seed, noise=pop_noise)
+            pop_t = popularity_release(events, catalog, cuts.test, 2000 + seed, noise=pop_noise)
+            weights, _ = tune_blend(bare.model_scores(val.state), own_val, pop_v, val, catalog)
+            label = f"DP system eps={eps:g} (DP two-tower + own history + DP popularity)"
+            record(label, blend_scores(bare.model_scores(test.state), own_test, pop_t, weights))
+            total = rdp_epsilon(
+                [*pop_mech, (result.noise_multiplier, result.sample_rate, result.steps)], delta
+            )
+            run_row(
+                label,
+                seed,
+                eps,
+                result,
+                seconds,
+                blend_repeat=weights.repeat,
+                blend_popularity=weights.popularity,
+                popularity_noise=pop_noise,
+                total_epsilon=total,
+            )
+    if plan.sweep:
+        eps = max(plan.epsilons)
+        seed = plan.seeds[0]
+        base = TrainConfig(
+            epochs=plan.epochs,
+            batch_size=plan.batch_size,
+            lr=plan.lr,
+            seed=seed,
+            n_negatives=plan.n_negatives,
+        )
+        for change, values in (("plan settings", {}), *SWEEP):
+            dim = int(values.get("dim", 64))
+            trained = {k: v for k, v in values.items() if k != "dim"}
+            bare, result, seconds = fit(
+                calibrated(TrainConfig(**{**base.__dict__, **trained}), eps, []), seed, dim
+            )
+            raw_val, raw = bare.model_scores(val.state), bare.model_scores(test.state)
+            weights, _ = tune_blend(raw_val, own_val, None, val, catalog, popularity_grid=(0.0,))
+            bare_report = evaluate_scores("bare", raw, test, catalog)
+            blend_report = evaluate_scores("blend", blend_scores(raw, own_test, None, weights), test, catalog)
+            sweep.append(
                 {
-                    "model": label,
-                    "seed": seed,
-                    "target_epsilon": eps,
+                    "change": change,
                     "epsilon": result.epsilon,
-                    "delta": result.delta,
-                    "accountant": result.accountant,
                     "noise_multiplier": result.noise_multiplier,
-                    "sample_rate": result.sample_rate,
                     "steps": result.steps,
-                    "train_users": result.n_users,
-                    "seconds": elapsed(),
-                    "blend_repeat": weights.repeat,
+                    "A_ndcg@10": bare_report.metric("A", "ndcg@10"),
+                    "B_ndcg@10": bare_report.metric("B", "ndcg@10"),
+                    "blend_A_ndcg@10": blend_report.metric("A", "ndcg@10"),
+                    "seconds": seconds,
                 }
             )
     pop_eps = rdp_epsilon([(POPULARITY_NOISE, 1.0, 1)], delta)
-    _ = popularity_mechanism  # the pipeline's mechanism of the same release (ledger-charged there)
     return {
         "dataset": name,
         "events": len(events),
@@ -216,8 +360,11 @@ def evaluate_dataset(name: str, events: pd.DataFrame, items: pd.DataFrame, plan:
         "cuts": {k: str(v) for k, v in cuts.__dict__.items()},
         "scores": scores,
         "runs": runs,
+        "sweep": sweep,
+        "oracle_blend_b": oracle,
         "dp_popularity_epsilon": pop_eps,
         "popularity_cap": POPULARITY_CAP,
+        "popularity_days": POPULARITY_DAYS,
     }
 
 
@@ -246,8 +393,10 @@ def tables_for(section: Section, result: dict[str, Any]) -> dict[str, tuple[floa
             means[f"{label}|{key}"] = (mean, sd)
             cells.append(f"{mean:.4f} ± {sd:.4f}")
         base_label = "two-tower, no DP" + (" + own-history blend" if label.endswith("blend") else "")
+        if label.startswith("DP system"):
+            base_label = "system, no DP (two-tower + own history + 14 d popularity)"
         retention = None
-        if label.startswith("DP eps") and base_label in result["scores"]:
+        if label.startswith(("DP eps", "DP system")) and base_label in result["scores"]:
             dp = statistics.fmean(r["B_ndcg@10"] for r in rows)
             plain = statistics.fmean(r["B_ndcg@10"] for r in result["scores"][base_label])
             retention = f"{dp / plain:.0%}" if plain > 0 else None
@@ -256,13 +405,15 @@ def tables_for(section: Section, result: dict[str, Any]) -> dict[str, tuple[floa
 
 
 def run(ctx: Context) -> Section:
+    from tasks.training import POPULARITY_CAP, POPULARITY_DAYS
+
     section = Section(key="quality", title="1. Quality under privacy")
     if ctx.quick:
         datasets = [
             (
                 "Online Retail II 2009-2010",
                 lambda: online_retail(ctx),
-                Plan((0,), (8.0,), epochs=1, batch_size=64),
+                Plan((0,), (8.0,), epochs=1, batch_size=128),
             )
         ]
     else:
@@ -270,7 +421,14 @@ def run(ctx: Context) -> Section:
             (
                 "Online Retail II 2009-2010",
                 lambda: online_retail(ctx),
-                Plan((0, 1, 2), (1.0, 2.0, 4.0, 8.0), epochs=3, batch_size=64),
+                Plan(
+                    (0, 1, 2),
+                    (1.0, 2.0, 4.0, 8.0),
+                    epochs=5,
+                    batch_size=128,
+                    system_epsilons=(4.0, 8.0),
+                    sweep=True,
+                ),
             ),
             (
                 "synthetic, 100,000 users",
@@ -282,6 +440,7 @@ def run(ctx: Context) -> Section:
                     batch_size=1024,
                     window_days=7,
                     max_eval_users=10_000,
+                    lr=3e-3,
                 ),
             ),
         ]
@@ -312,6 +471,61 @@ def run(ctx: Context) -> Section:
                 f"{dp_blend_a:.4f} vs best baseline {best} {best_a:.4f}",
             )
         )
+        system = f"DP system eps={max(plan.system_epsilons):g} (DP two-tower + own history + DP popularity)"
+        if plan.system_epsilons:
+            sys_a, sys_b = means[f"{system}|A_ndcg@10"][0], means[f"{system}|B_ndcg@10"][0]
+            # the stronger of the two non-private popularity baselines, per variant
+            pops = (
+                "popularity (30 d, no privacy)",
+                f"popularity ({result['popularity_days']} d, no privacy)",
+            )
+            pop_a = max(means[f"{p}|A_ndcg@10"][0] for p in pops)
+            pop_b = max(means[f"{p}|B_ndcg@10"][0] for p in pops)
+            again_a = means["buy again (own history + popularity)|A_ndcg@10"][0]
+            section.goals.append(
+                Goal(
+                    f"{name}: at total epsilon {max(plan.system_epsilons):g} the DP system beats non-private "
+                    "popularity (best of 30 d and 14 d) in A and B and matches buy again in A",
+                    sys_a > pop_a and sys_b > pop_b and sys_a >= again_a,
+                    f"A {sys_a:.4f} vs popularity {pop_a:.4f} / buy again {again_a:.4f}; "
+                    f"B {sys_b:.4f} vs popularity {pop_b:.4f}",
+                )
+            )
+        if result["sweep"]:
+            sweep = section.table(
+                f"{name}: what helps the bare DP model at epsilon {max(plan.epsilons):g} (seed {plan.seeds[0]}, "
+                "one change at a time from the plan's settings)",
+                [
+                    "change",
+                    "epsilon",
+                    "noise multiplier",
+                    "steps",
+                    "A NDCG@10",
+                    "B NDCG@10",
+                    "+ blend A NDCG@10",
+                    "seconds",
+                ],
+            )
+            for r in result["sweep"]:
+                sweep.add(
+                    r["change"],
+                    r["epsilon"],
+                    r["noise_multiplier"],
+                    r["steps"],
+                    r["A_ndcg@10"],
+                    r["B_ndcg@10"],
+                    r["blend_A_ndcg@10"],
+                    r["seconds"],
+                )
+        if result["oracle_blend_b"]:
+            oracle = section.table(
+                f"{name}: does the model add to recent popularity for new items? Non-private two-tower "
+                f"(seed {plan.seeds[0]}) + w x exact {result['popularity_days']} d popularity, variant B, w chosen "
+                "on the TEST window (an oracle ceiling, not a reported ranker; w = 1e6 is popularity alone)",
+                ["popularity weight w", "B NDCG@10"],
+            )
+            for r in result["oracle_blend_b"]:
+                oracle.add(r["popularity_weight"], r["B_ndcg@10"])
         runs = section.table(
             f"{name}: DP-SGD runs (user-level, delta = {result['delta']:.2e}, RDP accountant)",
             [
@@ -329,7 +543,7 @@ def run(ctx: Context) -> Section:
             runs.add(
                 r["model"],
                 r["seed"],
-                r["epsilon"],
+                r.get("total_epsilon", r["epsilon"]),
                 r["noise_multiplier"],
                 r["sample_rate"],
                 r["steps"],
@@ -362,13 +576,20 @@ def run(ctx: Context) -> Section:
         )
         section.figures.append(link)
         section.notes.append(
-            f"{name}: {plan.epochs} epochs, {plan.batch_size} expected users per step (Poisson), clip 1.0, "
-            "cap 20 positives and 64 sampled negatives per user, model dim 64; "
+            f"{name}: {plan.epochs} epochs, {plan.batch_size} expected users per step (Poisson), lr {plan.lr:g}, "
+            f"clip 1.0, cap 20 positives and {plan.n_negatives} sampled negatives per user, model dim 64; "
             f"seeds {list(plan.seeds)}; evaluation users capped at {plan.max_eval_users or 'none'}"
         )
     section.notes += [
         "blend: z-scored model score + w * log1p(own purchase count), w tuned on the validation window "
         "(the user's own data only: no privacy cost)",
+        "DP system (what the pipeline serves): the DP two-tower blended with the user's own purchases and a DP "
+        f"popularity release (distinct users per item in the last {POPULARITY_DAYS} days, at most "
+        f"{POPULARITY_CAP} items per user; one release at the validation cut to tune the weights, one at the "
+        "test cut). The two releases get half of the total epsilon, DP-SGD the rest; the epsilon in the runs "
+        "table is the composition of all three (RDP accountant). 'system, no DP' is the same blend with the "
+        "non-private twin and exact popularity",
+        "DP rows 'DP eps=...': the epsilon is the model's alone (the own-history blend costs nothing)",
     ]
     section.data = {"datasets": results, "plans": {name: plan.__dict__ for name, _, plan in datasets}}
     return section
