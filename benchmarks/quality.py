@@ -47,6 +47,17 @@ class Plan:
     system_epsilons: tuple[float, ...] = (8.0,)
     sweep: bool = False  # one-at-a-time sweep of batch, epochs, model size, clipping at max(epsilons)
 
+    def train_config(self, seed: int) -> Any:
+        from tasks.training import TrainConfig
+
+        return TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            seed=seed,
+            n_negatives=self.n_negatives,
+        )
+
 
 # One-at-a-time changes from the plan's settings for the sweep (first seed, DP at the top epsilon).
 SWEEP: tuple[tuple[str, dict[str, Any]], ...] = (
@@ -253,13 +264,7 @@ def evaluate_dataset(name: str, events: pd.DataFrame, items: pd.DataFrame, plan:
 
     for seed in plan.seeds:
         record("DP popularity", broadcast(popularity_release(events, catalog, cuts.test, seed), test))
-        base = TrainConfig(
-            epochs=plan.epochs,
-            batch_size=plan.batch_size,
-            lr=plan.lr,
-            seed=seed,
-            n_negatives=plan.n_negatives,
-        )
+        base = plan.train_config(seed)
         variants: list[tuple[str, TrainConfig, float | None]] = [
             ("two-tower, no DP", TrainConfig(**{**base.__dict__, "private": False}), None)
         ]
@@ -319,13 +324,7 @@ def evaluate_dataset(name: str, events: pd.DataFrame, items: pd.DataFrame, plan:
     if plan.sweep:
         eps = max(plan.epsilons)
         seed = plan.seeds[0]
-        base = TrainConfig(
-            epochs=plan.epochs,
-            batch_size=plan.batch_size,
-            lr=plan.lr,
-            seed=seed,
-            n_negatives=plan.n_negatives,
-        )
+        base = plan.train_config(seed)
         for change, values in (("plan settings", {}), *SWEEP):
             dim = int(values.get("dim", 64))
             trained = {k: v for k, v in values.items() if k != "dim"}

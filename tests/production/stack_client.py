@@ -12,6 +12,7 @@ import os
 import secrets
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -182,3 +183,18 @@ def start_stack(home: Path, dags: Path, extra_env: dict[str, str] | None = None)
             key, _, value = line.removeprefix("export ").partition("=")
             env[key] = value.strip("'")
     return stack
+
+
+def verify_ledger(stack: Stack) -> str:
+    """``shoprec privacy verify`` against the stack's ledger; asserts it passed, returns its output."""
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "shoprec"), "privacy", "verify"],
+        env=dict(stack.env),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("ledger verified:")
+    return result.stdout

@@ -35,7 +35,7 @@ from typing import Any
 
 import psutil
 import pytest
-from stack_client import REPO_ROOT, Stack, require_services, start_stack
+from stack_client import REPO_ROOT, Stack, require_services, start_stack, verify_ledger
 from test_production_e2e import _prepare_history, _stack_settings
 
 from tasks.config import Settings
@@ -240,16 +240,7 @@ def test_ledger_charged_once_with_the_uninterrupted_epsilon(killed_run: dict[str
 
 
 def test_ledger_verifies(killed_run: dict[str, Any]) -> None:
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "shoprec"), "privacy", "verify"],
-        env=dict(killed_run["stack"].env),
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.startswith("ledger verified:")
+    verify_ledger(killed_run["stack"])
 
 
 def test_exactly_one_model_version_for_the_run(killed_run: dict[str, Any]) -> None:
