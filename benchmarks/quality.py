@@ -438,7 +438,7 @@ def run(ctx: Context) -> Section:
                     epochs=1,
                     batch_size=1024,
                     window_days=7,
-                    max_eval_users=10_000,
+                    max_eval_users=5_000,
                     lr=3e-3,
                 ),
             ),
