@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from helpers_settings import only_shoprec_env
 
 from tasks.config import Settings, get_settings
 
@@ -65,11 +66,8 @@ def shoprec_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     AIRFLOW_HOME stays the session's temporary Airflow home (see :func:`pytest_configure`): Airflow
     cannot be re-pointed once imported.  Tasks run by ``dag.test()`` read the same SHOPREC_HOME.
     """
-    for key in list(os.environ):
-        if key.startswith("SHOPREC_"):
-            monkeypatch.delenv(key)
     home = tmp_path / "shoprec"
-    monkeypatch.setenv("SHOPREC_HOME", str(home))
+    only_shoprec_env(monkeypatch, {"SHOPREC_HOME": str(home)})
     settings = get_settings()
     assert settings.home == home.resolve()
     return settings

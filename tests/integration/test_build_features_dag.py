@@ -7,7 +7,6 @@ consequence of it.  The Feast feature server is started on 127.0.0.1 and stopped
 from __future__ import annotations
 
 import json
-import os
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from helpers_settings import only_shoprec_env
 from test_feast_store import write_lake
 
 from tasks.config import Settings, get_settings
@@ -40,10 +40,7 @@ def built(
     from airflow.dag_processing.dagbag import DagBag
 
     with pytest.MonkeyPatch.context() as mp:
-        for key in list(os.environ):
-            if key.startswith("SHOPREC_"):
-                mp.delenv(key)
-        mp.setenv("SHOPREC_HOME", str(tmp_path_factory.mktemp("build_features") / "shoprec"))
+        only_shoprec_env(mp, {"SHOPREC_HOME": str(tmp_path_factory.mktemp("build_features") / "shoprec")})
         mp.setenv("HF_HUB_OFFLINE", "1")
         settings = get_settings()
         write_lake(settings)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers_settings import only_shoprec_env, tiny_catalog
 
 from tasks.config import Settings
 
@@ -37,17 +38,7 @@ class Audited:
 
 
 def _catalog() -> Any:
-    from tasks.model import ItemCatalog
-
-    rng = np.random.default_rng(0)
-    return ItemCatalog(
-        item_ids=tuple(f"i{j:02d}" for j in range(N_ITEMS)),
-        text=rng.normal(size=(N_ITEMS, 8)).astype(np.float32),
-        category_index=rng.integers(0, 3, N_ITEMS),
-        price_bucket=rng.integers(0, 4, N_ITEMS),
-        categories=("a", "b", "c"),
-        price_edges=(1.0, 5.0, 20.0),
-    )
+    return tiny_catalog(N_ITEMS)
 
 
 def _shop(rows: np.ndarray) -> Any:
@@ -146,7 +137,6 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One training of the synthetic shop of the train_recommender DAG test (400 users, 35 days),
     with the trainer's one-line hook (``drop_held_out`` on ``per_user_cuts``) applied, registered in
     MLflow; then ``record_membership_losses`` for the registered version."""
-    import os
 
     from tasks import training
     from tasks.config import get_settings
@@ -163,10 +153,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "SHOPREC_MEMBERSHIP_HOLDOUT_SHARE": "0.3",
     }
     with pytest.MonkeyPatch.context() as mp:
-        for key in [k for k in os.environ if k.startswith("SHOPREC_")]:
-            mp.delenv(key)
-        for key, value in env.items():
-            mp.setenv(key, value)
+        only_shoprec_env(mp, env)
         settings = get_settings()
         compute_features(settings, _write_lake(settings), encoder=tiny_random_encoder(seed=0, dim=32))
         apply_definitions(settings)

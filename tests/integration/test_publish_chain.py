@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers_settings import only_shoprec_env
 
 from tasks.config import get_settings
 from tasks.contracts import EVENTS_SCHEMA, ITEMS_SCHEMA, landing_files, list_partitions, partition_dir
@@ -65,10 +65,7 @@ def _land(settings: Any) -> list[dt.date]:
 def _shoprec_env(env: dict[str, str]) -> Generator[None, None, None]:
     """Only these SHOPREC_* variables, for the module's DAG runs (Airflow tasks read them)."""
     with pytest.MonkeyPatch.context() as mp:
-        for key in [k for k in os.environ if k.startswith("SHOPREC_")]:
-            mp.delenv(key)
-        for key, value in env.items():
-            mp.setenv(key, value)
+        only_shoprec_env(mp, env)
         yield
 
 

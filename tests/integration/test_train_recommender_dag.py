@@ -9,7 +9,6 @@ evaluation data and rejects it. Each test asserts one outcome of those two runs.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers_settings import only_shoprec_env
 
 from tasks.config import Settings, get_settings
 from tasks.contracts import EVENTS_SCHEMA, ITEMS_SCHEMA, landing_files, list_partitions, partition_dir
@@ -64,10 +64,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, airflow_home: Path) -> dict[s
         "SHOPREC_PROMOTION_TOLERANCE": "0.0",
     }
     with pytest.MonkeyPatch.context() as mp:
-        for key in [k for k in os.environ if k.startswith("SHOPREC_")]:
-            mp.delenv(key)
-        for key, value in env.items():
-            mp.setenv(key, value)
+        only_shoprec_env(mp, env)
         settings = get_settings()
         days = _write_lake(settings)
         compute_features(settings, days, encoder=tiny_random_encoder(seed=0, dim=32))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers_settings import only_shoprec_env
 
 from tasks.config import Settings, get_settings
 from tasks.contracts import list_partitions, partition_dir
@@ -97,9 +97,7 @@ def backfill(airflow_home: Path, tmp_path_factory: pytest.TempPathFactory) -> It
 
     root = tmp_path_factory.mktemp("fault-backfill")
     with pytest.MonkeyPatch.context() as mp:
-        for key in [k for k in os.environ if k.startswith("SHOPREC_")]:
-            mp.delenv(key)
-        mp.setenv("SHOPREC_HOME", str(root / "shoprec"))
+        only_shoprec_env(mp, {"SHOPREC_HOME": str(root / "shoprec")})
         settings = get_settings()
         settings.ensure_dirs()
         generate(

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from helpers_settings import only_shoprec_env
 from stack_client import free_port, require_services
 
 from tasks.config import Settings, get_settings
@@ -272,8 +273,6 @@ def _run_drill(mp: pytest.MonkeyPatch, root: Path, server: RedisServer, registry
     )
     from tasks.orchestration import run_dag
 
-    for key in [k for k in os.environ if k.startswith("SHOPREC_")]:
-        mp.delenv(key)
     home = root / "shoprec"
     env = {
         "SHOPREC_HOME": str(home),
@@ -284,8 +283,7 @@ def _run_drill(mp: pytest.MonkeyPatch, root: Path, server: RedisServer, registry
         "SHOPREC_MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
         "SHOPREC_TOP_K": "10",
     }
-    for key, value in env.items():
-        mp.setenv(key, value)
+    only_shoprec_env(mp, env)
     settings = get_settings()
     assert get_store(settings).config.online_store.type == "redis"
     settings.ensure_dirs()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers_settings import only_shoprec_env
 from stack_client import REPO_ROOT, Stack, require_services, start_stack, verify_ledger
 
 from tasks.config import Settings, get_settings
@@ -35,11 +35,7 @@ DAYS = 35
 
 def _stack_settings(stack: Stack) -> Settings:
     with pytest.MonkeyPatch.context() as mp:
-        for key in [k for k in os.environ if k.startswith("SHOPREC_")]:
-            mp.delenv(key)
-        for key, value in stack.env.items():
-            if key.startswith("SHOPREC_"):
-                mp.setenv(key, value)
+        only_shoprec_env(mp, {k: v for k, v in stack.env.items() if k.startswith("SHOPREC_")})
         return get_settings()
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers_settings import tiny_catalog
 
 from tasks.config import Settings
 from tasks.membership import drop_held_out, holdout_mask, per_user_losses, split_members
@@ -18,15 +19,7 @@ N_ITEMS = 20
 
 
 def _catalog() -> ItemCatalog:
-    rng = np.random.default_rng(0)
-    return ItemCatalog(
-        item_ids=tuple(f"i{j:02d}" for j in range(N_ITEMS)),
-        text=rng.normal(size=(N_ITEMS, 8)).astype(np.float32),
-        category_index=rng.integers(0, 3, N_ITEMS),
-        price_bucket=rng.integers(0, 4, N_ITEMS),
-        categories=("a", "b", "c"),
-        price_edges=(1.0, 5.0, 20.0),
-    )
+    return tiny_catalog(N_ITEMS)
 
 
 def _examples(n_users: int) -> UserExamples:

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers_settings import tiny_catalog
 
 from tasks.model import ItemCatalog, build_model
 from tasks.training import (
@@ -27,15 +28,7 @@ N_ITEMS = 30
 
 
 def _catalog(seed: int = 0) -> ItemCatalog:
-    rng = np.random.default_rng(seed)
-    return ItemCatalog(
-        item_ids=tuple(f"i{j:02d}" for j in range(N_ITEMS)),
-        text=rng.normal(size=(N_ITEMS, 8)).astype(np.float32),
-        category_index=rng.integers(0, 3, N_ITEMS),
-        price_bucket=rng.integers(0, 4, N_ITEMS),
-        categories=("a", "b", "c"),
-        price_edges=(1.0, 5.0, 20.0),
-    )
+    return tiny_catalog(N_ITEMS, seed)
 
 
 def _examples(n_users: int, seed: int = 0, cap_k: int = 6) -> UserExamples:
