@@ -142,10 +142,10 @@ def _held_at_the_pool(stack: Stack, run_id: str, deadline: float) -> None:
         time.sleep(2)
 
 
-def _wait_train_run(stack: Stack, deadline: float, known: int) -> str:
+def _wait_train_run(stack: Stack, deadline: float, known: int, shop_end: dt.datetime) -> str:
     token = stack.token()
     while len(runs := stack.dag_runs("train_recommender", token)) <= known:
-        upstream = [r["state"] for dag_id in DAGS[:2] for r in stack.dag_runs(dag_id, token)]
+        upstream = [r["state"] for dag_id in DAGS[:2] for r in stack.dag_runs(dag_id, token, shop_end)]
         assert "failed" not in upstream, f"an upstream run failed: {upstream}"
         assert time.monotonic() < deadline, "train_recommender was never triggered"
         time.sleep(2)
@@ -200,7 +200,7 @@ def restarted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
         pg = cluster.url.replace("+psycopg2", "") + "/" + stack.env["SHOPREC_STACK_NAME"]
 
         # restart 1: after the features, between check_training_due and train_model of run 1
-        first = _wait_train_run(stack, deadline, known=0)
+        first = _wait_train_run(stack, deadline, 0, last)
         _held_at_the_pool(stack, first, deadline)
         from tasks.feast_store import get_store
 
@@ -236,6 +236,7 @@ def restarted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
             "online_before": online_before,
             "registry_before": registry_before,
             "ledger_after_first": ledger_after_first,
+            "last": last,
         }
     finally:
         if stack is not None:
@@ -254,7 +255,7 @@ def test_every_run_succeeded_at_the_first_try(restarted: dict[str, Any]) -> None
     stack: Stack = restarted["stack"]
     token = stack.token()
     for dag_id in DAGS[:2]:
-        assert [r["state"] for r in stack.dag_runs(dag_id, token)] == ["success"], dag_id
+        assert [r["state"] for r in stack.dag_runs(dag_id, token, restarted["last"])] == ["success"], dag_id
     assert [run["state"] for run in restarted["runs"].values()] == ["success", "success"]
     for run_id in restarted["runs"]:
         tis = stack.task_instances("train_recommender", run_id)

@@ -72,11 +72,11 @@ def _prepare_history(settings: Settings) -> list[dt.date]:
     return days
 
 
-def _wait_for_chain(stack: Stack, timeout: float) -> dict[str, list[dict[str, Any]]]:
+def _wait_for_chain(stack: Stack, last: dt.datetime, timeout: float) -> dict[str, list[dict[str, Any]]]:
     deadline = time.monotonic() + timeout
     while True:
         token = stack.token()
-        runs = {dag_id: stack.dag_runs(dag_id, token) for dag_id in CHAIN}
+        runs = {dag_id: stack.dag_runs(dag_id, token, shop_end=last) for dag_id in CHAIN}
         audits = [r for r in runs["privacy_audit"] if r["run_type"] == "asset_triggered"]
         finished = bool(audits) and all(
             r and r[-1]["state"] in ("success", "failed") for r in [*runs.values(), audits]
@@ -132,7 +132,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         status, run = stack.request("POST", "/api/v2/dags/ingest_events/dagRuns", body)
         assert status == 200, run
         stack.unpause(list(CHAIN))
-        runs = _wait_for_chain(stack, CHAIN_TIMEOUT_S)
+        runs = _wait_for_chain(stack, last, CHAIN_TIMEOUT_S)
         print(f"e2e: stack + history + chain took {time.monotonic() - started:.0f} s")
         yield {"stack": stack, "settings": settings, "runs": runs, "days": days}
     finally:
