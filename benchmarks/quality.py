@@ -160,7 +160,16 @@ def evaluate_dataset(name: str, events: pd.DataFrame, items: pd.DataFrame, plan:
     from tasks.baselines import broadcast, buy_again_scores, cooccurrence_scores, popularity_counts
     from tasks.embeddings import embed_items, load_pretrained_encoder
     from tasks.evaluation import evaluate_scores, temporal_split, tune_blend
-    from tasks.model import BlendWeights, Recommender, blend_scores, build_item_catalog, own_purchase_matrix
+    from tasks.model import (
+        BlendWeights,
+        Recommender,
+        blend_scores,
+        build_item_catalog,
+        content_affinity,
+        history_positions,
+        own_purchase_matrix,
+        text_neighbours,
+    )
     from tasks.training import (
         INTERACTIONS,
         POPULARITY_CAP,
@@ -188,6 +197,14 @@ def evaluate_dataset(name: str, events: pd.DataFrame, items: pd.DataFrame, plan:
     val = sample_split(temporal_split(events, catalog, cuts.validation, window, history), plan.max_eval_users)
     test = sample_split(temporal_split(events, catalog, cuts.test, window, history), plan.max_eval_users)
     own_val, own_test = own_purchase_matrix(val.state, catalog), own_purchase_matrix(test.state, catalog)
+    neighbours = text_neighbours(catalog.text)
+    content_val, content_test = (
+        content_affinity(
+            history_positions(s.state["recent_items"], catalog, history), neighbours, catalog.n_items
+        )
+        for s in (val, test)
+    )
+    no_model_val, no_model_test = np.zeros_like(content_val), np.zeros_like(content_test)
 
     scores: dict[str, list[dict[str, float]]] = {}
 
@@ -207,6 +224,12 @@ def evaluate_dataset(name: str, events: pd.DataFrame, items: pd.DataFrame, plan:
         for end in (cuts.validation, cuts.test)
     }
     record(f"popularity ({POPULARITY_DAYS} d, no privacy)", broadcast(recent[cuts.test], test))
+    # what the user's own history adds to popularity without any model: text neighbours and repeats
+    own_w, _ = tune_blend(no_model_val, own_val, recent[cuts.validation], val, catalog, content=content_val)
+    record(
+        f"own history (repeats + text neighbours) + {POPULARITY_DAYS} d popularity, no model (no privacy)",
+        blend_scores(no_model_test, own_test, recent[cuts.test], own_w, content_test),
+    )
     record("item-to-item co-occurrence (no privacy)", cooccurrence_scores(events, catalog, test, cuts.test))
     record("buy again (own history + popularity)", buy_again_scores(test, catalog, popularity))
     runs: list[dict[str, Any]] = []
@@ -272,14 +295,16 @@ def evaluate_dataset(name: str, events: pd.DataFrame, items: pd.DataFrame, plan:
         for label, config, eps in variants:
             bare, result, seconds = fit(config, seed)
             raw_val, raw = bare.model_scores(val.state), bare.model_scores(test.state)
-            weights, _ = tune_blend(raw_val, own_val, None, val, catalog, popularity_grid=(0.0,))
+            weights, _ = tune_blend(raw_val, own_val, None, val, catalog, content=content_val)
             record(label, raw)
-            record(f"{label} + own-history blend", blend_scores(raw, own_test, None, weights))
+            record(f"{label} + own-history blend", blend_scores(raw, own_test, None, weights, content_test))
             if not config.private:  # the whole system without privacy: exact recent popularity
-                sys_w, _ = tune_blend(raw_val, own_val, recent[cuts.validation], val, catalog)
+                sys_w, _ = tune_blend(
+                    raw_val, own_val, recent[cuts.validation], val, catalog, content=content_val
+                )
                 record(
                     "system, no DP (two-tower + own history + 14 d popularity)",
-                    blend_scores(raw, own_test, recent[cuts.test], sys_w),
+                    blend_scores(raw, own_test, recent[cuts.test], sys_w, content_test),
                 )
                 if plan.sweep and seed == plan.seeds[0]:
                     # The ceiling of the blend in B: weights picked on the TEST window (an oracle, never
@@ -294,7 +319,9 @@ def evaluate_dataset(name: str, events: pd.DataFrame, items: pd.DataFrame, plan:
                                 ),
                             }
                         )
-            run_row(label, seed, eps, result, seconds, blend_repeat=weights.repeat)
+            run_row(
+                label, seed, eps, result, seconds, blend_repeat=weights.repeat, blend_content=weights.content
+            )
         # The whole DP system at a total epsilon: two DP popularity releases (validation and test cut)
         # take half the budget, DP-SGD the rest (composed by the RDP accountant).
         for eps in plan.system_epsilons:
@@ -304,9 +331,17 @@ def evaluate_dataset(name: str, events: pd.DataFrame, items: pd.DataFrame, plan:
             bare, result, seconds = fit(config, seed)
             pop_v = popularity_release(events, catalog, cuts.validation, 1000 + seed, noise=pop_noise)
             pop_t = popularity_release(events, catalog, cuts.test, 2000 + seed, noise=pop_noise)
-            weights, _ = tune_blend(bare.model_scores(val.state), own_val, pop_v, val, catalog)
+            weights, _ = tune_blend(
+                bare.model_scores(val.state), own_val, pop_v, val, catalog, content=content_val
+            )
             label = f"DP system eps={eps:g} (DP two-tower + own history + DP popularity)"
-            record(label, blend_scores(bare.model_scores(test.state), own_test, pop_t, weights))
+            record(label, blend_scores(bare.model_scores(test.state), own_test, pop_t, weights, content_test))
+            # ablation: the same DP popularity releases and own history, the two-tower left out
+            no_model_w, _ = tune_blend(no_model_val, own_val, pop_v, val, catalog, content=content_val)
+            record(
+                f"DP system eps={eps:g} without the two-tower (own history + the same DP popularity)",
+                blend_scores(no_model_test, own_test, pop_t, no_model_w, content_test),
+            )
             total = rdp_epsilon(
                 [*pop_mech, (result.noise_multiplier, result.sample_rate, result.steps)], delta
             )
@@ -318,6 +353,8 @@ def evaluate_dataset(name: str, events: pd.DataFrame, items: pd.DataFrame, plan:
                 seconds,
                 blend_repeat=weights.repeat,
                 blend_popularity=weights.popularity,
+                blend_content=weights.content,
+                blend_model=weights.model,
                 popularity_noise=pop_noise,
                 total_epsilon=total,
             )
@@ -332,9 +369,11 @@ def evaluate_dataset(name: str, events: pd.DataFrame, items: pd.DataFrame, plan:
                 calibrated(TrainConfig(**{**base.__dict__, **trained}), eps, []), seed, dim
             )
             raw_val, raw = bare.model_scores(val.state), bare.model_scores(test.state)
-            weights, _ = tune_blend(raw_val, own_val, None, val, catalog, popularity_grid=(0.0,))
+            weights, _ = tune_blend(raw_val, own_val, None, val, catalog, content=content_val)
             bare_report = evaluate_scores("bare", raw, test, catalog)
-            blend_report = evaluate_scores("blend", blend_scores(raw, own_test, None, weights), test, catalog)
+            blend_report = evaluate_scores(
+                "blend", blend_scores(raw, own_test, None, weights, content_test), test, catalog
+            )
             sweep.append(
                 {
                     "change": change,
@@ -395,7 +434,11 @@ def tables_for(section: Section, result: dict[str, Any]) -> dict[str, tuple[floa
         if label.startswith("DP system"):
             base_label = "system, no DP (two-tower + own history + 14 d popularity)"
         retention = None
-        if label.startswith(("DP eps", "DP system")) and base_label in result["scores"]:
+        if (
+            label.startswith(("DP eps", "DP system"))
+            and "without" not in label
+            and base_label in result["scores"]
+        ):
             dp = statistics.fmean(r["B_ndcg@10"] for r in rows)
             plain = statistics.fmean(r["B_ndcg@10"] for r in result["scores"][base_label])
             retention = f"{dp / plain:.0%}" if plain > 0 else None
@@ -561,6 +604,19 @@ def run(ctx: Context) -> Section:
             for suffix, tag in (("", "DP"), (" + own-history blend", "DP + blend")):
                 ms = [means[f"DP eps={e:g}{suffix}|{variant}_ndcg@10"] for e in eps]
                 series[f"{tag}, variant {variant}"] = (eps, [m[0] for m in ms], [m[1] for m in ms])
+            if plan.system_epsilons:
+                sys_eps = list(plan.system_epsilons)
+                ms = [
+                    means[
+                        f"DP system eps={e:g} (DP two-tower + own history + DP popularity)|{variant}_ndcg@10"
+                    ]
+                    for e in sys_eps
+                ]
+                series[f"DP system (total eps), variant {variant}"] = (
+                    sys_eps,
+                    [m[0] for m in ms],
+                    [m[1] for m in ms],
+                )
         line_plot(
             path,
             series,
@@ -580,8 +636,12 @@ def run(ctx: Context) -> Section:
             f"seeds {list(plan.seeds)}; evaluation users capped at {plan.max_eval_users or 'none'}"
         )
     section.notes += [
-        "blend: z-scored model score + w * log1p(own purchase count), w tuned on the validation window "
-        "(the user's own data only: no privacy cost)",
+        "own-history blend: z-scored model score + w * log1p(own purchase count) + c * z-scored text-neighbour "
+        "affinity (per item, the best title cosine to one of the user's 20 most recent items, among each "
+        "item's 100 nearest titles: tasks.model.content_affinity); w and c tuned on the validation window "
+        "(the user's own data and the public encoder only: no privacy cost)",
+        "'own history ... no model' and 'DP system ... without the two-tower' are ablations: the same blend "
+        "with the model's score left out, to show what the two-tower adds",
         "DP system (what the pipeline serves): the DP two-tower blended with the user's own purchases and a DP "
         f"popularity release (distinct users per item in the last {POPULARITY_DAYS} days, at most "
         f"{POPULARITY_CAP} items per user; one release at the validation cut to tune the weights, one at the "

@@ -26,6 +26,10 @@ from tasks.training import PURCHASE, purchases_between, user_state_at
 
 KS: Final[tuple[int, ...]] = (10, 20)
 VARIANTS: Final[tuple[str, ...]] = ("A", "B")
+# Popularity and content weights relative to the z-scored model score at weight 1; then the model's own
+# weight, down to 0 (the validation window may find that the model adds nothing to the other signals).
+BLEND_GRID: Final[tuple[float, ...]] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+MODEL_GRID: Final[tuple[float, ...]] = (1.0, 0.5, 0.25, 0.125, 0.0)
 
 
 @dataclass(frozen=True)
@@ -158,16 +162,23 @@ def evaluate_scores(name: str, scores: np.ndarray, split: EvalSplit, catalog: It
     if scores.shape != (split.n_users, catalog.n_items):
         raise ValueError(f"scores have shape {scores.shape}, expected {(split.n_users, catalog.n_items)}")
     variant_a = ranking_metrics(scores, split.truth, catalog)
+    owned, rows, truth_b = _variant_b_truth(split, catalog)
+    variant_b = ranking_metrics(np.where(owned, -np.inf, scores)[rows], truth_b, catalog)
+    return EvalReport(name=name, variants={"A": variant_a, "B": variant_b})
+
+
+def _variant_b_truth(
+    split: EvalSplit, catalog: ItemCatalog
+) -> tuple[np.ndarray, list[int], list[np.ndarray]]:
+    """(``[U, N]`` already bought, rows of users with a new item in the truth, their new items)."""
     owned = own_purchase_matrix(split.state, catalog) > 0
-    masked = np.where(owned, -np.inf, scores)
     rows, truth_b = [], []
     for u, items in enumerate(split.truth):
         new = items[~owned[u, items]]
         if len(new):
             rows.append(u)
             truth_b.append(new)
-    variant_b = ranking_metrics(masked[rows], truth_b, catalog)
-    return EvalReport(name=name, variants={"A": variant_a, "B": variant_b})
+    return owned, rows, truth_b
 
 
 Scorer = Callable[[EvalSplit], np.ndarray]
@@ -184,39 +195,69 @@ def retention(private: EvalReport, non_private: EvalReport, variant: str, metric
     return private.metric(variant, metric) / base if base > 0 else float("nan")
 
 
+def _variant_b_ndcg10(split: EvalSplit, catalog: ItemCatalog) -> Callable[[np.ndarray], float]:
+    """NDCG@10 in variant B of ``[U, N]`` scores, with the split's masks computed once."""
+    owned, rows, truth_b = _variant_b_truth(split, catalog)
+    mask = owned[rows]
+
+    def ndcg(scores: np.ndarray) -> float:
+        masked = np.where(mask, -np.inf, scores[rows])
+        return ranking_metrics(masked, truth_b, catalog, ks=(10,)).metrics["ndcg@10"]
+
+    return ndcg
+
+
 def tune_blend(
     model_scores: np.ndarray,
-    own_counts: np.ndarray,
+    own_counts: np.ndarray | None,
     popularity: np.ndarray | None,
     split: EvalSplit,
     catalog: ItemCatalog,
     *,
+    content: np.ndarray | None = None,
     repeat_grid: Sequence[float] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0),
-    popularity_grid: Sequence[float] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0),
+    popularity_grid: Sequence[float] = BLEND_GRID,
+    content_grid: Sequence[float] = BLEND_GRID,
+    model_grid: Sequence[float] = MODEL_GRID,
 ) -> tuple[BlendWeights, float]:
     """Blend weights tuned on a validation split, in two stages.
 
-    The popularity weight only orders items new to the user, so it is chosen on variant B; with it
-    fixed, the repeat weight is chosen on variant A. Returns the weights and the mean of the two
-    NDCG@10 values reached (a variant without users is left out).
+    The popularity, content and model weights only order items new to the user, so they are chosen
+    on variant B, by coordinate ascent from the model alone: popularity, then content with it fixed,
+    then popularity again, then the model's weight (only when another signal is there to take its
+    place). With them fixed, the repeat weight is chosen on variant A. Returns the weights and the
+    mean of the two NDCG@10 values reached (a variant without users is left out).
     """
-    pop_w, best_b = 0.0, float("nan")
+    tuned = {"popularity": 0.0, "content": 0.0, "model": 1.0}
+    best_b = float("nan")
+    axes: list[tuple[str, Sequence[float]]] = []
     if popularity is not None:
+        axes.append(("popularity", popularity_grid))
+    if content is not None:
+        axes.append(("content", content_grid))
+    if popularity is not None and content is not None:
+        axes.append(("popularity", popularity_grid))
+    if axes:
+        axes.append(("model", model_grid))
+        ndcg_b = _variant_b_ndcg10(split, catalog)
         best_b = -1.0
-        for weight in popularity_grid:
-            scores = blend_scores(model_scores, None, popularity, BlendWeights(popularity=weight))
-            value = evaluate_scores("blend", scores, split, catalog).metric("B", "ndcg@10")
-            if value > best_b:
-                pop_w, best_b = weight, value
+        for axis, grid in axes:
+            for weight in grid:
+                trial = {**tuned, axis: weight}
+                if not any(trial.values()):
+                    continue  # all weights 0: no ranking at all
+                value = ndcg_b(blend_scores(model_scores, None, popularity, BlendWeights(**trial), content))
+                if value > best_b:
+                    tuned, best_b = trial, value
     rep_w, best_a = 0.0, -1.0
     for weight in repeat_grid:
-        scores = blend_scores(
-            model_scores, own_counts, popularity, BlendWeights(repeat=weight, popularity=pop_w)
+        weights = BlendWeights(repeat=weight, **tuned)
+        report = evaluate_scores(
+            "blend", blend_scores(model_scores, own_counts, popularity, weights, content), split, catalog
         )
-        report = evaluate_scores("blend", scores, split, catalog)
         if report.variants["A"].users and report.metric("A", "ndcg@10") > best_a:
             rep_w, best_a = weight, report.metric("A", "ndcg@10")
-            if popularity is None:
+            if not axes:
                 best_b = report.metric("B", "ndcg@10")
     values = [v for v in (best_a, best_b) if v == v and v >= 0]  # drop NaN (no users) and "not tuned"
-    return BlendWeights(repeat=rep_w, popularity=pop_w), sum(values) / max(1, len(values))
+    return BlendWeights(repeat=rep_w, **tuned), sum(values) / max(1, len(values))

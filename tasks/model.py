@@ -235,14 +235,27 @@ def build_model(catalog: ItemCatalog, *, dim: int = 64, hidden: int = 128, item_
 
 @dataclass(frozen=True)
 class BlendWeights:
-    """Scoring blend: z-scored model score + ``repeat`` * log1p(own purchases) + ``popularity`` * DP pop.
+    """Scoring blend: ``model`` * z-scored model score + ``repeat`` * log1p(own purchases)
+    + ``popularity`` * z-scored log1p(DP popularity) + ``content`` * z-scored content affinity
+    (:func:`content_affinity`).
 
-    The repeat signal is the user's own data (no privacy cost); the popularity signal is a DP release
-    charged to the ledger. Weights are tuned on a validation window.
+    The repeat and content signals are the user's own data with the public text encoder (no privacy
+    cost); the popularity signal is a DP release charged to the ledger. Weights are tuned on a
+    validation window, which may also turn the model's share down (to 0 when it adds nothing there).
     """
 
     repeat: float = 0.0
     popularity: float = 0.0
+    content: float = 0.0
+    model: float = 1.0
+
+
+CONTENT_NEIGHBOURS: Final = 100  # text neighbours kept per item (measured: 50-200 equal to all items)
+
+
+def _row_z(scores: np.ndarray) -> np.ndarray:
+    mean = scores.mean(axis=1, keepdims=True)
+    return (scores - mean) / (scores.std(axis=1, keepdims=True) + 1e-6)
 
 
 def blend_scores(
@@ -250,18 +263,75 @@ def blend_scores(
     own_counts: np.ndarray | None,
     popularity: np.ndarray | None,
     weights: BlendWeights,
+    content: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Blend ``[U, N]`` model scores with ``[U, N]`` own purchase counts and ``[N]`` DP popularity."""
-    mean = model_scores.mean(axis=1, keepdims=True)
-    std = model_scores.std(axis=1, keepdims=True) + 1e-6
-    out = (model_scores - mean) / std
+    """Blend ``[U, N]`` model scores with ``[U, N]`` own purchase counts, ``[N]`` DP popularity and
+    ``[U, N]`` content affinity."""
+    out = weights.model * _row_z(model_scores)
     if own_counts is not None and weights.repeat:
         out = out + weights.repeat * np.log1p(np.clip(own_counts, 0, None))
     if popularity is not None and weights.popularity:
         pop = np.log1p(np.clip(popularity, 0, None))
         pop = (pop - pop.mean()) / (pop.std() + 1e-6)
         out = out + weights.popularity * pop[None, :]
+    if content is not None and weights.content:
+        out = out + weights.content * _row_z(content)
     return out
+
+
+@dataclass(frozen=True)
+class TextNeighbours:
+    """Each catalog position's ``m`` most similar positions by title-embedding cosine (itself included)."""
+
+    index: np.ndarray  # int64 [N, m]
+    similarity: np.ndarray  # float32 [N, m]
+
+
+def text_neighbours(text: np.ndarray, m: int = CONTENT_NEIGHBOURS, chunk: int = 2048) -> TextNeighbours:
+    """Top-``m`` cosine neighbours of every row of ``text [N, D]`` (public titles: no privacy cost)."""
+    vectors = torch.nn.functional.normalize(torch.from_numpy(np.asarray(text, dtype=np.float32)), dim=1)
+    m = min(m, vectors.shape[0])
+    index, similarity = [], []
+    with torch.inference_mode():
+        for start in range(0, vectors.shape[0], chunk):
+            values, positions = torch.topk(vectors[start : start + chunk] @ vectors.T, m, dim=1)
+            index.append(positions)
+            similarity.append(values)
+    if not index:
+        return TextNeighbours(np.zeros((0, m), np.int64), np.zeros((0, m), np.float32))
+    return TextNeighbours(torch.cat(index).numpy(), torch.cat(similarity).numpy())
+
+
+def history_positions(
+    recent_items: Sequence[Sequence[str] | None], catalog: ItemCatalog, length: int
+) -> list[np.ndarray]:
+    """0-based catalog positions of each user's ``length`` most recent items (unknown items dropped)."""
+    out = []
+    for items in recent_items:
+        idx = catalog.index_of(list(items if items is not None else [])[:length])
+        out.append(idx[idx != PAD] - 1)
+    return out
+
+
+def content_affinity(histories: Sequence[np.ndarray], neighbours: TextNeighbours, n_items: int) -> np.ndarray:
+    """``[U, N]``: for each item, its highest text cosine to an item of the user's history among those
+    items' neighbour lists (0 elsewhere). The user's own data and public text: no privacy cost.
+
+    Measured on Online Retail II (items new to the user, NDCG@10): adding it to 14-day popularity lifts
+    0.069 -> 0.100 on the validation window; 50 to 200 neighbours rank as well as all items.
+    """
+    out = torch.zeros((len(histories), n_items), dtype=torch.float32)
+    if not len(histories) or neighbours.index.shape[1] == 0:
+        return out.numpy()
+    rows = [np.full(len(h) * neighbours.index.shape[1], u, np.int64) for u, h in enumerate(histories)]
+    cols = [neighbours.index[h].ravel() for h in histories]
+    sims = [neighbours.similarity[h].ravel() for h in histories]
+    if sum(len(r) for r in rows):
+        flat = torch.from_numpy(np.concatenate(rows)) * n_items + torch.from_numpy(np.concatenate(cols))
+        out.view(-1).scatter_reduce_(
+            0, flat, torch.from_numpy(np.concatenate(sims)).clamp(min=0.0), reduce="amax", include_self=True
+        )
+    return out.numpy()
 
 
 def own_purchase_matrix(state: pd.DataFrame, catalog: ItemCatalog) -> np.ndarray:
@@ -280,7 +350,8 @@ class Recommender:
     """The released scorer: model + public catalog + blend weights + a DP popularity release.
 
     ``user_vectors`` and ``item_vectors`` give matrix-product batch scoring; ``scores`` adds the blend
-    (the user's own repeat purchases and the DP popularity); ``recommend`` returns top-K item ids.
+    (the user's own repeat purchases, the text neighbours of the user's recent items and the DP
+    popularity); ``recommend`` returns top-K item ids.
     """
 
     def __init__(
@@ -297,6 +368,19 @@ class Recommender:
         self.weights = weights
         self.popularity = popularity
         self.history_length = history_length
+        self._neighbours: TextNeighbours | None = None
+
+    @property
+    def neighbours(self) -> TextNeighbours:
+        """Text neighbours of the catalog (computed once per recommender)."""
+        if self._neighbours is None:
+            self._neighbours = text_neighbours(self.catalog.text)
+        return self._neighbours
+
+    def content_scores(self, frame: pd.DataFrame) -> np.ndarray:
+        """``[U, N]`` :func:`content_affinity` of each user's ``recent_items``."""
+        histories = history_positions(frame["recent_items"].tolist(), self.catalog, self.history_length)
+        return content_affinity(histories, self.neighbours, self.catalog.n_items)
 
     @property
     def item_ids(self) -> tuple[str, ...]:
@@ -323,7 +407,8 @@ class Recommender:
     def scores(self, frame: pd.DataFrame) -> np.ndarray:
         """``[U, N]`` blended scores; ``frame`` needs ``purchased_items``/``purchased_counts`` for repeats."""
         own = own_purchase_matrix(frame, self.catalog) if "purchased_items" in frame else None
-        return blend_scores(self.model_scores(frame), own, self.popularity, self.weights)
+        content = self.content_scores(frame) if self.weights.content else None
+        return blend_scores(self.model_scores(frame), own, self.popularity, self.weights, content)
 
     def recommend(self, frame: pd.DataFrame, k: int) -> list[tuple[list[str], list[float]]]:
         """Top-``k`` (item ids, scores) per user row of ``frame``."""

@@ -3,7 +3,9 @@
 Scoring (:func:`score_top_k`): user vectors ``[U, d]`` times the catalog's item vectors ``[N, d]`` in
 batches of users (one matrix product per batch, no Python loop over items), blended as the model was
 tuned (:func:`tasks.model.blend_scores`: z-scored model score, the user's own repeat-purchase signal,
-DP popularity), then the business rules, each in :class:`PublishRules`:
+the text neighbours of the user's recent items (:func:`tasks.model.content_affinity`, over the
+current catalog, so new items take part through their titles), DP popularity), then the business
+rules, each in :class:`PublishRules`:
 
 * items no longer in the catalog are never recommended (``allowed`` mask);
 * items the user already bought are included by default (``include_purchased=True``: repeat purchases
@@ -181,12 +183,13 @@ def score_top_k(
     purchases: Sequence[tuple[np.ndarray, np.ndarray]],
     allowed: np.ndarray | None = None,
     category: np.ndarray | None = None,
-    blend: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    blend: Callable[[np.ndarray, np.ndarray, slice], np.ndarray] | None = None,
 ) -> TopK:
     """Top-K catalog positions per user: batched ``user @ items.T``, blend, rules, ``torch.topk``.
 
     ``purchases[u]``: (catalog positions, counts) of user u's own purchases. ``blend(model_scores,
-    own_counts) -> scores`` adds the model's repeat/popularity signals (identity when None).
+    own_counts, rows) -> scores`` adds the model's repeat/popularity/content signals for the users
+    ``rows`` (a slice of the inputs; identity when None).
     """
     import torch
 
@@ -204,7 +207,7 @@ def score_top_k(
             stop = min(start + rules.batch_size, n_users)
             raw = (user_vectors[start:stop].detach().float() @ items_t).numpy()
             counts = dense_counts(purchases[start:stop], n_items)
-            blended = blend(raw, counts) if blend is not None else raw
+            blended = blend(raw, counts, slice(start, stop)) if blend is not None else raw
             excluded = torch.from_numpy(counts > 0) if not rules.include_purchased else None
             values, indices = top_k_with_rules(
                 torch.from_numpy(np.ascontiguousarray(blended, dtype=np.float32)),
@@ -753,7 +756,7 @@ def run_publish(
     import torch
 
     from tasks.feast_store import apply_definitions, get_store
-    from tasks.model import blend_scores
+    from tasks.model import blend_scores, content_affinity, text_neighbours
 
     rules = rules or PublishRules(k=settings.top_k)
     if scoring_time.tzinfo is None:
@@ -768,7 +771,7 @@ def run_publish(
     catalog = scoring_catalog(model, _current_items(settings))
     started = time.perf_counter()
 
-    purchases, histories, kinds = [], [], []
+    purchases, histories, kinds, recents = [], [], [], []
     index = {item: i for i, item in enumerate(catalog.item_ids)}
     for items, counts, recent in zip(
         users["purchased_items"], users["purchased_counts"], users["recent_items"], strict=True
@@ -783,17 +786,24 @@ def run_publish(
         )
         bought = purchases[-1][0]
         viewed = catalog.positions(list(recent if recent is not None else []))
+        recents.append(viewed[: model.history_length])
         histories.append(bought if len(bought) else viewed)
         kinds.append(BOUGHT if len(bought) else VIEWED)
     cold = np.asarray([len(h) == 0 for h in histories], dtype=bool)
 
-    def blend(raw: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        return blend_scores(raw, counts, catalog.popularity, model.weights)
+    neighbours = text_neighbours(catalog.text) if model.weights.content else None
+
+    def blend(raw: np.ndarray, counts: np.ndarray, rows: slice) -> np.ndarray:
+        content = None
+        if neighbours is not None:
+            content = content_affinity(warm_recents[rows], neighbours, len(catalog.item_ids))
+        return blend_scores(raw, counts, catalog.popularity, model.weights, content)
 
     warm_idx = np.flatnonzero(~cold)
     k = min(rules.k, len(catalog.item_ids))
     top = TopK(indices=np.full((len(users), k), -1, np.int64), scores=np.full((len(users), k), -np.inf))
     reasons: list[list[str]] = [[""] * k for _ in range(len(users))]
+    warm_recents = [recents[i] for i in warm_idx]
     if len(warm_idx):
         warm = users.iloc[warm_idx]
         warm_top = score_top_k(

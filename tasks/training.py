@@ -696,12 +696,19 @@ def run_training(settings: Settings, *, run_key: str, code_version: str = "unkno
     val_state = feature_state(settings, all_users, cuts.validation)
     val = temporal_split_from_state(events, catalog, val_state, cuts.validation, cuts.test)
     blends = {}
+    content_val = None
     for name, net in (("dp", model), ("nonprivate", twin)):
         bare = Recommender(
             net, catalog, weights=BlendWeights(), popularity=None, history_length=settings.history_length
         )
+        content_val = bare.content_scores(val.state) if content_val is None else content_val
         blends[name], _ = tune_blend(
-            bare.model_scores(val.state), own_purchase_matrix(val.state, catalog), pop_val, val, catalog
+            bare.model_scores(val.state),
+            own_purchase_matrix(val.state, catalog),
+            pop_val,
+            val,
+            catalog,
+            content=content_val,
         )
     for name, net, folder in (("dp", model, "recommender"), ("nonprivate", twin, "nonprivate")):
         rec = Recommender(

@@ -338,3 +338,32 @@ def test_a_backfill_of_an_older_interval_does_not_replace_a_newer_live_set(shopr
     assert (older.superseded, older.rows_written) == (True, 0)
     assert set(served["publish_id"]) == {newer.publish_id}
     assert offline_path(offline_root(shoprec_home), older.publish_id).exists()
+
+
+def test_published_lists_follow_the_models_blend_including_the_text_neighbour_term(
+    shoprec_home: Settings,
+) -> None:
+    from dataclasses import replace
+
+    from tasks.publishing import PublishRules
+
+    plain, version = _world(shoprec_home)
+    rec = Recommender(
+        plain.model,
+        plain.catalog,
+        weights=replace(plain.weights, content=2.0),
+        popularity=plain.popularity,
+        history_length=plain.history_length,
+    )
+    rules = PublishRules(k=5, max_per_category=None)
+    manifest = run_publish(shoprec_home, T, recommender=(rec, version), rules=rules)
+    offline = read_offline_copy(offline_path(offline_root(shoprec_home), manifest.publish_id))
+    users = _users().set_index("user_id")
+    warm = users[users["recent_items"].map(len) > 0]
+    expected = dict(zip(warm.index, (ids for ids, _ in rec.recommend(warm, k=5)), strict=True))
+    published = dict(zip(offline["user_id"], offline["item_ids"], strict=True))
+    assert {u: list(published[u]) for u in expected} == expected
+    without = Recommender(
+        plain.model, plain.catalog, weights=plain.weights, popularity=plain.popularity, history_length=20
+    )
+    assert [ids for ids, _ in without.recommend(warm, k=5)] != list(expected.values())

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from tasks.evaluation import EvalSplit, evaluate_scores, ranking_metrics, tune_blend
-from tasks.model import ItemCatalog
+from tasks.model import ItemCatalog, blend_scores
 from tasks.registry import decide_promotion
 
 
@@ -151,3 +151,32 @@ def test_privacy_policy_refuses_epsilon_above_the_cap_and_a_non_user_unit() -> N
     assert len(problems) == 2
     assert any("unit" in p for p in problems)
     assert any("exceeds the cap" in p for p in problems)
+
+
+def test_tune_blend_picks_a_content_weight_when_users_buy_items_like_their_history() -> None:
+    # each user next buys an unseen item whose title is like their history; the model ranks it last
+    split = _split([["i0"], ["i2"]], [[1], [3]])
+    model = np.tile(np.array([0.0, 0.0, 1.0, 0.0, 2.0]), (2, 1))
+    model[1] = [1.0, 2.0, 0.0, 0.0, 3.0]
+    content = np.array([[1.0, 0.9, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.9, 0.0]])
+    weights, value = tune_blend(model, None, None, split, _catalog(), content=content)
+    assert weights.content > 0
+    tuned = blend_scores(model, None, None, weights, content)
+    assert evaluate_scores("tuned", tuned, split, _catalog()).metric("B", "ndcg@10") == pytest.approx(1.0)
+    without, worse = tune_blend(model, None, None, split, _catalog())
+    assert without.content == pytest.approx(0.0)
+    assert worse < value
+
+
+def test_tune_blend_turns_the_model_off_when_it_only_hurts_on_the_validation_window() -> None:
+    # the model puts each user's truth last; popularity ranks it first
+    split = _split([[], []], [[0], [0]])
+    model = np.tile(np.array([-9.0, 4.0, 3.0, 2.0, 1.0]), (2, 1))
+    popularity = np.array([50.0, 4.0, 3.0, 2.0, 1.0])
+    weights, _ = tune_blend(
+        model, None, popularity, split, _catalog(), popularity_grid=(0.25,), model_grid=(1.0, 0.0)
+    )
+    assert weights.model == pytest.approx(0.0)
+    assert weights.popularity == pytest.approx(0.25)
+    tuned = blend_scores(model, None, popularity, weights)
+    assert evaluate_scores("tuned", tuned, split, _catalog()).metric("B", "ndcg@10") == pytest.approx(1.0)

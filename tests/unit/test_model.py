@@ -14,6 +14,9 @@ from tasks.model import (
     blend_scores,
     build_item_catalog,
     build_model,
+    content_affinity,
+    history_positions,
+    text_neighbours,
     user_feature_matrix,
 )
 
@@ -95,3 +98,52 @@ def test_user_features_use_fixed_transforms_that_do_not_depend_on_other_users() 
     )
     np.testing.assert_allclose(one[0], many[0])
     assert one[0, -1] == pytest.approx(1.0)  # never purchased flag
+
+
+def _text_catalog(text: list[list[float]]) -> ItemCatalog:
+    n = len(text)
+    return ItemCatalog(
+        item_ids=tuple(f"i{j}" for j in range(n)),
+        text=np.asarray(text, dtype=np.float32),
+        category_index=np.zeros(n, dtype=np.int64),
+        price_bucket=np.zeros(n, dtype=np.int64),
+        categories=("a",),
+        price_edges=(1.0,),
+    )
+
+
+def test_text_neighbours_are_the_most_similar_titles_by_cosine() -> None:
+    catalog = _text_catalog([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9], [-1, 0]])
+    found = text_neighbours(catalog.text, m=2)
+    assert found.index.shape == (5, 2)
+    assert [sorted(row) for row in found.index.tolist()] == [[0, 1], [0, 1], [2, 3], [2, 3], [2, 4]]
+    assert found.similarity[0, 0] == pytest.approx(1.0)
+
+
+def test_content_affinity_is_the_best_cosine_to_the_users_own_recent_items() -> None:
+    catalog = _text_catalog([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9], [-1, 0]])
+    neighbours = text_neighbours(catalog.text, m=3)
+    histories = history_positions([["i0", "nope"], ["i2", "i0"], []], catalog, length=1)
+    assert [h.tolist() for h in histories] == [[0], [2], []]
+    out = content_affinity(histories, neighbours, catalog.n_items)
+    unit = catalog.text / np.linalg.norm(catalog.text, axis=1, keepdims=True)
+    assert out[0, 1] == pytest.approx(float(unit[0] @ unit[1]), abs=1e-6)
+    assert out[1, 3] == pytest.approx(float(unit[2] @ unit[3]), abs=1e-6)
+    assert out[0, 4] == pytest.approx(0.0)  # opposite title: negative cosine counts as no affinity
+    assert not out[2].any()  # no history, no content signal
+    # each user's row comes from that user's history alone
+    alone = content_affinity(histories[1:2], neighbours, catalog.n_items)
+    np.testing.assert_array_equal(alone[0], out[1])
+
+
+def test_blend_with_a_content_weight_lifts_items_like_the_users_history() -> None:
+    catalog = _text_catalog([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9], [-1, 0]])
+    model = build_model(catalog, dim=4, hidden=8)
+    frame = _frame([["i2"]])
+    plain = Recommender(model, catalog, weights=BlendWeights(), popularity=None, history_length=3)
+    liked = Recommender(
+        model, catalog, weights=BlendWeights(content=100.0), popularity=None, history_length=3
+    )
+    scores = liked.scores(frame)[0]
+    assert set(np.argsort(-scores)[:2].tolist()) == {2, 3}
+    assert not np.allclose(plain.scores(frame), liked.scores(frame))

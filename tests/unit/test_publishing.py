@@ -99,7 +99,7 @@ def test_purchased_items_can_be_excluded() -> None:
 def test_blend_receives_own_purchase_counts() -> None:
     users, items = torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 0.0], [0.5, 0.0]])
     bought = [(np.array([1]), np.array([4.0]))]
-    top = score_top_k(users, items, rules=PublishRules(k=1), purchases=bought, blend=lambda s, c: s + c)
+    top = score_top_k(users, items, rules=PublishRules(k=1), purchases=bought, blend=lambda s, c, r: s + c)
     assert top.indices.tolist() == [[1]]
 
 
