@@ -786,7 +786,8 @@ def run_publish(
         )
         bought = purchases[-1][0]
         viewed = catalog.positions(list(recent if recent is not None else []))
-        recents.append(viewed[: model.history_length])
+        # the same items as Recommender.content_scores: the first history_length, then known ones
+        recents.append(catalog.positions(list(recent if recent is not None else [])[: model.history_length]))
         histories.append(bought if len(bought) else viewed)
         kinds.append(BOUGHT if len(bought) else VIEWED)
     cold = np.asarray([len(h) == 0 for h in histories], dtype=bool)
