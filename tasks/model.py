@@ -116,10 +116,8 @@ def user_feature_matrix(frame: pd.DataFrame) -> np.ndarray:
 def history_matrix(histories: Sequence[Sequence[str]], catalog: ItemCatalog, length: int) -> np.ndarray:
     """Model indices of each user's recent items (most recent first), padded with 0 to ``length``."""
     out = np.zeros((len(histories), length), dtype=np.int64)
-    for row, items in enumerate(histories):
-        idx = catalog.index_of(list(items)[:length])
-        idx = idx[idx != PAD]
-        out[row, : len(idx)] = idx
+    for row, positions in enumerate(history_positions(histories, catalog, length)):
+        out[row, : len(positions)] = positions + 1
     return out
 
 

@@ -587,7 +587,15 @@ def run_training(settings: Settings, *, run_key: str, code_version: str = "unkno
     from tasks.evaluation import tune_blend
     from tasks.features import read_events, snapshot_time
     from tasks.membership import drop_held_out
-    from tasks.model import BlendWeights, Recommender, build_model, own_purchase_matrix
+    from tasks.model import (
+        BlendWeights,
+        Recommender,
+        build_model,
+        content_affinity,
+        history_positions,
+        own_purchase_matrix,
+        text_neighbours,
+    )
     from tasks.privacy import (
         DpSgdMechanism,
         Ledger,
@@ -696,12 +704,12 @@ def run_training(settings: Settings, *, run_key: str, code_version: str = "unkno
     val_state = feature_state(settings, all_users, cuts.validation)
     val = temporal_split_from_state(events, catalog, val_state, cuts.validation, cuts.test)
     blends = {}
-    content_val = None
+    histories = history_positions(val.state["recent_items"].tolist(), catalog, settings.history_length)
+    content_val = content_affinity(histories, text_neighbours(catalog.text), catalog.n_items)
     for name, net in (("dp", model), ("nonprivate", twin)):
         bare = Recommender(
             net, catalog, weights=BlendWeights(), popularity=None, history_length=settings.history_length
         )
-        content_val = bare.content_scores(val.state) if content_val is None else content_val
         blends[name], _ = tune_blend(
             bare.model_scores(val.state),
             own_purchase_matrix(val.state, catalog),
