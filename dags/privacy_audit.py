@@ -1,9 +1,11 @@
 """Audit the privacy ledger: verify it, audit new models empirically, write the compliance report.
 
 Runs on every new champion model (Asset `model_champion`) and on the 1st of each month.
-`verify_ledger` recomputes every stored epsilon from its mechanism parameters with an independent
-accountant (dp_accounting) and checks the ledger's hash chains; any mismatch or tampering fails the
-run at once, without retry. `audit_membership` runs the loss-threshold membership-inference attack on
+`verify_ledger` checks the ledger's keyed hash chains against every anchor outside the database (MLflow
+model versions, compliance reports, earlier audit runs), its references, status transitions and budget
+policies, and recomputes every stored epsilon with an independent accountant (dp_accounting); any
+problem fails the run at once, without retry. A verified run anchors the ledger's head itself: it
+returns it and writes `privacy/anchors/audit-<run id>.json` under the home. `audit_membership` runs the loss-threshold membership-inference attack on
 every model version whose per-user losses the trainer stored and that has no audit yet (AUC and the
 empirical epsilon lower bound it implies). `write_report` writes the compliance report (Markdown,
 JSON, HTML) to `reports/privacy/<run time>/`: per budget the cap, spent and remaining epsilon
@@ -46,14 +48,16 @@ def privacy_audit() -> None:
         from airflow.sdk.exceptions import AirflowFailException
 
         from tasks.config import get_settings
-        from tasks.privacy.verify import verify_ledger as verify
+        from tasks.privacy.verify import verify_and_anchor
 
-        result = verify(get_settings().resolved_ledger_url, at=data_interval_end or dag_run.run_after)
+        result, anchor = verify_and_anchor(
+            get_settings(), at=data_interval_end or dag_run.run_after, name=f"audit-{dag_run.run_id}"
+        )
         print(result.describe())
         if not result.ok:
             # Tampering or a wrong epsilon does not get better on retry: fail now, loudly.
             raise AirflowFailException(result.describe())
-        return {k: v for k, v in asdict(result).items() if k != "problems"}
+        return {**{k: v for k, v in asdict(result).items() if k != "problems"}, "ledger_anchor": anchor}
 
     @task
     def audit_membership() -> list[str]:

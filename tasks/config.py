@@ -82,6 +82,11 @@ class Settings(BaseSettings):
         default=None,
         description="HMAC key for user pseudonyms; embedded default: a key file generated once.",
     )
+    ledger_key: SecretStr | None = Field(
+        default=None,
+        description="HMAC key of the privacy ledger's hash chains; embedded default: a key file created "
+        "together with a new, empty ledger (tasks.privacy.ledger_key).",
+    )
 
     # --- ingest -----------------------------------------------------------------------------------
     max_bad_row_share: float = Field(default=0.05, ge=0.0, le=1.0)

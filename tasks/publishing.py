@@ -636,7 +636,10 @@ def country_popularity(
     """
     import hashlib
 
-    from tasks.privacy import Ledger, popularity_mechanism, release_dp_popularity
+    from tasks.privacy import popularity_mechanism, release_dp_popularity
+    from tasks.privacy.anchors import write_anchor_file
+    from tasks.privacy.ledger_key import open_ledger
+    from tasks.privacy.policy import budget_for_run
 
     countries = sorted(settings.publish_countries)
     if not countries:
@@ -650,16 +653,10 @@ def country_popularity(
             & (events["event_timestamp"] < end)
         ]
         sigma = POPULARITY_NOISE * float(np.sqrt(POPULARITY_CAP))
-        ledger = Ledger(settings.resolved_ledger_url)
+        ledger = open_ledger(settings)
         try:
             n_users = int(events["user_id"].nunique())
-            try:
-                ledger.budget(settings.privacy_scope)
-            except LookupError:
-                delta = settings.privacy_delta or 1.0 / (10 * max(n_users, 1))
-                ledger.ensure_budget(
-                    settings.privacy_scope, settings.privacy_epsilon_cap, delta, settings.privacy_period_days
-                )
+            budget_for_run(ledger, settings, n_users=n_users)  # refuses a configuration that disagrees
             charge = ledger.reserve(
                 scope=settings.privacy_scope,
                 run_id=f"publish:{model_version}",
@@ -684,6 +681,7 @@ def country_popularity(
             released.to_parquet(tmp, index=False)
             tmp.replace(cache)
             ledger.commit(charge.id, model_version=model_version, artifact_uri=cache.as_uri())
+            write_anchor_file(settings, f"commit-{charge.id}", ledger.anchor())
         finally:
             ledger.close()
     released = pd.read_parquet(cache)

@@ -456,7 +456,8 @@ def register_and_gate(settings: Settings, manifest: dict[str, Any]) -> Registrat
     """Evaluate, log and register the challenger, attach its privacy statement, commit the ledger
     charges, and run the promotion gate against the champion on the same evaluation data."""
     from tasks.evaluation import retention
-    from tasks.privacy import Ledger, PrivacyStatement, attach_to_model_version
+    from tasks.privacy import PrivacyStatement, attach_to_model_version
+    from tasks.privacy.ledger_key import open_ledger
 
     champion_version = alias_version(settings, CHAMPION)
     champion = load_version(settings, champion_version) if champion_version else None
@@ -486,22 +487,23 @@ def register_and_gate(settings: Settings, manifest: dict[str, Any]) -> Registrat
         report=report,
         extra_tags={"shoprec.as_of": str(manifest["as_of"])},
     )
-    ledger = Ledger(settings.resolved_ledger_url)
+    ledger = open_ledger(settings)
     try:
-        charge = ledger.charge(int(manifest["charge_id"]))
-        statement = PrivacyStatement.from_charge(charge, secure_rng=False)
+        for charge_id in (manifest["charge_id"], manifest["popularity_charge_id"]):
+            if str(ledger.charge(int(charge_id)).status) != "committed":
+                ledger.commit(
+                    int(charge_id), model_version=registered.version, artifact_uri=registered.model_uri
+                )
+        statement = PrivacyStatement.from_charge(ledger.charge(int(manifest["charge_id"])), secure_rng=False)
+        # the ledger's head after this version's commits, anchored on the version beside its statement
         attach_to_model_version(
             statement,
             tracking_uri=settings.resolved_mlflow_tracking_uri,
             registry_uri=settings.resolved_mlflow_registry_uri,
             model_name=settings.registered_model_name,
             version=registered.version,
+            ledger_anchor=ledger.anchor(),
         )
-        for charge_id in (manifest["charge_id"], manifest["popularity_charge_id"]):
-            if str(ledger.charge(int(charge_id)).status) != "committed":
-                ledger.commit(
-                    int(charge_id), model_version=registered.version, artifact_uri=registered.model_uri
-                )
     finally:
         ledger.close()
     tags = version_tags(settings, registered.version)

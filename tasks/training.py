@@ -598,10 +598,11 @@ def run_training(settings: Settings, *, run_key: str, code_version: str = "unkno
     )
     from tasks.privacy import (
         DpSgdMechanism,
-        Ledger,
         calibrate_noise_multiplier,
         popularity_mechanism,
     )
+    from tasks.privacy.ledger_key import open_ledger
+    from tasks.privacy.policy import budget_for_run
     from tasks.registry import save_recommender
 
     days = list_partitions(settings.events_dir)
@@ -636,13 +637,10 @@ def run_training(settings: Settings, *, run_key: str, code_version: str = "unkno
         raise ValueError(f"only {len(examples)} users with events on two days before {cuts.validation}")
     q, steps = config.sample_rate(len(examples)), config.steps(len(examples))
 
-    ledger = Ledger(settings.resolved_ledger_url)
+    ledger = open_ledger(settings)
     try:
-        delta = settings.privacy_delta or 1.0 / (10 * len(all_users))
-        budget = ledger.ensure_budget(
-            settings.privacy_scope, settings.privacy_epsilon_cap, delta, settings.privacy_period_days
-        )
-        delta = budget.delta
+        # the ledger's policy, never the configuration's: a disagreeing SHOPREC_PRIVACY_* refuses the run
+        delta = budget_for_run(ledger, settings, n_users=len(all_users)).delta
         data_hash = hashlib.sha256(
             "|".join(f"{d}" for d in days).encode() + str(len(events)).encode()
         ).hexdigest()

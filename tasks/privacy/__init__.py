@@ -9,8 +9,10 @@ API others code against::
                                Ledger, BudgetExceeded, calibrate_noise_multiplier, PrivacyStatement,
                                release_dp_popularity, loss_threshold_audit, verify_ledger)
 
-    ledger = Ledger(settings.resolved_ledger_url)
-    ledger.ensure_budget(settings.privacy_scope, settings.privacy_epsilon_cap, delta, settings.privacy_period_days)
+    ledger = open_ledger(settings)        # tasks.privacy.ledger_key: the ledger with its HMAC key
+    budget = budget_for_run(ledger, settings, n_users=n)  # tasks.privacy.policy: the ledger's policy;
+        # raises PolicyMismatch when SHOPREC_PRIVACY_* explicitly disagrees (never raises the cap)
+    ledger.set_budget(scope, cap, delta, days, set_by=who, reason=why)  # `shoprec privacy budget set`
     noise = calibrate_noise_multiplier(ledger, scope=..., sample_rate=q, steps=T, delta=delta,
                                        epsilon_target=None, at=data_interval_end)
     charge = ledger.reserve(scope=..., run_id=run_id, mechanism=DpSgdMechanism(noise, q, T, clip, k),
@@ -22,19 +24,23 @@ API others code against::
     ledger.release(charge.id)                                  # failed before any artifact was written
     ledger.commit(charge.id, model_version="3", artifact_uri=uri)  # wrote a model, promoted or not
     statement = PrivacyStatement.from_charge(charge, secure_rng=False)
-    attach_to_model_version(statement, tracking_uri=..., registry_uri=..., model_name=..., version="3")
+    attach_to_model_version(statement, tracking_uri=..., registry_uri=..., model_name=..., version="3",
+                            ledger_anchor=ledger.anchor())       # the chain head, anchored in MLflow
     write_membership_losses(settings, "3", member_losses, heldout_losses, delta=delta)  # for the audit
 
     ledger.spent(scope, at) -> EpsilonReport (epsilon, delta, unit, accountant, cap, remaining)
     release_dp_popularity(events, sigma=, cap_per_user=, rng_seed=, by_country=) -> DataFrame
         # reserve popularity_mechanism(sigma, cap_per_user) on the ledger first
     loss_threshold_audit(member_losses, nonmember_losses, delta) -> AuditResult (auc, eps_lower_bound)
-    verify_ledger(url) -> VerifyResult (ok, problems)
+    verify_settings(settings) -> VerifyResult (ok, problems): keyed chains, every anchor, references,
+        transitions, every policy; verify_ledger(url, key=, anchors=, dp_versions=) underneath
 
-CLI: ``shoprec privacy verify|report|status`` (:data:`tasks.privacy.cli.app`).
+CLI: ``shoprec privacy verify|report|status|budget set|budget show|prepare-postgres``
+(:data:`tasks.privacy.cli.app`).
 
 Modules: ``accounting`` (mechanisms, both accountants), ``ledger`` (tables, reserve/commit/release,
-calibration), ``verify``, ``statement``, ``audit``, ``popularity``, ``report``, ``cli``.  Importing
+calibration), ``ledger_key``, ``anchors``, ``policy``, ``pg_guard`` (PostgreSQL append-only triggers
+and roles), ``verify``, ``statement``, ``audit``, ``popularity``, ``report``, ``cli``.  Importing
 this package imports SQLAlchemy, numpy, pandas and scipy, never torch, opacus, mlflow or
 dp_accounting (those load inside the functions that need them).
 """

@@ -12,11 +12,17 @@ Three tables (SQLite by default, PostgreSQL in production; URL from ``Settings.r
 * ``privacy_charge_events``: every status transition, append-only; a charge's status must equal its
   last event's status.
 
-Each table is a hash chain: ``row_hash = sha256(prev_hash || canonical JSON of the immutable fields)``
-and ``prev_hash`` is unique, so the chain cannot fork.  Every write runs in one serialised transaction
-(``BEGIN IMMEDIATE`` on SQLite, ``LOCK TABLE ... SHARE ROW EXCLUSIVE`` on PostgreSQL), which makes the
-read-compose-insert of :meth:`Ledger.reserve` atomic: two runs racing for the last budget cannot both
-pass.
+Each table is a keyed hash chain: ``row_hash = HMAC-SHA256(ledger key, prev_hash || canonical JSON of the
+immutable fields)`` and ``prev_hash`` is unique, so the chain cannot fork and nobody without the ledger
+key (:mod:`tasks.privacy.ledger_key`) can re-hash a rewritten chain.  Whoever holds the key could, so the
+chain head (:meth:`Ledger.head`) is also anchored outside the database (:mod:`tasks.privacy.anchors`).
+Every write runs in one serialised transaction (``BEGIN IMMEDIATE`` on SQLite, an advisory
+transaction lock on PostgreSQL), which makes the read-compose-insert of :meth:`Ledger.reserve` atomic:
+two runs racing for the last budget cannot both pass.  On PostgreSQL the tables are append-only in the
+database itself (:mod:`tasks.privacy.pg_guard`).
+
+Budget policies change only through :meth:`Ledger.set_budget` (``shoprec privacy budget set``), which
+records who and why; :meth:`Ledger.ensure_budget` only creates the first policy of an empty scope.
 
 A charge counts in the rolling period ``[t - period_days, t]`` when its data window overlaps it.
 """
@@ -25,10 +31,11 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 import json
 from collections.abc import Callable, Generator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final
@@ -48,6 +55,8 @@ from tasks.privacy.accounting import (
 GENESIS_HASH: Final = "0" * 64
 PRIVACY_UNIT: Final = "user"
 _CAP_SLACK: Final = 1e-9  # float noise allowed when comparing a composition with the cap
+# the only columns of privacy_charges an UPDATE may change (the status transition)
+TRANSITION_COLUMNS: Final = ("status", "model_version", "artifact_uri", "updated_at")
 
 
 class ChargeStatus(StrEnum):
@@ -68,6 +77,8 @@ budgets_table = sa.Table(
     sa.Column("epsilon_cap", sa.Double, nullable=False),
     sa.Column("delta", sa.Double, nullable=False),
     sa.Column("created_at", sa.String(40), nullable=False),
+    sa.Column("set_by", sa.String(128), nullable=False),  # who changed the policy
+    sa.Column("reason", sa.Text, nullable=False),  # and why
     sa.Column("prev_hash", sa.String(64), nullable=False, unique=True),
     sa.Column("row_hash", sa.String(64), nullable=False),
 )
@@ -129,19 +140,100 @@ events_table = sa.Table(
 HASHED_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
     budgets_table.name: tuple(c.name for c in budgets_table.c if c.name not in {"prev_hash", "row_hash"}),
     charges_table.name: tuple(
-        c.name
-        for c in charges_table.c
-        if c.name not in {"prev_hash", "row_hash", "status", "model_version", "artifact_uri", "updated_at"}
+        c.name for c in charges_table.c if c.name not in {"prev_hash", "row_hash", *TRANSITION_COLUMNS}
     ),
     events_table.name: tuple(c.name for c in events_table.c if c.name not in {"prev_hash", "row_hash"}),
 }
 CHAINED_TABLES: Final = (budgets_table, charges_table, events_table)
 
 
-def row_digest(table: str, prev_hash: str, row: dict[str, Any]) -> str:
-    """sha256 over the previous hash and the canonical JSON of the row's hashed columns."""
+@dataclass(frozen=True)
+class TableHead:
+    """The head of one table's chain: how many rows, the last id and the last row's hash."""
+
+    rows: int
+    last_id: int
+    head: str
+
+
+def table_heads(conn: sa.Connection) -> dict[str, TableHead]:
+    """Each chained table's head as read in ``conn`` (an empty table: 0 rows, id 0, the genesis hash)."""
+    heads = {}
+    for table in CHAINED_TABLES:
+        count = conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+        last = conn.execute(
+            sa.select(table.c.id, table.c.row_hash).order_by(table.c.id.desc()).limit(1)
+        ).first()
+        heads[table.name] = TableHead(
+            rows=int(count), last_id=last.id if last else 0, head=last.row_hash if last else GENESIS_HASH
+        )
+    return heads
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite URL (None for other backends and in-memory databases)."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
+
+
+def ledger_exists(url: str) -> bool:
+    """Whether the ledger database exists (never creates it): a SQLite file, or a reachable database."""
+    path = sqlite_path(url)
+    if path is not None:
+        return path.is_file()
+    if sa.engine.make_url(url).get_backend_name() == "sqlite":
+        return True  # in-memory
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect():
+            return True
+    except sa.exc.OperationalError:
+        return False
+    finally:
+        engine.dispose()
+
+
+def ledger_row_count(url: str) -> int:
+    """Rows in the ledger's chained tables (0 when the database or its tables do not exist); never creates."""
+    if not ledger_exists(url):
+        return 0
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            inspector = sa.inspect(conn)
+            return sum(
+                conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
+                for t in CHAINED_TABLES
+                if inspector.has_table(t.name)
+            )
+    finally:
+        engine.dispose()
+
+
+INITIAL_POLICY_REASON: Final = "initial policy from configuration"
+
+
+class LedgerKeyError(RuntimeError):
+    """The ledger key is missing, empty, or does not belong to this ledger."""
+
+
+class LedgerMissing(FileNotFoundError):
+    """The ledger database does not exist (a wrong ``SHOPREC_HOME`` or ledger URL, or a deleted ledger)."""
+
+
+def row_digest(table: str, prev_hash: str, row: dict[str, Any], key: bytes) -> str:
+    """HMAC-SHA256 with the ledger key over the previous hash and the canonical JSON of the hashed columns."""
+    if not key:
+        raise LedgerKeyError("empty ledger key")
     payload = json.dumps({k: row[k] for k in HASHED_COLUMNS[table]}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256((prev_hash + payload).encode()).hexdigest()
+    return hmac.new(key, (prev_hash + payload).encode(), hashlib.sha256).hexdigest()
+
+
+def key_fingerprint(key: bytes) -> str:
+    """A short public fingerprint of the ledger key (names the key in anchors without revealing it)."""
+    return hashlib.sha256(b"shoprec-ledger-key:" + key).hexdigest()[:16]
 
 
 def _iso(moment: dt.datetime) -> str:
@@ -174,6 +266,8 @@ class Budget:
     epsilon_cap: float
     delta: float
     created_at: dt.datetime
+    set_by: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -232,6 +326,8 @@ def _budget_from_row(row: Any) -> Budget:
         epsilon_cap=row.epsilon_cap,
         delta=row.delta,
         created_at=_parse(row.created_at),
+        set_by=row.set_by,
+        reason=row.reason,
     )
 
 
@@ -287,26 +383,61 @@ def make_engine(url: str) -> sa.Engine:
 
 
 class Ledger:
-    """The privacy ledger on the database at ``url`` (tables are created on first use)."""
+    """The privacy ledger on the database at ``url``.
 
-    def __init__(self, url: str, *, clock: Callable[[], dt.datetime] | None = None) -> None:
+    With ``key`` (the ledger key, :func:`tasks.privacy.ledger_key.open_ledger`) it can write and creates
+    its tables on first use; without a key it is read-only and never creates anything: a ledger database
+    that does not exist raises :class:`LedgerMissing`.
+    """
+
+    def __init__(
+        self, url: str, *, key: bytes | None = None, clock: Callable[[], dt.datetime] | None = None
+    ) -> None:
         self.url = url
+        if key is not None and not key:
+            raise LedgerKeyError("empty ledger key")
+        self._key = key
+        if key is None and not ledger_exists(url):
+            raise LedgerMissing(f"privacy ledger {_safe_url(url)} does not exist")
         self._engine = make_engine(url)
         self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
-        with self._write() as conn:
-            metadata.create_all(conn)
+        if key is not None:
+            with self._write() as conn:
+                if not all(sa.inspect(conn).has_table(t.name) for t in CHAINED_TABLES):
+                    metadata.create_all(conn)
+                    if conn.dialect.name == "postgresql":
+                        from tasks.privacy.pg_guard import install_triggers
+
+                        install_triggers(conn)
 
     def close(self) -> None:
         self._engine.dispose()
 
     @contextmanager
     def _write(self) -> Generator[sa.Connection]:
+        if self._key is None:
+            raise LedgerKeyError(f"the ledger {_safe_url(self.url)} was opened without its key: read-only")
         with self._engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 conn.execute(
                     sa.text("SELECT pg_advisory_xact_lock(7272002)")
                 )  # serialises all ledger writers
             yield conn
+
+    def head(self) -> dict[str, TableHead]:
+        """The chain head of every table (what anchors outside the database record)."""
+        with self._engine.begin() as conn:
+            return table_heads(conn)
+
+    def anchor(self) -> dict[str, Any]:
+        """The JSON-able anchor of the current head (:mod:`tasks.privacy.anchors`): per table the row
+        count, last id and head hash, and the public fingerprint of the ledger key."""
+        if self._key is None:
+            raise LedgerKeyError("an anchor names the ledger key: open the ledger with its key")
+        return {
+            "tables": {name: asdict(head) for name, head in self.head().items()},
+            "key_fingerprint": key_fingerprint(self._key),
+        }
 
     # --- reading ------------------------------------------------------------------------------
     def budget(self, scope: str) -> Budget:
@@ -318,12 +449,19 @@ class Ledger:
         return found
 
     def budgets(self) -> list[Budget]:
+        """The policy in force of every scope."""
         with self._engine.begin() as conn:
             rows = conn.execute(sa.select(budgets_table).order_by(budgets_table.c.id)).all()
         latest: dict[str, Budget] = {}
         for row in rows:
             latest[row.scope] = _budget_from_row(row)
         return list(latest.values())
+
+    def policies(self, scope: str) -> list[Budget]:
+        """Every policy version of ``scope``, oldest first."""
+        query = sa.select(budgets_table).where(budgets_table.c.scope == scope).order_by(budgets_table.c.id)
+        with self._engine.begin() as conn:
+            return [_budget_from_row(r) for r in conn.execute(query).all()]
 
     def charges(self, scope: str | None = None) -> list[Charge]:
         query = sa.select(charges_table).order_by(charges_table.c.id)
@@ -360,29 +498,55 @@ class Ledger:
         )
 
     # --- writing ------------------------------------------------------------------------------
-    def ensure_budget(self, scope: str, epsilon_cap: float, delta: float, period_days: int) -> Budget:
-        """The budget of ``scope``; appends a new policy version when the parameters differ."""
-        if epsilon_cap <= 0 or not 0 < delta < 1 or period_days < 1:
-            raise ValueError(f"invalid budget: cap={epsilon_cap}, delta={delta}, period_days={period_days}")
+    def ensure_budget(
+        self, scope: str, epsilon_cap: float, delta: float, period_days: int, *, set_by: str = "configuration"
+    ) -> Budget:
+        """The policy in force of ``scope``; creates the initial policy only when the scope has none.
+
+        Never changes an existing policy (whatever the arguments say): that is :meth:`set_budget`.
+        """
+        _check_policy(epsilon_cap, delta, period_days)
         with self._write() as conn:
             latest = self._latest_budget(conn, scope)
-            if latest is not None and (latest.epsilon_cap, latest.delta, latest.period_days) == (
-                epsilon_cap,
-                delta,
-                period_days,
-            ):
+            if latest is not None:
                 return latest
-            row = {
-                "scope": scope,
-                "unit": PRIVACY_UNIT,
-                "period_days": period_days,
-                "epsilon_cap": float(epsilon_cap),
-                "delta": float(delta),
-                "created_at": _iso(self._clock()),
-            }
-            new_id = self._append(conn, budgets_table, row)
-            found = conn.execute(sa.select(budgets_table).where(budgets_table.c.id == new_id)).one()
-            return _budget_from_row(found)
+            return self._append_budget(
+                conn, scope, epsilon_cap, delta, period_days, set_by, INITIAL_POLICY_REASON
+            )
+
+    def set_budget(
+        self, scope: str, epsilon_cap: float, delta: float, period_days: int, *, set_by: str, reason: str
+    ) -> Budget:
+        """Append a new policy version of ``scope``, recording who changed it and why."""
+        _check_policy(epsilon_cap, delta, period_days)
+        if not reason.strip() or not set_by.strip():
+            raise ValueError("a budget policy change needs a reason and who made it")
+        with self._write() as conn:
+            return self._append_budget(conn, scope, epsilon_cap, delta, period_days, set_by, reason.strip())
+
+    def _append_budget(
+        self,
+        conn: sa.Connection,
+        scope: str,
+        epsilon_cap: float,
+        delta: float,
+        period_days: int,
+        set_by: str,
+        reason: str,
+    ) -> Budget:
+        row = {
+            "scope": scope,
+            "unit": PRIVACY_UNIT,
+            "period_days": int(period_days),
+            "epsilon_cap": float(epsilon_cap),
+            "delta": float(delta),
+            "created_at": _iso(self._clock()),
+            "set_by": set_by,
+            "reason": reason,
+        }
+        new_id = self._append(conn, budgets_table, row)
+        found = conn.execute(sa.select(budgets_table).where(budgets_table.c.id == new_id)).one()
+        return _budget_from_row(found)
 
     def reserve(
         self,
@@ -527,8 +691,8 @@ class Ledger:
         }
         self._append(conn, events_table, row)
 
-    @staticmethod
-    def _append(conn: sa.Connection, table: sa.Table, row: dict[str, Any]) -> int:
+    def _append(self, conn: sa.Connection, table: sa.Table, row: dict[str, Any]) -> int:
+        assert self._key is not None  # _write() refused a read-only ledger
         last = conn.execute(
             sa.select(table.c.id, table.c.row_hash).order_by(table.c.id.desc()).limit(1)
         ).first()
@@ -536,7 +700,7 @@ class Ledger:
         prev_hash = last.row_hash if last else GENESIS_HASH
         full = {"id": next_id, **row}
         full["prev_hash"] = prev_hash
-        full["row_hash"] = row_digest(table.name, prev_hash, full)
+        full["row_hash"] = row_digest(table.name, prev_hash, full, self._key)
         conn.execute(sa.insert(table).values(**full))
         return next_id
 
@@ -556,6 +720,15 @@ class Ledger:
         if row is None:
             raise LookupError(f"no privacy charge {charge_id}")
         return charge_from_row(row)
+
+
+def _check_policy(epsilon_cap: float, delta: float, period_days: int) -> None:
+    if not epsilon_cap > 0 or not 0 < delta < 1 or period_days < 1:
+        raise ValueError(f"invalid budget: cap={epsilon_cap}, delta={delta}, period_days={period_days}")
+
+
+def _safe_url(url: str) -> str:
+    return sa.engine.make_url(url).render_as_string(hide_password=True)
 
 
 def worst_period(

@@ -3,7 +3,9 @@
 Written as Markdown, JSON and HTML (with a chart of cumulative epsilon over time) into
 ``reports/privacy/<at>/`` (replaced as a whole, so re-running for the same time changes nothing else).
 Statements come from the MLflow registry's ``privacy.*`` tags when the model version has them, else
-from the ledger's charge (then whether a secure RNG was used is "not recorded").
+from the ledger's charge (then whether a secure RNG was used is "not recorded").  Every report of a
+verified ledger records the ledger's chain heads (``ledger_anchor``): an anchor outside the database
+that later verifications check the ledger against (:mod:`tasks.privacy.anchors`).
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ import sqlalchemy as sa
 
 from tasks.config import Settings
 from tasks.privacy.accounting import DpSgdMechanism, mechanism_kind
+from tasks.privacy.anchors import REPORT_ANCHOR_FIELD
 from tasks.privacy.audit import LOWER_BOUND_NOTE, load_audits
-from tasks.privacy.ledger import ChargeStatus, Ledger
+from tasks.privacy.ledger import ChargeStatus, Ledger, LedgerMissing
+from tasks.privacy.ledger_key import find_ledger_key
 from tasks.privacy.statement import TAG_PREFIX, PrivacyStatement
-from tasks.privacy.verify import verify_ledger
+from tasks.privacy.verify import verify_settings
 
 
 @dataclass(frozen=True)
@@ -60,35 +64,51 @@ def _registry_statements(settings: Settings) -> dict[str, dict[str, str]]:
 
 
 def collect(settings: Settings, *, at: dt.datetime, use_registry: bool = True) -> dict[str, Any]:
-    """Everything the report shows, as plain JSON-able data."""
+    """Everything the report shows, as plain JSON-able data (never creates a ledger)."""
     url = settings.resolved_ledger_url
-    ledger = Ledger(url)
+    verification = verify_settings(settings, at=at, use_registry=use_registry)
+    budgets = []
+    series: dict[str, list[tuple[str, float]]] = {}
+    charges = []
+    anchor = None
+    key = find_ledger_key(settings)
     try:
-        verification = verify_ledger(url, at=at)
-        budgets = []
-        series: dict[str, list[tuple[str, float]]] = {}
-        charges = ledger.charges()
-        for budget in ledger.budgets():
-            report = ledger.spent(budget.scope, at)
-            budgets.append(
-                {
-                    "scope": budget.scope,
-                    "unit": budget.unit,
-                    "period_days": budget.period_days,
-                    "epsilon_cap": budget.epsilon_cap,
-                    "delta": budget.delta,
-                    "spent_epsilon": report.epsilon,
-                    "remaining_epsilon": report.remaining,
-                    "accountant": report.accountant,
-                    "charges_counted": list(report.charge_ids),
-                }
-            )
-            moments = sorted(
-                {c.data_window[1] for c in charges if c.scope == budget.scope and c.data_window[1] < at}
-                | {at}
-            )
-            series[budget.scope] = [(t.isoformat(), ledger.spent(budget.scope, t).epsilon) for t in moments]
-    finally:
+        ledger = Ledger(url, key=key) if verification.ok and verification.rows_checked else Ledger(url)
+    except LedgerMissing:
+        ledger = None
+    if ledger is not None and verification.rows_checked:
+        try:
+            charges = ledger.charges()
+            for budget in ledger.budgets():
+                report = ledger.spent(budget.scope, at)
+                budgets.append(
+                    {
+                        "scope": budget.scope,
+                        "unit": budget.unit,
+                        "period_days": budget.period_days,
+                        "epsilon_cap": budget.epsilon_cap,
+                        "delta": budget.delta,
+                        "spent_epsilon": report.epsilon,
+                        "remaining_epsilon": report.remaining,
+                        "accountant": report.accountant,
+                        "charges_counted": list(report.charge_ids),
+                        "policy_id": budget.id,
+                        "policy_set_by": budget.set_by,
+                        "policy_reason": budget.reason,
+                    }
+                )
+                moments = sorted(
+                    {c.data_window[1] for c in charges if c.scope == budget.scope and c.data_window[1] < at}
+                    | {at}
+                )
+                series[budget.scope] = [
+                    (t.isoformat(), ledger.spent(budget.scope, t).epsilon) for t in moments
+                ]
+            # this report anchors the verified ledger's head outside the database (tasks.privacy.anchors)
+            anchor = ledger.anchor() if verification.ok else None
+        finally:
+            ledger.close()
+    elif ledger is not None:
         ledger.close()
 
     registry = _registry_statements(settings) if use_registry else {}
@@ -121,6 +141,7 @@ def collect(settings: Settings, *, at: dt.datetime, use_registry: bool = True) -
         "generated_for": at.isoformat(),
         "ledger": sa.engine.make_url(url).render_as_string(hide_password=True),
         "verification": asdict(verification),
+        REPORT_ANCHOR_FIELD: anchor,
         "budgets": budgets,
         "cumulative_epsilon": series,
         "charges": [
@@ -161,6 +182,18 @@ def _markdown(data: dict[str, Any]) -> str:
         + ("**passed**" if verification["ok"] else "**FAILED**")
         + f" ({verification['rows_checked']} rows, {verification['charges_checked']} charges recomputed).",
         *[f"- problem: {p}" for p in verification["problems"]],
+        "",
+        "Ledger anchor (chain heads recorded in this report; `shoprec privacy verify` checks the ledger "
+        "against it): "
+        + (
+            ", ".join(
+                f"{name} {h['rows']} rows, last id {h['last_id']}, head `{h['head'][:16]}`"
+                for name, h in data[REPORT_ANCHOR_FIELD]["tables"].items()
+            )
+            if data[REPORT_ANCHOR_FIELD]
+            else "none (verification failed or the ledger is empty)"
+        )
+        + ".",
         "",
         "## Budgets",
         "",

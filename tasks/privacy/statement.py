@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
 from tasks.privacy.accounting import DpSgdMechanism
+from tasks.privacy.anchors import ANCHOR_TAG
 from tasks.privacy.ledger import Charge
 
 STATEMENT_ARTIFACT: Final = "privacy/privacy_statement.json"
+ANCHOR_ARTIFACT: Final = "privacy/ledger_anchor.json"
 TAG_PREFIX: Final = "privacy."
 
 
@@ -114,18 +117,27 @@ def attach_to_model_version(
     registry_uri: str,
     model_name: str,
     version: str,
+    ledger_anchor: Mapping[str, Any] | None = None,
 ) -> str | None:
-    """Tag a registered model version with its statement and log it as an artifact of its run.
+    """Tag a registered model version with its statement (and the ledger's anchor, tag ``privacy.ledger_anchor``,
+    recorded after the version's charges were committed) and log both as artifacts of its run.
 
-    Returns the artifact path, or None when the version has no run to log it to.
+    Returns the statement's artifact path, or None when the version has no run to log it to.
     """
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
+    anchor = (
+        None if ledger_anchor is None else json.dumps(ledger_anchor, sort_keys=True, separators=(",", ":"))
+    )
     for key, value in statement.to_tags().items():
         client.set_model_version_tag(model_name, version, key, value)
+    if anchor is not None:
+        client.set_model_version_tag(model_name, version, ANCHOR_TAG, anchor)
     run_id = client.get_model_version(model_name, version).run_id
     if not run_id:
         return None
     client.log_text(run_id, statement.to_json(), STATEMENT_ARTIFACT)
+    if anchor is not None:
+        client.log_text(run_id, anchor, ANCHOR_ARTIFACT)
     return STATEMENT_ARTIFACT

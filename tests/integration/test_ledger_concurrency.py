@@ -21,6 +21,7 @@ RUN = DpSgdMechanism(noise_multiplier=1.1, sample_rate=0.01, steps=1000, clip_no
 WINDOW = (dt.datetime(2026, 1, 1, tzinfo=dt.UTC), dt.datetime(2026, 2, 1, tzinfo=dt.UTC))
 CAP = 2.5  # one run costs 1.725, two compose to 2.382, three to 2.934 (delta 1e-5, opacus-rdp)
 RACERS = 6
+KEY = b"test-ledger-key"
 
 
 @pytest.fixture
@@ -40,10 +41,10 @@ def postgres_url() -> Iterator[str]:
 
 
 def _race(url: str) -> tuple[list[int], list[BudgetExceeded]]:
-    setup = Ledger(url)
+    setup = Ledger(url, key=KEY)
     setup.ensure_budget("events", epsilon_cap=CAP, delta=1e-5, period_days=365)
     setup.close()
-    ledgers = [Ledger(url) for _ in range(RACERS)]
+    ledgers = [Ledger(url, key=KEY) for _ in range(RACERS)]
     barrier = threading.Barrier(RACERS)
     reserved: list[int] = []
     refused: list[BudgetExceeded] = []
@@ -79,14 +80,14 @@ def _assert_exactly_two_fit(url: str) -> None:
     reserved, refused = _race(url)
     assert len(reserved) == 2
     assert len(refused) == RACERS - 2
-    ledger = Ledger(url)
+    ledger = Ledger(url, key=KEY)
     try:
         active = [c for c in ledger.charges("events") if c.status is ChargeStatus.RESERVED]
         assert len(active) == 2
         assert ledger.spent("events", WINDOW[1]).epsilon <= CAP
     finally:
         ledger.close()
-    assert verify_ledger(url, at=WINDOW[1]).ok
+    assert verify_ledger(url, key=KEY, at=WINDOW[1]).ok
 
 
 def test_concurrent_reservations_on_sqlite_never_exceed_the_cap(tmp_path: Path) -> None:

@@ -14,11 +14,13 @@ from tasks.config import Settings
 from tasks.privacy.accounting import DpSgdMechanism, GaussianCountMechanism, Mechanism, compose_epsilon
 from tasks.privacy.cli import app
 from tasks.privacy.ledger import BudgetExceeded, Charge, ChargeStatus, Ledger, calibrate_noise_multiplier
+from tasks.privacy.ledger_key import open_ledger
 from tasks.privacy.verify import verify_ledger
 
 pytestmark = pytest.mark.integration
 
 DELTA = 1e-5
+KEY = b"test-ledger-key"
 RUN = DpSgdMechanism(noise_multiplier=1.1, sample_rate=0.01, steps=1000, clip_norm=1.0, cap_k=20)
 JANUARY = (dt.datetime(2026, 1, 1, tzinfo=dt.UTC), dt.datetime(2026, 2, 1, tzinfo=dt.UTC))
 
@@ -49,7 +51,7 @@ def url(tmp_path: Path) -> str:
 
 @pytest.fixture
 def ledger(url: str) -> Iterator[Ledger]:
-    ledger = Ledger(url)
+    ledger = Ledger(url, key=KEY)
     ledger.ensure_budget("events", epsilon_cap=2.5, delta=DELTA, period_days=365)
     yield ledger
     ledger.close()
@@ -123,7 +125,7 @@ def test_calibrated_noise_fills_exactly_the_remaining_budget(ledger: Ledger) -> 
 def test_untampered_ledger_verifies(ledger: Ledger, url: str) -> None:
     charge = _reserve(ledger, "run-1")
     ledger.commit(charge.id, model_version="1", artifact_uri=None)
-    result = verify_ledger(url, at=JANUARY[1])
+    result = verify_ledger(url, key=KEY, at=JANUARY[1])
     assert result.ok
     assert (result.charges_checked, result.rows_checked) == (1, 4)
 
@@ -138,7 +140,7 @@ def _tamper(url: str, sql: str) -> None:
 def test_verify_detects_a_lowered_epsilon(ledger: Ledger, url: str) -> None:
     _reserve(ledger, "run-1")
     _tamper(url, "UPDATE privacy_charges SET epsilon = 0.5 WHERE id = 1")
-    result = verify_ledger(url, at=JANUARY[1])
+    result = verify_ledger(url, key=KEY, at=JANUARY[1])
     assert not result.ok
     assert any("row altered" in p for p in result.problems)
     assert any("stored epsilon 0.5 != recomputed 1.72" in p for p in result.problems)
@@ -148,7 +150,7 @@ def test_verify_detects_a_removed_row(ledger: Ledger, url: str) -> None:
     _reserve(ledger, "run-1")
     _reserve(ledger, "run-2")
     _tamper(url, "DELETE FROM privacy_charges WHERE id = 1")
-    result = verify_ledger(url, at=JANUARY[1])
+    result = verify_ledger(url, key=KEY, at=JANUARY[1])
     assert not result.ok
     assert any("prev_hash does not match" in p for p in result.problems)
 
@@ -156,13 +158,13 @@ def test_verify_detects_a_removed_row(ledger: Ledger, url: str) -> None:
 def test_verify_detects_a_status_changed_outside_the_ledger(ledger: Ledger, url: str) -> None:
     _reserve(ledger, "run-1")
     _tamper(url, "UPDATE privacy_charges SET status = 'released' WHERE id = 1")
-    result = verify_ledger(url, at=JANUARY[1])
+    result = verify_ledger(url, key=KEY, at=JANUARY[1])
     assert not result.ok
     assert any("last recorded transition is reserved" in p for p in result.problems)
 
 
 def test_cli_verify_exits_non_zero_on_tampering(shoprec_home: Settings) -> None:
-    ledger = Ledger(shoprec_home.resolved_ledger_url)
+    ledger = open_ledger(shoprec_home)
     ledger.ensure_budget("events", epsilon_cap=2.5, delta=DELTA, period_days=365)
     _reserve(ledger, "run-1")
     ledger.close()

@@ -1,0 +1,82 @@
+"""The budget policy a run works under: the ledger's, never the configuration's.
+
+The configuration (``SHOPREC_PRIVACY_EPSILON_CAP``, ``SHOPREC_PRIVACY_DELTA``,
+``SHOPREC_PRIVACY_PERIOD_DAYS``) only seeds the first policy of an empty scope.  Afterwards the policy
+changes only through ``shoprec privacy budget set`` (recorded with who and why); a value set
+explicitly in the configuration that disagrees with the ledger's policy makes the run refuse
+(:class:`PolicyMismatch`) instead of raising the cap.  When ``privacy_delta`` is not set, the delta
+derived from the number of users seeds the first policy and the ledger's delta is used afterwards.
+"""
+
+from __future__ import annotations
+
+import getpass
+import math
+from typing import Final
+
+from tasks.config import Settings
+from tasks.privacy.ledger import Budget, Ledger
+
+BUDGET_SET_COMMAND: Final = (
+    "shoprec privacy budget set --cap CAP --delta DELTA --period-days DAYS --reason '...'"
+)
+
+
+class PolicyMismatch(RuntimeError):
+    """The configuration asks for another budget policy than the ledger's: the run is refused."""
+
+
+def current_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def policy_conflicts(settings: Settings, budget: Budget) -> list[str]:
+    """Explicitly configured policy values that differ from the ledger's policy ``budget``."""
+    explicit = settings.model_fields_set
+    conflicts = []
+    if "privacy_epsilon_cap" in explicit and not math.isclose(
+        settings.privacy_epsilon_cap, budget.epsilon_cap, rel_tol=1e-12
+    ):
+        conflicts.append(
+            f"SHOPREC_PRIVACY_EPSILON_CAP={settings.privacy_epsilon_cap:g} but the ledger's cap is "
+            f"{budget.epsilon_cap:g}"
+        )
+    if (
+        "privacy_delta" in explicit
+        and settings.privacy_delta is not None
+        and not math.isclose(settings.privacy_delta, budget.delta, rel_tol=1e-12)
+    ):
+        conflicts.append(
+            f"SHOPREC_PRIVACY_DELTA={settings.privacy_delta:.3g} but the ledger's delta is {budget.delta:.3g}"
+        )
+    if "privacy_period_days" in explicit and settings.privacy_period_days != budget.period_days:
+        conflicts.append(
+            f"SHOPREC_PRIVACY_PERIOD_DAYS={settings.privacy_period_days} but the ledger's period is "
+            f"{budget.period_days} days"
+        )
+    return conflicts
+
+
+def budget_for_run(ledger: Ledger, settings: Settings, *, n_users: int) -> Budget:
+    """The policy in force of ``settings.privacy_scope`` (created from the configuration when the scope
+    has none); raises :class:`PolicyMismatch` when the configuration explicitly disagrees with it."""
+    delta = settings.privacy_delta or 1.0 / (10 * max(n_users, 1))
+    budget = ledger.ensure_budget(
+        settings.privacy_scope,
+        settings.privacy_epsilon_cap,
+        delta,
+        settings.privacy_period_days,
+        set_by=f"configuration ({current_user()})",
+    )
+    conflicts = policy_conflicts(settings, budget)
+    if conflicts:
+        raise PolicyMismatch(
+            f"privacy budget {settings.privacy_scope!r}: the configuration disagrees with the ledger's policy "
+            f"(cap {budget.epsilon_cap:g}, delta {budget.delta:.3g}, period {budget.period_days} days, policy "
+            f"{budget.id}): {'; '.join(conflicts)}. The configuration never changes the policy: change it with "
+            f"`{BUDGET_SET_COMMAND}` or unset the variable"
+        )
+    return budget
