@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Final
 
 from tasks.config import Settings
-from tasks.privacy.ledger import Ledger, LedgerKeyError, ledger_row_count
+from tasks.privacy.anchors import find_anchors
+from tasks.privacy.ledger import Ledger, LedgerKeyError, LedgerMissing, ledger_row_count
 
 log = logging.getLogger(__name__)
 
@@ -89,5 +90,21 @@ def ledger_key(settings: Settings) -> bytes:
 
 
 def open_ledger(settings: Settings) -> Ledger:
-    """The ledger of ``settings``, opened with its key (able to write)."""
+    """The ledger of ``settings``, opened with its key (able to write).
+
+    An empty or missing ledger is started only when nothing says one existed: no anchor with rows
+    (files, reports, MLflow versions) and no DP model version in MLflow.  Otherwise (a wrong
+    ``SHOPREC_HOME``, a deleted or emptied ledger) it raises :class:`LedgerMissing` instead of
+    spending a fresh budget.
+    """
+    if ledger_row_count(settings.resolved_ledger_url) == 0:
+        found = find_anchors(settings)
+        claims = [f"{a.source} anchors {a.rows} rows" for a in found.anchors if a.rows]
+        if found.dp_versions:
+            claims.append(f"MLflow holds DP model version(s) {', '.join(found.dp_versions)}")
+        if claims:
+            raise LedgerMissing(
+                f"refusing to start a new, empty privacy ledger at {settings.resolved_ledger_url}: "
+                f"{'; '.join(claims[:3])} (wrong SHOPREC_HOME or ledger URL, or a deleted ledger?)"
+            )
     return Ledger(settings.resolved_ledger_url, key=ledger_key(settings))

@@ -13,8 +13,9 @@ import pytest
 
 from tasks.config import Settings
 from tasks.privacy.accounting import DpSgdMechanism
+from tasks.privacy.anchors import anchors_dir
 from tasks.privacy.audit import write_membership_losses
-from tasks.privacy.ledger import Ledger
+from tasks.privacy.ledger_key import open_ledger
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +33,7 @@ def audit_dag(airflow_home: Path) -> Any:
 
 
 def _trained_model(settings: Settings) -> None:
-    ledger = Ledger(settings.resolved_ledger_url)
+    ledger = open_ledger(settings)
     ledger.ensure_budget("events", epsilon_cap=8.0, delta=DELTA, period_days=365)
     charge = ledger.reserve(
         scope="events",
@@ -66,6 +67,11 @@ def test_monthly_run_verifies_audits_and_reports(audit_dag: Any, shoprec_home: S
     data = json.loads((folder / "privacy_report.json").read_text())
     assert data["verification"]["ok"] is True
     assert data["models"][0]["audit"]["auc"] > 0.6
+    # the run anchored the verified head under the home (1 budget, 1 charge, 2 events)
+    (anchor_file,) = anchors_dir(shoprec_home).glob("audit-*.json")
+    anchor = json.loads(anchor_file.read_text())
+    assert sum(h["rows"] for h in anchor["tables"].values()) == 4
+    assert data["ledger_anchor"] == anchor
 
 
 def test_tampered_ledger_fails_the_run_without_report(audit_dag: Any, shoprec_home: Settings) -> None:

@@ -12,10 +12,16 @@ from typer.testing import CliRunner
 
 from tasks.config import Settings
 from tasks.privacy.accounting import DpSgdMechanism, GaussianCountMechanism
+from tasks.privacy.anchors import ANCHOR_TAG
 from tasks.privacy.audit import audit_pending, write_membership_losses
 from tasks.privacy.cli import app
-from tasks.privacy.ledger import Ledger
-from tasks.privacy.statement import STATEMENT_ARTIFACT, PrivacyStatement, attach_to_model_version
+from tasks.privacy.ledger_key import open_ledger
+from tasks.privacy.statement import (
+    ANCHOR_ARTIFACT,
+    STATEMENT_ARTIFACT,
+    PrivacyStatement,
+    attach_to_model_version,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +51,7 @@ def _register_version(settings: Settings) -> str:
 def _populate(settings: Settings) -> tuple[str, float]:
     """Budget, a DP popularity release, two trainings (one committed + registered, one released)."""
     version = _register_version(settings)
-    ledger = Ledger(settings.resolved_ledger_url)
+    ledger = open_ledger(settings)
     ledger.ensure_budget("events", epsilon_cap=10.0, delta=DELTA, period_days=365)
     common = {"scope": "events", "n_users": 800, "code_version": "abc", "data_hash": "sha256:x"}
     ledger.reserve(
@@ -71,7 +77,6 @@ def _populate(settings: Settings) -> tuple[str, float]:
         **common,  # type: ignore[arg-type]
     )
     ledger.release(failed.id)
-    ledger.close()
     statement = PrivacyStatement.from_charge(charge, secure_rng=False)
     attach_to_model_version(
         statement,
@@ -79,7 +84,9 @@ def _populate(settings: Settings) -> tuple[str, float]:
         registry_uri=settings.resolved_mlflow_registry_uri,
         model_name=settings.registered_model_name,
         version=version,
+        ledger_anchor=ledger.anchor(),
     )
+    ledger.close()
     rng = np.random.default_rng(0)
     write_membership_losses(settings, version, rng.gamma(2, 1, 300), rng.gamma(2, 1, 300), delta=DELTA)
     audit_pending(settings)
@@ -99,6 +106,15 @@ def test_model_version_carries_its_statement_in_tags_and_artifact(shoprec_home: 
     assert model_version.tags["privacy.secure_rng"] == "false"
     local = Path(client.download_artifacts(model_version.run_id, STATEMENT_ARTIFACT))
     assert PrivacyStatement.from_json(local.read_text()).ledger_charge_id == 2
+    # the ledger's head after the commits (1 budget, 3 charges, 5 events) is anchored beside the statement
+    anchor = json.loads(model_version.tags[ANCHOR_TAG])
+    assert {name: h["rows"] for name, h in anchor["tables"].items()} == {
+        "privacy_budgets": 1,
+        "privacy_charges": 3,
+        "privacy_charge_events": 5,
+    }
+    logged = json.loads(Path(client.download_artifacts(model_version.run_id, ANCHOR_ARTIFACT)).read_text())
+    assert logged == anchor
 
 
 def test_report_shows_budget_statement_and_audit(shoprec_home: Settings) -> None:
@@ -117,8 +133,11 @@ def test_report_shows_budget_statement_and_audit(shoprec_home: Settings) -> None
     assert model["statement"]["secure_rng"] is False
     assert model["statement"]["source"] == "mlflow registry tags and privacy ledger"
     assert abs(model["audit"]["auc"] - 0.5) < 0.1
+    assert data["verification"]["anchors_checked"] == 1  # the model version's anchor in MLflow
+    assert data["ledger_anchor"]["tables"]["privacy_charges"]["rows"] == 3  # this report anchors the head
     markdown = (folder / "privacy_report.md").read_text()
     assert "Verification with dp_accounting-rdp: **passed**" in markdown
+    assert "Ledger anchor (chain heads recorded in this report" in markdown
     assert f"### Model version {version}" in markdown
     assert "is a lower bound" in markdown
     assert "data:image/png;base64," in (folder / "privacy_report.html").read_text()
