@@ -63,6 +63,30 @@ def drop_databases(base_url: str, name: str) -> None:
     _run_admin_sql(base_url, drop)
 
 
+def ledger_roles(name: str) -> tuple[str, str]:
+    """The stack's ledger roles: the owner of the tables (NOLOGIN) and the role the services log in as."""
+    return f"{name}_ledger_owner", f"{name}_ledger_app"
+
+
+def prepare_ledger(base_url: str, name: str) -> None:
+    """Make the stack's ledger database append-only (tasks.privacy.pg_guard): triggers, owner and app role."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tasks.privacy.pg_guard import prepare_ledger_database
+
+    owner, app = ledger_roles(name)
+    prepare_ledger_database(f"{base_url.rstrip('/')}/{name}_ledger", owner_role=owner, app_role=app)
+    print(f"ledger {name}_ledger: tables owned by {owner}; services connect as {app}")
+
+
+def drop_ledger(base_url: str, name: str) -> None:
+    """Drop the ledger roles (after drop-dbs)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tasks.privacy.pg_guard import drop_ledger_roles
+
+    owner, app = ledger_roles(name)
+    drop_ledger_roles(f"{base_url.rstrip('/')}/postgres", owner_role=owner, app_role=app)
+
+
 def flush_redis(url: str) -> None:
     import redis
 
@@ -79,6 +103,7 @@ def write_secrets(directory: Path, user: str) -> None:
         "fernet_key": lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
         "admin_password": lambda: secrets.token_urlsafe(24),
         "pseudonym_key": lambda: secrets.token_urlsafe(32),
+        "ledger_key": lambda: secrets.token_urlsafe(32),  # HMAC key of the privacy ledger's chains
     }
     for name, make in generated.items():
         path = directory / name
@@ -167,7 +192,7 @@ def wait_celery(broker_url: str, hostnames: list[str], timeout: float) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="stack_helper")
     sub = parser.add_subparsers(dest="command", required=True)
-    for command in ("create-dbs", "drop-dbs"):
+    for command in ("create-dbs", "drop-dbs", "prepare-ledger", "drop-ledger-roles"):
         one = sub.add_parser(command)
         one.add_argument("base_url")
         one.add_argument("name")
@@ -192,6 +217,10 @@ def main(argv: list[str] | None = None) -> None:
         create_databases(args.base_url, args.name)
     elif args.command == "drop-dbs":
         drop_databases(args.base_url, args.name)
+    elif args.command == "prepare-ledger":
+        prepare_ledger(args.base_url, args.name)
+    elif args.command == "drop-ledger-roles":
+        drop_ledger(args.base_url, args.name)
     elif args.command == "flush-redis":
         flush_redis(args.url)
     elif args.command == "write-secrets":

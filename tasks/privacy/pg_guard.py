@@ -82,11 +82,13 @@ def _role(name: str) -> str:
     return f'"{name}"'
 
 
-def prepare_ledger_database(admin_url: str, *, owner_role: str, app_role: str) -> None:
+def prepare_ledger_database(
+    admin_url: str, *, owner_role: str, app_role: str, app_password: str | None = None
+) -> None:
     """Set up the ledger database at ``admin_url`` (a superuser connection); idempotent.
 
-    Creates the owner role (NOLOGIN) and the app role (LOGIN, no password: set one out of band where
-    the server wants one) when missing, creates the tables and triggers as the owner role (or hands
+    Creates the owner role (NOLOGIN) and the app role (LOGIN, with ``app_password`` when given) when
+    missing, creates the tables and triggers as the owner role (or hands
     existing tables to it), and grants the app role exactly SELECT, INSERT, UPDATE of the transition
     columns and the sequences.
     """
@@ -100,6 +102,8 @@ def prepare_ledger_database(admin_url: str, *, owner_role: str, app_role: str) -
                 ).first()
                 if found is None:
                     conn.exec_driver_sql(f"CREATE ROLE {_role(role)} {login}")
+            if app_password:
+                conn.exec_driver_sql(f"ALTER ROLE {app} PASSWORD %(password)s", {"password": app_password})
             conn.exec_driver_sql(f"GRANT USAGE, CREATE ON SCHEMA public TO {owner}")
             conn.exec_driver_sql(f"GRANT USAGE ON SCHEMA public TO {app}")
             inspector = sa.inspect(conn)
