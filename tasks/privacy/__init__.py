@@ -5,7 +5,7 @@ it (``opacus-rdp`` on the ledger, ``dp_accounting-rdp`` for independent verifica
 
 API others code against::
 
-    from tasks.privacy import (DpSgdMechanism, GaussianCountMechanism, LaplaceCountMechanism,
+    from tasks.privacy import (DpSgdMechanism, DiscreteGaussianCountMechanism,
                                Ledger, BudgetExceeded, calibrate_noise_multiplier, PrivacyStatement,
                                release_dp_popularity, loss_threshold_audit, verify_ledger)
 
@@ -21,13 +21,15 @@ API others code against::
     ... train with charge.mechanism ...
     ledger.release(charge.id)                                  # failed before any artifact was written
     ledger.commit(charge.id, model_version="3", artifact_uri=uri)  # wrote a model, promoted or not
-    statement = PrivacyStatement.from_charge(charge, secure_rng=False)
+    statement = PrivacyStatement.from_charge(charge, secure_rng=False, noise_generator=...,
+                                             count_charges=[popularity_charge])
     attach_to_model_version(statement, tracking_uri=..., registry_uri=..., model_name=..., version="3")
     write_membership_losses(settings, "3", member_losses, heldout_losses, delta=delta)  # for the audit
 
     ledger.spent(scope, at) -> EpsilonReport (epsilon, delta, unit, accountant, cap, remaining)
-    release_dp_popularity(events, sigma=, cap_per_user=, rng_seed=, by_country=) -> DataFrame
-        # reserve popularity_mechanism(sigma, cap_per_user) on the ledger first
+    release_dp_popularity(events, sigma=, cap_per_user=, by_country=) -> DataFrame
+        # OpenDP discrete Gaussian, CSPRNG noise (no seed); reserve popularity_mechanism(sigma,
+        # cap_per_user) (DiscreteGaussianCountMechanism, rho-zCDP) on the ledger first
     loss_threshold_audit(member_losses, nonmember_losses, delta) -> AuditResult (auc, eps_lower_bound)
     verify_ledger(url) -> VerifyResult (ok, problems)
 
@@ -35,13 +37,14 @@ CLI: ``shoprec privacy verify|report|status`` (:data:`tasks.privacy.cli.app`).
 
 Modules: ``accounting`` (mechanisms, both accountants), ``ledger`` (tables, reserve/commit/release,
 calibration), ``verify``, ``statement``, ``audit``, ``popularity``, ``report``, ``cli``.  Importing
-this package imports SQLAlchemy, numpy, pandas and scipy, never torch, opacus, mlflow or
+this package imports SQLAlchemy, numpy, pandas and scipy, never torch, opacus, mlflow, opendp or
 dp_accounting (those load inside the functions that need them).
 """
 
 from __future__ import annotations
 
 from tasks.privacy.accounting import (
+    DiscreteGaussianCountMechanism,
     DpSgdMechanism,
     GaussianCountMechanism,
     LaplaceCountMechanism,
@@ -69,6 +72,7 @@ __all__ = [
     "BudgetExceeded",
     "Charge",
     "ChargeStatus",
+    "DiscreteGaussianCountMechanism",
     "DpSgdMechanism",
     "EpsilonReport",
     "GaussianCountMechanism",
