@@ -489,7 +489,12 @@ def register_and_gate(settings: Settings, manifest: dict[str, Any]) -> Registrat
     ledger = Ledger(settings.resolved_ledger_url)
     try:
         charge = ledger.charge(int(manifest["charge_id"]))
-        statement = PrivacyStatement.from_charge(charge, secure_rng=False)
+        statement = PrivacyStatement.from_charge(
+            charge,
+            secure_rng=False,
+            noise_generator=manifest["noise_generator"],
+            count_charges=[ledger.charge(int(manifest["popularity_charge_id"]))],
+        )
         attach_to_model_version(
             statement,
             tracking_uri=settings.resolved_mlflow_tracking_uri,
