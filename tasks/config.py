@@ -32,7 +32,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -125,6 +125,12 @@ class Settings(BaseSettings):
         default=None, description="None: 1 / (10 * number of users) at training time."
     )
     privacy_period_days: int = Field(default=365, ge=1)
+    deterministic_noise_for_tests: bool = Field(
+        default=False,
+        description="Tests only: seed the DP-SGD noise and Poisson sampling generators from `seed` "
+        "(reproducible noise is no differential privacy). The production profile refuses it; count "
+        "releases always use OpenDP's CSPRNG.",
+    )
     membership_holdout_share: float = Field(
         default=0.1,
         ge=0.0,
@@ -144,6 +150,26 @@ class Settings(BaseSettings):
     min_training_interval_hours: float = Field(
         default=24.0, ge=0.0, description="train_recommender skips data less this much newer than the last."
     )
+
+    @model_validator(mode="after")
+    def _no_reproducible_noise_in_production(self) -> Settings:
+        self.test_noise_seed()
+        return self
+
+    def test_noise_seed(self) -> int | None:
+        """``seed`` when the deterministic-noise test switch is on, else None (noise from OS entropy).
+
+        Checked again here because ``model_copy(update=...)`` skips validation.
+        """
+        if not self.deterministic_noise_for_tests:
+            return None
+        if self.profile is Profile.PRODUCTION:
+            raise ValueError(
+                "SHOPREC_DETERMINISTIC_NOISE_FOR_TESTS is set with SHOPREC_PROFILE=production: noise "
+                "seeded from configuration can be recomputed by anyone who knows the seed, so the release "
+                "would not be differentially private. Unset it (it exists for tests only)."
+            )
+        return self.seed
 
     @field_validator("home", "project_root")
     @classmethod

@@ -631,57 +631,23 @@ def country_popularity(
     """DP distinct-buyer counts per (country, item) over ``settings.publish_countries``, ``[N]`` each.
 
     Released once per champion version (cached beside the audit copies) and charged to the ledger
-    before it runs: Gaussian mechanism, sigma = POPULARITY_NOISE * sqrt(POPULARITY_CAP), L2 sensitivity
-    sqrt(POPULARITY_CAP), privacy unit = user, accountant opacus-rdp, at the scope's delta.
+    before it runs: OpenDP's discrete Gaussian of scale POPULARITY_NOISE * sqrt(POPULARITY_CAP), L2
+    sensitivity sqrt(POPULARITY_CAP), rho-zCDP composed by the ledger accountant (opacus-rdp) at the
+    scope's delta, privacy unit = user.  Every release has its own charge: when the cache is missing
+    a new charge is reserved (:func:`_release_country_popularity`), never an earlier one reused.
     """
-    import hashlib
-
-    from tasks.privacy import popularity_mechanism, release_dp_popularity
-    from tasks.privacy.anchors import write_anchor_file
     from tasks.privacy.ledger_key import open_ledger
-    from tasks.privacy.policy import budget_for_run
 
     countries = sorted(settings.publish_countries)
     if not countries:
         return {}
     cache = offline_root(settings) / "popularity" / f"model={model_version.replace('/', '_')}.parquet"
     if not cache.exists():
-        end = pd.Timestamp(scoring_time).tz_convert("UTC")
-        window = events[
-            (events["event_type"] == "purchase")
-            & (events["event_timestamp"] >= end - pd.Timedelta(days=POPULARITY_DAYS))
-            & (events["event_timestamp"] < end)
-        ]
-        sigma = POPULARITY_NOISE * float(np.sqrt(POPULARITY_CAP))
         ledger = open_ledger(settings)
         try:
-            n_users = int(events["user_id"].nunique())
-            budget_for_run(ledger, settings, n_users=n_users)  # refuses a configuration that disagrees
-            charge = ledger.reserve(
-                scope=settings.privacy_scope,
-                run_id=f"publish:{model_version}",
-                mechanism=popularity_mechanism(sigma, POPULARITY_CAP),
-                data_window=((end - pd.Timedelta(days=POPULARITY_DAYS)).to_pydatetime(), end.to_pydatetime()),
-                n_users=n_users,
-                code_version="tasks.publishing",
-                data_hash=hashlib.sha256(f"{len(window)}|{end.isoformat()}".encode()).hexdigest(),
-                purpose=COUNTRY_POPULARITY_PURPOSE,
+            _release_country_popularity(
+                settings, ledger, events, item_ids, countries, scoring_time, model_version, cache
             )
-            released = release_dp_popularity(
-                window,
-                sigma=sigma,
-                cap_per_user=POPULARITY_CAP,
-                rng_seed=settings.seed + 11,
-                by_country=True,
-                item_ids=list(item_ids),
-                countries=countries,
-            )
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(cache.name + f".tmp-{os.getpid()}")
-            released.to_parquet(tmp, index=False)
-            tmp.replace(cache)
-            ledger.commit(charge.id, model_version=model_version, artifact_uri=cache.as_uri())
-            write_anchor_file(settings, f"commit-{charge.id}", ledger.anchor())
         finally:
             ledger.close()
     released = pd.read_parquet(cache)
@@ -690,6 +656,77 @@ def country_popularity(
         counts = released[released["country"] == country].set_index("item_id")["noisy_count"]
         out[country] = counts.reindex(list(item_ids), fill_value=0.0).to_numpy(dtype=np.float64)
     return out
+
+
+def _release_country_popularity(
+    settings: Settings,
+    ledger: Any,
+    events: pd.DataFrame,
+    item_ids: Sequence[str],
+    countries: Sequence[str],
+    scoring_time: dt.datetime,
+    model_version: str,
+    cache: Path,
+) -> None:
+    """Reserve a new charge, release, commit, then write ``cache``.
+
+    The run id ``publish:<version>:<attempt>`` is new for every attempt (random ``attempt``), so the
+    ledger's reserve, idempotent per (run id, purpose), always creates a charge: a missing cache is
+    released again under a new charge, and two racing processes hold two charges, never one.  The
+    charge is committed before the file appears, so a charge left ``reserved`` (a crash between
+    reserve and commit) has no release on disk; on an exception before the commit it is released.
+    """
+    import hashlib
+    import secrets
+
+    from tasks.privacy import ChargeStatus, popularity_mechanism, release_dp_popularity
+    from tasks.privacy.anchors import write_anchor_file
+    from tasks.privacy.policy import budget_for_run
+
+    end = pd.Timestamp(scoring_time).tz_convert("UTC")
+    window = events[
+        (events["event_type"] == "purchase")
+        & (events["event_timestamp"] >= end - pd.Timedelta(days=POPULARITY_DAYS))
+        & (events["event_timestamp"] < end)
+    ]
+    sigma = POPULARITY_NOISE * float(np.sqrt(POPULARITY_CAP))
+    n_users = int(events["user_id"].nunique())
+    budget_for_run(ledger, settings, n_users=n_users)  # refuses a configuration that disagrees
+    known = {c.id for c in ledger.charges(settings.privacy_scope)}
+    charge = ledger.reserve(
+        scope=settings.privacy_scope,
+        run_id=f"publish:{model_version}:{secrets.token_hex(8)}",
+        mechanism=popularity_mechanism(sigma, POPULARITY_CAP),
+        data_window=((end - pd.Timedelta(days=POPULARITY_DAYS)).to_pydatetime(), end.to_pydatetime()),
+        n_users=n_users,
+        code_version="tasks.publishing",
+        data_hash=hashlib.sha256(f"{len(window)}|{end.isoformat()}".encode()).hexdigest(),
+        purpose=COUNTRY_POPULARITY_PURPOSE,
+    )
+    if charge.id in known or charge.status is not ChargeStatus.RESERVED:  # never reuse a charge
+        raise RuntimeError(
+            f"country popularity of model {model_version}: the ledger returned charge {charge.id} "
+            f"({charge.status}), which another release holds; refusing a second release under it"
+        )
+    try:
+        released = release_dp_popularity(
+            window,
+            sigma=sigma,
+            cap_per_user=POPULARITY_CAP,
+            by_country=True,
+            item_ids=list(item_ids),
+            countries=list(countries),
+        )
+        ledger.commit(charge.id, model_version=model_version, artifact_uri=cache.as_uri())
+        write_anchor_file(settings, f"commit-{charge.id}", ledger.anchor())
+    except BaseException:
+        if ledger.charge(charge.id).status is ChargeStatus.RESERVED:
+            ledger.release(charge.id)  # nothing left this process
+        raise
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(cache.name + f".tmp-{os.getpid()}")
+    released.to_parquet(tmp, index=False)
+    tmp.replace(cache)
 
 
 # --- the whole publish ---------------------------------------------------------------------------

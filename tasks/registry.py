@@ -494,7 +494,12 @@ def register_and_gate(settings: Settings, manifest: dict[str, Any]) -> Registrat
                 ledger.commit(
                     int(charge_id), model_version=registered.version, artifact_uri=registered.model_uri
                 )
-        statement = PrivacyStatement.from_charge(ledger.charge(int(manifest["charge_id"])), secure_rng=False)
+        statement = PrivacyStatement.from_charge(
+            ledger.charge(int(manifest["charge_id"])),
+            secure_rng=False,
+            noise_generator=manifest["noise_generator"],
+            count_charges=[ledger.charge(int(manifest["popularity_charge_id"]))],
+        )
         # the ledger's head after this version's commits, anchored on the version beside its statement
         attach_to_model_version(
             statement,

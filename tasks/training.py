@@ -8,6 +8,14 @@ vector (``grad_sample_mode="ghost"``: per-sample gradient norms without material
 gradients), Gaussian noise ``noise_multiplier * max_grad_norm`` is added to the sum, and the RDP
 accountant turns (noise multiplier, sample rate, steps) into (epsilon, delta).
 
+Noise nobody can reproduce: the DP-SGD noise generator and the Poisson sampler's generator are seeded
+from OS entropy (:func:`entropy_seed`, 64 bits of ``os.urandom``) for every run and every resumed
+attempt; no seed is stored in a checkpoint, logged or taken from configuration.  They are torch
+generators (:func:`noise_generator_name`), which are not CSPRNGs (Opacus' ``secure_mode`` needs
+torchcsprng, which is not installed).  Only ``TrainConfig.noise_seed``, set by ``run_training`` behind
+``Settings.deterministic_noise_for_tests`` (refused by the production profile), makes them
+reproducible.
+
 The noise multiplier is an input: it is calibrated against the budget the privacy ledger grants
 (``tasks.privacy.calibrate_noise_multiplier``), or by :func:`noise_for_budget` when the composition is
 known up front (benchmarks), never by ``make_private_with_epsilon``, which ignores budget already spent.
@@ -18,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -269,8 +278,11 @@ class TrainConfig:
     noise_multiplier: float = 1.0
     cap_k: int = 20
     n_negatives: int = 128
-    seed: int = 7
+    seed: int = 7  # model init, negatives, the non-private twin's shuffling: never DP noise
     device: str | None = None  # None: CUDA when present, else CPU
+    # Tests only: seed of the DP noise and Poisson sampling generators; None (always in production):
+    # fresh OS entropy for every run. Set by run_training only under Settings.deterministic_noise_for_tests.
+    noise_seed: int | None = None
 
     def sample_rate(self, n_users: int) -> float:
         """Poisson sampling rate as Opacus sets it: ``1 / len(loader)``."""
@@ -315,19 +327,53 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
 
 
+def entropy_seed() -> int:
+    """64 bits from the operating system's CSPRNG (``secrets`` reads ``os.urandom``); never stored."""
+    return secrets.randbits(64)
+
+
+def noise_generator_name(device: str | torch.device) -> str:
+    """What draws DP-SGD's noise and Poisson sampling on ``device``, stated in the privacy statement."""
+    kind = torch.device(device).type
+    algorithm = "Philox4x32-10" if kind == "cuda" else "Mersenne Twister mt19937"
+    return (
+        f"torch.Generator on {kind} ({algorithm}), seeded with 64 bits of os.urandom for every run and "
+        "resumed attempt; not a CSPRNG"
+    )
+
+
+def dp_generators(config: TrainConfig, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
+    """(noise generator on ``device``, CPU Poisson sampling generator), each from its own OS entropy.
+
+    Deterministic only when ``config.noise_seed`` is set (tests, behind the Settings switch).
+    """
+    if config.noise_seed is None:
+        noise_seed, sampling_seed = entropy_seed(), entropy_seed()
+    else:
+        noise_seed, sampling_seed = config.noise_seed + 1, config.noise_seed + 2
+    noise = torch.Generator(device=device)
+    noise.manual_seed(noise_seed)
+    sampling = torch.Generator()
+    sampling.manual_seed(sampling_seed)
+    return noise, sampling
+
+
 def make_private_trainer(
     model: TwoTower, examples: UserExamples, config: TrainConfig
 ) -> tuple[nn.Module, Any, Any, DataLoader[Any], Any]:
     """Wrap model, optimizer, loss and loader for user-level DP-SGD (ghost clipping, Poisson sampling).
 
+    The noise and the Poisson sampling draw from their own generators (:func:`dp_generators`), never
+    from torch's global generator, whose state a checkpoint saves and restores.
     Returns (module, optimizer, criterion, loader, privacy_engine).
     """
     from opacus import PrivacyEngine
 
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    loader = DataLoader(examples, batch_size=config.batch_size, shuffle=False)
+    noise_gen, sampling_gen = dp_generators(config, next(model.parameters()).device)
+    # DPDataLoader.from_data_loader samples with this loader's generator (Opacus 1.6, no secure_mode)
+    loader = DataLoader(examples, batch_size=config.batch_size, shuffle=False, generator=sampling_gen)
     engine = PrivacyEngine(accountant=ACCOUNTANT)
-    noise_gen = torch.Generator(device=next(model.parameters()).device).manual_seed(config.seed + 1)
     module, dp_optimizer, criterion, dp_loader = engine.make_private(
         module=model,
         optimizer=optimizer,
@@ -425,6 +471,8 @@ def train(
 def _save_checkpoint(
     path: Path, epoch: int, losses: list[float], model: TwoTower, optimizer: Any, engine: Any
 ) -> None:
+    # "rng" is torch's global generator (model-side randomness). The DP noise and Poisson sampling
+    # generators are never saved: a resumed attempt draws fresh OS entropy (make_private_trainer).
     state = {
         "epoch": epoch,
         "losses": losses,
@@ -509,6 +557,7 @@ class TrainingManifest:
     blend: dict[str, float]
     training_users_file: str
     n_negatives: int
+    noise_generator: str
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -543,10 +592,11 @@ def load_catalog(settings: Settings) -> ItemCatalog:
 
 
 def popularity_release(
-    events: pd.DataFrame, catalog: ItemCatalog, end: pd.Timestamp, seed: int, noise: float = POPULARITY_NOISE
+    events: pd.DataFrame, catalog: ItemCatalog, end: pd.Timestamp, noise: float = POPULARITY_NOISE
 ) -> np.ndarray:
     """DP distinct-user interaction counts over the catalog in the ``POPULARITY_DAYS`` before ``end``,
-    at most ``POPULARITY_CAP`` items per user (ledger-charged by the caller)."""
+    at most ``POPULARITY_CAP`` items per user: OpenDP's discrete Gaussian of scale
+    ``noise * sqrt(POPULARITY_CAP)``, fresh CSPRNG noise every call (ledger-charged by the caller)."""
     from tasks.baselines import counts_to_catalog
     from tasks.privacy import release_dp_popularity
 
@@ -559,7 +609,6 @@ def popularity_release(
         window,
         sigma=noise * float(np.sqrt(POPULARITY_CAP)),
         cap_per_user=POPULARITY_CAP,
-        rng_seed=seed,
         by_country=False,
         item_ids=list(catalog.item_ids),
     )
@@ -623,6 +672,7 @@ def run_training(settings: Settings, *, run_key: str, code_version: str = "unkno
         lr=TRAIN_LR,
         seed=settings.seed,
         n_negatives=TRAIN_NEGATIVES,
+        noise_seed=settings.test_noise_seed(),
     )
     examples, train_users = build_examples(
         state,
@@ -694,9 +744,9 @@ def run_training(settings: Settings, *, run_key: str, code_version: str = "unkno
     twin = build_model(catalog)
     twin_result = train(twin, examples, TrainConfig(**{**asdict(config), "private": False}))
 
-    pop_val = popularity_release(events, catalog, cuts.validation, settings.seed + 1)
-    pop_test = popularity_release(events, catalog, cuts.test, settings.seed + 2)
-    pop_serve = popularity_release(events, catalog, cuts.as_of, settings.seed + 3)
+    pop_val = popularity_release(events, catalog, cuts.validation)
+    pop_test = popularity_release(events, catalog, cuts.test)
+    pop_serve = popularity_release(events, catalog, cuts.as_of)
     from tasks.evaluation import temporal_split_from_state
 
     val_state = feature_state(settings, all_users, cuts.validation)
@@ -761,6 +811,7 @@ def run_training(settings: Settings, *, run_key: str, code_version: str = "unkno
         blend=asdict(blends["dp"]),
         training_users_file=str(users_file),
         n_negatives=config.n_negatives,
+        noise_generator=noise_generator_name(result.device),
     )
 
 

@@ -5,7 +5,7 @@ it (``opacus-rdp`` on the ledger, ``dp_accounting-rdp`` for independent verifica
 
 API others code against::
 
-    from tasks.privacy import (DpSgdMechanism, GaussianCountMechanism, LaplaceCountMechanism,
+    from tasks.privacy import (DpSgdMechanism, DiscreteGaussianCountMechanism,
                                Ledger, BudgetExceeded, calibrate_noise_multiplier, PrivacyStatement,
                                release_dp_popularity, loss_threshold_audit, verify_ledger)
 
@@ -23,14 +23,16 @@ API others code against::
     ... train with charge.mechanism ...
     ledger.release(charge.id)                                  # failed before any artifact was written
     ledger.commit(charge.id, model_version="3", artifact_uri=uri)  # wrote a model, promoted or not
-    statement = PrivacyStatement.from_charge(charge, secure_rng=False)
+    statement = PrivacyStatement.from_charge(charge, secure_rng=False, noise_generator=...,
+                                             count_charges=[popularity_charge])
     attach_to_model_version(statement, tracking_uri=..., registry_uri=..., model_name=..., version="3",
                             ledger_anchor=ledger.anchor())       # the chain head, anchored in MLflow
     write_membership_losses(settings, "3", member_losses, heldout_losses, delta=delta)  # for the audit
 
     ledger.spent(scope, at) -> EpsilonReport (epsilon, delta, unit, accountant, cap, remaining)
-    release_dp_popularity(events, sigma=, cap_per_user=, rng_seed=, by_country=) -> DataFrame
-        # reserve popularity_mechanism(sigma, cap_per_user) on the ledger first
+    release_dp_popularity(events, sigma=, cap_per_user=, by_country=) -> DataFrame
+        # OpenDP discrete Gaussian, CSPRNG noise (no seed); reserve popularity_mechanism(sigma,
+        # cap_per_user) (DiscreteGaussianCountMechanism, rho-zCDP) on the ledger first
     loss_threshold_audit(member_losses, nonmember_losses, delta) -> AuditResult (auc, eps_lower_bound)
     verify_settings(settings) -> VerifyResult (ok, problems): keyed chains, every anchor, references,
         transitions, every policy; verify_ledger(url, key=, anchors=, dp_versions=) underneath
@@ -41,13 +43,14 @@ CLI: ``shoprec privacy verify|report|status|budget set|budget show|prepare-postg
 Modules: ``accounting`` (mechanisms, both accountants), ``ledger`` (tables, reserve/commit/release,
 calibration), ``ledger_key``, ``anchors``, ``policy``, ``pg_guard`` (PostgreSQL append-only triggers
 and roles), ``verify``, ``statement``, ``audit``, ``popularity``, ``report``, ``cli``.  Importing
-this package imports SQLAlchemy, numpy, pandas and scipy, never torch, opacus, mlflow or
+this package imports SQLAlchemy, numpy, pandas and scipy, never torch, opacus, mlflow, opendp or
 dp_accounting (those load inside the functions that need them).
 """
 
 from __future__ import annotations
 
 from tasks.privacy.accounting import (
+    DiscreteGaussianCountMechanism,
     DpSgdMechanism,
     GaussianCountMechanism,
     LaplaceCountMechanism,
@@ -75,6 +78,7 @@ __all__ = [
     "BudgetExceeded",
     "Charge",
     "ChargeStatus",
+    "DiscreteGaussianCountMechanism",
     "DpSgdMechanism",
     "EpsilonReport",
     "GaussianCountMechanism",

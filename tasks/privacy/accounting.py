@@ -6,13 +6,15 @@ with the delta it was converted at and the name of the accountant that produced 
 * The **ledger accountant** (:data:`LEDGER_ACCOUNTANT`) is Opacus' RDP analysis
   (``opacus.accountants.analysis.rdp``: the sampled Gaussian mechanism of DP-SGD, Mironov et al. 2019),
   the same code Opacus' ``RDPAccountant`` runs over its ``history`` of
-  ``(noise_multiplier, sample_rate, steps)``; Gaussian count releases are its ``q = 1`` case, and
-  Laplace releases use Mironov (2017), Proposition 6.  RDP curves of all charges are added order by
+  ``(noise_multiplier, sample_rate, steps)``; Gaussian count releases are its ``q = 1`` case,
+  Laplace releases use Mironov (2017), Proposition 6, and OpenDP's discrete Gaussian count releases,
+  which are rho-zCDP, have the RDP curve ``rho * alpha`` at every order ``alpha`` (Bun and Steinke
+  2016, Definition 1.1).  RDP curves of all charges are added order by
   order (RDP composes additively) and converted to (epsilon, delta) once, with the conversion of
   Balle et al. (2020).  This is the tight RDP value, never a plain sum of epsilons.
 * The **independent accountant** (:data:`INDEPENDENT_ACCOUNTANT`) is ``dp_accounting``'s
   ``RdpAccountant`` fed with ``DpEvent`` objects (a second implementation by a different team); the
-  verifier recomputes every stored epsilon with it.
+  verifier recomputes every stored epsilon with it (discrete Gaussian releases as its ``ZCDpEvent``).
 
 Both use the same RDP orders (:data:`RDP_ORDERS`), so they agree to floating-point tolerance.
 """
@@ -89,12 +91,43 @@ class LaplaceCountMechanism:
             raise ValueError(f"invalid Laplace mechanism {self}")
 
 
-Mechanism = DpSgdMechanism | GaussianCountMechanism | LaplaceCountMechanism
+@dataclass(frozen=True)
+class DiscreteGaussianCountMechanism:
+    """Integer counts released with OpenDP's discrete Gaussian of ``scale`` (``dp.m.make_gaussian`` on
+    a vector of integers); one user changes the count vector by at most ``l2_sensitivity`` in L2 norm.
 
-_KINDS: Final[dict[str, type[DpSgdMechanism | GaussianCountMechanism | LaplaceCountMechanism]]] = {
+    Each release is ``rho``-zCDP with ``rho = l2_sensitivity**2 / (2 * scale**2)`` (Canonne, Kamath
+    and Steinke 2020, "The Discrete Gaussian for Differential Privacy"; the value OpenDP's
+    ``meas.map(l2_sensitivity)`` returns); ``releases``
+    independent releases compose to ``releases * rho`` (:attr:`rho`).
+    """
+
+    scale: float
+    l2_sensitivity: float
+    releases: int = 1
+
+    def __post_init__(self) -> None:
+        if self.scale <= 0 or self.l2_sensitivity <= 0 or self.releases < 1:
+            raise ValueError(f"invalid discrete Gaussian mechanism {self}")
+
+    @property
+    def rho_per_release(self) -> float:
+        return self.l2_sensitivity**2 / (2.0 * self.scale**2)
+
+    @property
+    def rho(self) -> float:
+        """zCDP parameter of all ``releases`` together (privacy unit: user)."""
+        return self.releases * self.rho_per_release
+
+
+Mechanism = DpSgdMechanism | GaussianCountMechanism | LaplaceCountMechanism | DiscreteGaussianCountMechanism
+
+# Kinds stay readable forever: old ledgers hold gaussian_count / laplace_count charges.
+_KINDS: Final[dict[str, type[Mechanism]]] = {
     "dp_sgd": DpSgdMechanism,
     "gaussian_count": GaussianCountMechanism,
     "laplace_count": LaplaceCountMechanism,
+    "discrete_gaussian_count": DiscreteGaussianCountMechanism,
 }
 
 
@@ -156,6 +189,9 @@ def rdp_curve(mechanism: Mechanism) -> np.ndarray:
             ),
             dtype=np.float64,
         )
+    if isinstance(mechanism, DiscreteGaussianCountMechanism):
+        # rho-zCDP is (alpha, rho * alpha)-RDP at every order alpha
+        return mechanism.rho * np.asarray(orders, dtype=np.float64)
     pure = mechanism.l1_sensitivity / mechanism.scale
     return mechanism.releases * np.array([_laplace_rdp(pure, a) for a in orders], dtype=np.float64)
 
@@ -201,6 +237,9 @@ def dp_event(mechanism: Mechanism) -> Any:
     if isinstance(mechanism, GaussianCountMechanism):
         single = dp_accounting.GaussianDpEvent(mechanism.sigma / mechanism.l2_sensitivity)
         return dp_accounting.SelfComposedDpEvent(single, mechanism.releases)
+    if isinstance(mechanism, DiscreteGaussianCountMechanism):
+        zcdp = dp_accounting.ZCDpEvent(rho=mechanism.rho_per_release)
+        return dp_accounting.SelfComposedDpEvent(zcdp, mechanism.releases)
     laplace = dp_accounting.LaplaceDpEvent(mechanism.scale / mechanism.l1_sensitivity)
     return dp_accounting.SelfComposedDpEvent(laplace, mechanism.releases)
 

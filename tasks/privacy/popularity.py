@@ -1,31 +1,72 @@
-"""User-level differentially private item popularity (optionally per country).
+"""User-level differentially private item popularity (optionally per country), released with OpenDP.
 
 Each user contributes 1 to at most ``cap_per_user`` distinct keys (item, or country and item), so one
-user changes the vector of counts by at most ``sqrt(cap_per_user)`` in L2 norm; Gaussian noise of std
-``sigma`` then gives the :class:`~tasks.privacy.accounting.GaussianCountMechanism` of
-:func:`popularity_mechanism`, which the caller reserves on the ledger before releasing.
+user changes the vector of integer counts by at most ``sqrt(cap_per_user)`` in L2 norm.  OpenDP's
+discrete Gaussian (``dp.m.make_gaussian`` on a vector of integers: exact arithmetic, no floating-point
+attack surface) adds noise of scale ``sigma``; that is the rho-zCDP
+:class:`~tasks.privacy.accounting.DiscreteGaussianCountMechanism` of :func:`popularity_mechanism`,
+which the caller reserves on the ledger before releasing.
+
+Noise is never derived from a seed: OpenDP's samplers draw their random bits from OpenSSL's
+``RAND_bytes`` (a CSPRNG seeded by the operating system; OpenSSL is linked into OpenDP's library), so
+two releases of the same data differ and nobody can recompute the noise of a release.
 
 The released domain must be public: pass the catalog's ``item_ids`` (and ``countries``).  Without them
 the domain is the keys present in ``events``, which reveals which items someone interacted with.
-Noise comes from numpy's PCG64 seeded by ``rng_seed`` (reproducible, not a cryptographically secure RNG).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 import pandas as pd
 
-from tasks.privacy.accounting import GaussianCountMechanism
+from tasks.privacy.accounting import DiscreteGaussianCountMechanism
+
+if TYPE_CHECKING:
+    from opendp.mod import Measurement
 
 UNKNOWN_COUNTRY = "unknown"
+NOISE_SOURCE: Final = "OpenDP discrete Gaussian (dp.m.make_gaussian, integer counts, OpenSSL CSPRNG)"
 
 
-def popularity_mechanism(sigma: float, cap_per_user: int) -> GaussianCountMechanism:
+def popularity_mechanism(sigma: float, cap_per_user: int) -> DiscreteGaussianCountMechanism:
     """The mechanism :func:`release_dp_popularity` runs (one release, L2 sensitivity sqrt(cap))."""
-    return GaussianCountMechanism(sigma=sigma, l2_sensitivity=math.sqrt(cap_per_user), releases=1)
+    return DiscreteGaussianCountMechanism(scale=sigma, l2_sensitivity=math.sqrt(cap_per_user), releases=1)
+
+
+def discrete_gaussian(sigma: float, l2_sensitivity: float) -> Measurement:
+    """OpenDP's discrete Gaussian measurement on integer vectors (``meas.map(l2_sensitivity)`` is rho)."""
+    import opendp.prelude as dp
+
+    dp.enable_features("contrib")
+    space = dp.vector_domain(dp.atom_domain(T="i64")), dp.l2_distance(T=float)
+    measurement = dp.m.make_gaussian(*space, scale=float(sigma))
+    # the ledger charges what OpenDP runs: its own privacy map must agree with the mechanism's rho
+    charged = DiscreteGaussianCountMechanism(scale=sigma, l2_sensitivity=l2_sensitivity).rho
+    opendp_rho = measurement.map(float(l2_sensitivity))
+    if not math.isclose(opendp_rho, charged, rel_tol=1e-9):
+        raise RuntimeError(f"OpenDP's rho {opendp_rho} differs from the charged rho {charged}")
+    return measurement
+
+
+def capped_pairs(frame: pd.DataFrame, keys: Sequence[str], cap_per_user: int) -> pd.DataFrame:
+    """At most ``cap_per_user`` distinct ``keys`` per user, a uniformly random subset of the user's own.
+
+    Each pair gets an independent uniform priority and a user keeps their ``cap_per_user`` lowest:
+    a user's subset depends on that user's pairs only, so adding or removing one user changes no
+    other user's subset, whatever the draws (the sensitivity bound needs no secret randomness).  The
+    draws come from numpy's PCG64 seeded from OS entropy, so they are not reproducible from
+    configuration either.
+    """
+    pairs = frame[["user_id", *keys]].drop_duplicates()
+    priority = np.random.default_rng().random(len(pairs))
+    order = np.lexsort((priority, pairs["user_id"].astype(str).to_numpy()))
+    pairs = pairs.iloc[order]
+    return pairs[pairs.groupby("user_id", sort=False).cumcount() < cap_per_user]
 
 
 def release_dp_popularity(
@@ -33,14 +74,15 @@ def release_dp_popularity(
     *,
     sigma: float,
     cap_per_user: int,
-    rng_seed: int,
     by_country: bool,
     item_ids: Sequence[str] | None = None,
     countries: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Noisy distinct-user counts per item (and country), clipped at 0, sorted by count.
 
-    Columns: ``item_id`` (``country`` first when ``by_country``) and ``noisy_count`` (float >= 0).
+    Columns: ``item_id`` (``country`` first when ``by_country``) and ``noisy_count`` (a float column
+    holding integers >= 0).  Noise: OpenDP's discrete Gaussian of scale ``sigma``, fresh CSPRNG bits
+    every call (:data:`NOISE_SOURCE`); the cost is :func:`popularity_mechanism` (rho-zCDP, user level).
     """
     if cap_per_user < 1 or sigma <= 0:
         raise ValueError(f"cap_per_user must be >= 1 and sigma > 0, got {cap_per_user}, {sigma}")
@@ -48,11 +90,7 @@ def release_dp_popularity(
     frame = events[["user_id", *keys]].copy()
     if by_country:
         frame["country"] = frame["country"].fillna(UNKNOWN_COUNTRY).astype(str)
-    pairs = frame.drop_duplicates()
-    rng = np.random.default_rng(rng_seed)
-    # a random subset of at most cap_per_user distinct keys per user
-    pairs = pairs.iloc[rng.permutation(len(pairs))]
-    kept = pairs[pairs.groupby("user_id").cumcount() < cap_per_user]
+    kept = capped_pairs(frame, keys, cap_per_user)
     counts = kept.groupby(keys).size()
 
     items = sorted(item_ids) if item_ids is not None else sorted(frame["item_id"].unique())
@@ -61,9 +99,10 @@ def release_dp_popularity(
         domain = pd.MultiIndex.from_product([country_list, items], names=keys)
     else:
         domain = pd.Index(items, name="item_id")
-    exact = counts.reindex(domain, fill_value=0).to_numpy(dtype=np.float64)
-    noisy = np.clip(exact + rng.normal(0.0, sigma, size=len(exact)), 0.0, None)
-    result = pd.DataFrame({"noisy_count": noisy}, index=domain).reset_index()
-    return result.sort_values(
+    exact = counts.reindex(domain, fill_value=0).to_numpy(dtype=np.int64)
+    measurement = discrete_gaussian(sigma, math.sqrt(cap_per_user))
+    noisy = np.asarray(measurement([int(c) for c in exact]), dtype=np.int64)
+    result = pd.DataFrame({"noisy_count": np.clip(noisy, 0, None).astype(np.float64)}, index=domain)
+    return result.reset_index().sort_values(
         ["noisy_count", *keys], ascending=[False, *[True] * len(keys)], ignore_index=True
     )

@@ -124,8 +124,11 @@ def collect(settings: Settings, *, at: dt.datetime, use_registry: bool = True) -
             statement["secure_rng"] = tags.get("secure_rng") == "true"
             statement["source"] = "mlflow registry tags and privacy ledger"
             statement["registry_epsilon"] = float(tags["epsilon"]) if "epsilon" in tags else None
+            statement["noise_generator"] = tags.get("noise_generator", statement["noise_generator"])
+            statement["count_mechanisms"] = tags.get("count_mechanisms", "not recorded")
         else:
             statement["secure_rng"] = "not recorded"
+            statement["count_mechanisms"] = "not recorded"
             statement["source"] = "privacy ledger (no registry statement found)"
         audit = audits.get(version)
         models.append(
@@ -215,6 +218,8 @@ def _markdown(data: dict[str, Any]) -> str:
             "",
             f"- Privacy statement: {s['summary']}",
             f"- Secure RNG used: {s['secure_rng']} (source: {s['source']})",
+            f"- DP-SGD noise generator: {s['noise_generator']}",
+            f"- Count releases: {s['count_mechanisms']}",
             f"- Ledger charge: {s['ledger_charge_id']}; artifact: {m['artifact_uri']}",
         ]
         audit = m["audit"]

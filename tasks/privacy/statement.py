@@ -3,23 +3,56 @@
 Every registered MLflow model version carries it as tags (``privacy.*``) and as the run artifact
 ``privacy/privacy_statement.json`` (:func:`attach_to_model_version`), so the registry itself answers
 "what privacy loss does this model imply?".
+
+It names the generator that drew DP-SGD's noise and Poisson sampling (``noise_generator``; torch's
+generators are not CSPRNGs, and the statement says so) and the count releases the model ships
+(``count_mechanisms``: OpenDP's discrete Gaussian with its rho, epsilon, delta and ledger charge).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
-from tasks.privacy.accounting import DpSgdMechanism
+from tasks.privacy.accounting import (
+    DiscreteGaussianCountMechanism,
+    DpSgdMechanism,
+    GaussianCountMechanism,
+    LaplaceCountMechanism,
+)
 from tasks.privacy.anchors import ANCHOR_TAG
 from tasks.privacy.ledger import Charge
 
 STATEMENT_ARTIFACT: Final = "privacy/privacy_statement.json"
 ANCHOR_ARTIFACT: Final = "privacy/ledger_anchor.json"
 TAG_PREFIX: Final = "privacy."
+# statements written before the generator was recorded
+UNRECORDED_GENERATOR: Final = "torch default PRNG (generator and seeding not recorded); not a CSPRNG"
+
+
+def describe_count_charge(charge: Charge) -> str:
+    """One line naming a count release's mechanism, its cost and its ledger charge."""
+    m = charge.mechanism
+    cost = (
+        f"epsilon {charge.epsilon:.4g} at delta {charge.delta:.3g} per {charge.unit} "
+        f"({charge.accountant}), ledger charge {charge.id} ({charge.purpose})"
+    )
+    if isinstance(m, DiscreteGaussianCountMechanism):
+        return (
+            f"OpenDP discrete Gaussian counts (CSPRNG): {m.releases} release(s), scale {m.scale:.4g}, "
+            f"L2 sensitivity {m.l2_sensitivity:.4g}, rho {m.rho:.4g}-zCDP; {cost}"
+        )
+    if isinstance(m, GaussianCountMechanism):
+        return (
+            f"Gaussian counts (numpy PCG64, seeded; legacy): {m.releases} release(s), sigma {m.sigma:.4g}, "
+            f"L2 sensitivity {m.l2_sensitivity:.4g}; {cost}"
+        )
+    if isinstance(m, LaplaceCountMechanism):
+        return f"Laplace counts: {m.releases} release(s), scale {m.scale:.4g}; {cost}"
+    raise TypeError(f"charge {charge.id} is not a count release ({type(m).__name__})")
 
 
 @dataclass(kw_only=True)
@@ -39,10 +72,20 @@ class PrivacyStatement:
     n_users: int
     ledger_charge_id: int
     secure_rng: bool
+    noise_generator: str = UNRECORDED_GENERATOR
+    count_mechanisms: tuple[str, ...] = ()
 
     @classmethod
-    def from_charge(cls, charge: Charge, *, secure_rng: bool) -> PrivacyStatement:
-        """The statement of a DP-SGD charge (epsilon of this training alone, at the budget's delta)."""
+    def from_charge(
+        cls,
+        charge: Charge,
+        *,
+        secure_rng: bool,
+        noise_generator: str = UNRECORDED_GENERATOR,
+        count_charges: Sequence[Charge] = (),
+    ) -> PrivacyStatement:
+        """The statement of a DP-SGD charge (epsilon of this training alone, at the budget's delta),
+        naming the noise generator and the count releases (``count_charges``) shipped with the model."""
         mechanism = charge.mechanism
         if not isinstance(mechanism, DpSgdMechanism):
             raise TypeError(f"charge {charge.id} is not a DP-SGD training ({type(mechanism).__name__})")
@@ -60,16 +103,19 @@ class PrivacyStatement:
             n_users=charge.n_users,
             ledger_charge_id=charge.id,
             secure_rng=secure_rng,
+            noise_generator=noise_generator,
+            count_mechanisms=tuple(describe_count_charge(c) for c in count_charges),
         )
 
     def summary(self) -> str:
-        rng = "secure RNG (torchcsprng)" if self.secure_rng else "NOT a secure RNG (torch default PRNG)"
+        rng = "secure RNG (torchcsprng)" if self.secure_rng else f"NOT a secure RNG: {self.noise_generator}"
+        counts = "".join(f"; {line}" for line in self.count_mechanisms)
         return (
             f"({self.epsilon:.4g}, {self.delta:.3g})-DP per {self.unit} ({self.accountant} accountant); "
             f"DP-SGD noise multiplier {self.noise_multiplier:.4g}, sample rate {self.sample_rate:.4g}, "
             f"{self.steps} steps, clip norm {self.clip_norm:.4g}, at most {self.cap_k} examples per user; "
             f"{self.n_users} users, data {self.data_window[0].date()}..{self.data_window[1].date()}; "
-            f"noise drawn with {rng}"
+            f"DP-SGD noise and Poisson sampling drawn with {rng}{counts}"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -86,6 +132,7 @@ class PrivacyStatement:
         values = json.loads(text)
         values.pop("summary", None)
         start, end = values.pop("data_window")
+        values["count_mechanisms"] = tuple(values.get("count_mechanisms", ()))
         return cls(**values, data_window=(dt.datetime.fromisoformat(start), dt.datetime.fromisoformat(end)))
 
     def to_tags(self) -> dict[str, str]:
@@ -105,6 +152,8 @@ class PrivacyStatement:
             "n_users": str(self.n_users),
             "ledger_charge_id": str(self.ledger_charge_id),
             "secure_rng": str(self.secure_rng).lower(),
+            "noise_generator": self.noise_generator,
+            "count_mechanisms": " | ".join(self.count_mechanisms) or "none",
             "statement": self.summary(),
         }
         return {TAG_PREFIX + key: value for key, value in tags.items()}

@@ -22,6 +22,7 @@ from tasks.features import (
     write_table,
 )
 from tasks.model import BlendWeights, Recommender, build_item_catalog, build_model
+from tasks.privacy.accounting import DiscreteGaussianCountMechanism
 from tasks.publishing import SERVICE_NAME_DEFAULT, offline_path, offline_root, read_offline_copy, run_publish
 
 pytestmark = pytest.mark.integration
@@ -260,9 +261,96 @@ def test_cold_start_user_gets_dp_popularity_of_their_country_charged_once(shopre
         ]
     finally:
         ledger.close()
-    assert [(c.run_id, str(c.status), c.accountant) for c in charges] == [
-        ("publish:1", "committed", "opacus-rdp")
+    assert [(str(c.status), c.accountant, c.model_version) for c in charges] == [
+        ("committed", "opacus-rdp", "1")
     ]
+    assert charges[0].run_id.startswith("publish:1:")  # publish:<version>:<attempt>
+    assert isinstance(charges[0].mechanism, DiscreteGaussianCountMechanism)
+
+
+def _release_country_popularity(settings: Settings) -> dict[str, np.ndarray]:
+    from tasks.features import read_events
+    from tasks.publishing import country_popularity
+
+    return country_popularity(
+        settings,
+        read_events(settings),
+        [f"I{i:03d}" for i in range(N_ITEMS)],
+        scoring_time=T,
+        model_version="1",
+    )
+
+
+def _country_charges(settings: Settings) -> list[Any]:
+    from tasks.privacy import Ledger
+
+    ledger = Ledger(settings.resolved_ledger_url)
+    try:
+        return [
+            c for c in ledger.charges(settings.privacy_scope) if c.purpose == "publish_popularity_by_country"
+        ]
+    finally:
+        ledger.close()
+
+
+def test_country_popularity_released_again_after_its_cache_is_lost_gets_a_new_charge(
+    shoprec_home: Settings,
+) -> None:
+    """Finding of issue 14: a missing cache file was released again under the old committed charge."""
+    from tasks.privacy import Ledger
+
+    settings = shoprec_home.model_copy(update={"publish_countries": ("FR", "GB")})
+    settings.ensure_dirs()
+    _lake_events(settings)
+    first = _release_country_popularity(settings)
+    assert _release_country_popularity(settings)["FR"].tolist() == first["FR"].tolist()  # cached: no charge
+    (cache,) = (offline_root(settings) / "popularity").glob("*.parquet")
+    ledger = Ledger(settings.resolved_ledger_url)
+    try:
+        spent_once = ledger.spent(settings.privacy_scope, T).epsilon
+    finally:
+        ledger.close()
+    assert len(_country_charges(settings)) == 1
+
+    cache.unlink()
+    second = _release_country_popularity(settings)
+    charges = _country_charges(settings)
+    assert len(charges) == 2
+    assert charges[0].id != charges[1].id
+    assert charges[0].run_id != charges[1].run_id
+    assert [str(c.status) for c in charges] == ["committed", "committed"]
+    assert all(c.artifact_uri == cache.as_uri() for c in charges)
+    assert not all(np.array_equal(first[c], second[c]) for c in ("FR", "GB"))  # a new release: new noise
+    ledger = Ledger(settings.resolved_ledger_url)
+    try:
+        report = ledger.spent(settings.privacy_scope, T)
+    finally:
+        ledger.close()
+    assert set(report.charge_ids) == {c.id for c in charges}
+    assert report.epsilon > spent_once  # the second release is paid for
+
+
+def test_country_popularity_that_fails_before_its_commit_gives_its_charge_back(
+    shoprec_home: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tasks.privacy
+
+    settings = shoprec_home.model_copy(update={"publish_countries": ("FR", "GB")})
+    settings.ensure_dirs()
+    _lake_events(settings)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(tasks.privacy, "release_dp_popularity", broken)
+    with pytest.raises(OSError, match="disk gone"):
+        _release_country_popularity(settings)
+    (charge,) = _country_charges(settings)
+    assert str(charge.status) == "released"
+    assert not (offline_root(settings) / "popularity").exists()
+    monkeypatch.undo()
+    _release_country_popularity(settings)
+    assert [str(c.status) for c in _country_charges(settings)] == ["released", "committed"]
 
 
 @pytest.fixture

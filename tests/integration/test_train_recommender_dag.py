@@ -20,6 +20,7 @@ from helpers_settings import only_shoprec_env
 
 from tasks.config import Settings, get_settings
 from tasks.contracts import EVENTS_SCHEMA, ITEMS_SCHEMA, landing_files, list_partitions, partition_dir
+from tasks.privacy.accounting import DiscreteGaussianCountMechanism
 
 pytestmark = pytest.mark.integration
 
@@ -97,6 +98,12 @@ def test_first_run_registers_version_1_with_its_privacy_statement(runs: dict[str
     assert 0 < float(tags["privacy.delta"]) < 1e-2
     assert int(tags["privacy.steps"]) > 0
     assert int(tags["privacy.ledger_charge_id"]) >= 1
+    # the statement names the DP-SGD noise generator and the OpenDP popularity releases (issue 14)
+    assert tags["privacy.noise_generator"].startswith("torch.Generator on cpu (Mersenne Twister mt19937)")
+    assert "not a CSPRNG" in tags["privacy.statement"]
+    assert tags["privacy.count_mechanisms"].startswith(
+        "OpenDP discrete Gaussian counts (CSPRNG): 3 release(s)"
+    )
 
 
 def test_first_run_is_promoted_and_emits_model_champion(runs: dict[str, Any]) -> None:
@@ -157,3 +164,14 @@ def test_each_run_charged_the_ledger_once_and_committed_it(runs: dict[str, Any])
         ("train_recommender", "committed"),
         ("train_recommender", "committed"),
     ]
+    popularity = [c.mechanism for c in charges if c.purpose == "dp_popularity"]
+    assert all(isinstance(m, DiscreteGaussianCountMechanism) and m.releases == 3 for m in popularity)
+
+
+def test_the_ledger_with_opendp_releases_verifies_with_the_independent_accountant(
+    runs: dict[str, Any],
+) -> None:
+    from tasks.privacy.verify import verify_ledger
+
+    result = verify_ledger(runs["settings"].resolved_ledger_url)
+    assert result.ok, result.problems

@@ -8,6 +8,8 @@ import pytest
 
 from tasks.privacy.accounting import (
     ACCOUNTANT_RTOL,
+    RDP_ORDERS,
+    DiscreteGaussianCountMechanism,
     DpSgdMechanism,
     GaussianCountMechanism,
     LaplaceCountMechanism,
@@ -18,6 +20,7 @@ from tasks.privacy.accounting import (
     mechanism_kind,
     mechanism_params_json,
     naive_sum_epsilon,
+    rdp_curve,
 )
 
 DELTA = 1e-5
@@ -96,3 +99,57 @@ def test_mechanism_round_trips_through_its_stored_json(mechanism: DpSgdMechanism
 def test_invalid_dp_sgd_mechanism_is_refused() -> None:
     with pytest.raises(ValueError, match="invalid DP-SGD"):
         DpSgdMechanism(noise_multiplier=1.0, sample_rate=1.5, steps=10, clip_norm=1.0, cap_k=1)
+
+
+# --- OpenDP discrete Gaussian count releases (rho-zCDP) -------------------------------------------------
+POPULARITY = DiscreteGaussianCountMechanism(
+    scale=4.0 * math.sqrt(50), l2_sensitivity=math.sqrt(50), releases=3
+)
+
+
+def test_discrete_gaussian_rho_composes_over_its_releases() -> None:
+    assert POPULARITY.rho_per_release == pytest.approx(1 / 32)  # 1 / (2 * noise multiplier 4 ** 2)
+    assert POPULARITY.rho == pytest.approx(3 / 32)
+
+
+def test_discrete_gaussian_rdp_curve_is_rho_times_the_order() -> None:
+    curve = rdp_curve(POPULARITY)
+    assert curve == pytest.approx([POPULARITY.rho * a for a in RDP_ORDERS], rel=1e-12)
+    # the same curve as three continuous Gaussian releases of the same noise multiplier (q = 1)
+    gaussian = GaussianCountMechanism(
+        sigma=POPULARITY.scale, l2_sensitivity=POPULARITY.l2_sensitivity, releases=3
+    )
+    assert curve == pytest.approx(rdp_curve(gaussian), rel=1e-9)
+
+
+def test_discrete_gaussian_is_recomputed_by_dp_accountings_zcdp_event() -> None:
+    import dp_accounting
+
+    event = dp_event(POPULARITY)
+    assert event == dp_accounting.SelfComposedDpEvent(dp_accounting.ZCDpEvent(rho=1 / 32), 3)
+    mechanisms = [RUNS[0], POPULARITY]
+    assert compose_epsilon(mechanisms, DELTA) == pytest.approx(
+        independent_epsilon(mechanisms, DELTA), rel=ACCOUNTANT_RTOL
+    )
+    alone = compose_epsilon([POPULARITY], DELTA)
+    assert alone == pytest.approx(independent_epsilon([POPULARITY], DELTA), rel=1e-9)
+    # the RDP conversion is at least as tight as zCDP's rho + 2 sqrt(rho log(1/delta)) (Bun-Steinke)
+    assert 0 < alone <= POPULARITY.rho + 2 * math.sqrt(POPULARITY.rho * math.log(1 / DELTA))
+
+
+def test_discrete_gaussian_round_trips_and_old_kinds_stay_readable() -> None:
+    kind = mechanism_kind(POPULARITY)
+    assert kind == "discrete_gaussian_count"
+    assert mechanism_from_json(kind, mechanism_params_json(POPULARITY)) == POPULARITY
+    # rows written by earlier versions of the ledger
+    assert mechanism_from_json(
+        "gaussian_count", '{"l2_sensitivity": 7.0710678118654755, "releases": 3, "sigma": 28.284271247461902}'
+    ) == GaussianCountMechanism(28.284271247461902, 7.0710678118654755, 3)
+    assert mechanism_from_json(
+        "laplace_count", '{"l1_sensitivity": 3.0, "releases": 2, "scale": 10.0}'
+    ) == LaplaceCountMechanism(10.0, 3.0, 2)
+
+
+def test_invalid_discrete_gaussian_is_refused() -> None:
+    with pytest.raises(ValueError, match="invalid discrete Gaussian"):
+        DiscreteGaussianCountMechanism(scale=0.0, l2_sensitivity=1.0)
