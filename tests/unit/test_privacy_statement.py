@@ -48,7 +48,7 @@ def test_statement_names_the_noise_generator_and_the_count_releases(tmp_path: Pa
     from tasks.training import noise_generator_name
 
     window = (dt.datetime(2026, 1, 1, tzinfo=dt.UTC), dt.datetime(2026, 2, 1, tzinfo=dt.UTC))
-    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}", key=b"test-ledger-key")
     try:
         ledger.ensure_budget("events", 10.0, 1e-5, 365)
         common = dict(scope="events", run_id="run", data_window=window, n_users=4000, code_version="abc")
