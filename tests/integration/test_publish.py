@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tasks.code_version import code_version
 from tasks.config import Profile, Settings
 from tasks.features import (
     ITEM_FEATURES_SCHEMA,
@@ -263,6 +264,8 @@ def test_cold_start_user_gets_dp_popularity_of_their_country_charged_once(shopre
     assert [(c.run_id, str(c.status), c.accountant) for c in charges] == [
         ("publish:1", "committed", "opacus-rdp")
     ]
+    assert charges[0].code_version == code_version()
+    assert charges[0].code_version.startswith("git:")  # the tests run from a checkout
 
 
 @pytest.fixture

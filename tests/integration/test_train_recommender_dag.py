@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from helpers_settings import only_shoprec_env
 
+from tasks.code_version import code_version
 from tasks.config import Settings, get_settings
 from tasks.contracts import EVENTS_SCHEMA, ITEMS_SCHEMA, landing_files, list_partitions, partition_dir
 
@@ -157,3 +158,4 @@ def test_each_run_charged_the_ledger_once_and_committed_it(runs: dict[str, Any])
         ("train_recommender", "committed"),
         ("train_recommender", "committed"),
     ]
+    assert {c.code_version for c in charges} == {code_version()}  # the real commit, not "unknown"
