@@ -368,7 +368,7 @@ def _quarantine_unreadable(settings: Settings, day: dt.date, error: ContractErro
     _replace_dir(partition_dir(settings.quarantine_dir, day), write)
 
 
-def _pseudonymise_ids(frame: pd.DataFrame, key: bytes) -> None:
+def pseudonymise_ids(frame: pd.DataFrame, key: bytes) -> None:
     """Replace user ids and the source ids (event and session ids) by keyed pseudonyms, in place.
 
     Nulls stay null (the gate reports them); equal raw ids get equal pseudonyms, so event ids stay
@@ -421,7 +421,7 @@ def ingest_day(
 
     key = load_key(settings)
     record_key_fingerprint(settings, key)
-    _pseudonymise_ids(frame, key)
+    pseudonymise_ids(frame, key)
 
     min_rows, max_rows, volume_note = _volume_bounds(settings, day)
     parameters = {

@@ -54,7 +54,12 @@ def private_file(path: Path) -> Path:
 
 
 def private_sqlite(url: str) -> None:
-    """For a ``sqlite:///FILE`` URL: create FILE owner-only before SQLite does. Other URLs: nothing."""
+    """For a ``sqlite:///FILE`` URL: create FILE owner-only before SQLite does. Other URLs: nothing.
+
+    Other URLs include MLflow's (``http://...``, ``databricks``) that are no SQLAlchemy URLs at all.
+    """
+    if not url.startswith("sqlite:"):
+        return
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
         return
@@ -62,7 +67,8 @@ def private_sqlite(url: str) -> None:
 
 
 def write_private_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` as a 0600 file: a temporary sibling first, then renamed into place."""
+    """Write ``text`` to ``path`` as a 0600 file in a 0700 folder (created or tightened): a temporary
+    sibling first, then renamed into place."""
     private_dir(path.parent)
     staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)

@@ -43,10 +43,10 @@ def _land(settings: Any) -> list[dt.date]:
         target.mkdir(parents=True, exist_ok=True)
         for path in landing_files(folder, "events"):
             table = pq.read_table(path).to_pandas()
-            from tasks.pseudonymize import load_key, pseudonymize
+            from tasks.ingest import pseudonymise_ids
+            from tasks.pseudonymize import load_key
 
-            key = load_key(settings)
-            table["user_id"] = [pseudonymize(str(u), key) for u in table["user_id"]]
+            pseudonymise_ids(table, load_key(settings))  # user, event and session ids, as ingest does
             pq.write_table(
                 pa.Table.from_pandas(table, preserve_index=False).cast(EVENTS_SCHEMA),
                 target / "part-0.parquet",
