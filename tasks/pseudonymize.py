@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Final
 
 from tasks.config import Settings
-from tasks.contracts import list_partitions
+from tasks.contracts import list_partitions, partition_dir
 from tasks.permissions import PRIVATE_FILE_MODE, private_dir
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,13 @@ def recorded_fingerprint(settings: Settings) -> str | None:
 
 
 def _lake_has_data(settings: Settings) -> bool:
-    return recorded_fingerprint(settings) is not None or bool(list_partitions(settings.events_dir))
+    """Whether the lake recorded a key or holds event files (written before fingerprints existed)."""
+    if recorded_fingerprint(settings) is not None:
+        return True
+    return any(
+        any(partition_dir(settings.events_dir, day).glob("*.parquet"))
+        for day in list_partitions(settings.events_dir)
+    )
 
 
 def load_key(settings: Settings) -> bytes:
