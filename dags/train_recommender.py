@@ -79,10 +79,11 @@ def train_recommender() -> None:
         executor_config={"pod_override": TRAINER_POD},
     )
     def train_model(*, run_id=None) -> dict:  # type: ignore[no-untyped-def]
+        from tasks.code_version import code_version
         from tasks.config import get_settings
         from tasks.training import run_training
 
-        return run_training(get_settings(), run_key=run_id).to_dict()
+        return run_training(get_settings(), run_key=run_id, code_version=code_version()).to_dict()
 
     @task(multiple_outputs=False, execution_timeout=pendulum.duration(hours=1))
     def register_and_gate(manifest: dict) -> dict:

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from tasks.config import get_settings
+from tasks.permissions import restrict_umask
 from tasks.privacy.cli import app as privacy_app
 
 app = typer.Typer(
@@ -25,6 +26,12 @@ app = typer.Typer(
 )
 console = Console()
 app.add_typer(privacy_app, name="privacy", help="Privacy budget ledger: verify, report, status.")
+
+
+@app.callback()
+def _owner_only_files() -> None:
+    """Every command creates its files owner-only (raw landing data, keys, ledger and state databases)."""
+    restrict_umask()
 
 
 class Source(StrEnum):

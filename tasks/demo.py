@@ -23,6 +23,7 @@ from rich.table import Table
 
 from tasks.config import Settings
 from tasks.orchestration import DagRunResult, configure_airflow, interval_end_for_day, load_dags, run_dag
+from tasks.permissions import PRIVATE_FILE_MODE
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,8 @@ def airflow_output_to(log_path: Path) -> Generator[None]:
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     saved = os.dup(1), os.dup(2)
-    with log_path.open("ab") as log:
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE_MODE)
+    with os.fdopen(fd, "ab") as log:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
         try:

@@ -15,7 +15,10 @@ Interface (names are stable; training and publishing code against them):
 * feature view ``item_features`` (entity ``item``): ``title category price first_seen`` and ``embedding``
   (Array(Float32), 384, vector-indexed, cosine); ``event_timestamp = first_seen``, TTL 0;
 * feature view ``item_popularity`` (entity ``item``): raw, NON-private event counts over 7/30 days and
-  ``users_30d``; TTL 2 days.  It is computed from many users' data and is never read by DP training;
+  ``users_30d``; TTL 2 days.  It is computed from many users' data without a DP mechanism, so it is
+  **offline only** (``online=False``, refused by :func:`materialize`): operators may read it from the
+  offline store, feature consumers (online store, feature server) never see it; DP training never reads
+  it;
 * feature services ``recommender_v1`` (all of ``user_features``: what training and serving read per user)
   and ``item_catalog_v1`` (``item_features``).  Neither contains ``item_popularity``.
 
@@ -52,7 +55,6 @@ from tasks.config import Profile, Settings
 from tasks.features import (
     COUNT_COLUMNS,
     item_features_path,
-    item_popularity_dir,
     user_features_dir,
 )
 
@@ -64,6 +66,8 @@ EMBEDDING_DIM: Final = 384
 USER_FEATURES: Final = "user_features"
 ITEM_FEATURES: Final = "item_features"
 ITEM_POPULARITY: Final = "item_popularity"
+# Views computed from many users without a DP mechanism: never materialised to the online store.
+OFFLINE_ONLY_VIEWS: Final = frozenset({ITEM_POPULARITY})
 RECOMMENDER_SERVICE: Final = "recommender_v1"
 ITEM_SERVICE: Final = "item_catalog_v1"
 EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -183,8 +187,8 @@ def build_definitions(features_dir: Path) -> FeastDefinitions:
         ttl=dt.timedelta(days=2),
         schema=[Field(name=c, dtype=Int64) for c in (*COUNT_COLUMNS, "users_30d")],
         source=popularity_source,
-        online=True,
-        tags={"privacy": "NOT differentially private: never read by DP training"},
+        online=False,  # raw counts of many users: never in the store feature consumers read
+        tags={"privacy": "NOT differentially private: offline only, never read by DP training"},
     )
     recommender_v1 = FeatureService(
         name=RECOMMENDER_SERVICE,
@@ -340,10 +344,17 @@ def materialize(
 
     ``start``/``end`` come from the run's data (snapshot times), never from the wall clock.  Item
     features are keyed on ``first_seen``, so they are materialised from the epoch up to ``end``.
+    Offline-only views (:data:`OFFLINE_ONLY_VIEWS`: raw, non-private counts) are refused.
     """
     if start.tzinfo is None or end.tzinfo is None:
         raise ValueError("materialize: start and end must be timezone-aware")
-    chosen = list(views or (USER_FEATURES, ITEM_POPULARITY, ITEM_FEATURES))
+    chosen = list(views or (USER_FEATURES, ITEM_FEATURES))
+    refused = sorted(OFFLINE_ONLY_VIEWS.intersection(chosen))
+    if refused:
+        raise ValueError(
+            f"materialize: {', '.join(refused)} is offline only (raw counts of many users, no DP "
+            "mechanism): it never goes to the online store feature consumers read"
+        )
     store = get_store(settings)
     started = time.perf_counter()
     windowed = [v for v in chosen if v != ITEM_FEATURES]
@@ -352,8 +363,6 @@ def materialize(
         store.materialize(start_date=start, end_date=end, feature_views=windowed)
         if USER_FEATURES in windowed:
             rows += _rows_between(user_features_dir(settings), start, end)
-        if ITEM_POPULARITY in windowed:
-            rows += _rows_between(item_popularity_dir(settings), start, end)
     if ITEM_FEATURES in chosen:
         store.materialize(start_date=EPOCH, end_date=end, feature_views=[ITEM_FEATURES])
         rows += _rows_between(item_features_path(settings).parent, EPOCH, end)

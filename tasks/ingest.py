@@ -5,7 +5,8 @@ Entry points the ``ingest_events`` DAG calls:
 * :func:`update_catalog` merges the landing ``items*`` files of every day up to and including ``day``
   into ``lake/items/items.parquet`` (first_seen = earliest; other attributes from the latest day),
   after the ``items`` suite passed.
-* :func:`ingest_day` reads ``landing/date=D/events*``, replaces user ids by keyed pseudonyms before
+* :func:`ingest_day` reads ``landing/date=D/events*``, replaces user ids and the source ids that link
+  back to raw records (``event_id``, ``session_id``: invoice numbers) by keyed pseudonyms before
   anything is written, runs the ``events`` suite and writes the good rows to
   ``lake/events/date=D/part-0.parquet`` and the failing rows, each with the names of the expectations
   it failed, to ``quarantine/date=D/rows.parquet``.  If the bad-row share exceeds
@@ -13,7 +14,8 @@ Entry points the ``ingest_events`` DAG calls:
   and nothing of that day reaches the lake (the quarantine partition still records why).
 
 Partitions are written to a temporary folder and renamed into place, sorted deterministically, so a
-re-run replaces the day and identical input gives byte-identical files.  Raw user ids stay in landing.
+re-run replaces the day and identical input (and key) gives byte-identical files.  Raw user, event and
+session ids stay in landing.
 """
 
 from __future__ import annotations
@@ -47,7 +49,13 @@ from tasks.contracts import (
     partition_dir,
     require_columns,
 )
-from tasks.pseudonymize import load_key, pseudonymize
+from tasks.pseudonymize import (
+    SOURCE_ID_PREFIXES,
+    load_key,
+    pseudonymize,
+    pseudonymize_source_id,
+    record_key_fingerprint,
+)
 from tasks.validation import GateResult, run_gate
 
 log = logging.getLogger(__name__)
@@ -360,6 +368,34 @@ def _quarantine_unreadable(settings: Settings, day: dt.date, error: ContractErro
     _replace_dir(partition_dir(settings.quarantine_dir, day), write)
 
 
+def pseudonymise_ids(frame: pd.DataFrame, key: bytes) -> None:
+    """Replace user ids and the source ids (event and session ids) by keyed pseudonyms, in place.
+
+    Nulls stay null (the gate reports them); equal raw ids get equal pseudonyms, so event ids stay
+    unique and one invoice's lines keep one session id.
+    """
+
+    def keyed(column: str) -> None:
+        cache: dict[str, str] = {}
+        values: list[str | None] = []
+        for raw in frame[column]:
+            if raw is None or raw != raw:  # None or NaN
+                values.append(None)
+                continue
+            if raw not in cache:
+                text = str(raw)
+                cache[raw] = (
+                    pseudonymize(text, key)
+                    if column == "user_id"
+                    else pseudonymize_source_id(text, key, column)
+                )
+            values.append(cache[raw])
+        frame[column] = values
+
+    for column in ("user_id", *SOURCE_ID_PREFIXES):
+        keyed(column)
+
+
 def ingest_day(
     settings: Settings, day: dt.date, *, run_id: str, interval_end: dt.datetime | None = None
 ) -> IngestManifest:
@@ -384,11 +420,8 @@ def ingest_day(
         raise
 
     key = load_key(settings)
-    cache: dict[str, str] = {}
-    frame["user_id"] = [
-        None if raw is None or raw != raw else cache.setdefault(raw, pseudonymize(str(raw), key))
-        for raw in frame["user_id"]
-    ]
+    record_key_fingerprint(settings, key)
+    pseudonymise_ids(frame, key)
 
     min_rows, max_rows, volume_note = _volume_bounds(settings, day)
     parameters = {

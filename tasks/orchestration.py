@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.config import Settings
+from tasks.permissions import private_dir, private_sqlite, restrict_umask
 
 DAG_IDS = (
     "ingest_events",
@@ -43,7 +44,11 @@ def airflow_environment(settings: Settings) -> dict[str, str]:
 
 
 def configure_airflow(settings: Settings) -> None:
-    """Point this process's Airflow at the settings' home and create its metadata database."""
+    """Point this process's Airflow at the settings' home and create its metadata database.
+
+    Sets this process's umask to owner-only first (:func:`tasks.permissions.restrict_umask`): the
+    Airflow home (0700), its SQLite database (0600) and every log Airflow writes are the owner's alone.
+    """
     if "airflow" in sys.modules:
         current = os.environ.get("AIRFLOW_HOME")
         if current and Path(current).resolve() != settings.airflow_home:
@@ -51,8 +56,10 @@ def configure_airflow(settings: Settings) -> None:
                 f"Airflow was already imported with AIRFLOW_HOME={current}; "
                 f"configure_airflow must run before the first airflow import"
             )
-    settings.airflow_home.mkdir(parents=True, exist_ok=True)
+    restrict_umask()
+    private_dir(settings.airflow_home)
     os.environ.update(airflow_environment(settings))
+    private_sqlite(os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
     migrate_metadata_db()
 
 

@@ -42,6 +42,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tasks.code_version import code_version
 from tasks.config import Settings
 
 if TYPE_CHECKING:
@@ -699,7 +700,7 @@ def _release_country_popularity(
         mechanism=popularity_mechanism(sigma, POPULARITY_CAP),
         data_window=((end - pd.Timedelta(days=POPULARITY_DAYS)).to_pydatetime(), end.to_pydatetime()),
         n_users=n_users,
-        code_version="tasks.publishing",
+        code_version=code_version(),
         data_hash=hashlib.sha256(f"{len(window)}|{end.isoformat()}".encode()).hexdigest(),
         purpose=COUNTRY_POPULARITY_PURPOSE,
     )

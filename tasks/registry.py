@@ -23,6 +23,7 @@ import torch
 
 from tasks.config import Settings
 from tasks.model import BlendWeights, ItemCatalog, ModelConfig, Recommender, TwoTower
+from tasks.permissions import private_sqlite
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -159,6 +160,7 @@ class RegisteredModel:
 def client(settings: Settings) -> MlflowClient:
     import mlflow
 
+    private_sqlite(settings.resolved_mlflow_tracking_uri)  # the embedded store: 0600 in a 0700 folder
     mlflow.set_tracking_uri(settings.resolved_mlflow_tracking_uri)
     mlflow.set_registry_uri(settings.resolved_mlflow_registry_uri)
     return mlflow.MlflowClient(settings.resolved_mlflow_tracking_uri, settings.resolved_mlflow_registry_uri)

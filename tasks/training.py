@@ -471,14 +471,24 @@ def train(
 def _save_checkpoint(
     path: Path, epoch: int, losses: list[float], model: TwoTower, optimizer: Any, engine: Any
 ) -> None:
+    """Tensors and plain Python values only, so :func:`_load_checkpoint` can refuse anything else."""
+    accountant = None
+    if engine is not None:
+        accountant_state = engine.accountant.state_dict()
+        accountant = {
+            "history": [
+                (float(sigma), float(rate), int(steps)) for sigma, rate, steps in accountant_state["history"]
+            ],
+            "mechanism": str(accountant_state["mechanism"]),
+        }
     # "rng" is torch's global generator (model-side randomness). The DP noise and Poisson sampling
     # generators are never saved: a resumed attempt draws fresh OS entropy (make_private_trainer).
     state = {
-        "epoch": epoch,
-        "losses": losses,
+        "epoch": int(epoch),
+        "losses": [float(loss) for loss in losses],
         "model": model.state_dict(),
         "optimizer": getattr(optimizer, "original_optimizer", optimizer).state_dict(),
-        "accountant": engine.accountant.state_dict() if engine is not None else None,
+        "accountant": accountant,
         "rng": torch.get_rng_state(),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -488,7 +498,8 @@ def _save_checkpoint(
 
 
 def _load_checkpoint(path: Path, model: TwoTower, optimizer: Any, engine: Any) -> tuple[int, list[float]]:
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    """Resume from ``path``; ``weights_only=True``: a checkpoint carrying pickled objects is refused."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     getattr(optimizer, "original_optimizer", optimizer).load_state_dict(state["optimizer"])
     if engine is not None:

@@ -1,11 +1,15 @@
-"""Search a folder tree for raw user ids that must never leave the landing zone."""
+"""Search a folder tree for raw ids (user ids, invoice numbers) that must never leave the landing zone."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from tasks.config import Settings
+from tasks.pseudonymize import load_key, pseudonymize_source_id
 
 
 def _parquet_strings(path: Path) -> set[str]:
@@ -44,3 +48,9 @@ def _contains_any(path: Path, needles: set[str]) -> bool:
     if path.suffix != ".parquet":
         return False
     return any(needle in value for value in _parquet_strings(path) for needle in needles)
+
+
+def lake_event_ids(settings: Settings, raw_event_ids: Iterable[str]) -> set[str]:
+    """The event ids the lake holds for landing ``raw_event_ids``: keyed with the lake's key at ingest."""
+    key = load_key(settings)
+    return {pseudonymize_source_id(raw, key, "event_id") for raw in raw_event_ids}

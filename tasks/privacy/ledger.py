@@ -37,11 +37,11 @@ from collections.abc import Callable, Generator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from enum import StrEnum
-from pathlib import Path
 from typing import Any, Final
 
 import sqlalchemy as sa
 
+from tasks.permissions import private_sqlite
 from tasks.privacy.accounting import (
     LEDGER_ACCOUNTANT,
     DpSgdMechanism,
@@ -367,8 +367,7 @@ def make_engine(url: str) -> sa.Engine:
     parsed = sa.engine.make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return sa.create_engine(url, pool_pre_ping=True)
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    private_sqlite(url)  # ledger.db: 0600 in a 0700 folder
     engine = sa.create_engine(url, connect_args={"timeout": 60})
 
     @sa.event.listens_for(engine, "connect")

@@ -38,6 +38,7 @@ from tasks.contracts import (
     partition_dir,
     require_columns,
 )
+from tasks.permissions import PRIVATE_FILE_MODE, private_dir
 
 
 @dataclass(frozen=True)
@@ -158,16 +159,18 @@ def write_landing_day(
     """Replace ``landing_dir/date=DAY/`` with ``events.parquet`` (and ``items.parquet`` if any rows).
 
     Written to a temporary sibling folder first, then renamed into place; an existing folder for the day
-    is moved aside and removed only after the new one is in place.
+    is moved aside and removed only after the new one is in place.  Landing holds raw ids: the folders
+    are 0700 and the files 0600 whatever the process's umask.
     """
-    landing_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(landing_dir)
     final = partition_dir(landing_dir, day)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=landing_dir))
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=landing_dir))  # 0700
     try:
         pq.write_table(events, staging / EVENTS_FILE)
         if items is not None and items.num_rows:
             pq.write_table(items, staging / ITEMS_FILE)
-        staging.chmod(0o755)
+        for written in staging.iterdir():
+            written.chmod(PRIVATE_FILE_MODE)
         if final.exists():
             retired = landing_dir / f".{final.name}.old-{uuid.uuid4().hex}"
             final.rename(retired)

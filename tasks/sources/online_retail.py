@@ -19,7 +19,8 @@ it, and counted (:class:`OnlineRetailReport`, also written as JSON beside the la
 10. ``outside_window``: the event's UTC day is outside ``[start, end]`` (only when a window is given).
 
 Mapping: ``event_id`` = ``{invoice}-{line:04d}`` (line = 1-based position of the row within its invoice
-in file order, counted before any drop, so ids do not depend on the filters), ``session_id`` = invoice,
+in file order, counted before any drop, so ids do not depend on the filters), ``session_id`` = invoice
+(raw ids, like the Customer ID: landing is owner-only, and ingest replaces all three by keyed pseudonyms),
 ``user_id`` = Customer ID as a whole number string ("13085"), ``event_timestamp`` = InvoiceDate read as
 Europe/London local time converted to UTC, ``quantity``/``unit_price``/``country`` as in the file.
 Items: ``item_id`` = StockCode (upper case), ``title`` = its most frequent Description (whitespace
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.contracts import EVENTS_SCHEMA, ITEMS_SCHEMA, ContractError
+from tasks.permissions import write_private_text
 from tasks.sources.loader import SourceManifest, conform, write_landing
 
 SOURCE: Final = "online_retail"
@@ -301,7 +302,7 @@ def load_online_retail(
 
     ``start``/``end`` (inclusive UTC days) limit which days are written; every other rule is applied to
     the whole file first, so titles, prices and the report's drop counts do not depend on the window.
-    The report is written to ``landing_dir/_online_retail_report.json`` (temp file, then renamed).
+    The report is written to ``landing_dir/_online_retail_report.json`` (temp file, then renamed; 0600).
     """
     path = Path(path)
     raw, overlapping = _read(path)
@@ -405,8 +406,5 @@ def load_online_retail(
         window=(start, end),
         report_path=str(report_path),
     )
-    report_path.parent.mkdir(parents=True, exist_ok=True)
-    staging = report_path.with_name(f".{REPORT_FILE}.tmp")
-    staging.write_text(report.to_json() + "\n", encoding="utf-8")
-    os.replace(staging, report_path)
+    write_private_text(report_path, report.to_json() + "\n")  # beside raw data: owner-only
     return manifest, report

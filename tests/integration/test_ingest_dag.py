@@ -10,7 +10,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 from helpers_landing import good_events, raw_user, write_events, write_good_day
-from helpers_raw_ids import find_raw_ids
+from helpers_raw_ids import find_raw_ids, lake_event_ids
 
 from tasks.config import Settings
 
@@ -45,7 +45,10 @@ def test_good_day_succeeds_and_fills_the_lake(ingest_dag: Any, shoprec_home: Set
     assert state == "success"
     assert states == {"update_catalog": "success", "validate_and_publish": "success"}
     lake = pq.read_table(shoprec_home.events_dir / "date=2024-03-05" / "part-0.parquet")
-    assert sorted(lake.column("event_id").to_pylist()) == sorted(r["event_id"] for r in rows)
+    assert set(lake.column("event_id").to_pylist()) == lake_event_ids(
+        shoprec_home, (r["event_id"] for r in rows)
+    )
+    assert lake.num_rows == len(rows)
     report = json.loads((shoprec_home.quarantine_dir / "date=2024-03-05" / "report.json").read_text())
     assert (report["status"], report["rows_quarantined"]) == ("accepted", 0)
     assert (shoprec_home.reports_dir / "data_docs" / "events" / "date=2024-03-05" / "index.html").is_file()
@@ -91,11 +94,13 @@ def test_corrupted_day_fails_and_keeps_lake_empty(ingest_dag: Any, shoprec_home:
     assert states == {"update_catalog": "success", "validate_and_publish": "failed"}
     assert not (shoprec_home.events_dir / "date=2024-03-05").exists()
     quarantine = pq.read_table(shoprec_home.quarantine_dir / "date=2024-03-05" / "rows.parquet").to_pylist()
-    reasons = {row["event_id"]: row["failed_expectations"] for row in quarantine}
+    reasons = {row["source_row"]: row["failed_expectations"] for row in quarantine}
     assert reasons == {
-        **{rows[i]["event_id"]: ["item_id_in_catalog"] for i in range(4)},
-        rows[4]["event_id"]: ["event_timestamp_in_day", "event_timestamp_not_in_future"],
+        **{i: ["item_id_in_catalog"] for i in range(4)},
+        4: ["event_timestamp_in_day", "event_timestamp_not_in_future"],
     }
+    quarantined_ids = {row["event_id"] for row in quarantine}
+    assert quarantined_ids == lake_event_ids(shoprec_home, (rows[i]["event_id"] for i in range(5)))
     report = json.loads((shoprec_home.quarantine_dir / "date=2024-03-05" / "report.json").read_text())
     assert report["status"] == "rejected"
 

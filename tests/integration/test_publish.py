@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tasks.code_version import code_version
 from tasks.config import Profile, Settings
 from tasks.features import (
     ITEM_FEATURES_SCHEMA,
@@ -264,6 +265,8 @@ def test_cold_start_user_gets_dp_popularity_of_their_country_charged_once(shopre
     assert [(str(c.status), c.accountant, c.model_version) for c in charges] == [
         ("committed", "opacus-rdp", "1")
     ]
+    assert charges[0].code_version == code_version()
+    assert charges[0].code_version.startswith("git:")  # the tests run from a checkout
     assert charges[0].run_id.startswith("publish:1:")  # publish:<version>:<attempt>
     assert isinstance(charges[0].mechanism, DiscreteGaussianCountMechanism)
 

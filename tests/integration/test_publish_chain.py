@@ -43,10 +43,10 @@ def _land(settings: Any) -> list[dt.date]:
         target.mkdir(parents=True, exist_ok=True)
         for path in landing_files(folder, "events"):
             table = pq.read_table(path).to_pandas()
-            from tasks.pseudonymize import load_key, pseudonymize
+            from tasks.ingest import pseudonymise_ids
+            from tasks.pseudonymize import load_key
 
-            key = load_key(settings)
-            table["user_id"] = [pseudonymize(str(u), key) for u in table["user_id"]]
+            pseudonymise_ids(table, load_key(settings))  # user, event and session ids, as ingest does
             pq.write_table(
                 pa.Table.from_pandas(table, preserve_index=False).cast(EVENTS_SCHEMA),
                 target / "part-0.parquet",
@@ -214,16 +214,19 @@ def test_rerunning_the_publish_dag_keeps_the_same_rows(published: dict[str, Any]
     assert len(sorted((published["settings"].home / "recommendations").glob("publish_id=*"))) == 1
 
 
-def test_no_raw_user_id_leaves_the_landing_zone(chain: dict[str, Any], airflow_home: Path) -> None:
-    """Lake, quarantine, features, Feast registry and online store, MLflow, published lists, Airflow logs."""
+def test_no_raw_user_or_source_id_leaves_the_landing_zone(chain: dict[str, Any], airflow_home: Path) -> None:
+    """Raw user, event and session ids are in none of: lake, quarantine, features, Feast registry and
+    online store, MLflow, published lists, Airflow logs."""
     from helpers_raw_ids import find_raw_ids
 
     settings = chain["settings"]
     raw_ids: set[str] = set()
+    id_columns = ["user_id", "event_id", "session_id"]
     for day in list_partitions(settings.landing_dir):
         for path in landing_files(partition_dir(settings.landing_dir, day), "events"):
-            raw_ids.update(str(u) for u in pq.read_table(path, columns=["user_id"])["user_id"].to_pylist())
-    assert len(raw_ids) > 100
+            table = pq.read_table(path, columns=id_columns)
+            raw_ids.update(str(v) for column in id_columns for v in table[column].to_pylist() if v)
+    assert len(raw_ids) > 1000
     searched = [p for p in settings.home.iterdir() if p.name != "landing"] + [airflow_home]
     assert {p.name for p in searched} >= {"lake", "features", "feast", "mlflow", "recommendations"}
     assert [hit for root in searched for hit in find_raw_ids(root, raw_ids)] == []

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from helpers_settings import only_shoprec_env
 
+from tasks.code_version import code_version
 from tasks.config import Settings, get_settings
 from tasks.contracts import EVENTS_SCHEMA, ITEMS_SCHEMA, landing_files, list_partitions, partition_dir
 from tasks.privacy.accounting import DiscreteGaussianCountMechanism
@@ -166,12 +167,13 @@ def test_each_run_charged_the_ledger_once_and_committed_it(runs: dict[str, Any])
     ]
     popularity = [c.mechanism for c in charges if c.purpose == "dp_popularity"]
     assert all(isinstance(m, DiscreteGaussianCountMechanism) and m.releases == 3 for m in popularity)
+    assert {c.code_version for c in charges} == {code_version()}  # the real commit, not "unknown"
 
 
 def test_the_ledger_with_opendp_releases_verifies_with_the_independent_accountant(
     runs: dict[str, Any],
 ) -> None:
-    from tasks.privacy.verify import verify_ledger
+    from tasks.privacy.verify import verify_settings
 
-    result = verify_ledger(runs["settings"].resolved_ledger_url)
+    result = verify_settings(runs["settings"])
     assert result.ok, result.problems

@@ -147,7 +147,7 @@ def killed_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
         killed_at = time.monotonic()
         import torch
 
-        killed_epoch = int(torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"])
+        killed_epoch = int(torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"])
         print(f"fault/worker: killed {len(tree)} processes of the gpu worker after epoch {killed_epoch}")
         replacement = _start_gpu_worker(stack)
         finished = stack.wait_for_run("train_recommender", run_id, deadline - time.monotonic())

@@ -43,7 +43,8 @@ def _prepare_history(settings: Settings) -> list[dt.date]:
     """Land the shop; put every day but the last into the lake and the feature snapshots."""
     from tasks.contracts import EVENTS_SCHEMA, ITEMS_SCHEMA, landing_files, list_partitions, partition_dir
     from tasks.features import compute_features
-    from tasks.pseudonymize import load_key, pseudonymize
+    from tasks.ingest import pseudonymise_ids
+    from tasks.pseudonymize import load_key
     from tasks.sources.synthetic import SyntheticConfig, generate
 
     settings.ensure_dirs()
@@ -59,7 +60,7 @@ def _prepare_history(settings: Settings) -> list[dt.date]:
         target.mkdir(parents=True, exist_ok=True)
         for path in landing_files(partition_dir(settings.landing_dir, day), "events"):
             frame = pq.read_table(path).to_pandas()
-            frame["user_id"] = [pseudonymize(str(user), key) for user in frame["user_id"]]
+            pseudonymise_ids(frame, key)  # user, event and session ids, as ingest does
             table = pa.Table.from_pandas(frame, preserve_index=False).cast(EVENTS_SCHEMA)
             pq.write_table(table, target / "part-0.parquet")
         items += [pq.read_table(p) for p in landing_files(partition_dir(settings.landing_dir, day), "items")]

@@ -7,6 +7,7 @@ import datetime as dt
 import pyarrow.parquet as pq
 import pytest
 from helpers_landing import good_events, write_events, write_good_day
+from helpers_raw_ids import lake_event_ids
 
 from tasks.config import Settings
 from tasks.ingest import IngestRejected, ingest_day, update_catalog
@@ -21,7 +22,9 @@ def test_good_day_goes_to_lake_with_pseudonyms(shoprec_home: Settings) -> None:
     lake = pq.read_table(shoprec_home.events_dir / "date=2024-03-05" / "part-0.parquet")
     assert (manifest.rows_in, manifest.rows_clean, manifest.rows_quarantined) == (40, 40, 0)
     assert lake.num_rows == 40
-    assert {r["event_id"] for r in rows} == set(lake.column("event_id").to_pylist())
+    assert lake_event_ids(shoprec_home, (r["event_id"] for r in rows)) == set(
+        lake.column("event_id").to_pylist()
+    )
     assert all(u.startswith("u_") and len(u) == 34 for u in lake.column("user_id").to_pylist())
 
 

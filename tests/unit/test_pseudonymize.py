@@ -7,7 +7,7 @@ import stat
 import pytest
 
 from tasks.config import Settings
-from tasks.pseudonymize import PseudonymKeyError, is_pseudonym, load_key, pseudonymize
+from tasks.pseudonymize import PseudonymKeyError, is_pseudonym, load_key, pseudonymize, pseudonymize_source_id
 
 
 def test_same_raw_id_and_key_give_same_pseudonym() -> None:
@@ -66,3 +66,24 @@ def test_empty_key_file_is_an_error(shoprec_home: Settings) -> None:
     path.write_text("")
     with pytest.raises(PseudonymKeyError, match="is empty"):
         load_key(shoprec_home)
+
+
+def test_source_id_pseudonym_is_hmac_of_column_and_raw_id() -> None:
+    import hashlib
+    import hmac
+
+    expected = hmac.new(b"key", b"session_id\x1f489434", hashlib.sha256).hexdigest()[:32]
+    assert pseudonymize_source_id("489434", b"key", "session_id") == "s_" + expected
+    assert pseudonymize_source_id("489434-0001", b"key", "event_id").startswith("e_")
+
+
+def test_an_invoice_and_a_customer_with_the_same_digits_get_unrelated_pseudonyms() -> None:
+    user = pseudonymize("489434", b"k").removeprefix("u_")
+    session = pseudonymize_source_id("489434", b"k", "session_id").removeprefix("s_")
+    event = pseudonymize_source_id("489434", b"k", "event_id").removeprefix("e_")
+    assert len({user, session, event}) == 3
+
+
+def test_a_source_id_needs_a_key() -> None:
+    with pytest.raises(PseudonymKeyError):
+        pseudonymize_source_id("489434", b"", "session_id")
