@@ -21,7 +21,6 @@ from typer.testing import CliRunner
 
 from tasks.config import Settings
 from tasks.ingest import ingest_day, update_catalog
-from tasks.privacy.ledger import Ledger
 from tasks.sources.online_retail import load_online_retail
 from tasks.sources.synthetic import SyntheticConfig, generate
 
@@ -71,7 +70,9 @@ def test_ingest_creates_the_key_owner_only(shoprec_home: Settings) -> None:
 
 
 def test_the_ledger_database_is_owner_only(shoprec_home: Settings) -> None:
-    ledger = Ledger(shoprec_home.resolved_ledger_url)
+    from tasks.privacy.ledger_key import open_ledger
+
+    ledger = open_ledger(shoprec_home)  # the ledger and its key file, as the pipeline creates them
     ledger.ensure_budget("events", 10.0, 1e-5, 365)
     ledger.close()
     database = shoprec_home.privacy_dir / "ledger.db"
