@@ -33,6 +33,18 @@ TAG_PREFIX: Final = "privacy."
 UNRECORDED_GENERATOR: Final = "torch default PRNG (generator and seeding not recorded); not a CSPRNG"
 
 
+# What a model version's (epsilon, delta) does not cover, stated on every version (docs/privacy.md,
+# "Threat model and trust boundary", says who can read each of these).
+NOT_COVERED: Final[tuple[str, ...]] = (
+    "blend weights (popularity, text-neighbour, model and repeat weights: 5 choices from fixed grids) "
+    "selected by NDCG@10 on real users' validation window without a DP selection mechanism",
+    "the promotion decision (one bit per version) and the evaluation metrics, computed on real users' "
+    "test window without DP (MLflow, operators only)",
+    "the non-private twin model and its metrics (MLflow, operators only; never published)",
+    "floating-point attacks on DP-SGD's Gaussian noise (torch's generators are not CSPRNGs)",
+)
+
+
 def describe_count_charge(charge: Charge) -> str:
     """One line naming a count release's mechanism, its cost and its ledger charge."""
     m = charge.mechanism
@@ -74,6 +86,7 @@ class PrivacyStatement:
     secure_rng: bool
     noise_generator: str = UNRECORDED_GENERATOR
     count_mechanisms: tuple[str, ...] = ()
+    not_covered: tuple[str, ...] = NOT_COVERED
 
     @classmethod
     def from_charge(
@@ -115,7 +128,8 @@ class PrivacyStatement:
             f"DP-SGD noise multiplier {self.noise_multiplier:.4g}, sample rate {self.sample_rate:.4g}, "
             f"{self.steps} steps, clip norm {self.clip_norm:.4g}, at most {self.cap_k} examples per user; "
             f"{self.n_users} users, data {self.data_window[0].date()}..{self.data_window[1].date()}; "
-            f"DP-SGD noise and Poisson sampling drawn with {rng}{counts}"
+            f"DP-SGD noise and Poisson sampling drawn with {rng}{counts}; not covered: "
+            + "; ".join(self.not_covered)
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,6 +147,7 @@ class PrivacyStatement:
         values.pop("summary", None)
         start, end = values.pop("data_window")
         values["count_mechanisms"] = tuple(values.get("count_mechanisms", ()))
+        values["not_covered"] = tuple(values.get("not_covered", NOT_COVERED))
         return cls(**values, data_window=(dt.datetime.fromisoformat(start), dt.datetime.fromisoformat(end)))
 
     def to_tags(self) -> dict[str, str]:
@@ -154,6 +169,7 @@ class PrivacyStatement:
             "secure_rng": str(self.secure_rng).lower(),
             "noise_generator": self.noise_generator,
             "count_mechanisms": " | ".join(self.count_mechanisms) or "none",
+            "not_covered": " | ".join(self.not_covered) or "none",
             "statement": self.summary(),
         }
         return {TAG_PREFIX + key: value for key, value in tags.items()}
