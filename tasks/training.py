@@ -28,7 +28,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tasks.config import Settings
 from tasks.model import PAD, ItemCatalog, TwoTower, history_matrix, user_feature_matrix
+from tasks.permissions import private_dir, private_file
 
 log = logging.getLogger(__name__)
 
@@ -626,6 +627,27 @@ def popularity_release(
     return counts_to_catalog(released.rename(columns={"noisy_count": "count"}), catalog)
 
 
+def released_once(path: Path, release: Callable[[], Sequence[np.ndarray]]) -> list[np.ndarray]:
+    """The releases of one ledger charge, made at most once: read back from ``path`` when an earlier
+    attempt of the run already made them, else made by ``release()`` and written there (owner-only,
+    write-then-rename) before anything else uses them.
+
+    A retried task keeps its reserved charge, so releasing again would put two releases under one
+    charge; an attempt that died before the file appeared never let its releases out of the process.
+    """
+    if path.exists():
+        with np.load(path, allow_pickle=False) as stored:
+            return [stored[f"release_{i}"] for i in range(len(stored.files))]
+    arrays = [np.asarray(a) for a in release()]
+    private_dir(path.parent)
+    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with private_file(staging).open("wb") as handle:
+        named: dict[str, Any] = {f"release_{i}": a for i, a in enumerate(arrays)}
+        np.savez(handle, **named)
+    staging.replace(path)
+    return arrays
+
+
 def _active_charge(ledger: Any, scope: str, run_key: str, purpose: str) -> Any:
     for charge in ledger.charges(scope):
         if charge.run_id == run_key and charge.purpose == purpose and str(charge.status) != "released":
@@ -755,9 +777,12 @@ def run_training(settings: Settings, *, run_key: str, code_version: str = "unkno
     twin = build_model(catalog)
     twin_result = train(twin, examples, TrainConfig(**{**asdict(config), "private": False}))
 
-    pop_val = popularity_release(events, catalog, cuts.validation)
-    pop_test = popularity_release(events, catalog, cuts.test)
-    pop_serve = popularity_release(events, catalog, cuts.as_of)
+    pop_val, pop_test, pop_serve = released_once(
+        run_dir / f"dp_popularity-charge{int(pop_charge.id)}.npz",
+        lambda: [
+            popularity_release(events, catalog, end) for end in (cuts.validation, cuts.test, cuts.as_of)
+        ],
+    )
     from tasks.evaluation import temporal_split_from_state
 
     val_state = feature_state(settings, all_users, cuts.validation)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -179,3 +180,23 @@ def test_per_user_cut_splits_each_users_purchase_days_and_labels_come_after_it()
     cuts = per_user_cuts(events, end)
     assert cuts.set_index("user_id")["cut"].to_dict() == {"a": pd.Timestamp("2024-01-03", tz="UTC")}
     assert purchases_after_cuts(events, cuts, end) == {"a": ["y", "z"]}
+
+
+def test_a_retried_run_reads_its_popularity_releases_back_instead_of_releasing_again(tmp_path: Path) -> None:
+    """One ledger charge, one set of releases: a second attempt of the run must not draw new noise."""
+    from tasks.training import released_once
+
+    calls: list[int] = []
+
+    def release() -> list[np.ndarray]:
+        calls.append(1)
+        return [np.random.default_rng().normal(size=5) for _ in range(3)]
+
+    path = tmp_path / "run" / "dp_popularity-charge7.npz"
+    first = released_once(path, release)
+    second = released_once(path, release)
+    assert len(calls) == 1
+    assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+    assert len(second) == 3
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert list(path.parent.iterdir()) == [path]  # no staging file left behind
