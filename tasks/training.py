@@ -39,6 +39,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from tasks.code_version import code_version as current_code_version
 from tasks.config import Settings
 from tasks.model import PAD, ItemCatalog, TwoTower, history_matrix, user_feature_matrix
 from tasks.permissions import private_dir, private_file
@@ -333,10 +334,16 @@ def entropy_seed() -> int:
     return secrets.randbits(64)
 
 
-def noise_generator_name(device: str | torch.device) -> str:
-    """What draws DP-SGD's noise and Poisson sampling on ``device``, stated in the privacy statement."""
+def noise_generator_name(device: str | torch.device, *, noise_seed: int | None = None) -> str:
+    """What draws DP-SGD's noise and Poisson sampling on ``device``, stated in the privacy statement
+    (``noise_seed``: the test switch's seed, which the statement must not hide)."""
     kind = torch.device(device).type
     algorithm = "Philox4x32-10" if kind == "cuda" else "Mersenne Twister mt19937"
+    if noise_seed is not None:
+        return (
+            f"torch.Generator on {kind} ({algorithm}), SEEDED FROM THE CONFIGURATION "
+            "(SHOPREC_DETERMINISTIC_NOISE_FOR_TESTS): no privacy against anyone who knows the seed"
+        )
     return (
         f"torch.Generator on {kind} ({algorithm}), seeded with 64 bits of os.urandom for every run and "
         "resumed attempt; not a CSPRNG"
@@ -649,13 +656,25 @@ def released_once(path: Path, release: Callable[[], Sequence[np.ndarray]]) -> li
 
 
 def _active_charge(ledger: Any, scope: str, run_key: str, purpose: str) -> Any:
+    """The run's reserved charge for ``purpose`` (a retried attempt resumes under it), or None.
+
+    A committed charge means the run already produced its artifact: running it again would release
+    and train again under a spent charge, so it is refused (a new run gets a new run key).
+    """
     for charge in ledger.charges(scope):
-        if charge.run_id == run_key and charge.purpose == purpose and str(charge.status) != "released":
-            return charge
+        if charge.run_id != run_key or charge.purpose != purpose or str(charge.status) == "released":
+            continue
+        if str(charge.status) == "committed":
+            raise RuntimeError(
+                f"run {run_key!r}: its {purpose} charge {charge.id} is already committed (model version "
+                f"{charge.model_version}); running it again would release again under a spent charge. "
+                "Start a new run instead of clearing this one"
+            )
+        return charge
     return None
 
 
-def run_training(settings: Settings, *, run_key: str, code_version: str = "unknown") -> TrainingManifest:
+def run_training(settings: Settings, *, run_key: str, code_version: str | None = None) -> TrainingManifest:
     """Train the DP challenger (and its non-private twin) on the lake and Feast as of the data's end.
 
     Pre-flight on the privacy ledger: the DP popularity releases and the DP-SGD run are reserved
@@ -731,7 +750,7 @@ def run_training(settings: Settings, *, run_key: str, code_version: str = "unkno
             scope=settings.privacy_scope,
             run_id=run_key,
             n_users=len(all_users),
-            code_version=code_version,
+            code_version=code_version or current_code_version(),
             data_hash=data_hash,
         )
         pop_charge = _active_charge(
@@ -847,7 +866,7 @@ def run_training(settings: Settings, *, run_key: str, code_version: str = "unkno
         blend=asdict(blends["dp"]),
         training_users_file=str(users_file),
         n_negatives=config.n_negatives,
-        noise_generator=noise_generator_name(result.device),
+        noise_generator=noise_generator_name(result.device, noise_seed=config.noise_seed),
     )
 
 

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from tasks.config import Settings
+from tasks.permissions import write_private_text
 from tasks.privacy.ledger import GENESIS_HASH, TableHead
 
 log = logging.getLogger(__name__)
@@ -63,13 +63,15 @@ def anchors_dir(settings: Settings) -> Path:
 def write_anchor_file(settings: Settings, name: str, payload: Mapping[str, Any]) -> Path:
     """Write ``anchors/<name>.json`` (write-then-rename; the same name is replaced)."""
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-    folder = anchors_dir(settings)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{safe}.json"
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, sort_keys=True, indent=2))
-    tmp.replace(path)
+    path = anchors_dir(settings) / f"{safe}.json"
+    write_private_text(path, json.dumps(payload, sort_keys=True, indent=2))
     return path
+
+
+def head_anchor_name(anchor: Mapping[str, Any]) -> str:
+    """``head-<rows>-<rows>-<rows>`` (tables by name: budgets, charge events, charges): one anchor file
+    per state of the ledger."""
+    return "head-" + "-".join(str(anchor["tables"][name]["rows"]) for name in sorted(anchor["tables"]))
 
 
 @dataclass(frozen=True)

@@ -391,9 +391,18 @@ class Ledger:
     """
 
     def __init__(
-        self, url: str, *, key: bytes | None = None, clock: Callable[[], dt.datetime] | None = None
+        self,
+        url: str,
+        *,
+        key: bytes | None = None,
+        clock: Callable[[], dt.datetime] | None = None,
+        on_write: Callable[[dict[str, Any]], object] | None = None,
     ) -> None:
+        """``on_write`` receives :meth:`anchor` after every committed write that appended rows (the
+        pipeline's ledgers record it outside the database: :func:`tasks.privacy.ledger_key.open_ledger`)."""
         self.url = url
+        self._on_write = on_write
+        self._appended = False
         if key is not None and not key:
             raise LedgerKeyError("empty ledger key")
         self._key = key
@@ -417,12 +426,15 @@ class Ledger:
     def _write(self) -> Generator[sa.Connection]:
         if self._key is None:
             raise LedgerKeyError(f"the ledger {_safe_url(self.url)} was opened without its key: read-only")
+        self._appended = False
         with self._engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 conn.execute(
                     sa.text("SELECT pg_advisory_xact_lock(7272002)")
                 )  # serialises all ledger writers
             yield conn
+        if self._appended and self._on_write is not None:
+            self._on_write(self.anchor())  # the new head, recorded outside the database
 
     def head(self) -> dict[str, TableHead]:
         """The chain head of every table (what anchors outside the database record)."""
@@ -693,9 +705,17 @@ class Ledger:
 
     def _append(self, conn: sa.Connection, table: sa.Table, row: dict[str, Any]) -> int:
         assert self._key is not None  # _write() refused a read-only ledger
-        last = conn.execute(
-            sa.select(table.c.id, table.c.row_hash).order_by(table.c.id.desc()).limit(1)
-        ).first()
+        last = conn.execute(sa.select(table).order_by(table.c.id.desc()).limit(1)).first()
+        if (
+            last is not None
+            and row_digest(table.name, last.prev_hash, last._asdict(), self._key) != last.row_hash
+        ):
+            raise LedgerKeyError(
+                f"the newest row of {table.name} does not verify under this ledger key (a wrong "
+                "SHOPREC_LEDGER_KEY or key file, or an altered row): refusing to extend the chain; "
+                "run `shoprec privacy verify`"
+            )
+        self._appended = True
         next_id = (last.id if last else 0) + 1
         prev_hash = last.row_hash if last else GENESIS_HASH
         full = {"id": next_id, **row}

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Final
 
 from tasks.config import Settings
-from tasks.privacy.anchors import find_anchors
+from tasks.privacy.anchors import find_anchors, head_anchor_name, write_anchor_file
 from tasks.privacy.ledger import Ledger, LedgerKeyError, LedgerMissing, ledger_row_count
 
 log = logging.getLogger(__name__)
@@ -107,4 +107,8 @@ def open_ledger(settings: Settings) -> Ledger:
                 f"refusing to start a new, empty privacy ledger at {settings.resolved_ledger_url}: "
                 f"{'; '.join(claims[:3])} (wrong SHOPREC_HOME or ledger URL, or a deleted ledger?)"
             )
-    return Ledger(settings.resolved_ledger_url, key=ledger_key(settings))
+    return Ledger(
+        settings.resolved_ledger_url,
+        key=ledger_key(settings),
+        on_write=lambda anchor: write_anchor_file(settings, head_anchor_name(anchor), anchor),
+    )

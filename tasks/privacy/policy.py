@@ -1,7 +1,9 @@
 """The budget policy a run works under: the ledger's, never the configuration's.
 
 The configuration (``SHOPREC_PRIVACY_EPSILON_CAP``, ``SHOPREC_PRIVACY_DELTA``,
-``SHOPREC_PRIVACY_PERIOD_DAYS``) only seeds the first policy of an empty scope.  Afterwards the policy
+``SHOPREC_PRIVACY_PERIOD_DAYS``) only seeds the first policy of an empty ledger; a further scope is
+opened by command only (``SHOPREC_PRIVACY_SCOPE`` set to a new name would otherwise buy a fresh budget
+over the same users).  Afterwards the policy
 changes only through ``shoprec privacy budget set`` (recorded with who and why); a value set
 explicitly in the configuration that disagrees with the ledger's policy makes the run refuse
 (:class:`PolicyMismatch`) instead of raising the cap.  When ``privacy_delta`` is not set, the delta
@@ -63,6 +65,14 @@ def policy_conflicts(settings: Settings, budget: Budget) -> list[str]:
 def budget_for_run(ledger: Ledger, settings: Settings, *, n_users: int) -> Budget:
     """The policy in force of ``settings.privacy_scope`` (created from the configuration when the scope
     has none); raises :class:`PolicyMismatch` when the configuration explicitly disagrees with it."""
+    others = sorted(b.scope for b in ledger.budgets() if b.scope != settings.privacy_scope)
+    if others and settings.privacy_scope not in {b.scope for b in ledger.budgets()}:
+        raise PolicyMismatch(
+            f"privacy scope {settings.privacy_scope!r} has no policy, but this ledger already budgets "
+            f"{', '.join(map(repr, others))}: the configuration never opens a new scope (over the same "
+            f"users it would be a fresh budget). Check SHOPREC_PRIVACY_SCOPE, or open the scope with "
+            f"`{BUDGET_SET_COMMAND} --scope {settings.privacy_scope}`"
+        )
     delta = settings.privacy_delta or 1.0 / (10 * max(n_users, 1))
     budget = ledger.ensure_budget(
         settings.privacy_scope,

@@ -24,7 +24,14 @@ from tasks.config import Settings, get_settings
 from tasks.privacy.accounting import DpSgdMechanism
 from tasks.privacy.anchors import ANCHOR_TAG, anchors_dir, write_anchor_file
 from tasks.privacy.cli import app
-from tasks.privacy.ledger import CHAINED_TABLES, GENESIS_HASH, Ledger, LedgerMissing, row_digest
+from tasks.privacy.ledger import (
+    CHAINED_TABLES,
+    GENESIS_HASH,
+    Ledger,
+    LedgerKeyError,
+    LedgerMissing,
+    row_digest,
+)
 from tasks.privacy.ledger_key import key_file, ledger_key, open_ledger
 from tasks.privacy.pg_guard import drop_ledger_roles, prepare_ledger_database
 from tasks.privacy.policy import PolicyMismatch, budget_for_run
@@ -497,3 +504,82 @@ def test_postgres_app_role_cannot_change_the_ledger(
     _, app_url, _ = pg_database
     _pg_history(app_url, tmp_path, monkeypatch)
     _refused(app_url, statement, match)
+
+
+# --- attacks from the review of the first defence -------------------------------------------------
+def test_deleting_an_unanchored_reservation_is_caught_by_the_head_anchor_of_its_write(target: Target) -> None:
+    """Every write of a pipeline ledger anchors the new head, so a reservation not yet committed
+    cannot be cut off the end of the chain (a truncated chain is otherwise still a valid chain)."""
+    ledger = open_ledger(target.settings)
+    try:
+        ledger.reserve(
+            scope="events",
+            run_id="scheduled__reserved",
+            mechanism=RUN,
+            data_window=JANUARY,
+            n_users=5000,
+            code_version="abc",
+            data_hash="sha256:x",
+            purpose="train_recommender",
+        )
+    finally:
+        ledger.close()
+    # rows of privacy_budgets, privacy_charge_events, privacy_charges after the reserve
+    assert (anchors_dir(target.settings) / "head-1-7-4.json").is_file()
+    assert target.verify() == []
+    target.sql(
+        "DELETE FROM privacy_charge_events WHERE charge_id = 4", "DELETE FROM privacy_charges WHERE id = 4"
+    )
+    assert any("privacy_charges: 3 rows up to id 4" in p for p in target.verify())
+
+
+def test_a_wrong_ledger_key_cannot_extend_the_chain(target: Target) -> None:
+    before = target.verify()
+    wrong = Ledger(target.settings.resolved_ledger_url, key=b"oops-wrong-key")
+    try:
+        with pytest.raises(LedgerKeyError, match="does not verify under this ledger key"):
+            wrong.reserve(
+                scope="events",
+                run_id="scheduled__wrong_key",
+                mechanism=RUN,
+                data_window=JANUARY,
+                n_users=5000,
+                code_version="abc",
+                data_hash="sha256:x",
+                purpose="train_recommender",
+            )
+    finally:
+        wrong.close()
+    assert before == []
+    assert target.verify() == []  # nothing was written under the wrong key
+    assert len(open_ledger(target.settings).charges("events")) == 3
+
+
+def test_a_new_scope_from_the_configuration_is_refused_where_the_ledger_budgets_another(
+    target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SHOPREC_PRIVACY_SCOPE=events2 over the same users would be a fresh budget: refused."""
+    monkeypatch.setenv("SHOPREC_PRIVACY_SCOPE", "events2")
+    settings = get_settings()
+    ledger = open_ledger(settings)
+    try:
+        with pytest.raises(
+            PolicyMismatch, match="'events2' has no policy, but this ledger already budgets 'events'"
+        ):
+            budget_for_run(ledger, settings, n_users=5000)
+        assert [b.scope for b in ledger.budgets()] == ["events"]
+    finally:
+        ledger.close()
+
+
+def test_a_committed_training_run_is_not_trained_and_released_again(target: Target) -> None:
+    """A cleared and re-run train task must not release and train again under its spent charge."""
+    from tasks.training import _active_charge
+
+    ledger = open_ledger(target.settings)
+    try:
+        with pytest.raises(RuntimeError, match="charge 1 is already committed"):
+            _active_charge(ledger, "events", "scheduled__0", "train_recommender")
+        assert _active_charge(ledger, "events", "scheduled__never", "train_recommender") is None
+    finally:
+        ledger.close()

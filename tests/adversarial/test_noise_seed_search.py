@@ -237,3 +237,13 @@ def test_resumed_attempts_draw_fresh_noise_not_a_stored_state(tmp_path: Path) ->
         assert result.resumed_from_epoch == 1
         resumed.append(model)
     assert any(not torch.equal(a, b) for a, b in zip(*(m.parameters() for m in resumed), strict=True))
+
+
+def test_a_statement_of_seeded_noise_says_so() -> None:
+    """The test switch's seeded DP-SGD noise is never described as OS entropy."""
+    from tasks.training import noise_generator_name
+
+    seeded = noise_generator_name("cpu", noise_seed=7)
+    assert "SEEDED FROM THE CONFIGURATION" in seeded
+    assert "os.urandom" not in seeded
+    assert "os.urandom" in noise_generator_name("cpu")
