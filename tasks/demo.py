@@ -45,12 +45,28 @@ class DemoSummary:
 
     runs: list[DagRunResult] = field(default_factory=list)
     days: list[dt.date] = field(default_factory=list)
+    rejected_days: list[dt.date] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
     @property
+    def accepted_days(self) -> list[dt.date]:
+        return [d for d in self.days if d not in self.rejected_days]
+
+    @property
     def ok(self) -> bool:
-        return bool(self.runs) and all(run.succeeded for run in self.runs)
+        """Every run succeeded, except ingest runs whose day was rejected (quarantined and listed)."""
+        return bool(self.runs) and all(run.succeeded or is_rejected_day(run) for run in self.runs)
+
+
+def is_rejected_day(run: DagRunResult) -> bool:
+    """An ``ingest_events`` run that published the events that passed and failed only to report a
+    rejected day (see dags/ingest_events.py): the chain goes on without that day."""
+    return (
+        run.dag_id == "ingest_events"
+        and run.task_states.get("validate_and_publish") == "success"
+        and run.task_states.get("report_rejected_days") == "failed"
+    )
 
 
 def land(settings: Settings, options: DemoOptions) -> list[dt.date]:
@@ -70,7 +86,10 @@ def land(settings: Settings, options: DemoOptions) -> list[dt.date]:
         if len(options.paths) != 1:
             raise ValueError("--source online-retail needs exactly one --path")
         manifest, _report = load_online_retail(
-            options.paths[0], settings.landing_dir, start=options.start, end=options.end
+            options.paths[0],
+            settings.landing_dir,
+            start=options.start,
+            end=options.end,
         )
     elif options.source == "files":
         from tasks.sources.loader import load_contract_files
@@ -141,10 +160,19 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console | None =
                     result = run_dag(dags["ingest_events"], logical_date=interval_end_for_day(day))
                 summary.runs.append(result)
                 progress.advance(job)
-                if not result.succeeded:
+                if is_rejected_day(result):
+                    summary.rejected_days.append(day)
+                    console.print(
+                        f"[yellow]{day} rejected by the gate[/], quarantined with its report in "
+                        f"{settings.quarantine_dir / f'date={day.isoformat()}'}; the other days go on"
+                    )
+                elif not result.succeeded:
                     console.print(f"[red]ingest_events failed for {day}[/]: {result.task_states}")
                     break
-    days_conf = {"days": [d.isoformat() for d in summary.days]}
+    if summary.ok and not summary.accepted_days:
+        console.print("[red]every day was rejected by the gate: nothing to build features from[/]")
+        summary.runs.append(DagRunResult("ingest_events", "none accepted", "failed"))
+    days_conf = {"days": [d.isoformat() for d in summary.accepted_days]}
     for dag_id, conf in (
         ("build_features", days_conf),
         ("train_recommender", days_conf),
@@ -192,8 +220,13 @@ def print_summary(settings: Settings, summary: DemoSummary, console: Console) ->
             f"{sum(r.seconds for r in runs):.1f}",
         )
     console.print(table)
-    for line in stage_report(settings, summary.days):
+    for line in stage_report(settings, summary.accepted_days or summary.days):
         console.print(line)
+    if summary.rejected_days:
+        console.print(
+            f"[yellow]rejected days[/] (quarantined with their reports, left out of features and "
+            f"training): {', '.join(d.isoformat() for d in summary.rejected_days)}"
+        )
     console.print(f"total wall time: {summary.seconds:.0f}s")
     console.print(
         "where to look next: "
