@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tasks.config import Settings
+from tasks.contracts import OptionError
 from tasks.orchestration import DagRunResult, configure_airflow, interval_end_for_day, load_dags, run_dag
 
 
@@ -84,18 +85,19 @@ def land(settings: Settings, options: DemoOptions) -> list[dt.date]:
         from tasks.sources.online_retail import load_online_retail
 
         if len(options.paths) != 1:
-            raise ValueError("--source online-retail needs exactly one --path")
+            raise OptionError("--source online-retail needs exactly one --path")
         manifest, _report = load_online_retail(
             options.paths[0],
             settings.landing_dir,
             start=options.start,
             end=options.end,
+            min_kept_share=settings.min_kept_row_share,
         )
     elif options.source == "files":
         from tasks.sources.loader import load_contract_files
 
         if not options.paths:
-            raise ValueError("--source files needs at least one --path")
+            raise OptionError("--source files needs at least one --path")
         manifest = load_contract_files(list(options.paths), settings.landing_dir)
     else:
         raise ValueError(f"unknown source {options.source!r}")
@@ -147,7 +149,7 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console | None =
     with console.status(f"landing the {options.source} data set"):
         summary.days = land(settings, options)
     if not summary.days:
-        raise ValueError("the source produced no days to ingest (check --start/--end)")
+        raise OptionError("the source produced no days to ingest (check --start/--end)")
     console.print(f"landed {len(summary.days)} days: {summary.days[0]} .. {summary.days[-1]}")
     with airflow_output_to(log_path):
         dags = load_dags(settings)

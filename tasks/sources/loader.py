@@ -222,12 +222,26 @@ def _sorted(table: pa.Table, keys: list[str]) -> pa.Table:
 
 
 def _read(path: Path) -> pd.DataFrame:
+    """The rows of one contract file; a missing, empty, unreadable or header-only file is refused."""
     suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        return pq.read_table(path).to_pandas()
-    if suffix == ".csv":
-        return pd.read_csv(path, dtype=str, keep_default_na=True)
-    raise ContractError(f"{path}: only .csv and .parquet files are read (got {suffix or 'no suffix'})")
+    if suffix not in {".csv", ".parquet"}:
+        raise ContractError(f"{path}: only .csv and .parquet files are read (got {suffix or 'no suffix'})")
+    if not path.is_file():
+        raise ContractError(f"{path}: no such file")
+    try:
+        if suffix == ".parquet":
+            frame = pq.read_table(path).to_pandas()
+        else:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=True)
+    except pd.errors.EmptyDataError as exc:
+        raise ContractError(f"{path}: empty file (no header, no rows)") from exc
+    except (ValueError, OSError, pd.errors.ParserError, pa.ArrowException) as exc:
+        raise ContractError(
+            f"{path}: unreadable as {suffix.lstrip('.')} ({type(exc).__name__}: {exc})"
+        ) from exc
+    if frame.empty:
+        raise ContractError(f"{path}: no rows (columns {', '.join(map(str, frame.columns))})")
+    return frame
 
 
 def _table_of(columns: list[str], path: Path) -> pa.Schema:

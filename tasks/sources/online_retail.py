@@ -41,6 +41,7 @@ from typing import Final
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from tasks.contracts import EVENTS_SCHEMA, ITEMS_SCHEMA, ContractError
 from tasks.sources.loader import SourceManifest, conform, write_landing
@@ -202,17 +203,30 @@ def is_non_product(code: str) -> bool:
 def _read(path: Path) -> tuple[pd.DataFrame, pd.Series]:
     """The file's rows with canonical column names, and a mask of rows repeated from an earlier sheet."""
     suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        frames = [pd.read_parquet(path)]
-    elif suffix == ".csv":
-        try:
-            frames = [pd.read_csv(path, dtype=str, keep_default_na=True)]
-        except UnicodeDecodeError:  # the original UCI CSV exports are Latin-1
-            frames = [pd.read_csv(path, dtype=str, keep_default_na=True, encoding="latin-1")]
-    elif suffix in {".xlsx", ".xls"}:
-        frames = list(pd.read_excel(path, sheet_name=None, dtype={"Invoice": str, "InvoiceNo": str}).values())
-    else:
+    if suffix not in {".parquet", ".csv", ".xlsx", ".xls"}:
         raise ContractError(f"{path}: Online Retail files are read from .parquet, .csv or .xlsx")
+    if not path.is_file():
+        raise ContractError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ContractError(f"{path}: empty file (0 bytes)")
+    try:
+        if suffix == ".parquet":
+            frames = [pd.read_parquet(path)]
+        elif suffix == ".csv":
+            try:
+                frames = [pd.read_csv(path, dtype=str, keep_default_na=True)]
+            except UnicodeDecodeError:  # the original UCI CSV exports are Latin-1
+                frames = [pd.read_csv(path, dtype=str, keep_default_na=True, encoding="latin-1")]
+        else:
+            frames = list(
+                pd.read_excel(path, sheet_name=None, dtype={"Invoice": str, "InvoiceNo": str}).values()
+            )
+    except pd.errors.EmptyDataError as exc:
+        raise ContractError(f"{path}: empty file (no header, no rows)") from exc
+    except (ValueError, OSError, pd.errors.ParserError, pa.ArrowException) as exc:
+        raise ContractError(
+            f"{path}: unreadable as {suffix.lstrip('.')} ({type(exc).__name__}: {exc})"
+        ) from exc
     renamed = []
     for frame in frames:
         frame = frame.rename(columns=lambda c: _COLUMN_ALIASES.get(str(c).strip(), str(c).strip()))
@@ -290,18 +304,45 @@ def _titles(frame: pd.DataFrame) -> pd.Series:
     return counts.drop_duplicates("StockCode").set_index("StockCode")["title_raw"]
 
 
+class TooLittleKept(ContractError):
+    """A source file of which (almost) no row would become an event; the message holds the drop table."""
+
+
+def _refuse_if_too_little_kept(path: Path, reason: pd.Series, min_kept_share: float) -> None:
+    """Raise :class:`TooLittleKept` when no row, or less than ``min_kept_share`` of the rows inside the
+    window (``outside_window`` drops are the caller's choice, not the file's fault), would be kept."""
+    counts = reason.value_counts()
+    considered = len(reason) - int(counts.get("outside_window", 0))
+    kept = int(reason.isna().sum())
+    share = kept / considered if considered else 0.0
+    if kept and share >= min_kept_share:
+        return
+    table = "\n".join(
+        f"  {name:<24} {int(counts.get(name, 0)):>10,}" for name in DROP_REASONS if counts.get(name, 0)
+    )
+    raise TooLittleKept(
+        f"{path}: kept {kept:,} of {considered:,} rows ({share:.1%}; SHOPREC_MIN_KEPT_ROW_SHARE is "
+        f"{min_kept_share:.0%}), so nothing was written. Dropped rows by reason:\n{table}"
+        if considered
+        else f"{path}: no rows"
+    )
+
+
 def load_online_retail(
     path: Path,
     landing_dir: Path,
     *,
     start: dt.date | None = None,
     end: dt.date | None = None,
+    min_kept_share: float = 0.0,
 ) -> tuple[SourceManifest, OnlineRetailReport]:
     """Convert an Online Retail (II) file into purchase events, one landing folder per UTC day.
 
     ``start``/``end`` (inclusive UTC days) limit which days are written; every other rule is applied to
     the whole file first, so titles, prices and the report's drop counts do not depend on the window.
     The report is written to ``landing_dir/_online_retail_report.json`` (temp file, then renamed).
+    A file of which nothing, or less than ``min_kept_share`` of the rows inside the window, would be
+    kept is refused before anything is written (:class:`TooLittleKept`, with the drop table).
     """
     path = Path(path)
     raw, overlapping = _read(path)
@@ -344,6 +385,7 @@ def load_online_retail(
         in_window &= utc_day <= end
     drop(reason.isna() & ~in_window, "outside_window")
 
+    _refuse_if_too_little_kept(path, reason, min_kept_share)
     kept = frame[reason.isna()].copy()
     kept_utc = utc[reason.isna()]
     duplicated = kept.duplicated(subset=list(_COLUMNS), keep="first")
