@@ -18,12 +18,14 @@ one, and writing the same day twice leaves the same bytes.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import shutil
 import tempfile
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import pandas as pd
 import pyarrow as pa
@@ -95,6 +97,15 @@ def _to_string(values: pd.Series) -> pd.Series:
     return values.astype("string").astype(object).where(values.notna(), None)
 
 
+_FLOAT_WRITTEN_ID: Final = re.compile(r"^\s*(\d+)\.0+\s*$")
+
+
+def _whole_number_ids(values: pd.Series) -> pd.Series:
+    """User ids written as floats (``"17850.0"``, as pandas writes an id column with gaps) -> ``"17850"``,
+    so the same customer gets one pseudonym whichever way the export wrote the id."""
+    return values.map(lambda v: _FLOAT_WRITTEN_ID.sub(r"\1", v) if isinstance(v, str) else v)
+
+
 def _blank_to_null(values: pd.Series) -> pd.Series:
     """Empty or whitespace-only strings mean "missing", as an empty CSV cell does."""
     if values.dtype != object and not pd.api.types.is_string_dtype(values.dtype):
@@ -139,6 +150,8 @@ def conform(frame: pd.DataFrame, schema: pa.Schema, where: str) -> pa.Table:
             columns[field.name] = _to_number(values, field.name, where, "Int64")
         elif pa.types.is_floating(field.type):
             columns[field.name] = _to_number(values, field.name, where, "Float64")
+        elif field.name == "user_id":
+            columns[field.name] = _whole_number_ids(_to_string(values))
         else:
             columns[field.name] = _to_string(values)
     conformed = pd.DataFrame(columns)

@@ -7,7 +7,9 @@ it, and counted (:class:`OnlineRetailReport`, also written as JSON beside the la
 
 1. ``overlapping_sheet``: xlsx only: rows of a later sheet whose invoice already appeared in an earlier
    sheet (the two Online Retail II sheets overlap in December 2010).
-2. ``unparseable_timestamp``: InvoiceDate neither ``YYYY-MM-DD HH:MM[:SS]`` nor ``M/D/YYYY H:MM``.
+2. ``unparseable_timestamp``: InvoiceDate not readable in the format detected once from the whole
+   column (:func:`detect_date_format`: ISO, Excel serial days, or day-first / month-first text with 2-
+   or 4-digit years; never guessed row by row).
 3. ``cancellation``: invoices starting with ``C`` (returns; their quantities are negative).
 4. ``adjustment_invoice``: invoices starting with ``A`` ("Adjust bad debt").
 5. ``missing_customer``: no Customer ID: no user to attribute the purchase to.
@@ -244,16 +246,71 @@ def _read(path: Path) -> tuple[pd.DataFrame, pd.Series]:
     return pd.concat(renamed, ignore_index=True), pd.concat(overlap, ignore_index=True)
 
 
-def _parse_local_times(values: pd.Series) -> pd.Series:
-    """Naive local times: datetimes as they are, strings as ISO or as the UCI CSV's ``M/D/YYYY H:MM``."""
+# Text date formats shops export, tried on the whole InvoiceDate column; one is chosen for all rows.
+TEXT_DATE_FORMATS: Final = tuple(
+    f"{date} {time}"
+    for date in ("%m/%d/%Y", "%d/%m/%Y", "%m/%d/%y", "%d/%m/%y", "%d.%m.%Y", "%d.%m.%y", "%d-%m-%Y")
+    for time in ("%H:%M", "%H:%M:%S")
+)
+# Excel serial dates: days since 1899-12-30; 20000..80000 is 1954..2119.
+_EXCEL_EPOCH: Final = pd.Timestamp("1899-12-30")
+_EXCEL_SERIAL_RANGE: Final = (20000.0, 80000.0)
+
+
+def _in_order_share(parsed: pd.Series) -> float:
+    """Share of consecutive parsed values in non-decreasing order (invoice exports are in time order)."""
+    values = parsed.dropna()
+    return float((values.diff().dropna() >= pd.Timedelta(0)).mean()) if len(values) > 1 else 0.0
+
+
+def detect_date_format(text: pd.Series, where: str) -> str:
+    """The one format that reads the text column ``text`` best, decided from the whole column.
+
+    ``"ISO8601"``, ``"excel-serial"`` or one of :data:`TEXT_DATE_FORMATS`: the one that parses the
+    most values.  Day-first and month-first formats that parse equally many (every day <= 12) are told
+    apart by which puts the rows in time order more often; if that ties too, the file is refused.
+    """
+    values = pd.Series(text.dropna().unique()).astype(str)
+    if values.empty:
+        return "ISO8601"
+    numbers = pd.to_numeric(values, errors="coerce")
+    low, high = _EXCEL_SERIAL_RANGE
+    if numbers.notna().all() and numbers.between(low, high).all():
+        return "excel-serial"
+    scores = {"ISO8601": int(pd.to_datetime(values, format="ISO8601", errors="coerce").notna().sum())}
+    for fmt in TEXT_DATE_FORMATS:
+        scores[fmt] = int(pd.to_datetime(values, format=fmt, errors="coerce").notna().sum())
+    best = max(scores.values())
+    if best == 0:
+        return "ISO8601"  # nothing parses: every row is dropped as unparseable_timestamp
+    tied = [fmt for fmt, score in scores.items() if score == best]
+    if len(tied) == 1:
+        return tied[0]
+    ordered = {fmt: _in_order_share(pd.to_datetime(text, format=fmt, errors="coerce")) for fmt in tied}
+    top = max(ordered.values())
+    winners = [fmt for fmt, share in ordered.items() if share == top]
+    if len(winners) > 1:
+        raise ContractError(
+            f"{where}: InvoiceDate is ambiguous: {' and '.join(winners)} read every value alike; "
+            "convert it to ISO dates (YYYY-MM-DD HH:MM)"
+        )
+    return winners[0]
+
+
+def _parse_local_times(values: pd.Series, where: str = "InvoiceDate") -> pd.Series:
+    """Naive local times: datetimes as they are; text or numbers in the one format
+    :func:`detect_date_format` chose for the whole column (values it cannot read become NaT)."""
     if pd.api.types.is_datetime64_any_dtype(values.dtype):
         return values
-    text = values.astype("string").str.strip()
-    parsed = pd.to_datetime(text, format="ISO8601", errors="coerce")
-    us_style = parsed.isna() & text.notna()
-    if us_style.any():
-        parsed[us_style] = pd.to_datetime(text[us_style], format="%m/%d/%Y %H:%M", errors="coerce")
-    return parsed
+    if pd.api.types.is_numeric_dtype(values.dtype):
+        text = values.astype("string")
+    else:
+        text = values.astype("string").str.strip()
+    fmt = detect_date_format(text, where)
+    if fmt == "excel-serial":
+        days = pd.to_numeric(text, errors="coerce")
+        return (_EXCEL_EPOCH + pd.to_timedelta(days, unit="D")).dt.round("s")
+    return pd.to_datetime(text, format=fmt, errors="coerce")
 
 
 def _to_utc(naive: pd.Series) -> tuple[pd.Series, int, int]:
@@ -356,7 +413,7 @@ def load_online_retail(
     frame["Quantity"] = pd.to_numeric(frame["Quantity"], errors="coerce")
     frame["Price"] = pd.to_numeric(frame["Price"], errors="coerce")
     frame["user_id"] = _customer_ids(frame["Customer ID"])
-    local = _parse_local_times(frame["InvoiceDate"])
+    local = _parse_local_times(frame["InvoiceDate"], f"{path}")
 
     reason = pd.Series(pd.NA, index=frame.index, dtype="string")
 

@@ -180,3 +180,14 @@ def test_unknown_file_kind_is_refused(tmp_path: Path, shoprec_home: Settings) ->
     path.write_text("[]")
     with pytest.raises(ContractError, match=r"only \.csv and \.parquet"):
         load_contract_files([path], shoprec_home.landing_dir)
+
+
+def test_user_ids_written_as_floats_are_the_same_user(tmp_path: Path, shoprec_home: Settings) -> None:
+    """``17850.0`` (pandas writes an id column with gaps as floats) and ``17850`` are one customer."""
+    frame = _events_frame()
+    frame["user_id"] = ["17850.0", "17850", "17850.00", "E17850.5"]
+    load_contract_files([_csv(frame, tmp_path / "events.csv")], shoprec_home.landing_dir)
+    landed = pd.concat(
+        [_day(shoprec_home.landing_dir, d) for d in ("2026-09-01", "2026-09-02", "2026-09-03")]
+    )
+    assert sorted(landed["user_id"]) == ["17850", "17850", "17850", "E17850.5"]
