@@ -110,6 +110,13 @@ class Settings(BaseSettings):
         default="enforce",
         description="'off' for one-off historical backfills whose holidays are known anomalies.",
     )
+    max_user_share: float = Field(
+        default=0.2,
+        gt=0.0,
+        le=1.0,
+        description="Rows of a user holding more than this share of a day's events are quarantined "
+        "(placeholder ids, bots, shared till accounts).",
+    )
     min_kept_row_share: float = Field(
         default=0.1,
         ge=0.0,

@@ -58,6 +58,7 @@ REPORT_FILE: Final = "report.json"
 CATALOG_FILE: Final = "items.parquet"
 # A day is held in memory while it is validated; larger single files must be split upstream.
 MAX_LANDING_FILE_BYTES: Final = 512 * 1024 * 1024
+DOMINANT_USER: Final = "user_share_within_limit"  # meta.name of the dominant-user expectation
 
 _SOURCE_FILE: Final = "_source_file"
 _SOURCE_ROW: Final = "_source_row"
@@ -346,6 +347,12 @@ def _volume_bounds(settings: Settings, day: dt.date) -> VolumeBand:
     return band
 
 
+def dominant_users(user_ids: pd.Series, max_share: float) -> dict[str, float]:
+    """Users (pseudonyms) holding more than ``max_share`` of the day's rows, with their share."""
+    shares = user_ids.value_counts(dropna=True) / max(len(user_ids), 1)
+    return {str(user): round(float(share), 4) for user, share in shares[shares > max_share].items()}
+
+
 def _known_item_ids(settings: Settings) -> list[str]:
     path = settings.items_dir / CATALOG_FILE
     if not path.exists():
@@ -416,6 +423,7 @@ def ingest_day(
         for raw in frame["user_id"]
     ]
 
+    dominant = dominant_users(frame["user_id"], settings.max_user_share)
     band = _volume_bounds(settings, day)
     volume_note = band.note
     parameters = {
@@ -426,6 +434,7 @@ def ingest_day(
         "day_end": day_end,
         "interval_end": future_bound,
         "known_item_ids": _known_item_ids(settings),
+        "dominant_users": sorted(dominant),
     }
     docs_dir = partition_dir(settings.reports_dir / "data_docs" / "events", day)
     gate = run_gate(frame[list(EVENT_COLUMNS)], "events", parameters, settings=settings, docs_dir=docs_dir)
@@ -434,7 +443,9 @@ def ingest_day(
     bad_mask = pd.Series([bool(f) for f in failed], index=frame.index)
     good, bad = frame[~bad_mask], frame[bad_mask]
     share = len(bad) / len(frame)
-    problems = _gate_problems(gate, bad, len(frame), settings.max_bad_row_share)
+    # A dominant user's rows are well-formed: they are quarantined but do not reject the day.
+    counted = bad[[set(f) != {DOMINANT_USER} for f in bad["failed_expectations"]]]
+    problems = _gate_problems(gate, counted, len(frame), settings.max_bad_row_share)
     status = "rejected" if problems else "accepted"
 
     quarantine_dir = partition_dir(settings.quarantine_dir, day)
@@ -450,6 +461,9 @@ def ingest_day(
         "table_failures": list(gate.table_failures),
         "errors": list(gate.errors),
         "volume_check": volume_note,
+        # pseudonyms (never raw ids) of users above max_user_share, with their share of the day
+        "dominant_users": dominant,
+        "max_user_share": settings.max_user_share,
     }
 
     def write_quarantine(tmp: Path) -> None:
