@@ -234,6 +234,28 @@ def _sorted(table: pa.Table, keys: list[str]) -> pa.Table:
     return table.sort_by([(key, "ascending") for key in keys])
 
 
+_EUROPEAN_NUMBER: Final = re.compile(r"^\s*-?\d{1,3}(\.\d{3})*(,\d+)?\s*$|^\s*-?\d+(,\d+)?\s*$")
+
+
+def read_csv_export(path: Path, encoding: str = "utf-8-sig") -> pd.DataFrame:
+    """A CSV as shops export it, every value as text: with or without a byte-order mark, ``,`` or
+    ``;`` as separator (the one the header uses more).  A ``;`` file is a European export: numbers
+    written ``1.234,5`` are read as ``1234.5`` (other values are left as written)."""
+    with path.open(encoding=encoding, errors="replace") as handle:
+        header = handle.readline()
+    separator = ";" if header.count(";") > header.count(",") else ","
+    frame = pd.read_csv(path, dtype=str, keep_default_na=True, sep=separator, encoding=encoding)
+    if separator == ";":
+        for column in frame.columns:
+            values = frame[column]
+            european = values.notna() & values.astype(str).str.contains(",", regex=False)
+            european &= values.astype(str).str.match(_EUROPEAN_NUMBER)
+            frame.loc[european, column] = (
+                values[european].str.replace(".", "", regex=False).str.replace(",", ".", regex=False)
+            )
+    return frame
+
+
 def _read(path: Path) -> pd.DataFrame:
     """The rows of one contract file; a missing, empty, unreadable or header-only file is refused."""
     suffix = path.suffix.lower()
@@ -242,10 +264,7 @@ def _read(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise ContractError(f"{path}: no such file")
     try:
-        if suffix == ".parquet":
-            frame = pq.read_table(path).to_pandas()
-        else:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=True)
+        frame = pq.read_table(path).to_pandas() if suffix == ".parquet" else read_csv_export(path)
     except pd.errors.EmptyDataError as exc:
         raise ContractError(f"{path}: empty file (no header, no rows)") from exc
     except (ValueError, OSError, pd.errors.ParserError, pa.ArrowException) as exc:

@@ -46,7 +46,7 @@ import pandas as pd
 import pyarrow as pa
 
 from tasks.contracts import EVENTS_SCHEMA, ITEMS_SCHEMA, ContractError
-from tasks.sources.loader import SourceManifest, conform, write_landing
+from tasks.sources.loader import SourceManifest, conform, read_csv_export, write_landing
 
 SOURCE: Final = "online_retail"
 # The leading underscore keeps parquet dataset readers (pyarrow, pandas, DuckDB hive scans) off it.
@@ -216,9 +216,9 @@ def _read(path: Path) -> tuple[pd.DataFrame, pd.Series]:
             frames = [pd.read_parquet(path)]
         elif suffix == ".csv":
             try:
-                frames = [pd.read_csv(path, dtype=str, keep_default_na=True)]
+                frames = [read_csv_export(path)]
             except UnicodeDecodeError:  # the original UCI CSV exports are Latin-1
-                frames = [pd.read_csv(path, dtype=str, keep_default_na=True, encoding="latin-1")]
+                frames = [read_csv_export(path, encoding="latin-1")]
         else:
             frames = list(
                 pd.read_excel(path, sheet_name=None, dtype={"Invoice": str, "InvoiceNo": str}).values()

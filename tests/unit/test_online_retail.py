@@ -409,3 +409,15 @@ def test_customer_ids_written_as_floats_or_text_are_one_user(tmp_path: Path) -> 
     users = _events(tmp_path / "b")["user_id"]
     assert not users.str.contains(".", regex=False).any()
     assert list(users) == list(_events(tmp_path / "a")["user_id"])
+
+
+def test_european_export_with_bom_semicolons_and_decimal_commas(tmp_path: Path) -> None:
+    raw = _raw()
+    raw.to_parquet(tmp_path / "reference.parquet", index=False)
+    eu = _uci_original(raw, "%d.%m.%Y %H:%M")
+    eu["UnitPrice"] = eu["UnitPrice"].map(lambda p: f"{p:.2f}".replace(".", ","))
+    eu.to_csv(tmp_path / "eu.csv", index=False, sep=";", encoding="utf-8-sig")
+    load_online_retail(tmp_path / "reference.parquet", tmp_path / "a")
+    _, report = load_online_retail(tmp_path / "eu.csv", tmp_path / "b")
+    assert report.dropped["unparseable_timestamp"] == 0
+    pd.testing.assert_frame_equal(_events(tmp_path / "a"), _events(tmp_path / "b"))
