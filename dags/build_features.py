@@ -1,8 +1,9 @@
 """Build the user and item features of new lake partitions and load them into Feast.
 
 Triggered by the Asset `events_clean` (ingest). The days come from the run conf `{"days": [...]}`
-(demo, backfill), else from the triggering asset events' extra (`partitions` or `days`), else from
-the data interval. `compute_features` writes one point-in-time snapshot per day
+(demo, backfill), else from the triggering asset events' extra (`partitions` or `days`: the days
+ingest accepted; a run whose triggering days were all rejected is skipped), else from the data
+interval. `compute_features` writes one point-in-time snapshot per day
 (`features/user_features/D.parquet`, `event_timestamp` = D+1 00:00 UTC, plus raw item popularity) and
 refreshes the item features with title embeddings (all-MiniLM-L6-v2, cached by title hash);
 `apply_definitions` registers the Feast objects (idempotent); `materialize_features` loads the
@@ -50,6 +51,11 @@ def build_features() -> None:
             event.extra or {} for events in (triggering_asset_events or {}).values() for event in events
         ]
         days = resolve(conf, extras, (data_interval_start, data_interval_end))
+        rejected = sorted({day for extra in extras for day in extra.get("rejected_days") or {}})
+        if not days and rejected:
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            raise AirflowSkipException(f"no accepted days to build: ingest rejected {', '.join(rejected)}")
         if not days:
             raise ValueError("build_features: no days in the run conf, asset events or data interval")
         return [d.isoformat() for d in days]

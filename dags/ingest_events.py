@@ -4,9 +4,12 @@ For every day in the run's data interval, `update_catalog` merges the landing it
 item catalog (Asset `item_catalog`), then `ingest_events` replaces user ids by keyed HMAC pseudonyms,
 validates the events with the `expectations/events.json` suite and writes good rows to
 `lake/events/date=D/` and failing rows, with the expectations they failed, to `quarantine/date=D/`.
-A day whose bad-row share exceeds `SHOPREC_MAX_BAD_ROW_SHARE` (default 5%), or that fails a
-table-level expectation (schema, volume band), fails without retry and nothing of it reaches the lake.
-The Asset `events_clean` carries the days, row counts and quarantine counts in its event's extra.
+A day whose bad-row share exceeds `SHOPREC_MAX_BAD_ROW_SHARE` (default 5%), that fails a table-level
+expectation (schema, volume band) or whose batch cannot be read is rejected: nothing of it reaches the
+lake, it is kept whole in `quarantine/date=D/` with its report, and the other days go on. The Asset
+`events_clean` carries the accepted days, row counts, quarantine counts and the rejected days with
+their reasons in its event's extra; then `report_rejected_days` fails the run (without retry) when a
+day was rejected, so a rejection is never a silent success.
 
 Backfills: `airflow backfill create --dag-id ingest_events --from-date ... --to-date ...`; each run
 overwrites only its own days.
@@ -78,8 +81,6 @@ def ingest_events() -> None:
         data_interval_end: Any = None,
         outlet_events: Any = None,
     ) -> list[dict[str, Any]]:
-        from dataclasses import asdict
-
         from airflow.sdk.exceptions import AirflowFailException
 
         from tasks import ingest
@@ -87,22 +88,31 @@ def ingest_events() -> None:
         from tasks.contracts import ContractError, days_in_interval
 
         settings = get_settings()
-        manifests = []
-        for day in days_in_interval(data_interval_start, data_interval_end):
-            try:
-                manifest = ingest.ingest_day(settings, day, run_id=run_id, interval_end=data_interval_end)
-            except (ContractError, ingest.IngestRejected) as exc:
-                # Bad data does not get better on retry: fail now, with the reason.
-                raise AirflowFailException(str(exc)) from exc
-            manifests.append(asdict(manifest))
-        outlet_events[events_clean].extra = {
-            "days": [m["day"] for m in manifests],
-            "rows_clean": {m["day"]: m["rows_clean"] for m in manifests},
-            "rows_quarantined": {m["day"]: m["rows_quarantined"] for m in manifests},
-        }
-        return manifests
+        try:
+            outcomes = [
+                ingest.ingest_or_reject(settings, day, run_id=run_id, interval_end=data_interval_end)
+                for day in days_in_interval(data_interval_start, data_interval_end)
+            ]
+        except ContractError as exc:  # no landing batch, or no catalog: nothing to quarantine
+            raise AirflowFailException(str(exc)) from exc
+        outlet_events[events_clean].extra = ingest.asset_extra(outcomes)
+        return outcomes
 
-    update_catalog() >> validate_and_publish()
+    @task
+    def report_rejected_days(outcomes: list[dict[str, Any]]) -> None:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from tasks.ingest import rejection_summary
+
+        summary = rejection_summary(outcomes)
+        if summary:
+            # After events_clean was emitted: later stages go on with the days that passed, while the
+            # run is marked failed so that a rejected day is never a silent success.
+            raise AirflowFailException(summary)
+
+    outcomes = validate_and_publish()
+    update_catalog() >> outcomes
+    report_rejected_days(outcomes)
 
 
 ingest_events()

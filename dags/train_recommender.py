@@ -4,7 +4,8 @@ Runs when the Asset `features` is updated, unless the data is less than
 `SHOPREC_MIN_TRAINING_INTERVAL_HOURS` newer than the data of the last registered version
 (`check_training_due`, compared on data time, not the clock).
 
-`train_model` (queue `gpu`, pool `gpu`) reserves the DP popularity releases and the DP-SGD run on the
+`train_model` (queue `gpu`, pool `gpu`) refuses, without retry, when more than
+`SHOPREC_MAX_REJECTED_DAY_SHARE` of its window's days were rejected by ingest; otherwise it reserves the DP popularity releases and the DP-SGD run on the
 privacy ledger, calibrates the noise multiplier to the budget the ledger grants
 (`SHOPREC_TRAINING_EPSILON` per training, user level, RDP accountant, the budget's delta), trains with
 Opacus (ghost clipping, Poisson sampling of users; CUDA when present) and its non-private twin, and tunes
@@ -79,11 +80,15 @@ def train_recommender() -> None:
         executor_config={"pod_override": TRAINER_POD},
     )
     def train_model(*, run_id=None) -> dict:  # type: ignore[no-untyped-def]
-        from tasks.code_version import code_version
-        from tasks.config import get_settings
-        from tasks.training import run_training
+        from airflow.sdk.exceptions import AirflowFailException
 
-        return run_training(get_settings(), run_key=run_id, code_version=code_version()).to_dict()
+        from tasks.config import get_settings
+        from tasks.training import TrainingRefused, run_training
+
+        try:
+            return run_training(get_settings(), run_key=run_id).to_dict()
+        except TrainingRefused as exc:  # too much of the window rejected: a retry would not help
+            raise AirflowFailException(str(exc)) from exc
 
     @task(multiple_outputs=False, execution_timeout=pendulum.duration(hours=1))
     def register_and_gate(manifest: dict) -> dict:

@@ -1,23 +1,54 @@
 """The ``shoprec`` command line: the demo, data sources, and (as they land) consumers and privacy.
 
-Heavy libraries are imported inside each command, so ``shoprec --help`` stays fast.
+Heavy libraries are imported inside each command, so ``shoprec --help`` stays fast.  Expected errors
+(:class:`~tasks.contracts.ExpectedError`: a bad or missing file, a bad option value) are caught once,
+here, in :class:`ShopRecApp`: one line on stderr, a non-zero exit, no traceback unless ``--verbose``
+or ``SHOPREC_VERBOSE=1``.
 """
 
 from __future__ import annotations
 
-import datetime as dt
+import os
+import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
 from tasks.config import get_settings
+from tasks.contracts import ExpectedError, parse_day
 from tasks.permissions import restrict_umask
 from tasks.privacy.cli import app as privacy_app
 
-app = typer.Typer(
+# Files a person named that are not there or not readable: expected, shown as one line.
+_FILE_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def _verbose(args: list[str]) -> bool:
+    return "--verbose" in args or os.environ.get("SHOPREC_VERBOSE", "").lower() in {"1", "true", "yes"}
+
+
+class ShopRecApp(typer.Typer):
+    """The ``shoprec`` app: an expected error becomes one line on stderr and its exit code."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        argv = list(kwargs.get("args") or (args[0] if args else None) or sys.argv[1:])
+        try:
+            return super().__call__(*args, **kwargs)
+        except (ExpectedError, *_FILE_ERRORS) as exc:
+            if _verbose(argv):
+                raise
+            if isinstance(exc, OSError) and exc.filename is not None:
+                message = f"{exc.filename}: {exc.strerror or exc}"
+            else:
+                message = str(exc)
+            sys.stderr.write(f"shoprec: error: {message}\n")
+            sys.exit(exc.exit_code if isinstance(exc, ExpectedError) else 1)
+
+
+app = ShopRecApp(
     name="shoprec",
     help="ShopRec: privacy-preserving recommendations on Airflow, Great Expectations, Feast, "
     "Opacus and MLflow.",
@@ -29,9 +60,13 @@ app.add_typer(privacy_app, name="privacy", help="Privacy budget ledger: verify, 
 
 
 @app.callback()
-def _owner_only_files() -> None:
-    """Every command creates its files owner-only (raw landing data, keys, ledger and state databases)."""
-    restrict_umask()
+def _options(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="Show the traceback of expected errors (or SHOPREC_VERBOSE=1).")
+    ] = False,
+) -> None:
+    """ShopRec: privacy-preserving recommendations on Airflow, Great Expectations, Feast, Opacus and MLflow."""
+    restrict_umask()  # every command creates its files owner-only (raw landing data, keys, ledger, state DBs)
 
 
 class Source(StrEnum):
@@ -68,8 +103,8 @@ def demo(
         items=items,
         days=days,
         seed=seed,
-        start=dt.date.fromisoformat(start) if start else None,
-        end=dt.date.fromisoformat(end) if end else None,
+        start=parse_day(start, "--start") if start else None,
+        end=parse_day(end, "--end") if end else None,
     )
     summary = run_demo(get_settings(), options)
     if not summary.ok:
@@ -94,7 +129,7 @@ def generate(
     settings = get_settings()
     target = landing or settings.landing_dir
     config = SyntheticConfig(
-        n_users=users, n_items=items, days=days, seed=seed, start=dt.date.fromisoformat(start)
+        n_users=users, n_items=items, days=days, seed=seed, start=parse_day(start, "--start")
     )
     with console.status("generating synthetic events"):
         manifest = generate_source(config, target)
@@ -121,8 +156,9 @@ def load_online_retail(
         manifest, report = load(
             path,
             landing or settings.landing_dir,
-            start=dt.date.fromisoformat(start) if start else None,
-            end=dt.date.fromisoformat(end) if end else None,
+            start=parse_day(start, "--start") if start else None,
+            end=parse_day(end, "--end") if end else None,
+            min_kept_share=settings.min_kept_row_share,
         )
     console.print(report)
     console.print(

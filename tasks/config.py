@@ -101,10 +101,38 @@ class Settings(BaseSettings):
         gt=0.0,
         description="A day with more rows than (1 + band_high) x its reference mean fails the gate.",
     )
-    volume_trailing_days: int = Field(default=7, ge=1)
+    volume_weeks: int = Field(
+        default=4,
+        ge=1,
+        description="The volume reference: median rows of the same weekday over this many previous weeks.",
+    )
+    volume_min_history: int = Field(
+        default=3,
+        ge=1,
+        description="The volume band enforces only once this many same-weekday lake days are in the reference.",
+    )
     volume_check: Literal["enforce", "off"] = Field(
         default="enforce",
         description="'off' for one-off historical backfills whose holidays are known anomalies.",
+    )
+    max_user_share: float = Field(
+        default=0.2,
+        gt=0.0,
+        le=1.0,
+        description="Rows of a user holding more than this share of a day's events are quarantined "
+        "(placeholder ids, bots, shared till accounts).",
+    )
+    min_kept_row_share: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="A source file of which adapters keep a smaller share of rows is refused (drop table).",
+    )
+    max_rejected_day_share: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="Training refuses when more than this share of its window's days was rejected by ingest.",
     )
 
     # --- model / training -------------------------------------------------------------------------

@@ -56,8 +56,44 @@ _PII_PATTERN: Final = re.compile(
 _PARTITION_PATTERN: Final = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
 
 
-class ContractError(ValueError):
+class ExpectedError(Exception):
+    """An error a person fixes from its message alone: a bad or missing file, a bad option value.
+
+    The message names the file (or option) and the problem.  The ``shoprec`` CLI prints it on stderr
+    without a traceback and exits with :attr:`exit_code` (``--verbose`` or ``SHOPREC_VERBOSE=1``
+    shows the traceback).  Anything else that escapes is a bug and keeps its traceback.
+    """
+
+    exit_code: int = 1
+
+
+class OptionError(ExpectedError, ValueError):
+    """A command-line option whose value cannot be used (exit code 2, as for other usage errors)."""
+
+    exit_code = 2
+
+
+class ContractError(ExpectedError, ValueError):
     """Input that does not satisfy the data contract. The message says what and where."""
+
+
+def parse_day(value: str, option: str) -> dt.date:
+    """``YYYY-MM-DD`` given for ``option``, or an :class:`OptionError` naming the option and the value."""
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError as exc:
+        raise OptionError(f"{option} {value!r} is not a day (YYYY-MM-DD): {exc}") from exc
+
+
+def parse_moment(value: str, option: str) -> dt.datetime:
+    """An ISO 8601 time given for ``option`` (naive = UTC), or an :class:`OptionError`."""
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise OptionError(
+            f"{option} {value!r} is not an ISO 8601 time (e.g. 2010-12-10 or 2010-12-10T12:00:00+00:00): {exc}"
+        ) from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True)

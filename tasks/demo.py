@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tasks.config import Settings
+from tasks.contracts import OptionError
 from tasks.orchestration import DagRunResult, configure_airflow, interval_end_for_day, load_dags, run_dag
 from tasks.permissions import PRIVATE_FILE_MODE
 
@@ -46,12 +47,28 @@ class DemoSummary:
 
     runs: list[DagRunResult] = field(default_factory=list)
     days: list[dt.date] = field(default_factory=list)
+    rejected_days: list[dt.date] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
     @property
+    def accepted_days(self) -> list[dt.date]:
+        return [d for d in self.days if d not in self.rejected_days]
+
+    @property
     def ok(self) -> bool:
-        return bool(self.runs) and all(run.succeeded for run in self.runs)
+        """Every run succeeded, except ingest runs whose day was rejected (quarantined and listed)."""
+        return bool(self.runs) and all(run.succeeded or is_rejected_day(run) for run in self.runs)
+
+
+def is_rejected_day(run: DagRunResult) -> bool:
+    """An ``ingest_events`` run that published the events that passed and failed only to report a
+    rejected day (see dags/ingest_events.py): the chain goes on without that day."""
+    return (
+        run.dag_id == "ingest_events"
+        and run.task_states.get("validate_and_publish") == "success"
+        and run.task_states.get("report_rejected_days") == "failed"
+    )
 
 
 def land(settings: Settings, options: DemoOptions) -> list[dt.date]:
@@ -69,15 +86,19 @@ def land(settings: Settings, options: DemoOptions) -> list[dt.date]:
         from tasks.sources.online_retail import load_online_retail
 
         if len(options.paths) != 1:
-            raise ValueError("--source online-retail needs exactly one --path")
+            raise OptionError("--source online-retail needs exactly one --path")
         manifest, _report = load_online_retail(
-            options.paths[0], settings.landing_dir, start=options.start, end=options.end
+            options.paths[0],
+            settings.landing_dir,
+            start=options.start,
+            end=options.end,
+            min_kept_share=settings.min_kept_row_share,
         )
     elif options.source == "files":
         from tasks.sources.loader import load_contract_files
 
         if not options.paths:
-            raise ValueError("--source files needs at least one --path")
+            raise OptionError("--source files needs at least one --path")
         manifest = load_contract_files(list(options.paths), settings.landing_dir)
     else:
         raise ValueError(f"unknown source {options.source!r}")
@@ -130,7 +151,7 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console | None =
     with console.status(f"landing the {options.source} data set"):
         summary.days = land(settings, options)
     if not summary.days:
-        raise ValueError("the source produced no days to ingest (check --start/--end)")
+        raise OptionError("the source produced no days to ingest (check --start/--end)")
     console.print(f"landed {len(summary.days)} days: {summary.days[0]} .. {summary.days[-1]}")
     with airflow_output_to(log_path):
         dags = load_dags(settings)
@@ -143,10 +164,19 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console | None =
                     result = run_dag(dags["ingest_events"], logical_date=interval_end_for_day(day))
                 summary.runs.append(result)
                 progress.advance(job)
-                if not result.succeeded:
+                if is_rejected_day(result):
+                    summary.rejected_days.append(day)
+                    console.print(
+                        f"[yellow]{day} rejected by the gate[/], quarantined with its report in "
+                        f"{settings.quarantine_dir / f'date={day.isoformat()}'}; the other days go on"
+                    )
+                elif not result.succeeded:
                     console.print(f"[red]ingest_events failed for {day}[/]: {result.task_states}")
                     break
-    days_conf = {"days": [d.isoformat() for d in summary.days]}
+    if summary.ok and not summary.accepted_days:
+        console.print("[red]every day was rejected by the gate: nothing to build features from[/]")
+        summary.runs.append(DagRunResult("ingest_events", "none accepted", "failed"))
+    days_conf = {"days": [d.isoformat() for d in summary.accepted_days]}
     for dag_id, conf in (
         ("build_features", days_conf),
         ("train_recommender", days_conf),
@@ -194,8 +224,13 @@ def print_summary(settings: Settings, summary: DemoSummary, console: Console) ->
             f"{sum(r.seconds for r in runs):.1f}",
         )
     console.print(table)
-    for line in stage_report(settings, summary.days):
+    for line in stage_report(settings, summary.accepted_days or summary.days):
         console.print(line)
+    if summary.rejected_days:
+        console.print(
+            f"[yellow]rejected days[/] (quarantined with their reports, left out of features and "
+            f"training): {', '.join(d.isoformat() for d in summary.rejected_days)}"
+        )
     console.print(f"total wall time: {summary.seconds:.0f}s")
     console.print(
         "where to look next: "

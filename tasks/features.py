@@ -131,16 +131,19 @@ def resolve_days(
     """The data days a ``build_features`` run covers, from (first that gives any):
 
     1. the run conf ``{"days": ["YYYY-MM-DD", ...]}`` (demos, backfills, ``dag.test(run_conf=...)``);
-    2. the triggering ``events_clean`` asset events' extra, ``"partitions"`` or ``"days"``;
+    2. the triggering ``events_clean`` asset events' extra, ``"partitions"`` or ``"days"`` (the
+       accepted days: an event whose days were all rejected gives none, and no fallback to 3.);
     3. the run's data interval (``[start, end)`` calendar days), when it has one.
     """
     raw: list[str] = [str(d) for d in (conf or {}).get("days") or []]
+    told = bool(raw)
     if not raw:
         for extra in asset_extras:
+            told = told or "partitions" in extra or "days" in extra
             raw.extend(str(d) for d in (extra.get("partitions") or extra.get("days") or []))
     days = {dt.date.fromisoformat(d) for d in raw}
     start, end = interval
-    if not days and start is not None and end is not None:
+    if not told and start is not None and end is not None:
         days = set(days_in_interval(start, end))
     return sorted(days)
 

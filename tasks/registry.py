@@ -487,7 +487,11 @@ def register_and_gate(settings: Settings, manifest: dict[str, Any]) -> Registrat
         params=params,
         metrics=metrics,
         report=report,
-        extra_tags={"shoprec.as_of": str(manifest["as_of"])},
+        extra_tags={
+            "shoprec.as_of": str(manifest["as_of"]),
+            # days of the training window that ingest rejected (quarantined); "" when none
+            "shoprec.rejected_days": str(manifest.get("rejected_days", "")),
+        },
     )
     ledger = open_ledger(settings)
     try:

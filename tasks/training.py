@@ -23,6 +23,7 @@ known up front (benchmarks), never by ``make_private_with_epsilon``, which ignor
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -577,9 +578,38 @@ class TrainingManifest:
     training_users_file: str
     n_negatives: int
     noise_generator: str
+    rejected_days: str = ""  # comma-separated days of the window that ingest rejected (quarantined)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class TrainingRefused(ValueError):
+    """Training will not run on this data; the message says why."""
+
+
+def refuse_if_too_many_rejected(settings: Settings, lake_days: Sequence[dt.date]) -> list[dt.date]:
+    """The days of the training window (first to last lake day) that ingest rejected.
+
+    Raises :class:`TrainingRefused` when they are more than ``max_rejected_day_share`` of the window's
+    days with data (lake days plus rejected days): a model trained on what is left would not describe
+    the shop.
+    """
+    from tasks.ingest import rejected_days
+
+    rejected = rejected_days(settings, lake_days[0], lake_days[-1])
+    share = len(rejected) / (len(lake_days) + len(rejected))
+    if share > settings.max_rejected_day_share:
+        shown = ", ".join(d.isoformat() for d in rejected[:10]) + (" ..." if len(rejected) > 10 else "")
+        raise TrainingRefused(
+            f"training refused: {len(rejected)} of {len(lake_days) + len(rejected)} days in its window "
+            f"{lake_days[0]}..{lake_days[-1]} were rejected by ingest ({share:.1%} > "
+            f"SHOPREC_MAX_REJECTED_DAY_SHARE {settings.max_rejected_day_share:.1%}): {shown}; "
+            f"see {settings.quarantine_dir}/date=D/report.json"
+        )
+    if rejected:
+        log.warning("training window has %d rejected days: %s", len(rejected), rejected)
+    return rejected
 
 
 def feature_state(
@@ -709,6 +739,7 @@ def run_training(settings: Settings, *, run_key: str, code_version: str | None =
     days = list_partitions(settings.events_dir)
     if not days:
         raise FileNotFoundError(f"no event partitions under {settings.events_dir}")
+    rejected = refuse_if_too_many_rejected(settings, days)
     cuts = Cuts.from_end(snapshot_time(days[-1]), settings.eval_days)
     events = read_events(settings)
     catalog = load_catalog(settings)
@@ -867,6 +898,7 @@ def run_training(settings: Settings, *, run_key: str, code_version: str | None =
         training_users_file=str(users_file),
         n_negatives=config.n_negatives,
         noise_generator=noise_generator_name(result.device, noise_seed=config.noise_seed),
+        rejected_days=",".join(d.isoformat() for d in rejected),
     )
 
 

@@ -7,6 +7,7 @@ import datetime as dt
 import typer
 
 from tasks.config import get_settings
+from tasks.contracts import parse_moment
 
 app = typer.Typer(
     help="Privacy budget ledger: verify it, report on it, show what is left.", no_args_is_help=True
@@ -20,8 +21,7 @@ app.add_typer(budget_app, name="budget")
 def _moment(at: str | None) -> dt.datetime:
     if at is None:
         return dt.datetime.now(dt.UTC)
-    moment = dt.datetime.fromisoformat(at)
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+    return parse_moment(at, "--at")
 
 
 @app.command()
@@ -65,6 +65,7 @@ def status(
     """Spent and remaining epsilon of every budget."""
     from tasks.privacy.ledger import Ledger, LedgerMissing
 
+    moment = _moment(at)
     try:
         ledger = Ledger(get_settings().resolved_ledger_url)
     except LedgerMissing as missing:
@@ -75,7 +76,7 @@ def status(
         if not budgets:
             typer.echo("no privacy budget defined yet")
         for budget in budgets:
-            typer.echo(f"{budget.scope}: {ledger.spent(budget.scope, _moment(at)).describe()}")
+            typer.echo(f"{budget.scope}: {ledger.spent(budget.scope, moment).describe()}")
     finally:
         ledger.close()
 

@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from tasks.config import Settings
+from tasks.ingest import rejected_days
 from tasks.privacy.accounting import DpSgdMechanism, mechanism_kind
 from tasks.privacy.anchors import REPORT_ANCHOR_FIELD
 from tasks.privacy.audit import LOWER_BOUND_NOTE, load_audits
@@ -137,6 +138,13 @@ def collect(settings: Settings, *, at: dt.datetime, use_registry: bool = True) -
                 "artifact_uri": charge.artifact_uri,
                 "statement": statement,
                 "audit": asdict(audit) if audit else None,
+                # days of the training window that ingest rejected: quarantined, not trained on
+                "rejected_days": [
+                    d.isoformat()
+                    for d in rejected_days(
+                        settings, charge.data_window[0].date(), charge.data_window[1].date()
+                    )
+                ],
             }
         )
 
@@ -221,6 +229,7 @@ def _markdown(data: dict[str, Any]) -> str:
             f"- DP-SGD noise generator: {s['noise_generator']}",
             f"- Count releases: {s['count_mechanisms']}",
             f"- Ledger charge: {s['ledger_charge_id']}; artifact: {m['artifact_uri']}",
+            f"- Days of its data window rejected at ingest: {', '.join(m.get('rejected_days', [])) or 'none'}",
         ]
         audit = m["audit"]
         if audit:

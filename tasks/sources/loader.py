@@ -18,12 +18,14 @@ one, and writing the same day twice leaves the same bytes.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import shutil
 import tempfile
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import pandas as pd
 import pyarrow as pa
@@ -96,6 +98,15 @@ def _to_string(values: pd.Series) -> pd.Series:
     return values.astype("string").astype(object).where(values.notna(), None)
 
 
+_FLOAT_WRITTEN_ID: Final = re.compile(r"^\s*(\d+)\.0+\s*$")
+
+
+def _whole_number_ids(values: pd.Series) -> pd.Series:
+    """User ids written as floats (``"17850.0"``, as pandas writes an id column with gaps) -> ``"17850"``,
+    so the same customer gets one pseudonym whichever way the export wrote the id."""
+    return values.map(lambda v: _FLOAT_WRITTEN_ID.sub(r"\1", v) if isinstance(v, str) else v)
+
+
 def _blank_to_null(values: pd.Series) -> pd.Series:
     """Empty or whitespace-only strings mean "missing", as an empty CSV cell does."""
     if values.dtype != object and not pd.api.types.is_string_dtype(values.dtype):
@@ -140,6 +151,8 @@ def conform(frame: pd.DataFrame, schema: pa.Schema, where: str) -> pa.Table:
             columns[field.name] = _to_number(values, field.name, where, "Int64")
         elif pa.types.is_floating(field.type):
             columns[field.name] = _to_number(values, field.name, where, "Float64")
+        elif field.name == "user_id":
+            columns[field.name] = _whole_number_ids(_to_string(values))
         else:
             columns[field.name] = _to_string(values)
     conformed = pd.DataFrame(columns)
@@ -224,13 +237,46 @@ def _sorted(table: pa.Table, keys: list[str]) -> pa.Table:
     return table.sort_by([(key, "ascending") for key in keys])
 
 
+_EUROPEAN_NUMBER: Final = re.compile(r"^\s*-?\d{1,3}(\.\d{3})*(,\d+)?\s*$|^\s*-?\d+(,\d+)?\s*$")
+
+
+def read_csv_export(path: Path, encoding: str = "utf-8-sig") -> pd.DataFrame:
+    """A CSV as shops export it, every value as text: with or without a byte-order mark, ``,`` or
+    ``;`` as separator (the one the header uses more).  A ``;`` file is a European export: numbers
+    written ``1.234,5`` are read as ``1234.5`` (other values are left as written)."""
+    with path.open(encoding=encoding, errors="replace") as handle:
+        header = handle.readline()
+    separator = ";" if header.count(";") > header.count(",") else ","
+    frame = pd.read_csv(path, dtype=str, keep_default_na=True, sep=separator, encoding=encoding)
+    if separator == ";":
+        for column in frame.columns:
+            values = frame[column]
+            european = values.notna() & values.astype(str).str.contains(",", regex=False)
+            european &= values.astype(str).str.match(_EUROPEAN_NUMBER)
+            frame.loc[european, column] = (
+                values[european].str.replace(".", "", regex=False).str.replace(",", ".", regex=False)
+            )
+    return frame
+
+
 def _read(path: Path) -> pd.DataFrame:
+    """The rows of one contract file; a missing, empty, unreadable or header-only file is refused."""
     suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        return pq.read_table(path).to_pandas()
-    if suffix == ".csv":
-        return pd.read_csv(path, dtype=str, keep_default_na=True)
-    raise ContractError(f"{path}: only .csv and .parquet files are read (got {suffix or 'no suffix'})")
+    if suffix not in {".csv", ".parquet"}:
+        raise ContractError(f"{path}: only .csv and .parquet files are read (got {suffix or 'no suffix'})")
+    if not path.is_file():
+        raise ContractError(f"{path}: no such file")
+    try:
+        frame = pq.read_table(path).to_pandas() if suffix == ".parquet" else read_csv_export(path)
+    except pd.errors.EmptyDataError as exc:
+        raise ContractError(f"{path}: empty file (no header, no rows)") from exc
+    except (ValueError, OSError, pd.errors.ParserError, pa.ArrowException) as exc:
+        raise ContractError(
+            f"{path}: unreadable as {suffix.lstrip('.')} ({type(exc).__name__}: {exc})"
+        ) from exc
+    if frame.empty:
+        raise ContractError(f"{path}: no rows (columns {', '.join(map(str, frame.columns))})")
+    return frame
 
 
 def _table_of(columns: list[str], path: Path) -> pa.Schema:

@@ -7,7 +7,9 @@ it, and counted (:class:`OnlineRetailReport`, also written as JSON beside the la
 
 1. ``overlapping_sheet``: xlsx only: rows of a later sheet whose invoice already appeared in an earlier
    sheet (the two Online Retail II sheets overlap in December 2010).
-2. ``unparseable_timestamp``: InvoiceDate neither ``YYYY-MM-DD HH:MM[:SS]`` nor ``M/D/YYYY H:MM``.
+2. ``unparseable_timestamp``: InvoiceDate not readable in the format detected once from the whole
+   column (:func:`detect_date_format`: ISO, Excel serial days, or day-first / month-first text with 2-
+   or 4-digit years; never guessed row by row).
 3. ``cancellation``: invoices starting with ``C`` (returns; their quantities are negative).
 4. ``adjustment_invoice``: invoices starting with ``A`` ("Adjust bad debt").
 5. ``missing_customer``: no Customer ID: no user to attribute the purchase to.
@@ -41,10 +43,11 @@ from typing import Final
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from tasks.contracts import EVENTS_SCHEMA, ITEMS_SCHEMA, ContractError
 from tasks.permissions import write_private_text
-from tasks.sources.loader import SourceManifest, conform, write_landing
+from tasks.sources.loader import SourceManifest, conform, read_csv_export, write_landing
 
 SOURCE: Final = "online_retail"
 # The leading underscore keeps parquet dataset readers (pyarrow, pandas, DuckDB hive scans) off it.
@@ -203,17 +206,30 @@ def is_non_product(code: str) -> bool:
 def _read(path: Path) -> tuple[pd.DataFrame, pd.Series]:
     """The file's rows with canonical column names, and a mask of rows repeated from an earlier sheet."""
     suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        frames = [pd.read_parquet(path)]
-    elif suffix == ".csv":
-        try:
-            frames = [pd.read_csv(path, dtype=str, keep_default_na=True)]
-        except UnicodeDecodeError:  # the original UCI CSV exports are Latin-1
-            frames = [pd.read_csv(path, dtype=str, keep_default_na=True, encoding="latin-1")]
-    elif suffix in {".xlsx", ".xls"}:
-        frames = list(pd.read_excel(path, sheet_name=None, dtype={"Invoice": str, "InvoiceNo": str}).values())
-    else:
+    if suffix not in {".parquet", ".csv", ".xlsx", ".xls"}:
         raise ContractError(f"{path}: Online Retail files are read from .parquet, .csv or .xlsx")
+    if not path.is_file():
+        raise ContractError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ContractError(f"{path}: empty file (0 bytes)")
+    try:
+        if suffix == ".parquet":
+            frames = [pd.read_parquet(path)]
+        elif suffix == ".csv":
+            try:
+                frames = [read_csv_export(path)]
+            except UnicodeDecodeError:  # the original UCI CSV exports are Latin-1
+                frames = [read_csv_export(path, encoding="latin-1")]
+        else:
+            frames = list(
+                pd.read_excel(path, sheet_name=None, dtype={"Invoice": str, "InvoiceNo": str}).values()
+            )
+    except pd.errors.EmptyDataError as exc:
+        raise ContractError(f"{path}: empty file (no header, no rows)") from exc
+    except (ValueError, OSError, pd.errors.ParserError, pa.ArrowException) as exc:
+        raise ContractError(
+            f"{path}: unreadable as {suffix.lstrip('.')} ({type(exc).__name__}: {exc})"
+        ) from exc
     renamed = []
     for frame in frames:
         frame = frame.rename(columns=lambda c: _COLUMN_ALIASES.get(str(c).strip(), str(c).strip()))
@@ -231,16 +247,71 @@ def _read(path: Path) -> tuple[pd.DataFrame, pd.Series]:
     return pd.concat(renamed, ignore_index=True), pd.concat(overlap, ignore_index=True)
 
 
-def _parse_local_times(values: pd.Series) -> pd.Series:
-    """Naive local times: datetimes as they are, strings as ISO or as the UCI CSV's ``M/D/YYYY H:MM``."""
+# Text date formats shops export, tried on the whole InvoiceDate column; one is chosen for all rows.
+TEXT_DATE_FORMATS: Final = tuple(
+    f"{date} {time}"
+    for date in ("%m/%d/%Y", "%d/%m/%Y", "%m/%d/%y", "%d/%m/%y", "%d.%m.%Y", "%d.%m.%y", "%d-%m-%Y")
+    for time in ("%H:%M", "%H:%M:%S")
+)
+# Excel serial dates: days since 1899-12-30; 20000..80000 is 1954..2119.
+_EXCEL_EPOCH: Final = pd.Timestamp("1899-12-30")
+_EXCEL_SERIAL_RANGE: Final = (20000.0, 80000.0)
+
+
+def _in_order_share(parsed: pd.Series) -> float:
+    """Share of consecutive parsed values in non-decreasing order (invoice exports are in time order)."""
+    values = parsed.dropna()
+    return float((values.diff().dropna() >= pd.Timedelta(0)).mean()) if len(values) > 1 else 0.0
+
+
+def detect_date_format(text: pd.Series, where: str) -> str:
+    """The one format that reads the text column ``text`` best, decided from the whole column.
+
+    ``"ISO8601"``, ``"excel-serial"`` or one of :data:`TEXT_DATE_FORMATS`: the one that parses the
+    most values.  Day-first and month-first formats that parse equally many (every day <= 12) are told
+    apart by which puts the rows in time order more often; if that ties too, the file is refused.
+    """
+    values = pd.Series(text.dropna().unique()).astype(str)
+    if values.empty:
+        return "ISO8601"
+    numbers = pd.to_numeric(values, errors="coerce")
+    low, high = _EXCEL_SERIAL_RANGE
+    if numbers.notna().all() and numbers.between(low, high).all():
+        return "excel-serial"
+    scores = {"ISO8601": int(pd.to_datetime(values, format="ISO8601", errors="coerce").notna().sum())}
+    for fmt in TEXT_DATE_FORMATS:
+        scores[fmt] = int(pd.to_datetime(values, format=fmt, errors="coerce").notna().sum())
+    best = max(scores.values())
+    if best == 0:
+        return "ISO8601"  # nothing parses: every row is dropped as unparseable_timestamp
+    tied = [fmt for fmt, score in scores.items() if score == best]
+    if len(tied) == 1:
+        return tied[0]
+    ordered = {fmt: _in_order_share(pd.to_datetime(text, format=fmt, errors="coerce")) for fmt in tied}
+    top = max(ordered.values())
+    winners = [fmt for fmt, share in ordered.items() if share == top]
+    if len(winners) > 1:
+        raise ContractError(
+            f"{where}: InvoiceDate is ambiguous: {' and '.join(winners)} read every value alike; "
+            "convert it to ISO dates (YYYY-MM-DD HH:MM)"
+        )
+    return winners[0]
+
+
+def _parse_local_times(values: pd.Series, where: str = "InvoiceDate") -> pd.Series:
+    """Naive local times: datetimes as they are; text or numbers in the one format
+    :func:`detect_date_format` chose for the whole column (values it cannot read become NaT)."""
     if pd.api.types.is_datetime64_any_dtype(values.dtype):
         return values
-    text = values.astype("string").str.strip()
-    parsed = pd.to_datetime(text, format="ISO8601", errors="coerce")
-    us_style = parsed.isna() & text.notna()
-    if us_style.any():
-        parsed[us_style] = pd.to_datetime(text[us_style], format="%m/%d/%Y %H:%M", errors="coerce")
-    return parsed
+    if pd.api.types.is_numeric_dtype(values.dtype):
+        text = values.astype("string")
+    else:
+        text = values.astype("string").str.strip()
+    fmt = detect_date_format(text, where)
+    if fmt == "excel-serial":
+        days = pd.to_numeric(text, errors="coerce")
+        return (_EXCEL_EPOCH + pd.to_timedelta(days, unit="D")).dt.round("s")
+    return pd.to_datetime(text, format=fmt, errors="coerce")
 
 
 def _to_utc(naive: pd.Series) -> tuple[pd.Series, int, int]:
@@ -291,18 +362,45 @@ def _titles(frame: pd.DataFrame) -> pd.Series:
     return counts.drop_duplicates("StockCode").set_index("StockCode")["title_raw"]
 
 
+class TooLittleKept(ContractError):
+    """A source file of which (almost) no row would become an event; the message holds the drop table."""
+
+
+def _refuse_if_too_little_kept(path: Path, reason: pd.Series, min_kept_share: float) -> None:
+    """Raise :class:`TooLittleKept` when no row, or less than ``min_kept_share`` of the rows inside the
+    window (``outside_window`` drops are the caller's choice, not the file's fault), would be kept."""
+    counts = reason.value_counts()
+    considered = len(reason) - int(counts.get("outside_window", 0))
+    kept = int(reason.isna().sum())
+    share = kept / considered if considered else 0.0
+    if kept and share >= min_kept_share:
+        return
+    table = "\n".join(
+        f"  {name:<24} {int(counts.get(name, 0)):>10,}" for name in DROP_REASONS if counts.get(name, 0)
+    )
+    raise TooLittleKept(
+        f"{path}: kept {kept:,} of {considered:,} rows ({share:.1%}; SHOPREC_MIN_KEPT_ROW_SHARE is "
+        f"{min_kept_share:.0%}), so nothing was written. Dropped rows by reason:\n{table}"
+        if considered
+        else f"{path}: no rows"
+    )
+
+
 def load_online_retail(
     path: Path,
     landing_dir: Path,
     *,
     start: dt.date | None = None,
     end: dt.date | None = None,
+    min_kept_share: float = 0.0,
 ) -> tuple[SourceManifest, OnlineRetailReport]:
     """Convert an Online Retail (II) file into purchase events, one landing folder per UTC day.
 
     ``start``/``end`` (inclusive UTC days) limit which days are written; every other rule is applied to
     the whole file first, so titles, prices and the report's drop counts do not depend on the window.
     The report is written to ``landing_dir/_online_retail_report.json`` (temp file, then renamed; 0600).
+    A file of which nothing, or less than ``min_kept_share`` of the rows inside the window, would be
+    kept is refused before anything is written (:class:`TooLittleKept`, with the drop table).
     """
     path = Path(path)
     raw, overlapping = _read(path)
@@ -316,7 +414,7 @@ def load_online_retail(
     frame["Quantity"] = pd.to_numeric(frame["Quantity"], errors="coerce")
     frame["Price"] = pd.to_numeric(frame["Price"], errors="coerce")
     frame["user_id"] = _customer_ids(frame["Customer ID"])
-    local = _parse_local_times(frame["InvoiceDate"])
+    local = _parse_local_times(frame["InvoiceDate"], f"{path}")
 
     reason = pd.Series(pd.NA, index=frame.index, dtype="string")
 
@@ -345,6 +443,7 @@ def load_online_retail(
         in_window &= utc_day <= end
     drop(reason.isna() & ~in_window, "outside_window")
 
+    _refuse_if_too_little_kept(path, reason, min_kept_share)
     kept = frame[reason.isna()].copy()
     kept_utc = utc[reason.isna()]
     duplicated = kept.duplicated(subset=list(_COLUMNS), keep="first")

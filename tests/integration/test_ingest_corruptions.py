@@ -166,12 +166,15 @@ def test_empty_file_rejects_the_day(shoprec_home: Settings) -> None:
     assert empty.exists()
 
 
+# The volume band's reference: the same weekday (DAY is a Tuesday) over the previous weeks.
+SAME_WEEKDAY_HISTORY = [DAY - dt.timedelta(weeks=k) for k in (3, 2, 1)]
+
+
 def test_day_at_ten_percent_volume_is_rejected(shoprec_home: Settings) -> None:
-    for offset in (3, 2, 1):
-        day = DAY - dt.timedelta(days=offset)
+    for day in SAME_WEEKDAY_HISTORY:
         write_good_day(shoprec_home.landing_dir, day, n=N)
         update_catalog(shoprec_home, day)
-        ingest_day(shoprec_home, day, run_id=f"r{offset}")
+        ingest_day(shoprec_home, day, run_id=f"r{day}")
     write_good_day(shoprec_home.landing_dir, DAY, n=N // 10)
     update_catalog(shoprec_home, DAY)
     with pytest.raises(IngestRejected, match=r"row_count_within_trailing_band \(observed 6\)"):
@@ -179,7 +182,7 @@ def test_day_at_ten_percent_volume_is_rejected(shoprec_home: Settings) -> None:
     assert not (shoprec_home.events_dir / "date=2024-03-05").exists()
     report = json.loads((shoprec_home.quarantine_dir / "date=2024-03-05" / "report.json").read_text())
     assert report["status"] == "rejected"
-    assert report["volume_check"] == "rows within [30, 181] (mean 60.0, 3 trailing days)"
+    assert report["volume_check"] == "rows within [30, 181] (median 60.0 of 3 Tuesdays)"
 
 
 def _ingest_history(settings: Settings, days: list[dt.date], n_for: Callable[[dt.date], int]) -> None:
@@ -190,7 +193,7 @@ def _ingest_history(settings: Settings, days: list[dt.date], n_for: Callable[[dt
 
 
 def test_busy_day_within_the_high_band_is_accepted(shoprec_home: Settings) -> None:
-    _ingest_history(shoprec_home, [DAY - dt.timedelta(days=k) for k in (3, 2, 1)], lambda _: N)
+    _ingest_history(shoprec_home, SAME_WEEKDAY_HISTORY, lambda _: N)
     write_good_day(shoprec_home.landing_dir, DAY, n=int(N * 2.5))
     update_catalog(shoprec_home, DAY)
     manifest = ingest_day(shoprec_home, DAY, run_id="r")
@@ -198,7 +201,7 @@ def test_busy_day_within_the_high_band_is_accepted(shoprec_home: Settings) -> No
 
 
 def test_day_above_the_high_band_is_rejected(shoprec_home: Settings) -> None:
-    _ingest_history(shoprec_home, [DAY - dt.timedelta(days=k) for k in (3, 2, 1)], lambda _: N)
+    _ingest_history(shoprec_home, SAME_WEEKDAY_HISTORY, lambda _: N)
     write_good_day(shoprec_home.landing_dir, DAY, n=N * 4)
     update_catalog(shoprec_home, DAY)
     with pytest.raises(IngestRejected, match=r"row_count_within_trailing_band \(observed 240\)"):
@@ -208,20 +211,31 @@ def test_day_above_the_high_band_is_rejected(shoprec_home: Settings) -> None:
 def test_quiet_weekday_is_judged_against_the_same_weekday(shoprec_home: Settings) -> None:
     """A Sunday with a quarter of weekday volume passes when earlier Sundays were as quiet."""
     sunday = dt.date(2024, 3, 24)
-    history = [sunday - dt.timedelta(days=k) for k in range(15, 0, -1)]
+    history = [sunday - dt.timedelta(days=k) for k in range(22, 0, -1)]
     backfill = shoprec_home.model_copy(update={"volume_check": "off"})  # history loaded as a backfill
     _ingest_history(backfill, history, lambda d: 20 if d.weekday() == 6 else 80)
     write_good_day(shoprec_home.landing_dir, sunday, n=20)
     update_catalog(shoprec_home, sunday)
     manifest = ingest_day(shoprec_home, sunday, run_id="r")
     assert manifest.rows_clean == 20
-    assert manifest.volume_check == "rows within [10, 61] (mean 20.0, same weekday over 2 weeks)"
+    assert manifest.volume_check == "rows within [10, 61] (median 20.0 of 3 Sundays)"
 
 
 def test_volume_check_off_accepts_a_known_holiday(shoprec_home: Settings) -> None:
-    _ingest_history(shoprec_home, [DAY - dt.timedelta(days=k) for k in (3, 2, 1)], lambda _: N)
+    _ingest_history(shoprec_home, SAME_WEEKDAY_HISTORY, lambda _: N)
     write_good_day(shoprec_home.landing_dir, DAY, n=N // 10)
     update_catalog(shoprec_home, DAY)
     relaxed = shoprec_home.model_copy(update={"volume_check": "off"})
     manifest = ingest_day(relaxed, DAY, run_id="r")
     assert manifest.rows_clean == N // 10
+
+
+def test_first_saturday_of_a_new_shop_is_not_judged_by_weekdays(shoprec_home: Settings) -> None:
+    """The Online Retail II case: four weekdays, then a quiet Saturday; no Saturday history, no band."""
+    saturday = dt.date(2009, 12, 5)
+    _ingest_history(shoprec_home, [saturday - dt.timedelta(days=k) for k in (4, 3, 2, 1)], lambda _: N)
+    write_good_day(shoprec_home.landing_dir, saturday, n=N // 10)
+    update_catalog(shoprec_home, saturday)
+    manifest = ingest_day(shoprec_home, saturday, run_id="r")
+    assert manifest.rows_clean == N // 10
+    assert manifest.volume_check == "skipped: 0 Saturdays in the lake over the previous 4 weeks, need 3"

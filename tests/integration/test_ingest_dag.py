@@ -43,7 +43,11 @@ def test_good_day_succeeds_and_fills_the_lake(ingest_dag: Any, shoprec_home: Set
     rows = write_good_day(shoprec_home.landing_dir, DAY, n=30)
     state, states = run_day(ingest_dag, DAY)
     assert state == "success"
-    assert states == {"update_catalog": "success", "validate_and_publish": "success"}
+    assert states == {
+        "update_catalog": "success",
+        "validate_and_publish": "success",
+        "report_rejected_days": "success",
+    }
     lake = pq.read_table(shoprec_home.events_dir / "date=2024-03-05" / "part-0.parquet")
     assert set(lake.column("event_id").to_pylist()) == lake_event_ids(
         shoprec_home, (r["event_id"] for r in rows)
@@ -55,18 +59,11 @@ def test_good_day_succeeds_and_fills_the_lake(ingest_dag: Any, shoprec_home: Set
     assert (shoprec_home.items_dir / "items.parquet").is_file()
 
 
-def test_good_day_emits_asset_event_with_counts(ingest_dag: Any, shoprec_home: Settings) -> None:
+def last_events_clean_extra() -> dict[str, Any]:
     from airflow.models.asset import AssetEvent, AssetModel
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
-    write_good_day(shoprec_home.landing_dir, DAY, n=30)
-    rows = good_events(DAY, 30)
-    rows[0]["unit_price"] = -1.0  # one purchase with a negative price: quarantined, under the 5% bar
-    rows[0]["event_type"] = "purchase"
-    write_events(shoprec_home.landing_dir, DAY, rows)
-    state, _ = run_day(ingest_dag, DAY)
-    assert state == "success"
     with create_session() as session:
         event = session.scalars(
             select(AssetEvent)
@@ -74,15 +71,28 @@ def test_good_day_emits_asset_event_with_counts(ingest_dag: Any, shoprec_home: S
             .where(AssetModel.name == "events_clean")
             .order_by(AssetEvent.id.desc())
         ).first()
-        extra = dict(event.extra)
-    assert extra == {
+        return dict(event.extra)
+
+
+def test_good_day_emits_asset_event_with_counts(ingest_dag: Any, shoprec_home: Settings) -> None:
+    write_good_day(shoprec_home.landing_dir, DAY, n=30)
+    rows = good_events(DAY, 30)
+    rows[0]["unit_price"] = -1.0  # one purchase with a negative price: quarantined, under the 5% bar
+    rows[0]["event_type"] = "purchase"
+    write_events(shoprec_home.landing_dir, DAY, rows)
+    state, _ = run_day(ingest_dag, DAY)
+    assert state == "success"
+    assert last_events_clean_extra() == {
         "days": ["2024-03-05"],
         "rows_clean": {"2024-03-05": 29},
         "rows_quarantined": {"2024-03-05": 1},
+        "rejected_days": {},
     }
 
 
-def test_corrupted_day_fails_and_keeps_lake_empty(ingest_dag: Any, shoprec_home: Settings) -> None:
+def test_corrupted_day_is_reported_and_keeps_lake_empty(ingest_dag: Any, shoprec_home: Settings) -> None:
+    """A rejected day: quarantined with its report, listed in the events_clean event (no accepted day,
+    so later stages build nothing), and the run fails in report_rejected_days: never a silent success."""
     write_good_day(shoprec_home.landing_dir, DAY, n=20)
     rows = good_events(DAY, 20)
     for row in rows[:4]:
@@ -91,7 +101,14 @@ def test_corrupted_day_fails_and_keeps_lake_empty(ingest_dag: Any, shoprec_home:
     write_events(shoprec_home.landing_dir, DAY, rows)
     state, states = run_day(ingest_dag, DAY)
     assert state == "failed"
-    assert states == {"update_catalog": "success", "validate_and_publish": "failed"}
+    assert states == {
+        "update_catalog": "success",
+        "validate_and_publish": "success",
+        "report_rejected_days": "failed",
+    }
+    extra = last_events_clean_extra()
+    assert (extra["days"], list(extra["rejected_days"])) == ([], ["2024-03-05"])
+    assert "5 of 20 rows failed row-level expectations" in extra["rejected_days"]["2024-03-05"]
     assert not (shoprec_home.events_dir / "date=2024-03-05").exists()
     quarantine = pq.read_table(shoprec_home.quarantine_dir / "date=2024-03-05" / "rows.parquet").to_pylist()
     reasons = {row["source_row"]: row["failed_expectations"] for row in quarantine}

@@ -231,3 +231,10 @@ def test_resolve_days_falls_back_to_the_data_interval() -> None:
 
 def test_resolve_days_is_empty_without_any_source() -> None:
     assert resolve_days(None, [], (None, None)) == []
+
+
+def test_resolve_days_of_an_all_rejected_ingest_run_is_empty() -> None:
+    """An events_clean event whose days were all rejected builds nothing: no fallback to the interval."""
+    interval = (dt.datetime(2024, 3, 1, tzinfo=dt.UTC), dt.datetime(2024, 3, 2, tzinfo=dt.UTC))
+    extras = [{"days": [], "rejected_days": {"2024-03-01": "volume band"}}]
+    assert resolve_days(None, extras, interval) == []

@@ -51,3 +51,43 @@ def test_bad_share_above_threshold_rejects_day(shoprec_home: Settings) -> None:
     with pytest.raises(IngestRejected, match=r"2 of 20 rows.*item_id_in_catalog=2"):
         ingest_day(shoprec_home, DAY, run_id="r1")
     assert not (shoprec_home.events_dir / "date=2024-03-05").exists()
+
+
+def test_dominant_user_rows_are_quarantined_with_pseudonym_and_share(shoprec_home: Settings) -> None:
+    """A placeholder customer with half of the day's rows: its rows are quarantined as
+    user_share_within_limit (not counted against the bad-row bar); the report names its pseudonym
+    and share, never the raw id; the other users' rows reach the lake."""
+    import json
+
+    from helpers_landing import raw_user
+
+    from tasks.pseudonymize import load_key, pseudonymize
+
+    write_good_day(shoprec_home.landing_dir, DAY, n=40)
+    rows = good_events(DAY, 40)
+    for row in rows[:20]:
+        row["user_id"] = "0"  # "unknown customer" as some exports write it
+    write_events(shoprec_home.landing_dir, DAY, rows)
+    update_catalog(shoprec_home, DAY)
+    manifest = ingest_day(shoprec_home, DAY, run_id="r1")
+    assert (manifest.rows_clean, manifest.rows_quarantined) == (20, 20)
+    quarantine = pq.read_table(shoprec_home.quarantine_dir / "date=2024-03-05" / "rows.parquet").to_pylist()
+    placeholder = pseudonymize("0", load_key(shoprec_home))
+    assert {r["user_id"] for r in quarantine} == {placeholder}
+    assert {tuple(r["failed_expectations"]) for r in quarantine} == {("user_share_within_limit",)}
+    report_text = (shoprec_home.quarantine_dir / "date=2024-03-05" / "report.json").read_text()
+    report = json.loads(report_text)
+    assert report["dominant_users"] == {placeholder: 0.5}
+    assert report["status"] == "accepted"
+    assert '"0"' not in report_text
+    assert raw_user(0) not in report_text
+
+
+def test_users_under_the_share_limit_are_untouched(shoprec_home: Settings) -> None:
+    """Eight users with 12.5% each, limit 20%: nothing quarantined; at limit 10% all are dominant."""
+    write_good_day(shoprec_home.landing_dir, DAY, n=40)
+    update_catalog(shoprec_home, DAY)
+    assert ingest_day(shoprec_home, DAY, run_id="r1").rows_quarantined == 0
+    strict = shoprec_home.model_copy(update={"max_user_share": 0.1})
+    manifest = ingest_day(strict, DAY, run_id="r2")
+    assert (manifest.rows_clean, manifest.rows_quarantined) == (0, 40)

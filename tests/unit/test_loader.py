@@ -180,3 +180,27 @@ def test_unknown_file_kind_is_refused(tmp_path: Path, shoprec_home: Settings) ->
     path.write_text("[]")
     with pytest.raises(ContractError, match=r"only \.csv and \.parquet"):
         load_contract_files([path], shoprec_home.landing_dir)
+
+
+def test_user_ids_written_as_floats_are_the_same_user(tmp_path: Path, shoprec_home: Settings) -> None:
+    """``17850.0`` (pandas writes an id column with gaps as floats) and ``17850`` are one customer."""
+    frame = _events_frame()
+    frame["user_id"] = ["17850.0", "17850", "17850.00", "E17850.5"]
+    load_contract_files([_csv(frame, tmp_path / "events.csv")], shoprec_home.landing_dir)
+    landed = pd.concat(
+        [_day(shoprec_home.landing_dir, d) for d in ("2026-09-01", "2026-09-02", "2026-09-03")]
+    )
+    assert sorted(landed["user_id"]) == ["17850", "17850", "17850", "E17850.5"]
+
+
+def test_european_csv_with_bom_semicolons_and_decimal_commas(tmp_path: Path, shoprec_home: Settings) -> None:
+    """The same events written as a European spreadsheet exports them read as the plain CSV does."""
+    frame = _events_frame()
+    frame["unit_price"] = ["1.209,99", "", "4,5", "9,99"]
+    path = tmp_path / "events_eu.csv"
+    frame.to_csv(path, index=False, sep=";", encoding="utf-8-sig")
+    assert path.read_bytes().startswith(b"\xef\xbb\xbfevent_id;")
+    load_contract_files([path], shoprec_home.landing_dir)
+    eu = pd.concat([_day(shoprec_home.landing_dir, d) for d in ("2026-09-01", "2026-09-02", "2026-09-03")])
+    assert list(eu["unit_price"].fillna(-1.0)) == [1209.99, -1.0, 4.5, 9.99]
+    assert list(eu["event_id"]) == ["e1", "e2", "e3", "e4"]

@@ -260,7 +260,9 @@ def test_missing_description_takes_title_from_other_lines_or_drops(tmp_path: Pat
 
 
 def test_old_column_spelling_csv_with_us_dates_gives_the_same_events(tmp_path: Path) -> None:
-    raw = _raw().head(1500)
+    # The whole sample: its first 1,500 rows are one day, the 1st, which month-first and day-first
+    # read alike (refused as ambiguous); 28 March and 15 June decide.
+    raw = _raw()
     parquet = tmp_path / "new.parquet"
     raw.to_parquet(parquet, index=False)
     old = raw.rename(columns={"Invoice": "InvoiceNo", "Price": "UnitPrice", "Customer ID": "CustomerID"})
@@ -307,3 +309,115 @@ def test_drop_reasons_are_documented_in_rule_order() -> None:
         "missing_customer",
     )
     assert DROP_REASONS[-1] == "outside_window"
+
+
+# --- exports as shops write them (issue 15) ----------------------------------------------------------
+
+
+def _uci_original(raw: pd.DataFrame, date_format: str) -> pd.DataFrame:
+    """The original UCI "Online Retail" column set, InvoiceDate as text in ``date_format``."""
+    old = raw.rename(columns={"Invoice": "InvoiceNo", "Price": "UnitPrice", "Customer ID": "CustomerID"})
+    old["InvoiceDate"] = pd.to_datetime(old["InvoiceDate"]).dt.strftime(date_format)
+    return old
+
+
+@pytest.mark.parametrize(
+    ("date_format", "description"),
+    [
+        ("%-m/%-d/%y %-H:%M", "UCI Online Retail: month-first, 2-digit year, 12/1/10 8:26"),
+        ("%d/%m/%Y %H:%M", "day-first, 4-digit year, 01/12/2010 08:26"),
+        ("%d/%m/%y %H:%M:%S", "day-first, 2-digit year, seconds"),
+        ("%d.%m.%Y %H:%M", "European dots, 01.12.2010 08:26"),
+    ],
+)
+def test_text_dates_in_any_common_format_give_the_same_events(
+    tmp_path: Path, date_format: str, description: str
+) -> None:
+    raw = _raw()  # three days, two of them after the 12th: only one reading parses them all
+    raw.to_parquet(tmp_path / "reference.parquet", index=False)
+    csv = tmp_path / "export.csv"
+    _uci_original(raw, date_format).to_csv(csv, index=False)
+    load_online_retail(tmp_path / "reference.parquet", tmp_path / "a")
+    _, report = load_online_retail(csv, tmp_path / "b")
+    assert report.dropped["unparseable_timestamp"] == 0, description
+    pd.testing.assert_frame_equal(_events(tmp_path / "a"), _events(tmp_path / "b"))
+
+
+def test_date_format_is_chosen_once_for_the_whole_column_never_per_row(tmp_path: Path) -> None:
+    """Month-first dates with a few day-first rows: the day-first rows whose day is > 12 do not parse as
+    month-first and are dropped, not guessed; those whose day is <= 12 are read month-first, as the rest."""
+    raw = _raw().reset_index(drop=True)
+    old = _uci_original(raw, "%m/%d/%Y %H:%M")
+    stamps = pd.to_datetime(raw["InvoiceDate"])
+    odd = raw.index[stamps.dt.day > 12][:5]
+    old.loc[odd, "InvoiceDate"] = stamps[odd].dt.strftime("%d/%m/%Y %H:%M")
+    csv = tmp_path / "mixed.csv"
+    old.to_csv(csv, index=False)
+    _, report = load_online_retail(csv, tmp_path / "landing")
+    assert report.dropped["unparseable_timestamp"] == 5
+
+
+def test_ambiguous_dates_are_read_in_the_order_that_keeps_invoices_in_time(tmp_path: Path) -> None:
+    """Every day <= 12 (1-12 November, then 1-12 December): both readings parse every value, but
+    day-first would put 12 January after 11 December; month-first keeps the export in time order."""
+    raw = _raw().head(2400).reset_index(drop=True)
+    days = [dt.date(2010, month, day) for month in (11, 12) for day in range(1, 13)]
+    raw["InvoiceDate"] = [
+        pd.Timestamp(days[i // 100]) + pd.Timedelta(hours=9, minutes=i % 100) for i in range(len(raw))
+    ]
+    raw.to_parquet(tmp_path / "reference.parquet", index=False)
+    _uci_original(raw, "%m/%d/%Y %H:%M").to_csv(tmp_path / "export.csv", index=False)
+    load_online_retail(tmp_path / "reference.parquet", tmp_path / "a")
+    load_online_retail(tmp_path / "export.csv", tmp_path / "b")
+    pd.testing.assert_frame_equal(_events(tmp_path / "a"), _events(tmp_path / "b"))
+
+
+def test_dates_no_order_can_tell_apart_are_refused(tmp_path: Path) -> None:
+    """One day, the 1st: month-first and day-first read every row alike; the file is refused."""
+    raw = _raw()
+    one_day = raw[pd.to_datetime(raw["InvoiceDate"]).dt.date == dt.date(2009, 12, 1)]
+    _uci_original(one_day, "%m/%d/%Y %H:%M").to_csv(tmp_path / "export.csv", index=False)
+    with pytest.raises(ContractError, match=r"export.csv: InvoiceDate is ambiguous: %m/%d/%Y %H:%M and "):
+        load_online_retail(tmp_path / "export.csv", tmp_path / "landing")
+
+
+def test_excel_serial_dates_give_the_same_events(tmp_path: Path) -> None:
+    raw = _raw()
+    raw.to_parquet(tmp_path / "reference.parquet", index=False)
+    serial = raw.copy()
+    serial["InvoiceDate"] = (pd.to_datetime(raw["InvoiceDate"]) - pd.Timestamp("1899-12-30")) / pd.Timedelta(
+        days=1
+    )
+    serial.to_csv(tmp_path / "serial.csv", index=False)
+    load_online_retail(tmp_path / "reference.parquet", tmp_path / "a")
+    _, report = load_online_retail(tmp_path / "serial.csv", tmp_path / "b")
+    assert report.dropped["unparseable_timestamp"] == 0
+    pd.testing.assert_frame_equal(_events(tmp_path / "a"), _events(tmp_path / "b"))
+
+
+def test_customer_ids_written_as_floats_or_text_are_one_user(tmp_path: Path) -> None:
+    raw = _raw().head(3000)
+    text = raw.astype({"Customer ID": "string"})
+    customers = pd.to_numeric(raw["Customer ID"])
+    text["Customer ID"] = [
+        None if pd.isna(c) else (f"{c:.1f}" if i % 2 else f"{int(c)}") for i, c in enumerate(customers)
+    ]
+    text.to_csv(tmp_path / "mixed_ids.csv", index=False)
+    raw.to_parquet(tmp_path / "reference.parquet", index=False)
+    load_online_retail(tmp_path / "reference.parquet", tmp_path / "a")
+    load_online_retail(tmp_path / "mixed_ids.csv", tmp_path / "b")
+    users = _events(tmp_path / "b")["user_id"]
+    assert not users.str.contains(".", regex=False).any()
+    assert list(users) == list(_events(tmp_path / "a")["user_id"])
+
+
+def test_european_export_with_bom_semicolons_and_decimal_commas(tmp_path: Path) -> None:
+    raw = _raw()
+    raw.to_parquet(tmp_path / "reference.parquet", index=False)
+    eu = _uci_original(raw, "%d.%m.%Y %H:%M")
+    eu["UnitPrice"] = eu["UnitPrice"].map(lambda p: f"{p:.2f}".replace(".", ","))
+    eu.to_csv(tmp_path / "eu.csv", index=False, sep=";", encoding="utf-8-sig")
+    load_online_retail(tmp_path / "reference.parquet", tmp_path / "a")
+    _, report = load_online_retail(tmp_path / "eu.csv", tmp_path / "b")
+    assert report.dropped["unparseable_timestamp"] == 0
+    pd.testing.assert_frame_equal(_events(tmp_path / "a"), _events(tmp_path / "b"))

@@ -1,0 +1,167 @@
+"""Expected errors through the ``shoprec`` CLI: one line on stderr naming the file (or option) and the
+problem, a non-zero exit, no traceback; ``--verbose`` or SHOPREC_VERBOSE=1 shows the traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tasks.cli import app
+from tasks.config import Settings
+from tasks.contracts import ContractError, OptionError
+from tasks.sources.online_retail import TooLittleKept, load_online_retail
+
+SAMPLE = Path(__file__).resolve().parent.parent / "data" / "online_retail_sample.parquet"
+
+
+def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exited:
+        app(args=args, prog_name="shoprec")
+    out, err = capsys.readouterr()
+    return int(exited.value.code or 0), out, err
+
+
+def assert_one_line(err: str, expected: str) -> None:
+    assert err == f"shoprec: error: {expected}\n"
+    assert "Traceback" not in err
+
+
+def test_file_without_invoice_columns(
+    shoprec_home: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "other.csv"
+    pd.read_parquet(SAMPLE).head(5).drop(columns=["Invoice", "StockCode"]).to_csv(path, index=False)
+    code, _, err = run(["load-online-retail", str(path)], capsys)
+    assert code == 1
+    assert_one_line(err, f"{path}: not an Online Retail file, missing columns: Invoice, StockCode")
+
+
+def test_missing_file(shoprec_home: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "nowhere.parquet"
+    code, _, err = run(["load-online-retail", str(path)], capsys)
+    assert (code, err) == (1, f"shoprec: error: {path}: no such file\n")
+    code, _, err = run(["load", str(tmp_path / "nowhere.csv")], capsys)
+    assert (code, err) == (1, f"shoprec: error: {tmp_path / 'nowhere.csv'}: no such file\n")
+
+
+def test_empty_csv(shoprec_home: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "empty.csv"
+    path.write_bytes(b"")
+    code, _, err = run(["load-online-retail", str(path)], capsys)
+    assert (code, err) == (1, f"shoprec: error: {path}: empty file (0 bytes)\n")
+    code, _, err = run(["load", str(path)], capsys)
+    assert (code, err) == (1, f"shoprec: error: {path}: empty file (no header, no rows)\n")
+
+
+def test_unreadable_parquet(
+    shoprec_home: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "broken.parquet"
+    path.write_bytes(b"not a parquet file at all")
+    code, _, err = run(["load-online-retail", str(path)], capsys)
+    assert code == 1
+    assert err.startswith(f"shoprec: error: {path}: unreadable as parquet (")
+    assert err.count("\n") == 1
+
+
+def test_header_only_csv_through_load_is_refused(
+    shoprec_home: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Was: 'wrote 0 events over 0 days', exit 0."""
+    path = tmp_path / "events.csv"
+    path.write_text(
+        "event_id,user_id,item_id,event_type,event_timestamp,quantity,unit_price,session_id,country\n"
+    )
+    code, out, err = run(["load", str(path)], capsys)
+    assert code == 1
+    assert_one_line(
+        err,
+        f"{path}: no rows (columns event_id, user_id, item_id, event_type, event_timestamp, quantity, "
+        "unit_price, session_id, country)",
+    )
+    assert "wrote" not in out
+    assert not shoprec_home.landing_dir.exists() or not any(shoprec_home.landing_dir.iterdir())
+
+
+@pytest.mark.parametrize("command", ["demo", "load-online-retail"])
+def test_bad_start_date(command: str, shoprec_home: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(
+        [
+            command,
+            *(["--source", "online-retail", "--path"] if command == "demo" else []),
+            str(SAMPLE),
+            "--start",
+            "2011-02-30",
+        ],
+        capsys,
+    )
+    assert code == 2
+    assert_one_line(err, "--start '2011-02-30' is not a day (YYYY-MM-DD): day is out of range for month")
+
+
+def test_privacy_status_at_yesterday(shoprec_home: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["privacy", "status", "--at", "yesterday"], capsys)
+    assert code == 2
+    assert err.startswith("shoprec: error: --at 'yesterday' is not an ISO 8601 time")
+    assert err.count("\n") == 1
+
+
+def test_verbose_flag_shows_the_traceback(shoprec_home: Settings, tmp_path: Path) -> None:
+    with pytest.raises(ContractError, match="no such file"):
+        app(args=["--verbose", "load", str(tmp_path / "nowhere.csv")], prog_name="shoprec")
+
+
+def test_verbose_environment_variable_shows_the_traceback(
+    shoprec_home: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHOPREC_VERBOSE", "1")
+    with pytest.raises(OptionError, match="--at 'yesterday'"):
+        app(args=["privacy", "status", "--at", "yesterday"], prog_name="shoprec")
+
+
+def test_a_file_of_which_nothing_is_kept_fails_with_the_drop_table(
+    shoprec_home: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Was: every row dropped as unparseable_timestamp, 'wrote 0 purchase events', exit 0."""
+    raw = pd.read_parquet(SAMPLE)
+    raw["InvoiceDate"] = "sometime"
+    path = tmp_path / "no_dates.parquet"
+    raw.to_parquet(path, index=False)
+    code, out, err = run(["load-online-retail", str(path)], capsys)
+    assert code == 1
+    lines = err.splitlines()
+    assert lines[0] == (
+        f"shoprec: error: {path}: kept 0 of {len(raw):,} rows (0.0%; SHOPREC_MIN_KEPT_ROW_SHARE is 10%), "
+        "so nothing was written. Dropped rows by reason:"
+    )
+    assert lines[1].split() == ["unparseable_timestamp", f"{len(raw):,}"]
+    assert len(lines) == 2
+    assert "wrote" not in out
+
+
+def test_kept_share_threshold_is_configurable(shoprec_home: Settings, tmp_path: Path) -> None:
+    """The sample keeps about 3 of 4 rows: refused only when the configured share is above that."""
+    _, report = load_online_retail(SAMPLE, tmp_path / "a", min_kept_share=0.5)
+    share = report.kept.rows / report.rows_read
+    assert 0.5 < share < 0.9
+    with pytest.raises(
+        TooLittleKept, match=r"kept [\d,]+ of [\d,]+ rows .*SHOPREC_MIN_KEPT_ROW_SHARE is 90%"
+    ):
+        load_online_retail(SAMPLE, tmp_path / "b", min_kept_share=0.9)
+    assert not (tmp_path / "b").exists()
+
+
+def test_unexpected_errors_keep_their_traceback(
+    shoprec_home: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug is not an expected error: it is not turned into one line."""
+    import tasks.sources.loader as loader
+
+    def broken(*_: object, **__: object) -> None:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(loader, "load_contract_files", broken)
+    with pytest.raises(KeyError, match="a bug"):
+        app(args=["load", "x.csv"], prog_name="shoprec")
