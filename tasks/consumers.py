@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 
 from tasks.config import Settings
+from tasks.contracts import ExpectedError
 from tasks.publishing import GLOBAL, POPULAR_PREFIX, SERVICE_NAME_DEFAULT
 
 if TYPE_CHECKING:
@@ -66,11 +67,23 @@ def _titles(settings: Settings, item_ids: Sequence[str]) -> list[str]:
     return [str(by_id.get(i, "")) for i in item_ids]
 
 
+class NothingPublished(ExpectedError):
+    """No recommendations are published yet: the promotion gate has not promoted any model."""
+
+
 def _read(settings: Settings, user_ids: Sequence[str]) -> dict[str, list[Any]]:
+    from feast.errors import FeatureServiceNotFoundException
+
     from tasks.feast_store import get_store
 
     store = get_store(settings)
-    service = store.get_feature_service(SERVICE_NAME_DEFAULT, allow_cache=False)
+    try:
+        service = store.get_feature_service(SERVICE_NAME_DEFAULT, allow_cache=False)
+    except FeatureServiceNotFoundException as missing:
+        raise NothingPublished(
+            f"nothing is published yet: feature service {SERVICE_NAME_DEFAULT} does not exist, so no model "
+            "has been promoted (the gate kept no champion; its decision is on the model version in MLflow)"
+        ) from missing
     rows = [{"user_id": u} for u in user_ids]
     return dict(store.get_online_features(features=service, entity_rows=rows).to_dict())
 

@@ -343,7 +343,7 @@ def _model_lines(settings: Settings) -> list[str]:
 def _recommendation_lines(settings: Settings, days: list[dt.date] | None) -> list[str]:
     import pyarrow.parquet as pq
 
-    from tasks.consumers import get_recommendations
+    from tasks.consumers import NothingPublished, get_recommendations
     from tasks.contracts import landing_files, list_partitions
 
     landing_days = list_partitions(settings.landing_dir)
@@ -360,6 +360,9 @@ def _recommendation_lines(settings: Settings, days: list[dt.date] | None) -> lis
     for raw in raw_users[:3]:
         try:
             recs = get_recommendations(settings, raw, k=3)
+        except NothingPublished as nothing:
+            lines.append(escape(f"  {nothing}"))
+            break
         except Exception as exc:  # the summary reports, it does not fail the run
             lines.append(escape(f"  {raw}: unavailable ({type(exc).__name__}: {exc})"))
             continue
