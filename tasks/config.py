@@ -122,6 +122,12 @@ class Settings(BaseSettings):
         description="Rows of a user holding more than this share of a day's events are quarantined "
         "(placeholder ids, bots, shared till accounts).",
     )
+    dominant_user_min_users: int = Field(
+        default=50,
+        ge=1,
+        description="The dominant-user check applies to days with at least this many distinct users "
+        "(with a handful of customers one holding a large share is ordinary).",
+    )
     min_kept_row_share: float = Field(
         default=0.1,
         ge=0.0,

@@ -355,9 +355,16 @@ def _volume_bounds(settings: Settings, day: dt.date) -> VolumeBand:
     return band
 
 
-def dominant_users(user_ids: pd.Series, max_share: float) -> dict[str, float]:
-    """Users (pseudonyms) holding more than ``max_share`` of the day's rows, with their share."""
-    shares = user_ids.value_counts(dropna=True) / max(len(user_ids), 1)
+def dominant_users(user_ids: pd.Series, max_share: float, min_users: int = 1) -> dict[str, float]:
+    """Users (pseudonyms) holding more than ``max_share`` of the day's rows, with their share.
+
+    Only on days with at least ``min_users`` distinct users: with a handful of customers one of them
+    holding a large share is ordinary trade, not a placeholder id or a bot.
+    """
+    counts = user_ids.value_counts(dropna=True)
+    if len(counts) < min_users:
+        return {}
+    shares = counts / max(len(user_ids), 1)
     return {str(user): round(float(share), 4) for user, share in shares[shares > max_share].items()}
 
 
@@ -456,7 +463,7 @@ def ingest_day(
     record_key_fingerprint(settings, key)
     pseudonymise_ids(frame, key)
 
-    dominant = dominant_users(frame["user_id"], settings.max_user_share)
+    dominant = dominant_users(frame["user_id"], settings.max_user_share, settings.dominant_user_min_users)
     band = _volume_bounds(settings, day)
     volume_note = band.note
     parameters = {

@@ -133,7 +133,10 @@ def test_report_shows_budget_statement_and_audit(shoprec_home: Settings) -> None
     assert model["statement"]["secure_rng"] is False
     assert model["statement"]["source"] == "mlflow registry tags and privacy ledger"
     assert abs(model["audit"]["auc"] - 0.5) < 0.1
-    assert data["verification"]["anchors_checked"] == 1  # the model version's anchor in MLflow
+    # the model version's anchor in MLflow, and the head anchor of every write of the pipeline's ledger
+    heads = list((shoprec_home.privacy_dir / "anchors").glob("head-*.json"))
+    assert len(heads) == 6  # budget, 3 reservations, the commit and the release
+    assert data["verification"]["anchors_checked"] == 1 + len(heads)
     assert data["ledger_anchor"]["tables"]["privacy_charges"]["rows"] == 3  # this report anchors the head
     markdown = (folder / "privacy_report.md").read_text()
     assert "Verification with dp_accounting-rdp: **passed**" in markdown

@@ -159,15 +159,26 @@ def backfill(airflow_home: Path, tmp_path_factory: pytest.TempPathFactory) -> It
 
 def test_only_the_corrupt_days_run_fails(backfill: Backfill) -> None:
     states = {day: (run["state"], run["tasks"]) for day, run in backfill.runs.items()}
-    ok = ("success", {"update_catalog": "success", "validate_and_publish": "success"})
-    failed = ("failed", {"update_catalog": "success", "validate_and_publish": "failed"})
+    # issue 15's policy: the corrupt day is quarantined, events_clean goes out with the other days,
+    # and report_rejected_days fails the run so that the rejection is never a silent success
+    ok = (
+        "success",
+        {"update_catalog": "success", "validate_and_publish": "success", "report_rejected_days": "success"},
+    )
+    failed = (
+        "failed",
+        {"update_catalog": "success", "validate_and_publish": "success", "report_rejected_days": "failed"},
+    )
     assert states == {day: failed if day == CORRUPT else ok for day in DAYS}
 
 
 def test_the_failure_names_the_corrupt_file(backfill: Backfill) -> None:
     """The only failure logged in the backfill is the corrupt day's, and its reason names the file."""
     assert backfill.failure_log.startswith("Task failed with exception")
-    assert f"AirflowFailException: {backfill.corrupt_file}: unreadable (ArrowInvalid" in backfill.failure_log
+    assert (
+        f"AirflowFailException: 1 of 1 days rejected and quarantined (the others went on): "
+        f"{CORRUPT.isoformat()}: unreadable batch: {backfill.corrupt_file}: unreadable (ArrowInvalid"
+    ) in backfill.failure_log
     assert backfill.failure_log.count("Task failed") == 1
 
 
@@ -217,7 +228,7 @@ def test_the_corrupt_file_is_kept_for_inspection(backfill: Backfill) -> None:
 def test_after_the_repair_a_rerun_of_that_day_equals_a_clean_ingest(backfill: Backfill) -> None:
     assert (backfill.rerun["state"], backfill.rerun["tasks"]) == (
         "success",
-        {"update_catalog": "success", "validate_and_publish": "success"},
+        {"update_catalog": "success", "validate_and_publish": "success", "report_rejected_days": "success"},
     )
     assert (
         _lake_file(backfill.settings, CORRUPT).read_bytes()

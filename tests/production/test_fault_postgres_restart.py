@@ -182,7 +182,12 @@ def restarted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
             },
         )
         settings = _stack_settings(stack)
-        assert settings.resolved_ledger_url.startswith(cluster.url)
+        # the services reach the ledger on the private cluster as its append-only app role
+        name = stack.env["SHOPREC_STACK_NAME"]
+        assert (
+            settings.resolved_ledger_url
+            == cluster.url.replace("postgres@", f"{name}_ledger_app@") + f"/{name}_ledger"
+        )
         days = _prepare_history(settings)
         print(f"fault/pg: cluster + stack + history took {time.monotonic() - started:.0f} s")
         last = dt.datetime.combine(days[-1], dt.time(), dt.UTC)

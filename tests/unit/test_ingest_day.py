@@ -69,7 +69,8 @@ def test_dominant_user_rows_are_quarantined_with_pseudonym_and_share(shoprec_hom
         row["user_id"] = "0"  # "unknown customer" as some exports write it
     write_events(shoprec_home.landing_dir, DAY, rows)
     update_catalog(shoprec_home, DAY)
-    manifest = ingest_day(shoprec_home, DAY, run_id="r1")
+    small_shop = shoprec_home.model_copy(update={"dominant_user_min_users": 2})  # a tiny test day
+    manifest = ingest_day(small_shop, DAY, run_id="r1")
     assert (manifest.rows_clean, manifest.rows_quarantined) == (20, 20)
     quarantine = pq.read_table(shoprec_home.quarantine_dir / "date=2024-03-05" / "rows.parquet").to_pylist()
     placeholder = pseudonymize("0", load_key(shoprec_home))
@@ -88,6 +89,9 @@ def test_users_under_the_share_limit_are_untouched(shoprec_home: Settings) -> No
     write_good_day(shoprec_home.landing_dir, DAY, n=40)
     update_catalog(shoprec_home, DAY)
     assert ingest_day(shoprec_home, DAY, run_id="r1").rows_quarantined == 0
-    strict = shoprec_home.model_copy(update={"max_user_share": 0.1})
+    strict = shoprec_home.model_copy(update={"max_user_share": 0.1, "dominant_user_min_users": 8})
     manifest = ingest_day(strict, DAY, run_id="r2")
     assert (manifest.rows_clean, manifest.rows_quarantined) == (0, 40)
+    # a day with fewer distinct users than dominant_user_min_users (default 50) is not judged by share
+    few = shoprec_home.model_copy(update={"max_user_share": 0.1})
+    assert ingest_day(few, DAY, run_id="r3").rows_quarantined == 0
