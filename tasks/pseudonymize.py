@@ -92,16 +92,20 @@ def fingerprint_path(settings: Settings) -> Path:
     return settings.lake_dir / FINGERPRINT_FILE_NAME
 
 
-def _key_from_airflow_connection() -> bytes | None:
-    """The password of the Airflow connection ``shoprec_pseudonym_key``, if Airflow has one."""
+def key_from_airflow_connection(connection_id: str) -> bytes | None:
+    """The password (or extra ``key``) of the Airflow connection ``connection_id``, if Airflow has one.
+
+    Used for the pseudonymisation key (``shoprec_pseudonym_key``) and the ledger key
+    (``shoprec_ledger_key``, :mod:`tasks.privacy.ledger_key`).
+    """
     try:
         from airflow.sdk import Connection
     except ImportError:
         return None
     try:
-        conn = Connection.get(KEY_CONNECTION_ID)
+        conn = Connection.get(connection_id)
     except Exception:  # not found, or no Airflow context/backend available here: fall through
-        log.debug("no Airflow connection %s; using the next key source", KEY_CONNECTION_ID)
+        log.debug("no Airflow connection %s; using the next key source", connection_id)
         return None
     secret = conn.password or conn.extra_dejson.get("key")
     return str(secret).encode("utf-8") if secret else None
@@ -161,7 +165,7 @@ def load_key(settings: Settings) -> bytes:
         if not value:
             raise PseudonymKeyError("SHOPREC_PSEUDONYM_KEY is set but empty")
         key, source = value.encode("utf-8"), "SHOPREC_PSEUDONYM_KEY"
-    elif (from_connection := _key_from_airflow_connection()) is not None:
+    elif (from_connection := key_from_airflow_connection(KEY_CONNECTION_ID)) is not None:
         key, source = from_connection, f"Airflow connection {KEY_CONNECTION_ID}"
     elif (from_file := _read_key_file(key_file)) is not None:
         key, source = from_file, str(key_file)

@@ -18,6 +18,7 @@ from typing import Final
 from tasks.config import Settings
 from tasks.privacy.anchors import find_anchors, head_anchor_name, write_anchor_file
 from tasks.privacy.ledger import Ledger, LedgerKeyError, LedgerMissing, ledger_row_count
+from tasks.pseudonymize import key_from_airflow_connection
 
 log = logging.getLogger(__name__)
 
@@ -28,20 +29,6 @@ _KEY_BYTES: Final = 32
 
 def key_file(settings: Settings) -> Path:
     return settings.secrets_dir / KEY_FILE_NAME
-
-
-def _key_from_airflow_connection() -> bytes | None:
-    try:
-        from airflow.sdk import Connection
-    except ImportError:
-        return None
-    try:
-        conn = Connection.get(KEY_CONNECTION_ID)
-    except Exception:  # not found, or no Airflow context/backend here: fall through
-        log.debug("no Airflow connection %s; using the next key source", KEY_CONNECTION_ID)
-        return None
-    secret = conn.password or conn.extra_dejson.get("key")
-    return str(secret).encode("utf-8") if secret else None
 
 
 def _read_key_file(path: Path) -> bytes:
@@ -58,7 +45,7 @@ def find_ledger_key(settings: Settings) -> bytes | None:
         if not value:
             raise LedgerKeyError("SHOPREC_LEDGER_KEY is set but empty")
         return value.encode("utf-8")
-    from_connection = _key_from_airflow_connection()
+    from_connection = key_from_airflow_connection(KEY_CONNECTION_ID)
     if from_connection:
         return from_connection
     path = key_file(settings)

@@ -22,7 +22,8 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -259,6 +260,18 @@ def read_csv_export(path: Path, encoding: str = "utf-8-sig") -> pd.DataFrame:
     return frame
 
 
+@contextmanager
+def read_errors_as_contract_errors(path: Path) -> Generator[None]:
+    """Turn a reader's failure on ``path`` into one :class:`ContractError` line naming the file."""
+    try:
+        yield
+    except pd.errors.EmptyDataError as exc:
+        raise ContractError(f"{path}: empty file (no header, no rows)") from exc
+    except (ValueError, OSError, pd.errors.ParserError, pa.ArrowException) as exc:
+        suffix = path.suffix.lower().lstrip(".")
+        raise ContractError(f"{path}: unreadable as {suffix} ({type(exc).__name__}: {exc})") from exc
+
+
 def _read(path: Path) -> pd.DataFrame:
     """The rows of one contract file; a missing, empty, unreadable or header-only file is refused."""
     suffix = path.suffix.lower()
@@ -266,14 +279,8 @@ def _read(path: Path) -> pd.DataFrame:
         raise ContractError(f"{path}: only .csv and .parquet files are read (got {suffix or 'no suffix'})")
     if not path.is_file():
         raise ContractError(f"{path}: no such file")
-    try:
+    with read_errors_as_contract_errors(path):
         frame = pq.read_table(path).to_pandas() if suffix == ".parquet" else read_csv_export(path)
-    except pd.errors.EmptyDataError as exc:
-        raise ContractError(f"{path}: empty file (no header, no rows)") from exc
-    except (ValueError, OSError, pd.errors.ParserError, pa.ArrowException) as exc:
-        raise ContractError(
-            f"{path}: unreadable as {suffix.lstrip('.')} ({type(exc).__name__}: {exc})"
-        ) from exc
     if frame.empty:
         raise ContractError(f"{path}: no rows (columns {', '.join(map(str, frame.columns))})")
     return frame

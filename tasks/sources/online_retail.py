@@ -43,11 +43,16 @@ from typing import Final
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 from tasks.contracts import EVENTS_SCHEMA, ITEMS_SCHEMA, ContractError
 from tasks.permissions import write_private_text
-from tasks.sources.loader import SourceManifest, conform, read_csv_export, write_landing
+from tasks.sources.loader import (
+    SourceManifest,
+    conform,
+    read_csv_export,
+    read_errors_as_contract_errors,
+    write_landing,
+)
 
 SOURCE: Final = "online_retail"
 # The leading underscore keeps parquet dataset readers (pyarrow, pandas, DuckDB hive scans) off it.
@@ -212,7 +217,7 @@ def _read(path: Path) -> tuple[pd.DataFrame, pd.Series]:
         raise ContractError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise ContractError(f"{path}: empty file (0 bytes)")
-    try:
+    with read_errors_as_contract_errors(path):
         if suffix == ".parquet":
             frames = [pd.read_parquet(path)]
         elif suffix == ".csv":
@@ -224,12 +229,6 @@ def _read(path: Path) -> tuple[pd.DataFrame, pd.Series]:
             frames = list(
                 pd.read_excel(path, sheet_name=None, dtype={"Invoice": str, "InvoiceNo": str}).values()
             )
-    except pd.errors.EmptyDataError as exc:
-        raise ContractError(f"{path}: empty file (no header, no rows)") from exc
-    except (ValueError, OSError, pd.errors.ParserError, pa.ArrowException) as exc:
-        raise ContractError(
-            f"{path}: unreadable as {suffix.lstrip('.')} ({type(exc).__name__}: {exc})"
-        ) from exc
     renamed = []
     for frame in frames:
         frame = frame.rename(columns=lambda c: _COLUMN_ALIASES.get(str(c).strip(), str(c).strip()))
