@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import pytest
@@ -92,22 +93,27 @@ class Target:
         return list(result.problems)
 
 
+def _reserve(ledger: Ledger, run_id: str) -> Any:
+    """Reserve one training of ``RUN`` over January for ``run_id``."""
+    return ledger.reserve(
+        scope="events",
+        run_id=run_id,
+        mechanism=RUN,
+        data_window=JANUARY,
+        n_users=5000,
+        code_version="abc",
+        data_hash="sha256:x",
+        purpose="train_recommender",
+    )
+
+
 def _history(settings: Settings, runs: int = 3) -> None:
     """A budget and ``runs`` committed trainings; each commit anchors the head (as publishing does)."""
     ledger = open_ledger(settings)
     try:
         ledger.ensure_budget("events", CAP, DELTA, 365)
         for i in range(runs):
-            charge = ledger.reserve(
-                scope="events",
-                run_id=f"scheduled__{i}",
-                mechanism=RUN,
-                data_window=JANUARY,
-                n_users=5000,
-                code_version="abc",
-                data_hash="sha256:x",
-                purpose="train_recommender",
-            )
+            charge = _reserve(ledger, f"scheduled__{i}")
             ledger.commit(charge.id, model_version=str(i + 1), artifact_uri=None)
             write_anchor_file(settings, f"commit-{charge.id}", ledger.anchor())
     finally:
@@ -456,16 +462,7 @@ def test_postgres_trigger_allows_only_the_transition_columns(
     settings = _pg_history(app_url, tmp_path, monkeypatch)
     ledger = open_ledger(settings)
     try:
-        charge = ledger.reserve(
-            scope="events",
-            run_id="scheduled__9",
-            mechanism=RUN,
-            data_window=JANUARY,
-            n_users=5000,
-            code_version="abc",
-            data_hash="sha256:x",
-            purpose="train_recommender",
-        )
+        charge = _reserve(ledger, "scheduled__9")
     finally:
         ledger.close()
     _refused(
@@ -512,16 +509,7 @@ def test_deleting_an_unanchored_reservation_is_caught_by_the_head_anchor_of_its_
     cannot be cut off the end of the chain (a truncated chain is otherwise still a valid chain)."""
     ledger = open_ledger(target.settings)
     try:
-        ledger.reserve(
-            scope="events",
-            run_id="scheduled__reserved",
-            mechanism=RUN,
-            data_window=JANUARY,
-            n_users=5000,
-            code_version="abc",
-            data_hash="sha256:x",
-            purpose="train_recommender",
-        )
+        _reserve(ledger, "scheduled__reserved")
     finally:
         ledger.close()
     # rows of privacy_budgets, privacy_charge_events, privacy_charges after the reserve
@@ -538,16 +526,7 @@ def test_a_wrong_ledger_key_cannot_extend_the_chain(target: Target) -> None:
     wrong = Ledger(target.settings.resolved_ledger_url, key=b"oops-wrong-key")
     try:
         with pytest.raises(LedgerKeyError, match="does not verify under this ledger key"):
-            wrong.reserve(
-                scope="events",
-                run_id="scheduled__wrong_key",
-                mechanism=RUN,
-                data_window=JANUARY,
-                n_users=5000,
-                code_version="abc",
-                data_hash="sha256:x",
-                purpose="train_recommender",
-            )
+            _reserve(wrong, "scheduled__wrong_key")
     finally:
         wrong.close()
     assert before == []
