@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from helpers_settings import only_shoprec_env
+from helpers_shops import personal_taste_shop
 
 from tasks.code_version import code_version
 from tasks.config import Settings, get_settings
@@ -30,12 +31,9 @@ DAG_FILE = Path(__file__).resolve().parents[2] / "dags" / "train_recommender.py"
 
 def _write_lake(settings: Settings) -> list[Any]:
     """Synthetic landing days copied into the lake as they are (this test is not about ingest)."""
-    from tasks.sources.synthetic import SyntheticConfig, generate
+    from tasks.sources.synthetic import generate
 
-    shop = SyntheticConfig(
-        n_users=400, n_items=80, days=35, seed=3, zipf_exponent=0.6, affinity_concentration=0.1
-    )
-    generate(shop, settings.landing_dir)
+    generate(personal_taste_shop(400, 80), settings.landing_dir)
     items = []
     for day in list_partitions(settings.landing_dir):
         folder = partition_dir(settings.landing_dir, day)
