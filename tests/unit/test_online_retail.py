@@ -421,3 +421,17 @@ def test_european_export_with_bom_semicolons_and_decimal_commas(tmp_path: Path) 
     _, report = load_online_retail(tmp_path / "eu.csv", tmp_path / "b")
     assert report.dropped["unparseable_timestamp"] == 0
     pd.testing.assert_frame_equal(_events(tmp_path / "a"), _events(tmp_path / "b"))
+
+
+@pytest.mark.parametrize("placeholder", [0.0, -1.0])
+def test_placeholder_customer_is_a_missing_customer_even_when_it_holds_few_rows(
+    placeholder: float, tmp_path: Path
+) -> None:
+    """A handful of lines with customer 0 (or -1): below any dominant-user share, still no customer."""
+    raw = _raw()
+    few = raw.index[raw["Customer ID"].notna() & ~raw["Invoice"].str.startswith(("C", "A"))][:7]
+    raw.loc[few, "Customer ID"] = placeholder
+    landing, report = _load_frame(raw, tmp_path)
+    assert report.dropped["missing_customer"] == 1539 + 7
+    assert report.kept.rows == 7854 - 7
+    assert not set(_events(landing)["user_id"]) & {"0", "-1", "0.0"}
