@@ -7,19 +7,23 @@ it, and counted (:class:`OnlineRetailReport`, also written as JSON beside the la
 
 1. ``overlapping_sheet``: xlsx only: rows of a later sheet whose invoice already appeared in an earlier
    sheet (the two Online Retail II sheets overlap in December 2010).
-2. ``unparseable_timestamp``: InvoiceDate not readable in the format detected once from the whole
+2. ``repeated_delivery``: a block of consecutive rows of one invoice that repeats an earlier block of
+   the same invoice line for line (:func:`repeated_blocks`: the same export appended twice, or two
+   exports whose periods overlap, concatenated).  Identical lines inside one block are kept: invoices
+   do list the same line twice.
+3. ``unparseable_timestamp``: InvoiceDate not readable in the format detected once from the whole
    column (:func:`tasks.sources.timestamps.detect_format`: ISO, Excel serial days, or day-first /
    month-first text with 2- or 4-digit years; never guessed row by row).
-3. ``cancellation``: invoices starting with ``C`` (returns; their quantities are negative).
-4. ``adjustment_invoice``: invoices starting with ``A`` ("Adjust bad debt").
-5. ``missing_customer``: no Customer ID, or a placeholder for "unknown customer" (``0``, ``-1``,
+4. ``cancellation``: invoices starting with ``C`` (returns; their quantities are negative).
+5. ``adjustment_invoice``: invoices starting with ``A`` ("Adjust bad debt").
+6. ``missing_customer``: no Customer ID, or a placeholder for "unknown customer" (``0``, ``-1``,
    ``0.0``, blank, ``nan``, ... :func:`tasks.sources.loader.user_ids`): no user to attribute it to.
-6. ``non_positive_quantity``: quantity <= 0 on a normal invoice (stock write-offs: "damages", "lost").
-7. ``non_product_code``: postage, fees and manual entries, not products (:data:`NON_PRODUCT_CODES`,
+7. ``non_positive_quantity``: quantity <= 0 on a normal invoice (stock write-offs: "damages", "lost").
+8. ``non_product_code``: postage, fees and manual entries, not products (:data:`NON_PRODUCT_CODES`,
    codes starting with ``TEST``, ``ADJUST`` or ``GIFT_`` (vouchers)).
-8. ``non_positive_price``: unit price <= 0 (free items, data fixes).
-9. ``missing_title``: no Description and no other line of the same StockCode has one.
-10. ``outside_window``: the event's UTC day is outside ``[start, end]`` (only when a window is given).
+9. ``non_positive_price``: unit price <= 0 (free items, data fixes).
+10. ``missing_title``: no Description and no other line of the same StockCode has one.
+11. ``outside_window``: the event's UTC day is outside ``[start, end]`` (only when a window is given).
 
 Mapping: ``event_id`` = ``{invoice}-{line:04d}`` (line = 1-based position of the row within its invoice
 in file order, counted before any drop, so ids do not depend on the filters), ``session_id`` = invoice
@@ -139,6 +143,7 @@ OTHER_CATEGORY: Final = "other"
 
 DROP_REASONS: Final = (
     "overlapping_sheet",
+    "repeated_delivery",
     "unparseable_timestamp",
     "cancellation",
     "adjustment_invoice",
@@ -248,6 +253,26 @@ def _read(path: Path) -> tuple[pd.DataFrame, pd.Series]:
     return pd.concat(renamed, ignore_index=True), pd.concat(overlap, ignore_index=True)
 
 
+def repeated_blocks(frame: pd.DataFrame) -> pd.Series:
+    """Rows of a block (consecutive rows of one invoice) that repeat an earlier block of the same
+    invoice line for line: a second delivery of rows already read.
+
+    Only invoices that occur in more than one block are compared; the first block of each content is
+    kept, so the kept lines keep their line numbers (and event ids) of a single delivery.
+    """
+    invoice = frame["Invoice"].reset_index(drop=True)
+    block = (invoice != invoice.shift()).cumsum()
+    split = (block.groupby(invoice).transform("nunique") > 1).to_numpy()
+    if not split.any():
+        return pd.Series(False, index=frame.index)
+    rows = pd.util.hash_pandas_object(frame.loc[split, list(_COLUMNS)], index=False).to_numpy()
+    blocks = block[split].to_numpy()
+    signature = pd.Series(rows).groupby(blocks).agg(tuple)
+    owner = pd.Series(invoice[split].to_numpy()).groupby(blocks).first()
+    again = pd.DataFrame({"invoice": owner, "rows": signature}).duplicated()
+    return pd.Series(block.isin(again.index[again.to_numpy()]).to_numpy(), index=frame.index)
+
+
 def _counts(frame: pd.DataFrame) -> RowCounts:
     return RowCounts(
         rows=len(frame),
@@ -327,6 +352,7 @@ def load_online_retail(
 
     invoice = frame["Invoice"]
     drop(overlapping, "overlapping_sheet")
+    drop(repeated_blocks(raw), "repeated_delivery")
     drop(utc.isna(), "unparseable_timestamp")
     drop(invoice.str.upper().str.startswith("C"), "cancellation")
     drop(invoice.str.upper().str.startswith("A"), "adjustment_invoice")

@@ -49,6 +49,7 @@ def test_full_file_counts_match_the_attribution_note_and_explain_every_drop(
     )
     assert report.dropped == {
         "overlapping_sheet": 0,
+        "repeated_delivery": 0,
         "unparseable_timestamp": 0,
         "cancellation": 10_206,
         "adjustment_invoice": 3,
