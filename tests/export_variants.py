@@ -28,6 +28,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import pytest
+
+# The shared data sits beside the checkout (CI clones next to a copy of shared/).
+SHARED_FILE = (
+    Path(__file__).resolve().parents[2]
+    / "shared"
+    / "data"
+    / "online_retail_ii"
+    / "online_retail_II_2009-2010.parquet"
+)
+
+
+def shared_file() -> Path:
+    """The shared Online Retail II file; the test fails (never skips) when it is missing."""
+    if not SHARED_FILE.is_file():
+        pytest.fail(f"the shared Online Retail II file is missing: {SHARED_FILE}")
+    return SHARED_FILE
+
 
 # The UCI "Online Retail" (2011) column spelling; Online Retail II renamed these three.
 UCI_ONLINE_RETAIL_COLUMNS = {"Invoice": "InvoiceNo", "Price": "UnitPrice", "Customer ID": "CustomerID"}

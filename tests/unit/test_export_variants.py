@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from export_variants import VARIANTS, Fails, Same, Shifted, Variant, canonical_slice, with_bot
+from export_variants import VARIANTS, Fails, Same, Shifted, Variant, canonical_slice, shared_file, with_bot
 
 from tasks.cli import app
 from tasks.config import Settings
@@ -25,23 +25,13 @@ from tasks.ingest import DOMINANT_USER, ingest_day, update_catalog
 from tasks.pseudonymize import load_key, pseudonymize
 from tasks.sources.online_retail import LOCAL_TZ, OnlineRetailReport, load_online_retail
 
-# The shared data sits beside the checkout (CI clones next to a copy of shared/).
-SHARED_FILE = (
-    Path(__file__).resolve().parents[3]
-    / "shared"
-    / "data"
-    / "online_retail_ii"
-    / "online_retail_II_2009-2010.parquet"
-)
 FIRST, LAST = pd.Timestamp("2009-12-10"), pd.Timestamp("2009-12-14")
 
 
 @pytest.fixture(scope="module")
 def canonical(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, Path, OnlineRetailReport]:
     """The slice as the shared file has it, and what the adapter makes of it."""
-    if not SHARED_FILE.is_file():
-        pytest.fail(f"the shared Online Retail II file is missing: {SHARED_FILE}")
-    frame = canonical_slice(SHARED_FILE, FIRST, LAST)
+    frame = canonical_slice(shared_file(), FIRST, LAST)
     folder = tmp_path_factory.mktemp("canonical")
     frame.to_parquet(folder / "slice.parquet", index=False)
     _, report = load_online_retail(folder / "slice.parquet", folder / "landing")
