@@ -165,3 +165,23 @@ def test_unexpected_errors_keep_their_traceback(
     monkeypatch.setattr(loader, "load_contract_files", broken)
     with pytest.raises(KeyError, match="a bug"):
         app(args=["load", "x.csv"], prog_name="shoprec")
+
+
+def test_events_file_mixing_date_formats_through_load(
+    shoprec_home: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "events.csv"
+    path.write_text(
+        "event_id,user_id,item_id,event_type,event_timestamp,quantity,unit_price,session_id,country\n"
+        "e1,17850,i1,view,2010-12-01T08:26:00+01:00,1,,s1,France\n"
+        "e2,17850,i2,view,01/12/2010 09:00,1,,s1,France\n"
+        "e3,13085,i1,view,2010-12-01T10:00:00,1,,s2,France\n"
+    )
+    code, out, err = run(["load", str(path)], capsys)
+    assert code == 1
+    assert_one_line(
+        err,
+        f"{path}: 1 rows have a null or unparseable event_timestamp (first: '01/12/2010 09:00'; "
+        "the column reads as ISO 8601, detected once from all its values)",
+    )
+    assert "wrote" not in out
