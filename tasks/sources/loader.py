@@ -310,11 +310,28 @@ def _table_of(columns: list[str], path: Path) -> pa.Schema:
     raise ContractError(f"{path}: columns match neither events nor items: {', '.join(columns)}")
 
 
-def load_contract_files(paths: Sequence[Path], landing_dir: Path) -> SourceManifest:
+def _refuse_if_few_users(events: pa.Table, path: Path, min_kept_share: float) -> None:
+    """Refuse an events file in which no event, or less than ``min_kept_share`` of them, has a user id
+    (after placeholders such as ``0`` became missing): the gate would quarantine (almost) every row."""
+    with_user = events.num_rows - events.column("user_id").null_count
+    share = with_user / events.num_rows
+    if with_user and share >= min_kept_share:
+        return
+    raise ContractError(
+        f"{path}: {with_user:,} of {events.num_rows:,} events have a user id ({share:.1%}; "
+        f"SHOPREC_MIN_KEPT_ROW_SHARE is {min_kept_share:.0%}); the others are missing or placeholders "
+        "(0, -1, blank, nan, ...), so nothing was written"
+    )
+
+
+def load_contract_files(
+    paths: Sequence[Path], landing_dir: Path, *, min_kept_share: float = 0.0
+) -> SourceManifest:
     """Read contract CSV/Parquet files (events or items, told apart by their columns) into landing days.
 
     All files are read and checked before anything is written: one bad file refuses the whole batch.
     Days that receive rows are replaced as a whole; other days in ``landing_dir`` are left untouched.
+    An events file in which no event, or less than ``min_kept_share`` of them, has a user id is refused.
     """
     if not paths:
         raise ContractError("load_contract_files: no files given")
@@ -324,6 +341,8 @@ def load_contract_files(paths: Sequence[Path], landing_dir: Path) -> SourceManif
         frame = _read(Path(path))
         schema = _table_of(list(frame.columns), Path(path))
         table = conform(frame, schema, str(path))
+        if schema is EVENTS_SCHEMA:
+            _refuse_if_few_users(table, Path(path), min_kept_share)
         (events if schema is EVENTS_SCHEMA else items).append(table)
     return write_landing(
         "contract_files",
