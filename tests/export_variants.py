@@ -291,3 +291,106 @@ VARIANTS: tuple[Variant, ...] = (
         Fails(_too_little_kept("unparseable_timestamp")),
     ),
 )
+
+
+# --- the generic events file (``shoprec load``): contract events exported as shops write them -------
+
+
+def event_times(name: str, text: Callable[[pd.Series], pd.Series]) -> Callable[[pd.DataFrame, Path], Path]:
+    """Contract events with ``event_timestamp`` (UTC) written by ``text``."""
+
+    def write(events: pd.DataFrame, folder: Path) -> Path:
+        return _csv(name)(events.assign(event_timestamp=text(events["event_timestamp"])), folder)
+
+    return write
+
+
+def european_events(events: pd.DataFrame, folder: Path) -> Path:
+    eu = events.assign(
+        event_timestamp=events["event_timestamp"].dt.strftime("%d.%m.%Y %H:%M:%S"),
+        unit_price=events["unit_price"].map(lambda p: "" if pd.isna(p) else repr(float(p)).replace(".", ",")),
+    )
+    return _csv("events_eu.csv", sep=";", encoding="utf-8-sig")(eu, folder)
+
+
+def events_with_float_ids(events: pd.DataFrame, folder: Path) -> Path:
+    return _csv("events_float_ids.csv")(events.assign(user_id=events["user_id"] + ".0"), folder)
+
+
+def events_mixing_formats(events: pd.DataFrame, folder: Path) -> Path:
+    """ISO times, but every tenth row written day-first (two exports pasted together)."""
+    text = events["event_timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%SZ").copy()
+    odd = text.index[::10]
+    text.loc[odd] = events.loc[odd, "event_timestamp"].dt.strftime("%d/%m/%Y %H:%M")
+    return _csv("events_mixed.csv")(events.assign(event_timestamp=text), folder)
+
+
+def _mixed_formats_message(events: pd.DataFrame) -> str:
+    odd = events["event_timestamp"].iloc[::10]
+    return (
+        f"{{path}}: {len(odd)} rows have a null or unparseable event_timestamp (first: "
+        f"{odd.iloc[0].strftime('%d/%m/%Y %H:%M')!r}; the column reads as ISO 8601, detected once from all "
+        "its values)"
+    )
+
+
+EVENT_VARIANTS: tuple[Variant, ...] = (
+    Variant(
+        "iso_with_paris_offsets",
+        "ISO strings with +01:00",
+        event_times(
+            "events_paris.csv", lambda t: t.dt.tz_convert("Europe/Paris").map(lambda x: x.isoformat())
+        ),
+        Same(),
+    ),
+    Variant(
+        "naive_iso_utc",
+        "ISO strings without offset (read as UTC)",
+        event_times("events_naive.csv", lambda t: t.dt.strftime("%Y-%m-%d %H:%M:%S")),
+        Same(),
+    ),
+    Variant(
+        "month_first_2_digit_year",
+        "12/10/09 9:00",
+        event_times("events_us.csv", lambda t: t.dt.strftime("%-m/%-d/%y %-H:%M")),
+        Same(),
+    ),
+    Variant(
+        "day_first_4_digit_year",
+        "10/12/2009 09:00",
+        event_times("events_day_first.csv", lambda t: t.dt.strftime("%d/%m/%Y %H:%M")),
+        Same(),
+    ),
+    Variant(
+        "excel_serial_dates",
+        "Excel serial days",
+        event_times(
+            "events_serial.csv",
+            lambda t: (t.dt.tz_localize(None) - EXCEL_EPOCH) / pd.Timedelta(days=1),
+        ),
+        Same(),
+    ),
+    Variant(
+        "csv_with_bom", "UTF-8 with a byte-order mark", _csv("events_bom.csv", encoding="utf-8-sig"), Same()
+    ),
+    Variant("european_csv", "BOM, ';', decimal commas, 10.12.2009 09:00:00", european_events, Same()),
+    Variant("ids_as_floats", "user ids written 13085.0", events_with_float_ids, Same()),
+    Variant(
+        "mixed_date_formats",
+        "every tenth row day-first among ISO rows",
+        events_mixing_formats,
+        Fails(_mixed_formats_message),
+    ),
+    Variant(
+        "header_only",
+        "the header and no rows",
+        lambda events, folder: _csv("events_header.csv")(events.head(0), folder),
+        Fails(lambda events: "{path}: no rows (columns " + ", ".join(events.columns) + ")"),
+    ),
+    Variant(
+        "empty_file",
+        "0 bytes",
+        empty_file,
+        Fails(lambda events: "{path}: empty file (no header, no rows)"),
+    ),
+)

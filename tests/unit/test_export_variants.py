@@ -16,13 +16,24 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from export_variants import VARIANTS, Fails, Same, Shifted, Variant, canonical_slice, shared_file, with_bot
+from export_variants import (
+    EVENT_VARIANTS,
+    VARIANTS,
+    Fails,
+    Same,
+    Shifted,
+    Variant,
+    canonical_slice,
+    shared_file,
+    with_bot,
+)
 
 from tasks.cli import app
 from tasks.config import Settings
 from tasks.contracts import list_partitions
 from tasks.ingest import DOMINANT_USER, ingest_day, update_catalog
 from tasks.pseudonymize import load_key, pseudonymize
+from tasks.sources.loader import load_contract_files
 from tasks.sources.online_retail import LOCAL_TZ, OnlineRetailReport, load_online_retail
 
 FIRST, LAST = pd.Timestamp("2009-12-10"), pd.Timestamp("2009-12-14")
@@ -161,3 +172,42 @@ def test_a_day_with_a_bot_is_quarantined_by_pseudonym_and_share(
     assert "99999" not in report_text
     quarantined = pq.read_table(shoprec_home.quarantine_dir / f"date={day}" / "rows.parquet").to_pandas()
     assert set(quarantined["user_id"]) == {bot}
+
+
+@pytest.fixture(scope="module")
+def canonical_events(
+    canonical: tuple[pd.DataFrame, Path, OnlineRetailReport], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[pd.DataFrame, Path]:
+    """The slice's purchase events as a contract events file, and what ``shoprec load`` makes of it."""
+    events = _table(canonical[1], "events")
+    folder = tmp_path_factory.mktemp("canonical_events")
+    events.to_parquet(folder / "events.parquet", index=False)
+    load_contract_files([folder / "events.parquet"], folder / "landing")
+    return events, folder / "landing"
+
+
+@pytest.mark.parametrize("variant", EVENT_VARIANTS, ids=[v.name for v in EVENT_VARIANTS])
+def test_events_file_variant_has_its_expected_outcome(
+    variant: Variant,
+    canonical_events: tuple[pd.DataFrame, Path],
+    shoprec_home: Settings,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    events, reference_landing = canonical_events
+    path = variant.write(events, tmp_path)
+    landing = shoprec_home.landing_dir
+    code, out, err = run_cli(["load", str(path)], capsys)
+    if isinstance(variant.outcome, Fails):
+        expected = f"shoprec: error: {variant.outcome.message(events).format(path=path)}\n"
+        assert (code, err) == (variant.outcome.exit_code, expected)
+        assert list_partitions(landing) == []
+        return
+    assert isinstance(variant.outcome, Same)
+    assert (code, err) == (0, "")
+    days = list_partitions(reference_landing)
+    assert f"wrote {len(events):,} events over {len(days)} days" in " ".join(out.split())
+    assert list_partitions(landing) == days
+    for day in days:  # byte for byte: the same rows, types and order as the contract file
+        name = f"date={day}/events.parquet"
+        assert (landing / name).read_bytes() == (reference_landing / name).read_bytes()
