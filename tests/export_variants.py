@@ -3,8 +3,10 @@
 Every variant is written at test time from a canonical frame in the Online Retail II column set
 (``Invoice, StockCode, Description, Quantity, InvoiceDate, Price, Customer ID, Country``, InvoiceDate
 as London wall-clock datetimes or ISO strings): the way other shops and other copies of the data set
-export the same rows.  ``tests/unit/test_export_variants.py`` runs each through
-``shoprec load-online-retail`` and checks its outcome against the canonical frame's.
+export the same rows.  ``tests/unit/test_export_variants.py`` runs each of :data:`VARIANTS` through
+``shoprec load-online-retail`` and checks its outcome against the canonical frame's, and each of
+:data:`EVENT_VARIANTS` (the same rows as a contract events file, written other ways) through
+``shoprec load``.
 
 Outcomes:
 
