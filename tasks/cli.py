@@ -178,7 +178,9 @@ def load_files(
     from tasks.sources.loader import load_contract_files
 
     settings = get_settings()
-    manifest = load_contract_files(paths, landing or settings.landing_dir)
+    manifest = load_contract_files(
+        paths, landing or settings.landing_dir, min_kept_share=settings.min_kept_row_share
+    )
     console.print(
         f"[green]wrote[/] {manifest.n_events:,} events over {len(manifest.days)} days to "
         f"{manifest.landing_dir}"

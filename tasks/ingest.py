@@ -56,6 +56,7 @@ from tasks.pseudonymize import (
     pseudonymize_source_id,
     record_key_fingerprint,
 )
+from tasks.sources.timestamps import parse_timestamps
 from tasks.validation import GateResult, run_gate
 
 log = logging.getLogger(__name__)
@@ -202,8 +203,11 @@ def _parquet_to_frame(path: Path, table: pa.Table, schema: pa.Schema) -> pd.Data
     return pa.table(arrays).to_pandas()
 
 
-def _normalise_events(frame: pd.DataFrame) -> pd.DataFrame:
-    """Cast string (CSV) columns to contract types; values that do not parse are listed per row."""
+def _normalise_events(frame: pd.DataFrame, where: str) -> pd.DataFrame:
+    """Cast string (CSV) columns to contract types; values that do not parse are listed per row.
+
+    Timestamps are read as the sources read them (:func:`~tasks.sources.timestamps.parse_timestamps`:
+    one format per column, each ISO offset applied to its own value, values without one as UTC)."""
     failures: list[list[str]] = [[] for _ in range(len(frame))]
     out = frame.copy()
 
@@ -214,7 +218,9 @@ def _normalise_events(frame: pd.DataFrame) -> pd.DataFrame:
     for column in ("event_id", "user_id", "item_id", "event_type", "session_id", "country"):
         out[column] = out[column].astype("object").where(out[column].notna(), None)
     if not pd.api.types.is_datetime64_any_dtype(out["event_timestamp"]):
-        parsed = pd.to_datetime(out["event_timestamp"], utc=True, errors="coerce", format="ISO8601")
+        parsed = parse_timestamps(
+            out["event_timestamp"], column="event_timestamp", where=where, naive_tz="UTC"
+        ).utc.set_axis(out.index)
         record("event_timestamp", parsed.isna() & out["event_timestamp"].notna())
         out["event_timestamp"] = parsed
     out["event_timestamp"] = out["event_timestamp"].dt.as_unit("us")
@@ -244,7 +250,7 @@ def _read_day(day_dir: Path, table: str, schema: pa.Schema) -> pd.DataFrame:
     for path in files:
         frame = _read_file(path, schema)
         if table == "events":
-            frame = _normalise_events(frame)
+            frame = _normalise_events(frame, str(path))
         frame[_SOURCE_FILE] = path.name
         frame[_SOURCE_ROW] = range(len(frame))
         frames.append(frame)

@@ -42,6 +42,7 @@ from tasks.contracts import (
     require_columns,
 )
 from tasks.permissions import PRIVATE_FILE_MODE, private_dir
+from tasks.sources.timestamps import describe, parse_timestamps
 
 
 @dataclass(frozen=True)
@@ -72,21 +73,18 @@ def _relaxed(schema: pa.Schema) -> pa.Schema:
 
 
 def _to_utc(values: pd.Series, column: str, where: str) -> pd.Series:
-    """Timestamps as UTC ``datetime64[us, UTC]``; naive values are read as UTC. Refuses null/unparseable."""
-    if pd.api.types.is_datetime64_any_dtype(values.dtype):
-        parsed = values
-    else:
-        parsed = pd.to_datetime(values, utc=True, errors="coerce", format="ISO8601")
-    if getattr(parsed.dt, "tz", None) is None:
-        parsed = parsed.dt.tz_localize("UTC")
-    parsed = parsed.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
-    bad = parsed.isna()
+    """Timestamps as UTC ``datetime64[us, UTC]`` in the one format detected from the whole column
+    (:func:`~tasks.sources.timestamps.parse_timestamps`); values without an offset are read as UTC.
+    Refuses a null value, or one the column's format cannot read (a column that mixes formats)."""
+    parsed = parse_timestamps(values, column=column, where=where, naive_tz="UTC")
+    bad = parsed.utc.isna()
     if bad.any():
-        first = values[bad].iloc[0]
+        first = values.reset_index(drop=True)[bad].iloc[0]
         raise ContractError(
-            f"{where}: {int(bad.sum())} rows have a null or unparseable {column} (first: {first!r})"
+            f"{where}: {int(bad.sum())} rows have a null or unparseable {column} (first: {first!r}; "
+            f"the column reads as {describe(parsed.fmt)}, detected once from all its values)"
         )
-    return parsed
+    return parsed.utc
 
 
 def _to_string(values: pd.Series) -> pd.Series:
@@ -99,13 +97,30 @@ def _to_string(values: pd.Series) -> pd.Series:
     return values.astype("string").astype(object).where(values.notna(), None)
 
 
-_FLOAT_WRITTEN_ID: Final = re.compile(r"^\s*(\d+)\.0+\s*$")
+_FLOAT_WRITTEN_ID: Final = re.compile(r"^([+-]?\d+)\.0*$")
+# What exports write for "unknown customer": read as a missing id, never as one (very busy) customer.
+PLACEHOLDER_USER_IDS: Final = frozenset({"", "0", "-1", "nan", "none", "null", "n/a", "na"})
 
 
-def _whole_number_ids(values: pd.Series) -> pd.Series:
-    """User ids written as floats (``"17850.0"``, as pandas writes an id column with gaps) -> ``"17850"``,
-    so the same customer gets one pseudonym whichever way the export wrote the id."""
-    return values.map(lambda v: _FLOAT_WRITTEN_ID.sub(r"\1", v) if isinstance(v, str) else v)
+def user_ids(values: pd.Series) -> pd.Series:
+    """User ids as text, the same customer written alike, placeholders as missing (``None``).
+
+    Whitespace is stripped; ids written as floats (``17850.0``, as pandas writes an id column with
+    gaps, or a float column) become ``17850``, so one customer gets one pseudonym however the export
+    wrote the id; other ids are kept as written (leading zeros too).  :data:`PLACEHOLDER_USER_IDS`
+    (any case; ``0.0`` and ``-1.0`` too) and ids of zeros only (``000``) are missing customers.
+    """
+
+    def one(value: object) -> str | None:
+        if value is None or value is pd.NA or (isinstance(value, float) and value != value):
+            return None
+        text = _FLOAT_WRITTEN_ID.sub(r"\1", str(value).strip())
+        placeholder = text.lower() in PLACEHOLDER_USER_IDS or text.strip("0") in {"", "-", "+"}
+        return None if placeholder else text
+
+    mapping = {value: one(value) for value in pd.unique(values.astype(object))}
+    # NaN is not equal to itself, so it misses the mapping: None, as it should be
+    return pd.Series([mapping.get(v) for v in values.astype(object)], index=values.index, dtype=object)
 
 
 def _blank_to_null(values: pd.Series) -> pd.Series:
@@ -153,7 +168,7 @@ def conform(frame: pd.DataFrame, schema: pa.Schema, where: str) -> pa.Table:
         elif pa.types.is_floating(field.type):
             columns[field.name] = _to_number(values, field.name, where, "Float64")
         elif field.name == "user_id":
-            columns[field.name] = _whole_number_ids(_to_string(values))
+            columns[field.name] = user_ids(values)
         else:
             columns[field.name] = _to_string(values)
     conformed = pd.DataFrame(columns)
@@ -295,11 +310,28 @@ def _table_of(columns: list[str], path: Path) -> pa.Schema:
     raise ContractError(f"{path}: columns match neither events nor items: {', '.join(columns)}")
 
 
-def load_contract_files(paths: Sequence[Path], landing_dir: Path) -> SourceManifest:
+def _refuse_if_few_users(events: pa.Table, path: Path, min_kept_share: float) -> None:
+    """Refuse an events file in which no event, or less than ``min_kept_share`` of them, has a user id
+    (after placeholders such as ``0`` became missing): the gate would quarantine (almost) every row."""
+    with_user = events.num_rows - events.column("user_id").null_count
+    share = with_user / events.num_rows
+    if with_user and share >= min_kept_share:
+        return
+    raise ContractError(
+        f"{path}: {with_user:,} of {events.num_rows:,} events have a user id ({share:.1%}; "
+        f"SHOPREC_MIN_KEPT_ROW_SHARE is {min_kept_share:.0%}); the others are missing or placeholders "
+        "(0, -1, blank, nan, ...), so nothing was written"
+    )
+
+
+def load_contract_files(
+    paths: Sequence[Path], landing_dir: Path, *, min_kept_share: float = 0.0
+) -> SourceManifest:
     """Read contract CSV/Parquet files (events or items, told apart by their columns) into landing days.
 
     All files are read and checked before anything is written: one bad file refuses the whole batch.
     Days that receive rows are replaced as a whole; other days in ``landing_dir`` are left untouched.
+    An events file in which no event, or less than ``min_kept_share`` of them, has a user id is refused.
     """
     if not paths:
         raise ContractError("load_contract_files: no files given")
@@ -309,6 +341,8 @@ def load_contract_files(paths: Sequence[Path], landing_dir: Path) -> SourceManif
         frame = _read(Path(path))
         schema = _table_of(list(frame.columns), Path(path))
         table = conform(frame, schema, str(path))
+        if schema is EVENTS_SCHEMA:
+            _refuse_if_few_users(table, Path(path), min_kept_share)
         (events if schema is EVENTS_SCHEMA else items).append(table)
     return write_landing(
         "contract_files",

@@ -7,18 +7,23 @@ it, and counted (:class:`OnlineRetailReport`, also written as JSON beside the la
 
 1. ``overlapping_sheet``: xlsx only: rows of a later sheet whose invoice already appeared in an earlier
    sheet (the two Online Retail II sheets overlap in December 2010).
-2. ``unparseable_timestamp``: InvoiceDate not readable in the format detected once from the whole
-   column (:func:`detect_date_format`: ISO, Excel serial days, or day-first / month-first text with 2-
-   or 4-digit years; never guessed row by row).
-3. ``cancellation``: invoices starting with ``C`` (returns; their quantities are negative).
-4. ``adjustment_invoice``: invoices starting with ``A`` ("Adjust bad debt").
-5. ``missing_customer``: no Customer ID: no user to attribute the purchase to.
-6. ``non_positive_quantity``: quantity <= 0 on a normal invoice (stock write-offs: "damages", "lost").
-7. ``non_product_code``: postage, fees and manual entries, not products (:data:`NON_PRODUCT_CODES`,
+2. ``repeated_delivery``: a block of consecutive rows of one invoice that repeats an earlier block of
+   the same invoice line for line (:func:`repeated_blocks`: the same export appended twice, or two
+   exports whose periods overlap, concatenated).  Identical lines inside one block are kept: invoices
+   do list the same line twice.
+3. ``unparseable_timestamp``: InvoiceDate not readable in the format detected once from the whole
+   column (:func:`tasks.sources.timestamps.detect_format`: ISO, Excel serial days, or day-first /
+   month-first text with 2- or 4-digit years; never guessed row by row).
+4. ``cancellation``: invoices starting with ``C`` (returns; their quantities are negative).
+5. ``adjustment_invoice``: invoices starting with ``A`` ("Adjust bad debt").
+6. ``missing_customer``: no Customer ID, or a placeholder for "unknown customer" (``0``, ``-1``,
+   ``0.0``, blank, ``nan``, ... :func:`tasks.sources.loader.user_ids`): no user to attribute it to.
+7. ``non_positive_quantity``: quantity <= 0 on a normal invoice (stock write-offs: "damages", "lost").
+8. ``non_product_code``: postage, fees and manual entries, not products (:data:`NON_PRODUCT_CODES`,
    codes starting with ``TEST``, ``ADJUST`` or ``GIFT_`` (vouchers)).
-8. ``non_positive_price``: unit price <= 0 (free items, data fixes).
-9. ``missing_title``: no Description and no other line of the same StockCode has one.
-10. ``outside_window``: the event's UTC day is outside ``[start, end]`` (only when a window is given).
+9. ``non_positive_price``: unit price <= 0 (free items, data fixes).
+10. ``missing_title``: no Description and no other line of the same StockCode has one.
+11. ``outside_window``: the event's UTC day is outside ``[start, end]`` (only when a window is given).
 
 Mapping: ``event_id`` = ``{invoice}-{line:04d}`` (line = 1-based position of the row within its invoice
 in file order, counted before any drop, so ids do not depend on the filters), ``session_id`` = invoice
@@ -41,7 +46,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Final
 
-import numpy as np
 import pandas as pd
 
 from tasks.contracts import EVENTS_SCHEMA, ITEMS_SCHEMA, ContractError
@@ -51,8 +55,10 @@ from tasks.sources.loader import (
     conform,
     read_csv_export,
     read_errors_as_contract_errors,
+    user_ids,
     write_landing,
 )
+from tasks.sources.timestamps import parse_timestamps
 
 SOURCE: Final = "online_retail"
 # The leading underscore keeps parquet dataset readers (pyarrow, pandas, DuckDB hive scans) off it.
@@ -137,6 +143,7 @@ OTHER_CATEGORY: Final = "other"
 
 DROP_REASONS: Final = (
     "overlapping_sheet",
+    "repeated_delivery",
     "unparseable_timestamp",
     "cancellation",
     "adjustment_invoice",
@@ -246,102 +253,24 @@ def _read(path: Path) -> tuple[pd.DataFrame, pd.Series]:
     return pd.concat(renamed, ignore_index=True), pd.concat(overlap, ignore_index=True)
 
 
-# Text date formats shops export, tried on the whole InvoiceDate column; one is chosen for all rows.
-TEXT_DATE_FORMATS: Final = tuple(
-    f"{date} {time}"
-    for date in ("%m/%d/%Y", "%d/%m/%Y", "%m/%d/%y", "%d/%m/%y", "%d.%m.%Y", "%d.%m.%y", "%d-%m-%Y")
-    for time in ("%H:%M", "%H:%M:%S")
-)
-# Excel serial dates: days since 1899-12-30; 20000..80000 is 1954..2119.
-_EXCEL_EPOCH: Final = pd.Timestamp("1899-12-30")
-_EXCEL_SERIAL_RANGE: Final = (20000.0, 80000.0)
+def repeated_blocks(frame: pd.DataFrame) -> pd.Series:
+    """Rows of a block (consecutive rows of one invoice) that repeat an earlier block of the same
+    invoice line for line: a second delivery of rows already read.
 
-
-def _in_order_share(parsed: pd.Series) -> float:
-    """Share of consecutive parsed values in non-decreasing order (invoice exports are in time order)."""
-    values = parsed.dropna()
-    return float((values.diff().dropna() >= pd.Timedelta(0)).mean()) if len(values) > 1 else 0.0
-
-
-def detect_date_format(text: pd.Series, where: str) -> str:
-    """The one format that reads the text column ``text`` best, decided from the whole column.
-
-    ``"ISO8601"``, ``"excel-serial"`` or one of :data:`TEXT_DATE_FORMATS`: the one that parses the
-    most values.  Day-first and month-first formats that parse equally many (every day <= 12) are told
-    apart by which puts the rows in time order more often; if that ties too, the file is refused.
+    Only invoices that occur in more than one block are compared; the first block of each content is
+    kept, so the kept lines keep their line numbers (and event ids) of a single delivery.
     """
-    values = pd.Series(text.dropna().unique()).astype(str)
-    if values.empty:
-        return "ISO8601"
-    numbers = pd.to_numeric(values, errors="coerce")
-    low, high = _EXCEL_SERIAL_RANGE
-    if numbers.notna().all() and numbers.between(low, high).all():
-        return "excel-serial"
-    scores = {"ISO8601": int(pd.to_datetime(values, format="ISO8601", errors="coerce").notna().sum())}
-    for fmt in TEXT_DATE_FORMATS:
-        scores[fmt] = int(pd.to_datetime(values, format=fmt, errors="coerce").notna().sum())
-    best = max(scores.values())
-    if best == 0:
-        return "ISO8601"  # nothing parses: every row is dropped as unparseable_timestamp
-    tied = [fmt for fmt, score in scores.items() if score == best]
-    if len(tied) == 1:
-        return tied[0]
-    ordered = {fmt: _in_order_share(pd.to_datetime(text, format=fmt, errors="coerce")) for fmt in tied}
-    top = max(ordered.values())
-    winners = [fmt for fmt, share in ordered.items() if share == top]
-    if len(winners) > 1:
-        raise ContractError(
-            f"{where}: InvoiceDate is ambiguous: {' and '.join(winners)} read every value alike; "
-            "convert it to ISO dates (YYYY-MM-DD HH:MM)"
-        )
-    return winners[0]
-
-
-def _parse_local_times(values: pd.Series, where: str = "InvoiceDate") -> pd.Series:
-    """Naive local times: datetimes as they are; text or numbers in the one format
-    :func:`detect_date_format` chose for the whole column (values it cannot read become NaT)."""
-    if pd.api.types.is_datetime64_any_dtype(values.dtype):
-        return values
-    if pd.api.types.is_numeric_dtype(values.dtype):
-        text = values.astype("string")
-    else:
-        text = values.astype("string").str.strip()
-    fmt = detect_date_format(text, where)
-    if fmt == "excel-serial":
-        days = pd.to_numeric(text, errors="coerce")
-        return (_EXCEL_EPOCH + pd.to_timedelta(days, unit="D")).dt.round("s")
-    return pd.to_datetime(text, format=fmt, errors="coerce")
-
-
-def _to_utc(naive: pd.Series) -> tuple[pd.Series, int, int]:
-    """Europe/London wall-clock times -> UTC; ambiguous times are read as GMT, missing ones shifted forward.
-
-    Returns the UTC times and the counts of ambiguous and non-existent local times.
-    """
-    naive = naive.astype("datetime64[us]")
-    probe = naive.dt.tz_localize(LOCAL_TZ, ambiguous="NaT", nonexistent="NaT")
-    odd = probe.isna() & naive.notna()
-    ambiguous = nonexistent = 0
-    if odd.any():
-        shifted = naive[odd].dt.tz_localize(LOCAL_TZ, ambiguous="NaT", nonexistent="shift_forward")
-        nonexistent = int(shifted.notna().sum())
-        ambiguous = int(odd.sum()) - nonexistent
-        fixed = naive[odd].dt.tz_localize(
-            LOCAL_TZ, ambiguous=np.zeros(int(odd.sum()), dtype=bool), nonexistent="shift_forward"
-        )
-        probe = probe.copy()
-        probe[odd] = fixed
-    return probe.dt.tz_convert("UTC"), ambiguous, nonexistent
-
-
-def _customer_ids(values: pd.Series) -> pd.Series:
-    """Customer IDs as whole-number strings ("13085"), nulls kept; non-numeric ids kept as written."""
-    text = values.astype("string").str.strip()
-    numbers = pd.to_numeric(text, errors="coerce")
-    whole = numbers.notna() & (numbers == numbers.round())
-    out = text.copy()
-    out[whole] = numbers[whole].astype("int64").astype(str)
-    return out.where(out.notna() & (out != ""), pd.NA)
+    invoice = frame["Invoice"].reset_index(drop=True)
+    block = (invoice != invoice.shift()).cumsum()
+    split = (block.groupby(invoice).transform("nunique") > 1).to_numpy()
+    if not split.any():
+        return pd.Series(False, index=frame.index)
+    rows = pd.util.hash_pandas_object(frame.loc[split, list(_COLUMNS)], index=False).to_numpy()
+    blocks = block[split].to_numpy()
+    signature = pd.Series(rows).groupby(blocks).agg(tuple)
+    owner = pd.Series(invoice[split].to_numpy()).groupby(blocks).first()
+    again = pd.DataFrame({"invoice": owner, "rows": signature}).duplicated()
+    return pd.Series(block.isin(again.index[again.to_numpy()]).to_numpy(), index=frame.index)
 
 
 def _counts(frame: pd.DataFrame) -> RowCounts:
@@ -412,8 +341,9 @@ def load_online_retail(
     frame.loc[frame["title_raw"] == "", "title_raw"] = pd.NA
     frame["Quantity"] = pd.to_numeric(frame["Quantity"], errors="coerce")
     frame["Price"] = pd.to_numeric(frame["Price"], errors="coerce")
-    frame["user_id"] = _customer_ids(frame["Customer ID"])
-    local = _parse_local_times(frame["InvoiceDate"], f"{path}")
+    frame["user_id"] = user_ids(frame["Customer ID"])
+    times = parse_timestamps(frame["InvoiceDate"], column="InvoiceDate", where=str(path), naive_tz=LOCAL_TZ)
+    utc = times.utc.set_axis(frame.index)
 
     reason = pd.Series(pd.NA, index=frame.index, dtype="string")
 
@@ -422,7 +352,8 @@ def load_online_retail(
 
     invoice = frame["Invoice"]
     drop(overlapping, "overlapping_sheet")
-    drop(local.isna(), "unparseable_timestamp")
+    drop(repeated_blocks(raw), "repeated_delivery")
+    drop(utc.isna(), "unparseable_timestamp")
     drop(invoice.str.upper().str.startswith("C"), "cancellation")
     drop(invoice.str.upper().str.startswith("A"), "adjustment_invoice")
     drop(frame["user_id"].isna(), "missing_customer")
@@ -433,7 +364,6 @@ def load_online_retail(
     titles = _titles(frame[reason.isna()])
     drop(~frame["StockCode"].isin(titles.index), "missing_title")
 
-    utc, ambiguous, nonexistent = _to_utc(local.where(reason.isna()))
     utc_day = utc.dt.date
     in_window = pd.Series(True, index=frame.index)
     if start is not None:
@@ -456,8 +386,8 @@ def load_online_retail(
             .sum()
         ),
         "repeated_identical_lines_kept": int(duplicated.sum()),
-        "ambiguous_local_times_read_as_gmt": ambiguous,
-        "nonexistent_local_times_shifted": nonexistent,
+        "ambiguous_local_times_read_as_gmt": int(times.ambiguous.to_numpy()[reason.isna().to_numpy()].sum()),
+        "nonexistent_local_times_shifted": int(times.nonexistent.to_numpy()[reason.isna().to_numpy()].sum()),
     }
 
     events = pd.DataFrame(

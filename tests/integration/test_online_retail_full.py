@@ -13,28 +13,18 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 import pytest
+from export_variants import shared_file
 
 from tasks.config import Settings
 from tasks.contracts import list_partitions
 from tasks.sources.online_retail import REPORT_FILE, RowCounts, load_online_retail
-
-# The shared data sits beside the checkout (CI clones next to a copy of shared/).
-FULL_FILE = (
-    Path(__file__).resolve().parents[3]
-    / "shared"
-    / "data"
-    / "online_retail_ii"
-    / "online_retail_II_2009-2010.parquet"
-)
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def full_file() -> Path:
-    if not FULL_FILE.is_file():
-        pytest.fail(f"the shared Online Retail II file is missing: {FULL_FILE}")
-    return FULL_FILE
+    return shared_file()
 
 
 def test_full_file_counts_match_the_attribution_note_and_explain_every_drop(
@@ -49,6 +39,7 @@ def test_full_file_counts_match_the_attribution_note_and_explain_every_drop(
     )
     assert report.dropped == {
         "overlapping_sheet": 0,
+        "repeated_delivery": 0,
         "unparseable_timestamp": 0,
         "cancellation": 10_206,
         "adjustment_invoice": 3,

@@ -165,3 +165,35 @@ def test_unexpected_errors_keep_their_traceback(
     monkeypatch.setattr(loader, "load_contract_files", broken)
     with pytest.raises(KeyError, match="a bug"):
         app(args=["load", "x.csv"], prog_name="shoprec")
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        (
+            "e1,17850,i1,view,2010-12-01T08:26:00+01:00,1,,s1,France\n"
+            "e2,17850,i2,view,01/12/2010 09:00,1,,s1,France\n"
+            "e3,13085,i1,view,2010-12-01T10:00:00,1,,s2,France\n",
+            "1 rows have a null or unparseable event_timestamp (first: '01/12/2010 09:00'; "
+            "the column reads as ISO 8601, detected once from all its values)",
+        ),
+        (  # every event of "unknown customer" 0 or -1: the gate would quarantine every row
+            "e1,0,i1,view,2010-12-01T08:26:00,1,,s1,France\ne2,-1,i2,view,2010-12-01T09:00:00,1,,s1,France\n",
+            "0 of 2 events have a user id (0.0%; SHOPREC_MIN_KEPT_ROW_SHARE is 10%); the others are "
+            "missing or placeholders (0, -1, blank, nan, ...), so nothing was written",
+        ),
+    ],
+    ids=["date-formats-mixed", "users-all-placeholders"],
+)
+def test_events_file_refused_through_load(
+    rows: str, expected: str, shoprec_home: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "events.csv"
+    path.write_text(
+        "event_id,user_id,item_id,event_type,event_timestamp,quantity,unit_price,session_id,country\n" + rows
+    )
+    code, out, err = run(["load", str(path)], capsys)
+    assert code == 1
+    assert_one_line(err, f"{path}: {expected}")
+    assert "wrote" not in out
+    assert not shoprec_home.landing_dir.exists() or not any(shoprec_home.landing_dir.iterdir())

@@ -84,3 +84,21 @@ def test_catalog_keeps_earliest_first_seen_and_latest_title(shoprec_home: Settin
     (row,) = pq.read_table(shoprec_home.items_dir / "items.parquet").to_pylist()
     assert (row["title"], row["first_seen"].isoformat()) == ("New", "2024-03-04T08:00:00+00:00")
     assert (manifest.items, manifest.items_new_today) == (1, 0)
+
+
+def test_csv_timestamps_keep_each_value_its_own_offset(shoprec_home: Settings) -> None:
+    """A landing CSV mixing offsets and naive values: each offset applies to its own value and naive
+    values are UTC (pandas alone reads the naive value with the first value's +01:00)."""
+    import pandas as pd
+    from helpers_landing import good_events
+
+    write_good_day(shoprec_home.landing_dir, DAY, n=10)
+    rows = good_events(DAY, 2, prefix="csv-")
+    frame = pd.DataFrame(rows).assign(event_timestamp=["2024-03-05T10:00:00+01:00", "2024-03-05T10:00:00"])
+    frame.to_csv(shoprec_home.landing_dir / "date=2024-03-05" / "events-csv.csv", index=False)
+    update_catalog(shoprec_home, DAY)
+    manifest = ingest_day(shoprec_home, DAY, run_id="r")
+    assert (manifest.rows_clean, manifest.rows_quarantined) == (12, 0)
+    lake = pq.read_table(shoprec_home.events_dir / "date=2024-03-05" / "part-0.parquet").to_pandas()
+    stamps = set(lake["event_timestamp"])
+    assert {pd.Timestamp("2024-03-05T09:00:00Z"), pd.Timestamp("2024-03-05T10:00:00Z")} <= stamps

@@ -204,3 +204,115 @@ def test_european_csv_with_bom_semicolons_and_decimal_commas(tmp_path: Path, sho
     eu = pd.concat([_day(shoprec_home.landing_dir, d) for d in ("2026-09-01", "2026-09-02", "2026-09-03")])
     assert list(eu["unit_price"].fillna(-1.0)) == [1209.99, -1.0, 4.5, 9.99]
     assert list(eu["event_id"]) == ["e1", "e2", "e3", "e4"]
+
+
+# --- timestamps as shops export them (issue 15): one format per column, shared with Online Retail ------
+
+
+def _load_times(stamps: list[object], tmp_path: Path, landing: Path) -> list[pd.Timestamp]:
+    frame = _events_frame()
+    frame["event_timestamp"] = stamps
+    load_contract_files([_csv(frame, tmp_path / "events.csv")], landing)
+    landed = pd.concat([_day(landing, d.isoformat()) for d in list_partitions(landing)])
+    return list(landed.set_index("event_id").loc[["e1", "e2", "e3", "e4"], "event_timestamp"])
+
+
+def test_iso_offsets_are_converted_to_utc_each_with_its_own(tmp_path: Path, shoprec_home: Settings) -> None:
+    """A naive value beside values with offsets is UTC, not the first value's offset (pandas alone
+    reads "2010-12-01T09:00:00" after a "+01:00" value as +01:00)."""
+    stamps = _load_times(
+        [
+            "2010-12-01T08:26:00+01:00",
+            "2010-12-01T09:00:00",
+            "2010-12-01T23:30:00-02:00",
+            "2010-12-01T08:26Z",
+        ],
+        tmp_path,
+        shoprec_home.landing_dir,
+    )
+    assert stamps == [
+        pd.Timestamp("2010-12-01T07:26:00Z"),
+        pd.Timestamp("2010-12-01T09:00:00Z"),
+        pd.Timestamp("2010-12-02T01:30:00Z"),
+        pd.Timestamp("2010-12-01T08:26:00Z"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("stamps", "expected_day_of_e4"),
+    [
+        (["12/1/10 8:26", "12/1/10 9:00", "12/13/10 10:00", "12/2/10 0:00"], "2010-12-02"),  # month-first
+        (["01/12/2010 08:26", "01/12/2010 09:00", "13/12/2010 10:00", "02/12/2010 00:00"], "2010-12-02"),
+        (["01.12.10 08:26", "01.12.10 09:00", "13.12.10 10:00", "02.12.10 00:00"], "2010-12-02"),
+        ([40513.35138889, 40513.375, 40525.41666667, 40514.0], "2010-12-02"),  # Excel serial days
+    ],
+    ids=["month-first-2-digit-year", "day-first-4-digit-year", "day-first-dots", "excel-serial"],
+)
+def test_text_and_excel_dates_are_read_in_the_columns_one_format_as_utc(
+    stamps: list[object], expected_day_of_e4: str, tmp_path: Path, shoprec_home: Settings
+) -> None:
+    landed = _load_times(stamps, tmp_path, shoprec_home.landing_dir)
+    assert landed[0] == pd.Timestamp("2010-12-01T08:26:00Z")  # naive: read as UTC
+    assert landed[2] == pd.Timestamp("2010-12-13T10:00:00Z")
+    assert landed[3] == pd.Timestamp(f"{expected_day_of_e4}T00:00:00Z")
+
+
+def test_a_column_mixing_formats_is_refused_in_one_line(tmp_path: Path, shoprec_home: Settings) -> None:
+    frame = _events_frame()
+    frame["event_timestamp"] = [
+        "2010-12-01T08:26:00",
+        "2010-12-01T09:00:00",
+        "13/12/2010 10:00",
+        "2010-12-02",
+    ]
+    path = _csv(frame, tmp_path / "events.csv")
+    with pytest.raises(ContractError) as refused:
+        load_contract_files([path], shoprec_home.landing_dir)
+    assert str(refused.value) == (
+        f"{path}: 1 rows have a null or unparseable event_timestamp (first: '13/12/2010 10:00'; "
+        "the column reads as ISO 8601, detected once from all its values)"
+    )
+    assert list_partitions(shoprec_home.landing_dir) == []
+
+
+def test_dates_no_format_can_tell_apart_are_refused(tmp_path: Path, shoprec_home: Settings) -> None:
+    frame = _events_frame()
+    frame["event_timestamp"] = [
+        "01/02/2010 08:00",
+        "01/02/2010 09:00",
+        "01/02/2010 10:00",
+        "01/02/2010 11:00",
+    ]
+    with pytest.raises(ContractError, match=r"event_timestamp is ambiguous: %m/%d/%Y %H:%M and %d/%m/%Y"):
+        load_contract_files([_csv(frame, tmp_path / "events.csv")], shoprec_home.landing_dir)
+
+
+# --- placeholder customer ids (issue 15) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("placeholder", ["0", "-1", "0.0", "nan", "NULL", " ", "000"])
+def test_placeholder_user_ids_land_as_missing_for_the_gate(
+    placeholder: str, tmp_path: Path, shoprec_home: Settings
+) -> None:
+    """An "unknown customer" written as 0, -1, blank, nan ...: a missing user (the gate quarantines the row
+    as user_id_not_null), never one real customer, whatever share of the rows it holds."""
+    frame = _events_frame()
+    frame["user_id"] = [placeholder, "17850", placeholder, "0042"]
+    manifest = load_contract_files([_csv(frame, tmp_path / "events.csv")], shoprec_home.landing_dir)
+    landed = pd.concat([_day(shoprec_home.landing_dir, d.isoformat()) for d in manifest.days])
+    assert list(landed.set_index("event_id").loc[["e1", "e2", "e3", "e4"], "user_id"]) == [
+        None,
+        "17850",
+        None,
+        "0042",
+    ]
+    assert manifest.n_users == 2
+
+
+def test_float_zero_user_id_in_parquet_is_missing(tmp_path: Path, shoprec_home: Settings) -> None:
+    frame = _events_frame()
+    frame["user_id"] = [0.0, 17850.0, float("nan"), 12.0]
+    frame.to_parquet(tmp_path / "events.parquet", index=False)
+    manifest = load_contract_files([tmp_path / "events.parquet"], shoprec_home.landing_dir)
+    landed = pd.concat([_day(shoprec_home.landing_dir, d.isoformat()) for d in manifest.days])
+    assert sorted(landed["user_id"].fillna("<missing>")) == ["12", "17850", "<missing>", "<missing>"]

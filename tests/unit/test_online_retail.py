@@ -75,6 +75,7 @@ def test_report_counts_each_drop_reason_once_in_rule_order(loaded: tuple[Path, O
     assert report.rows_read == len(raw) == 9589
     assert report.dropped == {
         "overlapping_sheet": 0,
+        "repeated_delivery": 0,
         "unparseable_timestamp": 0,
         "cancellation": int(raw["Invoice"].str.startswith("C").sum()),
         "adjustment_invoice": 3,
@@ -301,8 +302,9 @@ def test_file_without_online_retail_columns_is_refused(tmp_path: Path) -> None:
 
 
 def test_drop_reasons_are_documented_in_rule_order() -> None:
-    assert DROP_REASONS[:5] == (
+    assert DROP_REASONS[:6] == (
         "overlapping_sheet",
+        "repeated_delivery",
         "unparseable_timestamp",
         "cancellation",
         "adjustment_invoice",
@@ -420,4 +422,31 @@ def test_european_export_with_bom_semicolons_and_decimal_commas(tmp_path: Path) 
     load_online_retail(tmp_path / "reference.parquet", tmp_path / "a")
     _, report = load_online_retail(tmp_path / "eu.csv", tmp_path / "b")
     assert report.dropped["unparseable_timestamp"] == 0
+    pd.testing.assert_frame_equal(_events(tmp_path / "a"), _events(tmp_path / "b"))
+
+
+@pytest.mark.parametrize("placeholder", [0.0, -1.0])
+def test_placeholder_customer_is_a_missing_customer_even_when_it_holds_few_rows(
+    placeholder: float, tmp_path: Path
+) -> None:
+    """A handful of lines with customer 0 (or -1): below any dominant-user share, still no customer."""
+    raw = _raw()
+    few = raw.index[raw["Customer ID"].notna() & ~raw["Invoice"].str.startswith(("C", "A"))][:7]
+    raw.loc[few, "Customer ID"] = placeholder
+    landing, report = _load_frame(raw, tmp_path)
+    assert report.dropped["missing_customer"] == 1539 + 7
+    assert report.kept.rows == 7854 - 7
+    assert not set(_events(landing)["user_id"]) & {"0", "-1", "0.0"}
+
+
+def test_a_delivery_appended_twice_is_counted_once(tmp_path: Path) -> None:
+    """The same export concatenated twice: the second copy's invoice blocks repeat the first's line for
+    line and are dropped as repeated_delivery; lines repeated inside one invoice block stay events."""
+    raw = _raw()
+    raw.to_parquet(tmp_path / "once.parquet", index=False)
+    pd.concat([raw, raw], ignore_index=True).to_parquet(tmp_path / "twice.parquet", index=False)
+    load_online_retail(tmp_path / "once.parquet", tmp_path / "a")
+    _, report = load_online_retail(tmp_path / "twice.parquet", tmp_path / "b")
+    assert report.dropped["repeated_delivery"] == len(raw)
+    assert report.special["repeated_identical_lines_kept"] == 155
     pd.testing.assert_frame_equal(_events(tmp_path / "a"), _events(tmp_path / "b"))
