@@ -779,28 +779,42 @@ def update_catalog(settings: Settings, day: dt.date) -> CatalogManifest:
         "suite_sha256": suite_fingerprint(settings, "items"),
     }
     result_path = validation_result_path(settings, "items", day)
-    if _catalog_already_validated(settings, state):
+    unchanged = _catalog_already_validated(settings, state)
+    if unchanged:
         result_path.unlink(missing_ok=True)  # this day validated nothing (a re-run of an older day may have)
         log.info(
             "item catalog up to %s: %d items, unchanged since it passed the items suite; not validated again",
             day.isoformat(),
             len(catalog),
         )
-        return CatalogManifest(
-            day=day.isoformat(),
-            items=len(catalog),
-            items_new_today=new_today,
-            catalog_uri=target.as_uri(),
-            validation="unchanged",
-            validation_result_uri="",
+    else:
+        _validate_and_write_catalog(settings, day, catalog, content, state)
+        log.info(
+            "item catalog up to %s: %d items, %d first seen that day",
+            day.isoformat(),
+            len(catalog),
+            new_today,
         )
+    return CatalogManifest(
+        day=day.isoformat(),
+        items=len(catalog),
+        items_new_today=new_today,
+        catalog_uri=target.as_uri(),
+        validation="unchanged" if unchanged else "validated",
+        validation_result_uri="" if unchanged else result_path.as_uri(),
+    )
 
+
+def _validate_and_write_catalog(
+    settings: Settings, day: dt.date, catalog: pd.DataFrame, content: bytes, state: Mapping[str, str]
+) -> None:
+    """The items suite on ``catalog``; if it passes, ``content`` (its parquet) replaces the lake's."""
     gate = run_gate(
         catalog,
         "items",
         {},
         settings=settings,
-        result_path=result_path,
+        result_path=validation_result_path(settings, "items", day),
         run_name=day.isoformat(),
         run_time=_day_bounds(day)[0],
     )
@@ -813,6 +827,7 @@ def update_catalog(settings: Settings, day: dt.date) -> CatalogManifest:
             f"item catalog up to {day.isoformat()} failed the items suite: "
             + "; ".join([*gate.table_failures, *gate.errors, rows])
         )
+    target = settings.items_dir / CATALOG_FILE
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".tmp-{uuid.uuid4().hex}-{CATALOG_FILE}")
     tmp.write_bytes(content)
@@ -820,17 +835,6 @@ def update_catalog(settings: Settings, day: dt.date) -> CatalogManifest:
     # Recorded after the catalog is in place: a crash in between leaves a stale record, whose hash
     # does not match the new catalog, so the next run validates again rather than trusting it.
     _write_json_atomic(settings.items_dir / CATALOG_STATE_FILE, state)
-    log.info(
-        "item catalog up to %s: %d items, %d first seen that day", day.isoformat(), len(catalog), new_today
-    )
-    return CatalogManifest(
-        day=day.isoformat(),
-        items=len(catalog),
-        items_new_today=new_today,
-        catalog_uri=target.as_uri(),
-        validation="validated",
-        validation_result_uri=result_path.as_uri(),
-    )
 
 
 def _catalog_already_validated(settings: Settings, state: Mapping[str, str]) -> bool:
