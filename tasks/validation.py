@@ -7,8 +7,7 @@ the batch.  An expectation that raised inside GX (``exception_info``) is reporte
 passed silently.  Run-dependent bounds (the day, the catalog, the volume band) are suite parameters
 (``{"$PARAMETER": ...}``) bound at run time; timestamps must be tz-aware to compare with the data.
 
-Speed: one ephemeral GX context per process holds each suite's validation definition (built on first
-use); each validation's result is stored as JSON and :func:`build_data_docs` renders the results of a
+Speed: one ephemeral GX context per process holds each suite's checkpoint (built on first use); each validation's result is stored as JSON and :func:`build_data_docs` renders the results of a
 whole run into one static site at its end, instead of one site per validated frame.
 
 ``great_expectations`` is imported inside the functions only: it takes seconds to import.
@@ -31,7 +30,7 @@ from tasks.config import Settings
 
 if TYPE_CHECKING:
     import pandas as pd
-    from great_expectations import ValidationDefinition
+    from great_expectations import Checkpoint
     from great_expectations.data_context import AbstractDataContext
     from great_expectations.data_context.store.store import DataDocsSiteConfigTypedDict
 
@@ -84,7 +83,7 @@ def _data_docs_site(base_directory: Path) -> DataDocsSiteConfigTypedDict:
 class _Gate:
     """One suite's GX objects, built once per process and suite version (see :func:`_gate_for`)."""
 
-    definition: ValidationDefinition
+    checkpoint: Checkpoint
     names: tuple[str, ...]
 
 
@@ -106,10 +105,10 @@ def _quiet_context() -> AbstractDataContext:
 
 
 def _gate_for(settings: Settings, suite_name: str) -> _Gate:
-    """The suite's validation definition in one ephemeral context per process.
+    """The suite's checkpoint (no actions) in one ephemeral context per process.
 
-    Creating a context, the suite and its definition costs about as much as validating a day, so a
-    process that validates many days (a backfill run, the demo) builds them once.  The cache is keyed on
+    Creating a context, the suite, its validation definition and checkpoint costs about as much as
+    validating a day, so a process that validates many days (a backfill run, the demo) builds them once.  The cache is keyed on
     the suite file's content: an edited suite is picked up at the next call.
     """
     import great_expectations as gx
@@ -124,8 +123,16 @@ def _gate_for(settings: Settings, suite_name: str) -> _Gate:
         definition = context.validation_definitions.add(
             gx.ValidationDefinition(name=f"{suite_name}_gate", data=batch, suite=suite)
         )
+        checkpoint = context.checkpoints.add(
+            gx.Checkpoint(
+                name=f"{suite_name}_checkpoint",
+                validation_definitions=[definition],
+                actions=[],  # Data Docs are built once per run (build_data_docs), not per validation
+                result_format={"result_format": "COMPLETE"},
+            )
+        )
         names = tuple(e["meta"]["name"] for e in suite_json["expectations"])
-        _GATES[key] = _Gate(definition, names)
+        _GATES[key] = _Gate(checkpoint, names)
     return _GATES[key]
 
 
@@ -149,12 +156,10 @@ def run_gate(
 
     gate = _gate_for(settings, suite_name)
     run_id = RunIdentifier(run_name=run_name or suite_name, run_time=run_time)
-    validation = gate.definition.run(
-        batch_parameters={"dataframe": frame},
-        expectation_parameters=dict(parameters),
-        result_format={"result_format": "COMPLETE"},
-        run_id=run_id,
+    checkpoint_result = gate.checkpoint.run(
+        batch_parameters={"dataframe": frame}, expectation_parameters=dict(parameters), run_id=run_id
     )
+    (validation,) = checkpoint_result.run_results.values()
 
     by_row: dict[int, list[str]] = {}
     table_failures: list[str] = []
