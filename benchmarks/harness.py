@@ -170,6 +170,30 @@ def machine_info(repo_root: Path = REPO_ROOT) -> dict[str, Any]:
     }
 
 
+def run_in_fresh_home(ctx: Context, name: str, command: Sequence[str], *, timeout: int) -> Any:
+    """``python -m COMMAND... OUT`` in a child process with its own SHOPREC_HOME and AIRFLOW_HOME.
+
+    For what must run through Airflow: it reads AIRFLOW_HOME and its database settings once, at import,
+    so a process that already imported it cannot point it at a fresh home.  The child writes its
+    figures as JSON to the path given as its last argument; returns them.  Its output goes to
+    ``NAME.log`` in the scratch folder.
+    """
+    home = ctx.work_dir / name
+    out = ctx.work_dir / f"{name}.json"
+    env = {**os.environ, "SHOPREC_HOME": str(home), "AIRFLOW_HOME": str(home / "airflow")}
+    with (ctx.work_dir / f"{name}.log").open("w") as log:
+        subprocess.run(
+            [sys.executable, "-m", *command, str(out)],
+            cwd=ctx.repo_root,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            check=True,
+            timeout=timeout,
+        )
+    return json.loads(out.read_text())
+
+
 @contextmanager
 def stopwatch() -> Generator[Callable[[], float], None, None]:
     """``with stopwatch() as elapsed: ...; elapsed()`` -> seconds (perf_counter)."""

@@ -29,7 +29,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks.harness import Context, Goal, Section, line_plot, online_retail_file, stopwatch
+from benchmarks.harness import (
+    Context,
+    Goal,
+    Section,
+    line_plot,
+    online_retail_file,
+    run_in_fresh_home,
+    stopwatch,
+)
 
 MAX_STEPS = 10
 SCALING_DAYS = 7
@@ -126,24 +134,8 @@ def default_make_run(ctx: Context) -> dict[str, float]:
     A process of its own, as ``make run`` is: Airflow reads AIRFLOW_HOME and its database settings once,
     at import, so this process (which already imported it) cannot point it at a fresh home.
     """
-    import json
-    import subprocess
-    import sys
-
-    home = ctx.work_dir / "make_run"
-    out = ctx.work_dir / "make_run.json"
-    env = {**os.environ, "SHOPREC_HOME": str(home), "AIRFLOW_HOME": str(home / "airflow")}
-    with (ctx.work_dir / "make_run.log").open("w") as log:
-        subprocess.run(
-            [sys.executable, "-m", "benchmarks.pipeline", "--make-run", str(out)],
-            cwd=ctx.repo_root,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            check=True,
-            timeout=1800,
-        )
-    return {k: float(v) for k, v in json.loads(out.read_text()).items()}
+    figures = run_in_fresh_home(ctx, "make_run", ["benchmarks.pipeline", "--make-run"], timeout=1800)
+    return {k: float(v) for k, v in figures.items()}
 
 
 def _make_run_here(out: Path) -> None:

@@ -34,6 +34,7 @@ BENCHMARKS: dict[str, str] = {
     "serving": "benchmarks.serving",
     "quality": "benchmarks.quality",
     "pipeline": "benchmarks.pipeline",
+    "ingest": "benchmarks.ingest_backfill",
 }
 
 

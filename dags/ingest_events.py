@@ -11,8 +11,15 @@ lake, it is kept whole in `quarantine/date=D/` with its report, and the other da
 their reasons in its event's extra; then `report_rejected_days` fails the run (without retry) when a
 day was rejected, so a rejection is never a silent success.
 
-Backfills: `airflow backfill create --dag-id ingest_events --from-date ... --to-date ...`; each run
-overwrites only its own days.
+Every run stores each validation's result under `reports/validations/` and a last task,
+`build_data_docs`, renders the run's results into one Great Expectations Data Docs site
+(`reports/data_docs/date=D/` for a daily run).
+
+Backfills: `airflow backfill create --dag-id ingest_events --from-date ... --to-date ...` (one run per
+day), or one run with the conf `{"days": ["YYYY-MM-DD", ...]}` (what `shoprec demo` does): it updates the
+catalog through the last day, then validates the days in order in one task, each judged as its own
+daily run would judge it (volume band from the days accepted before it, only the items landed by then),
+and builds one Data Docs site. Each run overwrites only its own days.
 """
 
 from __future__ import annotations
@@ -50,7 +57,11 @@ def ingest_events() -> None:
 
     @task(outlets=[item_catalog])
     def update_catalog(
-        *, data_interval_start: Any = None, data_interval_end: Any = None, outlet_events: Any = None
+        *,
+        dag_run: Any = None,
+        data_interval_start: Any = None,
+        data_interval_end: Any = None,
+        outlet_events: Any = None,
     ) -> list[dict[str, Any]]:
         from dataclasses import asdict
 
@@ -58,11 +69,15 @@ def ingest_events() -> None:
 
         from tasks import ingest
         from tasks.config import get_settings
-        from tasks.contracts import ContractError, days_in_interval
+        from tasks.contracts import ContractError
 
         settings = get_settings()
         manifests = []
-        for day in days_in_interval(data_interval_start, data_interval_end):
+        try:
+            days, _ = ingest.run_days(dag_run.conf, data_interval_start, data_interval_end)
+        except ContractError as exc:
+            raise AirflowFailException(str(exc)) from exc
+        for day in days:
             try:
                 manifests.append(asdict(ingest.update_catalog(settings, day)))
             except (ContractError, ingest.IngestRejected) as exc:
@@ -77,6 +92,7 @@ def ingest_events() -> None:
     def validate_and_publish(
         *,
         run_id: Any = None,
+        dag_run: Any = None,
         data_interval_start: Any = None,
         data_interval_end: Any = None,
         outlet_events: Any = None,
@@ -85,14 +101,12 @@ def ingest_events() -> None:
 
         from tasks import ingest
         from tasks.config import get_settings
-        from tasks.contracts import ContractError, days_in_interval
+        from tasks.contracts import ContractError
 
         settings = get_settings()
         try:
-            outcomes = [
-                ingest.ingest_or_reject(settings, day, run_id=run_id, interval_end=data_interval_end)
-                for day in days_in_interval(data_interval_start, data_interval_end)
-            ]
+            days, bound = ingest.run_days(dag_run.conf, data_interval_start, data_interval_end)
+            outcomes = ingest.ingest_days(settings, days, run_id=run_id, interval_end=bound)
         except ContractError as exc:  # no landing batch, or no catalog: nothing to quarantine
             raise AirflowFailException(str(exc)) from exc
         outlet_events[events_clean].extra = ingest.asset_extra(outcomes)
@@ -110,9 +124,20 @@ def ingest_events() -> None:
             # run is marked failed so that a rejected day is never a silent success.
             raise AirflowFailException(summary)
 
+    @task(trigger_rule="all_done")  # also after a failed catalog or day: its result is in the site
+    def build_data_docs(
+        *, dag_run: Any = None, data_interval_start: Any = None, data_interval_end: Any = None
+    ) -> str:
+        from tasks import ingest
+        from tasks.config import get_settings
+
+        days, _ = ingest.run_days(dag_run.conf, data_interval_start, data_interval_end)
+        return ingest.build_run_data_docs(get_settings(), days)
+
     outcomes = validate_and_publish()
     update_catalog() >> outcomes
     report_rejected_days(outcomes)
+    outcomes >> build_data_docs()
 
 
 ingest_events()

@@ -1,7 +1,8 @@
 """``shoprec demo`` / ``make run``: the whole chain through real Airflow on the embedded profile.
 
 Lands a data set, then runs each DAG with ``dag.test()`` in the order the Assets link them:
-``ingest_events`` once per day (as a daily backfill would), then ``build_features``,
+``ingest_events`` once for all landed days (a backfill run: the conf names the days, which are validated
+in order, each as its own daily run would judge it), then ``build_features``,
 ``train_recommender``, ``publish_recommendations`` and ``privacy_audit``, and prints what happened.
 """
 
@@ -18,12 +19,11 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from tasks.config import Settings
 from tasks.contracts import OptionError
-from tasks.orchestration import DagRunResult, configure_airflow, interval_end_for_day, load_dags, run_dag
+from tasks.orchestration import DagRunResult, configure_airflow, load_dags, run_dag
 from tasks.permissions import PRIVATE_FILE_MODE
 
 
@@ -157,22 +157,22 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console | None =
         dags = load_dags(settings)
 
     if "ingest_events" in dags:
-        with _progress(console) as progress:
-            job = progress.add_task("ingest_events (one run per day)", total=len(summary.days))
-            for day in summary.days:
-                with airflow_output_to(log_path):
-                    result = run_dag(dags["ingest_events"], logical_date=interval_end_for_day(day))
-                summary.runs.append(result)
-                progress.advance(job)
-                if is_rejected_day(result):
-                    summary.rejected_days.append(day)
-                    console.print(
-                        f"[yellow]{day} rejected by the gate[/], quarantined with its report in "
-                        f"{settings.quarantine_dir / f'date={day.isoformat()}'}; the other days go on"
-                    )
-                elif not result.succeeded:
-                    console.print(f"[red]ingest_events failed for {day}[/]: {result.task_states}")
-                    break
+        with (
+            console.status(f"ingest_events: one backfill run over {len(summary.days)} days"),
+            airflow_output_to(log_path),
+        ):
+            result, rejected = ingest_backfill(settings, dags["ingest_events"], summary.days)
+        summary.runs.append(result)
+        summary.rejected_days = rejected
+        for day in rejected:
+            console.print(
+                f"[yellow]{day} rejected by the gate[/], quarantined with its report in "
+                f"{settings.quarantine_dir / f'date={day.isoformat()}'}; the other days go on"
+            )
+        if result.succeeded or is_rejected_day(result):
+            console.print(f"ingest_events: [green]ok[/] in {result.seconds:.1f}s ({len(summary.days)} days)")
+        else:
+            console.print(f"[red]ingest_events failed[/]: {result.task_states}")
     if summary.ok and not summary.accepted_days:
         console.print("[red]every day was rejected by the gate: nothing to build features from[/]")
         summary.runs.append(DagRunResult("ingest_events", "none accepted", "failed"))
@@ -198,14 +198,19 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console | None =
     return summary
 
 
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    )
+def ingest_backfill(
+    settings: Settings, ingest_dag: Any, days: list[dt.date]
+) -> tuple[DagRunResult, list[dt.date]]:
+    """One ``ingest_events`` run over ``days`` (run conf ``{"days": [...]}``); the run and its rejected days.
+
+    The days are validated in order in one task, each judged as its own daily run would judge it, and
+    the run builds one Data Docs site (see dags/ingest_events.py).
+    """
+    from tasks.ingest import rejected_days
+
+    result = run_dag(ingest_dag, run_conf={"days": [d.isoformat() for d in days]})
+    chosen = set(days)
+    return result, [d for d in rejected_days(settings, min(days), max(days)) if d in chosen]
 
 
 def print_summary(settings: Settings, summary: DemoSummary, console: Console) -> None:

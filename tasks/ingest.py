@@ -21,6 +21,7 @@ session ids stay in landing.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -44,6 +45,7 @@ from tasks.contracts import (
     ITEMS_SCHEMA,
     ContractError,
     check_columns,
+    days_in_interval,
     landing_files,
     list_partitions,
     partition_dir,
@@ -57,7 +59,7 @@ from tasks.pseudonymize import (
     record_key_fingerprint,
 )
 from tasks.sources.timestamps import parse_timestamps
-from tasks.validation import GateResult, run_gate
+from tasks.validation import GateResult, build_data_docs, run_gate, suite_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,9 @@ LAKE_FILE: Final = "part-0.parquet"
 QUARANTINE_FILE: Final = "rows.parquet"
 REPORT_FILE: Final = "report.json"
 CATALOG_FILE: Final = "items.parquet"
+# Which catalog bytes passed which items suite (see update_catalog); beside the catalog, never read as data.
+CATALOG_STATE_FILE: Final = "_validated.json"
+RESULT_FILE: Final = "result.json"  # a stored GX validation result (reports/validations/SUITE/date=D/)
 # A day is held in memory while it is validated; larger single files must be split upstream.
 MAX_LANDING_FILE_BYTES: Final = 512 * 1024 * 1024
 DOMINANT_USER: Final = "user_share_within_limit"  # meta.name of the dominant-user expectation
@@ -97,7 +102,7 @@ class IngestManifest:
     rows_quarantined: int
     lake_uri: str
     quarantine_uri: str
-    data_docs_uri: str
+    validation_result_uri: str
     volume_check: str
 
 
@@ -109,7 +114,10 @@ class CatalogManifest:
     items: int
     items_new_today: int
     catalog_uri: str
-    data_docs_uri: str
+    # "validated": the items suite passed this catalog; "unchanged": byte-identical to the catalog that
+    # last passed the same suite version, so the suite was not run again (see update_catalog)
+    validation: str
+    validation_result_uri: str
 
 
 # --- reading landing files ------------------------------------------------------------------------
@@ -279,7 +287,7 @@ def _replace_dir(target: Path, write: Callable[[Path], None]) -> None:
             shutil.rmtree(tmp)
 
 
-def _write_parquet(table: pa.Table, path: Path) -> None:
+def _write_parquet(table: pa.Table, path: Path | pa.NativeFile) -> None:
     pq.write_table(table, path, compression="zstd", write_statistics=True)
 
 
@@ -374,11 +382,86 @@ def dominant_users(user_ids: pd.Series, max_share: float, min_users: int = 1) ->
     return {str(user): round(float(share), 4) for user, share in shares[shares > max_share].items()}
 
 
-def _known_item_ids(settings: Settings) -> list[str]:
+def _catalog_item_ids(settings: Settings) -> set[str]:
     path = settings.items_dir / CATALOG_FILE
     if not path.exists():
         raise IngestError(f"item catalog {path} does not exist; run update_catalog first")
-    return sorted(pq.read_table(path, columns=["item_id"]).column("item_id").to_pylist())
+    return set(pq.read_table(path, columns=["item_id"]).column("item_id").to_pylist())
+
+
+def known_item_ids(settings: Settings, day: dt.date) -> set[str]:
+    """Items an event of ``day`` may name: in the validated catalog and landed on or before ``day``.
+
+    After ``update_catalog(day)`` the catalog holds exactly the items landed up to ``day``; a run over
+    several days updates the catalog through its last day first, and the landing days keep an event from
+    naming an item that only arrives later, so each day is judged as its own daily run would judge it.
+    """
+    return _catalog_item_ids(settings) & landed_item_ids(settings, day)
+
+
+# Landing item files read by this process, keyed by (path, size, mtime): a backfill re-reads every
+# earlier day's items for each day's catalog; a changed file has another key and is read again.
+_LANDING_ITEMS: dict[tuple[str, int, int], pd.DataFrame] = {}
+
+
+def _landing_items(day_dir: Path) -> pd.DataFrame | None:
+    """The day's landing ``items*`` files as one frame (None without any), read once per process.
+
+    The frame is shared: callers copy it before changing it.
+    """
+    files = landing_files(day_dir, "items")
+    if not files:
+        return None
+    stats = [path.stat() for path in files]
+    key = (
+        "|".join(str(path) for path in files),
+        sum(st.st_size for st in stats),
+        max(st.st_mtime_ns for st in stats),
+    )
+    if key not in _LANDING_ITEMS:
+        _LANDING_ITEMS[key] = _read_day(day_dir, "items", ITEMS_SCHEMA)
+    return _LANDING_ITEMS[key]
+
+
+def landed_item_ids(settings: Settings, day: dt.date) -> set[str]:
+    """Item ids of the landing ``items*`` files of every day up to and including ``day``."""
+    ids: set[str] = set()
+    for landing_day in list_partitions(settings.landing_dir):
+        if landing_day <= day:
+            frame = _landing_items(partition_dir(settings.landing_dir, landing_day))
+            if frame is not None:
+                ids.update(frame["item_id"].dropna())
+    return ids
+
+
+def validation_result_path(settings: Settings, suite: str, day: dt.date) -> Path:
+    """Where the GX validation result of ``suite`` for ``day`` is stored (Data Docs are built from it)."""
+    return partition_dir(settings.reports_dir / "validations" / suite, day) / RESULT_FILE
+
+
+def data_docs_dir(settings: Settings, days: Sequence[dt.date]) -> Path:
+    """The Data Docs site of a run over ``days``: ``reports/data_docs/date=D`` for one day, else
+    ``reports/data_docs/dates=FIRST_LAST``; keyed on the run's days, so a re-run replaces it."""
+    first, last = min(days), max(days)
+    if first == last:
+        return partition_dir(settings.reports_dir / "data_docs", first)
+    return settings.reports_dir / "data_docs" / f"dates={first.isoformat()}_{last.isoformat()}"
+
+
+def build_run_data_docs(settings: Settings, days: Sequence[dt.date]) -> str:
+    """One Data Docs site with the stored validation results (events and item catalog) of ``days``.
+
+    The per-day validations store their results; this renders them once, at the end of a run or a
+    backfill (a day whose catalog was unchanged, or whose batch could not be read, has fewer results).
+    Returns the site's ``index.html`` as a URI.
+    """
+    results = [
+        path
+        for day in sorted(days)
+        for suite in ("items", "events")
+        if (path := validation_result_path(settings, suite, day)).is_file()
+    ]
+    return build_data_docs(settings, results, data_docs_dir(settings, days)).as_uri()
 
 
 def _day_bounds(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
@@ -447,7 +530,8 @@ def ingest_day(
     """Validate landing ``date=day`` and publish its good rows to the lake (see module docstring).
 
     ``interval_end`` is the run's data-interval end: events after it are "in the future".  It defaults
-    to the end of ``day``.
+    to the end of ``day``.  GX's validation result is stored under ``reports/validations/events/``;
+    the run's Data Docs are built from it once, by :func:`build_run_data_docs`.
     """
     day_start, day_end = _day_bounds(day)
     # A plain tz-aware datetime: GX mis-handles datetime subclasses such as pendulum.DateTime.
@@ -479,11 +563,21 @@ def ingest_day(
         "day_start": day_start,
         "day_end": day_end,
         "interval_end": future_bound,
-        "known_item_ids": _known_item_ids(settings),
+        # The known items among the day's own: the same rows pass and fail as against the whole
+        # catalog, and GX's cost per expectation grows with the size of a value set.
+        "known_item_ids": sorted(known_item_ids(settings, day) & set(frame["item_id"].dropna())),
         "dominant_users": sorted(dominant),
     }
-    docs_dir = partition_dir(settings.reports_dir / "data_docs" / "events", day)
-    gate = run_gate(frame[list(EVENT_COLUMNS)], "events", parameters, settings=settings, docs_dir=docs_dir)
+    result_path = validation_result_path(settings, "events", day)
+    gate = run_gate(
+        frame[list(EVENT_COLUMNS)],
+        "events",
+        parameters,
+        settings=settings,
+        result_path=result_path,
+        run_name=day.isoformat(),
+        run_time=day_start,
+    )
     failed = [tuple(frame.at[i, _PARSE_FAILURES]) + gate.row_failures.get(i, ()) for i in range(len(frame))]
     frame["failed_expectations"] = failed
     bad_mask = pd.Series([bool(f) for f in failed], index=frame.index)
@@ -543,7 +637,7 @@ def ingest_day(
         rows_quarantined=len(bad),
         lake_uri=(lake_dir / LAKE_FILE).as_uri(),
         quarantine_uri=quarantine_dir.as_uri(),
-        data_docs_uri=docs_dir.joinpath("index.html").as_uri(),
+        validation_result_uri=result_path.as_uri(),
         volume_check=volume_note,
     )
 
@@ -581,6 +675,35 @@ def ingest_or_reject(
     except UnreadableBatch as exc:
         return {"day": day.isoformat(), "status": "rejected", "reason": f"unreadable batch: {exc}"}
     return {**asdict(manifest), "status": "accepted"}
+
+
+def run_days(
+    conf: Mapping[str, Any] | None, start: dt.datetime, end: dt.datetime
+) -> tuple[list[dt.date], dt.datetime | None]:
+    """The days an ``ingest_events`` run covers and the "future" bound of its events.
+
+    A backfill run names its days in the run conf, ``{"days": ["YYYY-MM-DD", ...]}``: each day is then
+    judged as its own daily run would judge it (bound: the end of the day).  Otherwise the days of the
+    data interval ``[start, end)``, bound ``end``.
+    """
+    listed = (conf or {}).get("days") or []
+    if listed:
+        try:
+            return sorted({dt.date.fromisoformat(str(d)) for d in listed}), None
+        except ValueError as exc:
+            raise ContractError(f"run conf days: {exc}") from exc
+    return days_in_interval(start, end), end
+
+
+def ingest_days(
+    settings: Settings, days: Sequence[dt.date], *, run_id: str, interval_end: dt.datetime | None
+) -> list[dict[str, Any]]:
+    """:func:`ingest_or_reject` for each of ``days`` in order, in this process.
+
+    In order, because a day's volume band is read from the lake days accepted before it; in one process,
+    so that the GX context is built once (see :mod:`tasks.validation`).
+    """
+    return [ingest_or_reject(settings, day, run_id=run_id, interval_end=interval_end) for day in sorted(days)]
 
 
 def asset_extra(outcomes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -628,16 +751,19 @@ def _gate_problems(gate: GateResult, bad: pd.DataFrame, rows_in: int, threshold:
 
 
 def update_catalog(settings: Settings, day: dt.date) -> CatalogManifest:
-    """Merge landing ``items*`` files of all days up to ``day`` into ``lake/items/items.parquet``."""
+    """Merge landing ``items*`` files of all days up to ``day`` into ``lake/items/items.parquet``.
+
+    A merged catalog byte-identical to the one in the lake that last passed the same version of the
+    items suite (``_validated.json`` beside it records the catalog's and the suite's SHA-256) is not
+    validated or written again; any other catalog goes through the suite before it replaces the lake's.
+    """
     days = [d for d in list_partitions(settings.landing_dir) if d <= day]
     frames = []
     for landing_day in days:
-        day_dir = partition_dir(settings.landing_dir, landing_day)
-        if not landing_files(day_dir, "items"):
+        frame = _landing_items(partition_dir(settings.landing_dir, landing_day))
+        if frame is None:
             continue
-        frame = _read_day(day_dir, "items", ITEMS_SCHEMA)
-        frame["_landing_day"] = landing_day
-        frames.append(frame)
+        frames.append(frame.assign(_landing_day=landing_day))
     if not frames:
         raise IngestError(f"no items*.parquet|csv in any landing day up to {day.isoformat()}")
     merged = pd.concat(frames, ignore_index=True)
@@ -648,9 +774,56 @@ def update_catalog(settings: Settings, day: dt.date) -> CatalogManifest:
     latest = merged.groupby("item_id", sort=True).tail(1).set_index("item_id")
     catalog = latest.assign(first_seen=first_seen).reset_index()[list(ITEM_COLUMNS)]
     catalog = catalog.sort_values("item_id", kind="mergesort").reset_index(drop=True)
+    new_today = int((catalog["first_seen"] >= _day_bounds(day)[0]).sum())
+    table = pa.Table.from_pandas(catalog, schema=ITEMS_SCHEMA, preserve_index=False)
+    sink = pa.BufferOutputStream()
+    _write_parquet(table, sink)
+    content = sink.getvalue().to_pybytes()
+    target = settings.items_dir / CATALOG_FILE
+    state = {
+        "catalog_sha256": hashlib.sha256(content).hexdigest(),
+        "suite_sha256": suite_fingerprint(settings, "items"),
+    }
+    result_path = validation_result_path(settings, "items", day)
+    unchanged = _catalog_already_validated(settings, state)
+    if unchanged:
+        result_path.unlink(missing_ok=True)  # this day validated nothing (a re-run of an older day may have)
+        log.info(
+            "item catalog up to %s: %d items, unchanged since it passed the items suite; not validated again",
+            day.isoformat(),
+            len(catalog),
+        )
+    else:
+        _validate_and_write_catalog(settings, day, catalog, content, state)
+        log.info(
+            "item catalog up to %s: %d items, %d first seen that day",
+            day.isoformat(),
+            len(catalog),
+            new_today,
+        )
+    return CatalogManifest(
+        day=day.isoformat(),
+        items=len(catalog),
+        items_new_today=new_today,
+        catalog_uri=target.as_uri(),
+        validation="unchanged" if unchanged else "validated",
+        validation_result_uri="" if unchanged else result_path.as_uri(),
+    )
 
-    docs_dir = partition_dir(settings.reports_dir / "data_docs" / "items", day)
-    gate = run_gate(catalog, "items", {}, settings=settings, docs_dir=docs_dir)
+
+def _validate_and_write_catalog(
+    settings: Settings, day: dt.date, catalog: pd.DataFrame, content: bytes, state: Mapping[str, str]
+) -> None:
+    """The items suite on ``catalog``; if it passes, ``content`` (its parquet) replaces the lake's."""
+    gate = run_gate(
+        catalog,
+        "items",
+        {},
+        settings=settings,
+        result_path=validation_result_path(settings, "items", day),
+        run_name=day.isoformat(),
+        run_time=_day_bounds(day)[0],
+    )
     if gate.row_failures or not gate.table_ok:
         rows = ", ".join(
             f"{catalog.at[i, 'item_id']}: {'/'.join(names)}"
@@ -660,20 +833,30 @@ def update_catalog(settings: Settings, day: dt.date) -> CatalogManifest:
             f"item catalog up to {day.isoformat()} failed the items suite: "
             + "; ".join([*gate.table_failures, *gate.errors, rows])
         )
-    new_today = int((catalog["first_seen"] >= _day_bounds(day)[0]).sum())
-    table = pa.Table.from_pandas(catalog, schema=ITEMS_SCHEMA, preserve_index=False)
     target = settings.items_dir / CATALOG_FILE
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".tmp-{uuid.uuid4().hex}-{CATALOG_FILE}")
-    _write_parquet(table, tmp)
+    tmp.write_bytes(content)
     os.replace(tmp, target)
-    log.info(
-        "item catalog up to %s: %d items, %d first seen that day", day.isoformat(), len(catalog), new_today
-    )
-    return CatalogManifest(
-        day=day.isoformat(),
-        items=len(catalog),
-        items_new_today=new_today,
-        catalog_uri=target.as_uri(),
-        data_docs_uri=docs_dir.joinpath("index.html").as_uri(),
-    )
+    # Recorded after the catalog is in place: a crash in between leaves a stale record, whose hash
+    # does not match the new catalog, so the next run validates again rather than trusting it.
+    _write_json_atomic(settings.items_dir / CATALOG_STATE_FILE, state)
+
+
+def _catalog_already_validated(settings: Settings, state: Mapping[str, str]) -> bool:
+    """The lake's catalog has ``state``'s bytes and passed the items suite of ``state``'s version."""
+    target, record = settings.items_dir / CATALOG_FILE, settings.items_dir / CATALOG_STATE_FILE
+    if not target.is_file() or not record.is_file():
+        return False
+    try:
+        recorded = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    on_disk = hashlib.sha256(target.read_bytes()).hexdigest()
+    return recorded == dict(state) and on_disk == state["catalog_sha256"]
+
+
+def _write_json_atomic(path: Path, value: Mapping[str, Any]) -> None:
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
+    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

@@ -47,6 +47,7 @@ def test_good_day_succeeds_and_fills_the_lake(ingest_dag: Any, shoprec_home: Set
         "update_catalog": "success",
         "validate_and_publish": "success",
         "report_rejected_days": "success",
+        "build_data_docs": "success",
     }
     lake = pq.read_table(shoprec_home.events_dir / "date=2024-03-05" / "part-0.parquet")
     assert set(lake.column("event_id").to_pylist()) == lake_event_ids(
@@ -55,7 +56,13 @@ def test_good_day_succeeds_and_fills_the_lake(ingest_dag: Any, shoprec_home: Set
     assert lake.num_rows == len(rows)
     report = json.loads((shoprec_home.quarantine_dir / "date=2024-03-05" / "report.json").read_text())
     assert (report["status"], report["rows_quarantined"]) == ("accepted", 0)
-    assert (shoprec_home.reports_dir / "data_docs" / "events" / "date=2024-03-05" / "index.html").is_file()
+    site = shoprec_home.reports_dir / "data_docs" / "date=2024-03-05"
+    pages = sorted(
+        p.relative_to(site / "validations").as_posix() for p in (site / "validations").rglob("*.html")
+    )
+    # one site for the run: the day's events and its (new) item catalog, each validated once
+    assert [page.split("/")[:2] for page in pages] == [["events", "2024-03-05"], ["items", "2024-03-05"]]
+    assert "2024-03-05" in (site / "index.html").read_text()
     assert (shoprec_home.items_dir / "items.parquet").is_file()
 
 
@@ -105,6 +112,7 @@ def test_corrupted_day_is_reported_and_keeps_lake_empty(ingest_dag: Any, shoprec
         "update_catalog": "success",
         "validate_and_publish": "success",
         "report_rejected_days": "failed",
+        "build_data_docs": "success",
     }
     extra = last_events_clean_extra()
     assert (extra["days"], list(extra["rejected_days"])) == ([], ["2024-03-05"])

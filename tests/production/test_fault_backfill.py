@@ -163,11 +163,21 @@ def test_only_the_corrupt_days_run_fails(backfill: Backfill) -> None:
     # and report_rejected_days fails the run so that the rejection is never a silent success
     ok = (
         "success",
-        {"update_catalog": "success", "validate_and_publish": "success", "report_rejected_days": "success"},
+        {
+            "update_catalog": "success",
+            "validate_and_publish": "success",
+            "report_rejected_days": "success",
+            "build_data_docs": "success",
+        },
     )
     failed = (
         "failed",
-        {"update_catalog": "success", "validate_and_publish": "success", "report_rejected_days": "failed"},
+        {
+            "update_catalog": "success",
+            "validate_and_publish": "success",
+            "report_rejected_days": "failed",
+            "build_data_docs": "success",
+        },
     )
     assert states == {day: failed if day == CORRUPT else ok for day in DAYS}
 
@@ -228,7 +238,12 @@ def test_the_corrupt_file_is_kept_for_inspection(backfill: Backfill) -> None:
 def test_after_the_repair_a_rerun_of_that_day_equals_a_clean_ingest(backfill: Backfill) -> None:
     assert (backfill.rerun["state"], backfill.rerun["tasks"]) == (
         "success",
-        {"update_catalog": "success", "validate_and_publish": "success", "report_rejected_days": "success"},
+        {
+            "update_catalog": "success",
+            "validate_and_publish": "success",
+            "report_rejected_days": "success",
+            "build_data_docs": "success",
+        },
     )
     assert (
         _lake_file(backfill.settings, CORRUPT).read_bytes()
