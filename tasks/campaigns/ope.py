@@ -1,0 +1,238 @@
+"""Off-policy evaluation: the value of a target policy estimated from a log another policy produced.
+
+Inputs per logged decision ``i``: the logged action ``a_i``, its reward ``r_i`` (profit), the logging
+policy's propensity ``p_i`` of ``a_i`` (in (0, 1]) and the target policy's action probabilities
+``pi_i`` (one row per decision).  With importance weights ``w_i = pi_i[a_i] / p_i``:
+
+- IPS (inverse propensity scoring): mean of ``w_i r_i``; unbiased when the logging policy gives every
+  action the target can take a positive probability (overlap / positivity).
+- SNIPS (self-normalised IPS): ``sum w_i r_i / sum w_i``; slightly biased, lower variance when the
+  weights are uneven; its interval uses the delta method (influence terms ``w_i (r_i - V) / mean(w)``).
+- DR (doubly robust): mean of ``sum_a pi_i[a] q_i[a] + w_i (r_i - q_i[a_i])`` with a reward model's
+  predictions ``q`` (cross-fitted by :func:`cross_fitted_rewards`, so a decision's own reward never
+  predicts itself); unbiased if the propensities are right, whatever the reward model.
+
+Intervals are normal approximations over the per-decision terms (decisions independent).  When the
+logging policy's probabilities of all actions are known (``logging_probs``), a target that puts
+probability on an action the logging policy never takes for that customer is refused with
+:class:`OverlapError`: no amount of logged data identifies its value.
+
+Why small functions and not a library: see docs/campaigns.md ("Why these libraries").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Protocol
+
+import numpy as np
+
+
+class OverlapError(ValueError):
+    """The target policy takes an action the logging policy never takes there: IPS/DR are undefined."""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """An estimated policy value with its standard error and a two-sided interval at ``level``."""
+
+    estimator: str
+    value: float
+    std_error: float
+    low: float
+    high: float
+    level: float
+    n: int
+
+    def covers(self, truth: float) -> bool:
+        return self.low <= truth <= self.high
+
+
+def _interval(estimator: str, value: float, influence: np.ndarray, level: float) -> Estimate:
+    n = len(influence)
+    std_error = float(np.std(influence, ddof=1) / np.sqrt(n)) if n > 1 else float("inf")
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    return Estimate(estimator, value, std_error, value - z * std_error, value + z * std_error, level, n)
+
+
+def _weights(
+    target_probs: np.ndarray,
+    actions: np.ndarray,
+    rewards: np.ndarray,
+    propensities: np.ndarray,
+    logging_probs: np.ndarray | None,
+) -> np.ndarray:
+    """Importance weights after checking shapes, propensities, the target's rows and overlap."""
+    n = len(actions)
+    if n == 0:
+        raise ValueError("off-policy evaluation needs at least one logged decision")
+    if (
+        target_probs.ndim != 2
+        or target_probs.shape[0] != n
+        or rewards.shape != (n,)
+        or propensities.shape != (n,)
+    ):
+        raise ValueError(
+            f"shapes do not match: {n} actions, rewards {rewards.shape}, propensities {propensities.shape}, "
+            f"target probabilities {target_probs.shape} (one row per decision)"
+        )
+    if not ((propensities > 0) & (propensities <= 1)).all():  # NaN fails both comparisons
+        bad = int((~((propensities > 0) & (propensities <= 1))).sum())
+        raise ValueError(
+            f"{bad} logged propensities are missing or outside (0, 1]: quarantine those rows first"
+        )
+    if (target_probs < 0).any() or not np.allclose(target_probs.sum(axis=1), 1.0):
+        raise ValueError("target action probabilities must be >= 0 and sum to 1 on every row")
+    if logging_probs is not None:
+        if logging_probs.shape != target_probs.shape:
+            raise ValueError(f"logging probabilities {logging_probs.shape} != target {target_probs.shape}")
+        unsupported = (target_probs > 0) & (logging_probs <= 0)
+        if unsupported.any():
+            actions_off = sorted({int(a) for a in np.nonzero(unsupported)[1]})
+            raise OverlapError(
+                f"no overlap: the target policy gives actions {actions_off} a positive probability on "
+                f"{int(unsupported.any(axis=1).sum())} decisions where the logging policy's is 0; "
+                "IPS, SNIPS and DR are undefined there"
+            )
+    return target_probs[np.arange(n), actions] / propensities
+
+
+def ips(
+    target_probs: np.ndarray,
+    actions: np.ndarray,
+    rewards: np.ndarray,
+    propensities: np.ndarray,
+    *,
+    logging_probs: np.ndarray | None = None,
+    level: float = 0.95,
+) -> Estimate:
+    """Inverse propensity scoring with a normal interval over the terms ``w_i r_i``."""
+    terms = _weights(target_probs, actions, rewards, propensities, logging_probs) * rewards
+    return _interval("ips", float(terms.mean()), terms, level)
+
+
+def snips(
+    target_probs: np.ndarray,
+    actions: np.ndarray,
+    rewards: np.ndarray,
+    propensities: np.ndarray,
+    *,
+    logging_probs: np.ndarray | None = None,
+    level: float = 0.95,
+) -> Estimate:
+    """Self-normalised IPS with a delta-method interval."""
+    weights = _weights(target_probs, actions, rewards, propensities, logging_probs)
+    mean_weight = float(weights.mean())
+    if mean_weight == 0:
+        raise OverlapError(
+            "no overlap: the target policy gives every logged action probability 0; SNIPS is undefined"
+        )
+    value = float((weights * rewards).sum() / weights.sum())
+    return _interval("snips", value, weights * (rewards - value) / mean_weight, level)
+
+
+def doubly_robust(
+    target_probs: np.ndarray,
+    actions: np.ndarray,
+    rewards: np.ndarray,
+    propensities: np.ndarray,
+    predicted_rewards: np.ndarray,
+    *,
+    logging_probs: np.ndarray | None = None,
+    level: float = 0.95,
+) -> Estimate:
+    """Doubly robust: the reward model's value of the target plus an IPS correction of its residuals.
+
+    ``predicted_rewards`` is ``(n, n_actions)``: the model's expected reward of every action for each
+    decision's customer, fitted without that decision (see :func:`cross_fitted_rewards`).
+    """
+    weights = _weights(target_probs, actions, rewards, propensities, logging_probs)
+    if predicted_rewards.shape != target_probs.shape:
+        raise ValueError(f"predicted rewards {predicted_rewards.shape} != target {target_probs.shape}")
+    n = len(actions)
+    direct = (target_probs * predicted_rewards).sum(axis=1)
+    terms = direct + weights * (rewards - predicted_rewards[np.arange(n), actions])
+    return _interval("dr", float(terms.mean()), terms, level)
+
+
+# --- reward models for DR ------------------------------------------------------------------------------
+
+
+class RewardModel(Protocol):
+    """Expected reward of every action given a customer's features, learned from logged decisions."""
+
+    def fit(self, features: np.ndarray, actions: np.ndarray, rewards: np.ndarray) -> RewardModel: ...
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """``(len(features), n_actions)`` expected rewards."""
+        ...
+
+
+class PerActionRidge:
+    """One ridge regression per action on standardised features (intercept not penalised).
+
+    An action with fewer than two logged decisions predicts the mean reward of the whole log.
+    """
+
+    def __init__(self, n_actions: int, alpha: float = 1.0) -> None:
+        if n_actions < 1 or alpha < 0:
+            raise ValueError("n_actions must be >= 1 and alpha >= 0")
+        self.n_actions = n_actions
+        self.alpha = alpha
+        self.coef_: np.ndarray | None = None  # (n_actions, n_features + 1), intercept last
+        self._mean = np.zeros(0)
+        self._scale = np.ones(0)
+
+    def _design(self, features: np.ndarray) -> np.ndarray:
+        standard = (features - self._mean) / self._scale
+        return np.column_stack([standard, np.ones(len(features))])
+
+    def fit(self, features: np.ndarray, actions: np.ndarray, rewards: np.ndarray) -> PerActionRidge:
+        self._mean = features.mean(axis=0)
+        scale = features.std(axis=0)
+        self._scale = np.where(scale > 0, scale, 1.0)
+        design = self._design(features)
+        penalty = self.alpha * np.eye(design.shape[1])
+        penalty[-1, -1] = 0.0
+        coef = np.zeros((self.n_actions, design.shape[1]))
+        coef[:, -1] = rewards.mean()
+        for a in range(self.n_actions):
+            rows = actions == a
+            if rows.sum() >= 2:
+                x, y = design[rows], rewards[rows]
+                coef[a] = np.linalg.solve(x.T @ x + penalty, x.T @ y)
+        self.coef_ = coef
+        return self
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        if self.coef_ is None:
+            raise RuntimeError("PerActionRidge.predict before fit")
+        return self._design(features) @ self.coef_.T
+
+
+def cross_fitted_rewards(
+    make_model: Callable[[], RewardModel],
+    features: np.ndarray,
+    actions: np.ndarray,
+    rewards: np.ndarray,
+    rng: np.random.Generator,
+    n_folds: int = 2,
+) -> np.ndarray:
+    """Out-of-fold predictions ``(n, n_actions)``: each decision's row comes from a model fitted on the
+    other folds (random folds from ``rng``), which keeps DR's per-decision terms independent enough for
+    its interval."""
+    if n_folds < 2:
+        raise ValueError("cross-fitting needs at least 2 folds")
+    folds = rng.permutation(len(actions)) % n_folds
+    predictions: np.ndarray | None = None
+    for k in range(n_folds):
+        held = folds == k
+        model = make_model().fit(features[~held], actions[~held], rewards[~held])
+        fold_predictions = model.predict(features[held])
+        if predictions is None:
+            predictions = np.zeros((len(actions), fold_predictions.shape[1]))
+        predictions[held] = fold_predictions
+    assert predictions is not None
+    return predictions

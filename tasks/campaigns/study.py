@@ -1,0 +1,83 @@
+"""The off-policy estimators checked against the simulator's truth over many independent logs.
+
+Used by the unit tests (coverage, bias, spread) and by ``python -m benchmarks.campaigns_ope``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tasks.campaigns import ope, simulator
+
+ESTIMATORS = ("ips", "snips", "dr")
+
+
+def estimate_all(
+    population: simulator.Population,
+    decisions: simulator.Decisions,
+    target: np.ndarray,
+    rng: np.random.Generator,
+) -> dict[str, ope.Estimate]:
+    """IPS, SNIPS and DR (cross-fitted per-action ridge) of ``target`` (per customer) on one log."""
+    probs, rewards = target[decisions.users], decisions.rewards
+    actions, propensities = decisions.actions, decisions.propensities
+    logging = decisions.logging_probs
+    q = ope.cross_fitted_rewards(
+        lambda: ope.PerActionRidge(population.n_actions),
+        population.features()[decisions.users],
+        actions,
+        rewards,
+        rng,
+    )
+    return {
+        "ips": ope.ips(probs, actions, rewards, propensities, logging_probs=logging),
+        "snips": ope.snips(probs, actions, rewards, propensities, logging_probs=logging),
+        "dr": ope.doubly_robust(probs, actions, rewards, propensities, q, logging_probs=logging),
+    }
+
+
+@dataclass(frozen=True)
+class Study:
+    """Estimates of one target over ``n_logs`` independent logs, and the target's true value."""
+
+    truth: float
+    estimates: dict[str, list[ope.Estimate]]
+
+    def covered(self, estimator: str) -> int:
+        return sum(e.covers(self.truth) for e in self.estimates[estimator])
+
+    def values(self, estimator: str) -> np.ndarray:
+        return np.array([e.value for e in self.estimates[estimator]])
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Per estimator: coverage rate, bias of the mean, spread of the values, mean standard error."""
+        out = {}
+        for name, estimates in self.estimates.items():
+            values = self.values(name)
+            out[name] = {
+                "coverage": self.covered(name) / len(estimates),
+                "bias": float(values.mean() - self.truth),
+                "sd": float(values.std(ddof=1)),
+                "mean_se": float(np.mean([e.std_error for e in estimates])),
+            }
+        return out
+
+
+def repeat_logs(
+    population: simulator.Population,
+    logging: np.ndarray,
+    target: np.ndarray,
+    *,
+    n_logs: int,
+    n_decisions: int,
+    rng: np.random.Generator,
+) -> Study:
+    """Draw ``n_logs`` logs of ``n_decisions`` from ``logging`` and estimate ``target`` on each."""
+    estimates: dict[str, list[ope.Estimate]] = {name: [] for name in ESTIMATORS}
+    for _ in range(n_logs):
+        decisions = simulator.draw_decisions(population, logging, n_decisions, rng)
+        for name, estimate in estimate_all(population, decisions, target, rng).items():
+            estimates[name].append(estimate)
+    return Study(simulator.true_value(population, target), estimates)
