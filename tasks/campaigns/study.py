@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tasks.campaigns import ope, simulator
+from tasks.campaigns import ope, reward, simulator
 
 ESTIMATORS = ("ips", "snips", "dr")
 
@@ -24,8 +24,8 @@ def estimate_all(
     probs, rewards = target[decisions.users], decisions.rewards
     actions, propensities = decisions.actions, decisions.propensities
     logging = decisions.logging_probs
-    q = ope.cross_fitted_rewards(
-        lambda: ope.PerActionRidge(population.n_actions),
+    q = reward.cross_fitted_rewards(
+        lambda: reward.PerActionRidge(population.n_actions),
         population.features()[decisions.users],
         actions,
         rewards,
