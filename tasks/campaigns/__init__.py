@@ -2,6 +2,8 @@
 
 Built so far, bottom up: the campaign-log contracts (:mod:`tasks.campaigns.contracts`, the exposures
 gate in :mod:`tasks.campaigns.validation`), a campaign simulator with ground truth
-(:mod:`tasks.campaigns.simulator`) and off-policy estimators (:mod:`tasks.campaigns.ope`).
+(:mod:`tasks.campaigns.simulator`), off-policy estimators (:mod:`tasks.campaigns.ope`), reward models
+(:mod:`tasks.campaigns.reward`), a non-private exploring offer policy (:mod:`tasks.campaigns.policy`)
+and the estimators' check against the simulator's truth (:mod:`tasks.campaigns.study`).
 docs/campaigns.md says what each does and what is not built yet.
 """
