@@ -1,8 +1,8 @@
 """Off-policy evaluation: the value of a target policy estimated from a log another policy produced.
 
-Inputs per logged decision ``i``: the logged action ``a_i``, its reward ``r_i`` (profit), the logging
-policy's propensity ``p_i`` of ``a_i`` (in (0, 1]) and the target policy's action probabilities
-``pi_i`` (one row per decision).  With importance weights ``w_i = pi_i[a_i] / p_i``:
+Inputs (:class:`LoggedDecisions`) per logged decision ``i``: the logged action ``a_i``, its reward
+``r_i`` (profit), the logging policy's propensity ``p_i`` of ``a_i`` (in (0, 1]); and the target
+policy's action probabilities ``pi_i`` (one row per decision).  With importance weights ``w_i = pi_i[a_i] / p_i``:
 
 - IPS (inverse propensity scoring): mean of ``w_i r_i``; unbiased when the logging policy gives every
   action the target can take a positive probability (overlap / positivity).
@@ -27,6 +27,9 @@ from dataclasses import dataclass
 from statistics import NormalDist
 
 import numpy as np
+import pandas as pd
+
+from tasks.campaigns.contracts import profit
 
 
 class OverlapError(ValueError):
@@ -56,91 +59,93 @@ def _interval(estimator: str, value: float, influence: np.ndarray, level: float)
     return Estimate(estimator, value, std_error, value - z * std_error, value + z * std_error, level, n)
 
 
-def _weights(
-    target_probs: np.ndarray,
-    actions: np.ndarray,
-    rewards: np.ndarray,
-    propensities: np.ndarray,
-    logging_probs: np.ndarray | None,
-) -> np.ndarray:
-    """Importance weights after checking shapes, propensities, the target's rows and overlap."""
-    n = len(actions)
-    if n == 0:
-        raise ValueError("off-policy evaluation needs at least one logged decision")
-    if (
-        target_probs.ndim != 2
-        or target_probs.shape[0] != n
-        or rewards.shape != (n,)
-        or propensities.shape != (n,)
-    ):
-        raise ValueError(
-            f"shapes do not match: {n} actions, rewards {rewards.shape}, propensities {propensities.shape}, "
-            f"target probabilities {target_probs.shape} (one row per decision)"
-        )
-    if not ((propensities > 0) & (propensities <= 1)).all():  # NaN fails both comparisons
-        bad = int((~((propensities > 0) & (propensities <= 1))).sum())
-        raise ValueError(
-            f"{bad} logged propensities are missing or outside (0, 1]: quarantine those rows first"
-        )
-    if (target_probs < 0).any() or not np.allclose(target_probs.sum(axis=1), 1.0):
-        raise ValueError("target action probabilities must be >= 0 and sum to 1 on every row")
-    if logging_probs is not None:
-        if logging_probs.shape != target_probs.shape:
-            raise ValueError(f"logging probabilities {logging_probs.shape} != target {target_probs.shape}")
-        unsupported = (target_probs > 0) & (logging_probs <= 0)
-        if unsupported.any():
-            actions_off = sorted({int(a) for a in np.nonzero(unsupported)[1]})
-            raise OverlapError(
-                f"no overlap: the target policy gives actions {actions_off} a positive probability on "
-                f"{int(unsupported.any(axis=1).sum())} decisions where the logging policy's is 0; "
-                "IPS, SNIPS and DR are undefined there"
+@dataclass(frozen=True)
+class LoggedDecisions:
+    """A logged campaign as arrays, one entry per decision: action index, reward, its propensity and,
+    when known, the logging policy's probabilities of every action (``(n, n_actions)``)."""
+
+    actions: np.ndarray
+    rewards: np.ndarray
+    propensities: np.ndarray
+    logging_probs: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.actions)
+        if n == 0:
+            raise ValueError("off-policy evaluation needs at least one logged decision")
+        if self.rewards.shape != (n,) or self.propensities.shape != (n,):
+            raise ValueError(
+                f"shapes do not match: {n} actions, rewards {self.rewards.shape}, "
+                f"propensities {self.propensities.shape}"
             )
-    return target_probs[np.arange(n), actions] / propensities
+        valid = (self.propensities > 0) & (self.propensities <= 1)  # NaN fails both comparisons
+        if not valid.all():
+            raise ValueError(
+                f"{int((~valid).sum())} logged propensities are missing or outside (0, 1]: "
+                "quarantine those rows first"
+            )
+        if self.logging_probs is not None and self.logging_probs.shape[0] != n:
+            raise ValueError(f"logging probabilities {self.logging_probs.shape} for {n} decisions")
+
+    @classmethod
+    def from_exposures(cls, exposures: pd.DataFrame, actions: tuple[str, ...]) -> LoggedDecisions:
+        """Gated ``exposures`` rows; ``actions`` names the action indices (``actions[0]`` = no offer)."""
+        index = {action: i for i, action in enumerate(actions)}
+        unknown = sorted(set(exposures["offer_id"]) - set(index))
+        if unknown:
+            raise ValueError(f"exposures name actions outside {list(actions)}: {unknown[:5]}")
+        return cls(
+            actions=exposures["offer_id"].map(index).to_numpy(dtype=np.int64),
+            rewards=profit(exposures),
+            propensities=exposures["propensity"].to_numpy(dtype=float),
+        )
+
+    @property
+    def n(self) -> int:
+        return len(self.actions)
+
+    def weights(self, target_probs: np.ndarray) -> np.ndarray:
+        """Importance weights ``pi_i[a_i] / p_i`` after checking the target's rows and overlap."""
+        if target_probs.ndim != 2 or target_probs.shape[0] != self.n:
+            raise ValueError(f"target probabilities {target_probs.shape}: one row per decision ({self.n})")
+        if (target_probs < 0).any() or not np.allclose(target_probs.sum(axis=1), 1.0):
+            raise ValueError("target action probabilities must be >= 0 and sum to 1 on every row")
+        if self.logging_probs is not None:
+            if self.logging_probs.shape != target_probs.shape:
+                raise ValueError(
+                    f"logging probabilities {self.logging_probs.shape} != target {target_probs.shape}"
+                )
+            unsupported = (target_probs > 0) & (self.logging_probs <= 0)
+            if unsupported.any():
+                actions_off = sorted({int(a) for a in np.nonzero(unsupported)[1]})
+                raise OverlapError(
+                    f"no overlap: the target policy gives actions {actions_off} a positive probability on "
+                    f"{int(unsupported.any(axis=1).sum())} decisions where the logging policy's is 0; "
+                    "IPS, SNIPS and DR are undefined there"
+                )
+        return target_probs[np.arange(self.n), self.actions] / self.propensities
 
 
-def ips(
-    target_probs: np.ndarray,
-    actions: np.ndarray,
-    rewards: np.ndarray,
-    propensities: np.ndarray,
-    *,
-    logging_probs: np.ndarray | None = None,
-    level: float = 0.95,
-) -> Estimate:
+def ips(log: LoggedDecisions, target_probs: np.ndarray, *, level: float = 0.95) -> Estimate:
     """Inverse propensity scoring with a normal interval over the terms ``w_i r_i``."""
-    terms = _weights(target_probs, actions, rewards, propensities, logging_probs) * rewards
+    terms = log.weights(target_probs) * log.rewards
     return _interval("ips", float(terms.mean()), terms, level)
 
 
-def snips(
-    target_probs: np.ndarray,
-    actions: np.ndarray,
-    rewards: np.ndarray,
-    propensities: np.ndarray,
-    *,
-    logging_probs: np.ndarray | None = None,
-    level: float = 0.95,
-) -> Estimate:
+def snips(log: LoggedDecisions, target_probs: np.ndarray, *, level: float = 0.95) -> Estimate:
     """Self-normalised IPS with a delta-method interval."""
-    weights = _weights(target_probs, actions, rewards, propensities, logging_probs)
+    weights = log.weights(target_probs)
     mean_weight = float(weights.mean())
     if mean_weight == 0:
         raise OverlapError(
             "no overlap: the target policy gives every logged action probability 0; SNIPS is undefined"
         )
-    value = float((weights * rewards).sum() / weights.sum())
-    return _interval("snips", value, weights * (rewards - value) / mean_weight, level)
+    value = float((weights * log.rewards).sum() / weights.sum())
+    return _interval("snips", value, weights * (log.rewards - value) / mean_weight, level)
 
 
 def doubly_robust(
-    target_probs: np.ndarray,
-    actions: np.ndarray,
-    rewards: np.ndarray,
-    propensities: np.ndarray,
-    predicted_rewards: np.ndarray,
-    *,
-    logging_probs: np.ndarray | None = None,
-    level: float = 0.95,
+    log: LoggedDecisions, target_probs: np.ndarray, predicted_rewards: np.ndarray, *, level: float = 0.95
 ) -> Estimate:
     """Doubly robust: the reward model's value of the target plus an IPS correction of its residuals.
 
@@ -148,10 +153,9 @@ def doubly_robust(
     decision's customer, fitted without that decision
     (:func:`tasks.campaigns.reward.cross_fitted_rewards`).
     """
-    weights = _weights(target_probs, actions, rewards, propensities, logging_probs)
+    weights = log.weights(target_probs)
     if predicted_rewards.shape != target_probs.shape:
         raise ValueError(f"predicted rewards {predicted_rewards.shape} != target {target_probs.shape}")
-    n = len(actions)
     direct = (target_probs * predicted_rewards).sum(axis=1)
-    terms = direct + weights * (rewards - predicted_rewards[np.arange(n), actions])
+    terms = direct + weights * (log.rewards - predicted_rewards[np.arange(log.n), log.actions])
     return _interval("dr", float(terms.mean()), terms, level)

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.campaigns.contracts import EXPOSURE_COLUMNS, NO_OFFER, OFFER_COLUMNS, OFFER_KINDS
+from tasks.campaigns.ope import LoggedDecisions
 from tasks.sources.synthetic import CATEGORY_NAMES, SyntheticConfig, shop_customers
 
 
@@ -321,6 +322,10 @@ class Decisions:
     @property
     def rewards(self) -> np.ndarray:
         return self.margin - self.redemption_cost
+
+    def logged(self) -> LoggedDecisions:
+        """The log as off-policy evaluation reads it (with the logging policy's full probabilities)."""
+        return LoggedDecisions(self.actions, self.rewards, self.propensities, self.logging_probs)
 
 
 def draw_decisions(

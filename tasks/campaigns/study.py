@@ -21,20 +21,18 @@ def estimate_all(
     rng: np.random.Generator,
 ) -> dict[str, ope.Estimate]:
     """IPS, SNIPS and DR (cross-fitted per-action ridge) of ``target`` (per customer) on one log."""
-    probs, rewards = target[decisions.users], decisions.rewards
-    actions, propensities = decisions.actions, decisions.propensities
-    logging = decisions.logging_probs
+    probs, log = target[decisions.users], decisions.logged()
     q = reward.cross_fitted_rewards(
         lambda: reward.PerActionRidge(population.n_actions),
         population.features()[decisions.users],
-        actions,
-        rewards,
+        log.actions,
+        log.rewards,
         rng,
     )
     return {
-        "ips": ope.ips(probs, actions, rewards, propensities, logging_probs=logging),
-        "snips": ope.snips(probs, actions, rewards, propensities, logging_probs=logging),
-        "dr": ope.doubly_robust(probs, actions, rewards, propensities, q, logging_probs=logging),
+        "ips": ope.ips(log, probs),
+        "snips": ope.snips(log, probs),
+        "dr": ope.doubly_robust(log, probs, q),
     }
 
 

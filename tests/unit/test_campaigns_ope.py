@@ -10,6 +10,8 @@ the weights reach 1 / 0.02 = 50 and the normal approximation is rougher (93.6-94
 
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 import pytest
 
@@ -67,16 +69,14 @@ def test_snips_and_dr_vary_less_than_ips_on_the_business_rule_log(rule_logs: Stu
 
 def test_estimates_by_hand() -> None:
     # three decisions, two actions; the target always takes action 1
-    actions = np.array([1, 0, 1])
-    rewards = np.array([4.0, 9.0, 2.0])
-    propensities = np.array([0.5, 0.5, 0.25])
+    log = ope.LoggedDecisions(np.array([1, 0, 1]), np.array([4.0, 9.0, 2.0]), np.array([0.5, 0.5, 0.25]))
     target = np.array([[0.0, 1.0]] * 3)
     # weights 2, 0, 4: IPS (8 + 0 + 8) / 3; SNIPS (8 + 8) / (2 + 0 + 4)
-    assert ope.ips(target, actions, rewards, propensities).value == pytest.approx(16 / 3)
-    assert ope.snips(target, actions, rewards, propensities).value == pytest.approx(16 / 6)
+    assert ope.ips(log, target).value == pytest.approx(16 / 3)
+    assert ope.snips(log, target).value == pytest.approx(16 / 6)
     q = np.array([[1.0, 3.0]] * 3)
     # DR: 3 + weight * (reward - 3): 3 + 2, 3 + 0, 3 + 4 * (-1)
-    dr = ope.doubly_robust(target, actions, rewards, propensities, q)
+    dr = ope.doubly_robust(log, target, q)
     assert dr.value == pytest.approx((5 + 3 - 1) / 3)
     assert dr.std_error == pytest.approx(np.std([5, 3, -1], ddof=1) / np.sqrt(3))
     assert dr.low == pytest.approx(dr.value - 1.959964 * dr.std_error)
@@ -88,12 +88,27 @@ def test_no_overlap_is_refused_in_one_line() -> None:
     d = simulator.draw_decisions(population, rule, 2_000, np.random.default_rng(3))
     target = simulator.everybody(population, "pct10")[d.users]
     with pytest.raises(ope.OverlapError, match=r"^no overlap: the target policy gives actions \[1\]") as info:
-        ope.ips(target, d.actions, d.rewards, d.propensities, logging_probs=d.logging_probs)
+        ope.ips(d.logged(), target)
     assert "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("bad", [0.0, -0.1, 1.2, np.nan])
 def test_invalid_propensities_are_refused(bad: float) -> None:
-    propensities = np.array([0.5, bad])
     with pytest.raises(ValueError, match="1 logged propensities are missing or outside"):
-        ope.ips(np.array([[1.0, 0.0]] * 2), np.array([0, 1]), np.array([1.0, 2.0]), propensities)
+        ope.LoggedDecisions(np.array([0, 1]), np.array([1.0, 2.0]), np.array([0.5, bad]))
+
+
+def test_gated_exposures_become_logged_decisions() -> None:
+    population = simulator.build_population(np.random.default_rng(2))
+    rng = np.random.default_rng(4)
+    d = simulator.draw_decisions(population, simulator.uniform(population), 300, rng)
+    start = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
+    exposures = simulator.exposures_frame(
+        population, d, policy_name="u", policy_version="1", start=start, rng=rng
+    )
+    log = ope.LoggedDecisions.from_exposures(exposures, population.actions)
+    np.testing.assert_array_equal(log.actions, d.actions)
+    np.testing.assert_allclose(log.rewards, d.rewards)
+    np.testing.assert_allclose(log.propensities, d.propensities)
+    with pytest.raises(ValueError, match=r"exposures name actions outside \['no_offer'\]: \['amt5'"):
+        ope.LoggedDecisions.from_exposures(exposures, ("no_offer",))
