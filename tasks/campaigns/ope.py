@@ -126,14 +126,16 @@ class LoggedDecisions:
         return target_probs[np.arange(self.n), self.actions] / self.propensities
 
 
-def ips(log: LoggedDecisions, target_probs: np.ndarray, *, level: float = 0.95) -> Estimate:
-    """Inverse propensity scoring with a normal interval over the terms ``w_i r_i``."""
+# Each estimator as (value, influence terms): the interval is built from the terms' spread, and the
+# difference of two policies on the same log from the paired differences of their terms.
+
+
+def _ips(log: LoggedDecisions, target_probs: np.ndarray) -> tuple[float, np.ndarray]:
     terms = log.weights(target_probs) * log.rewards
-    return _interval("ips", float(terms.mean()), terms, level)
+    return float(terms.mean()), terms
 
 
-def snips(log: LoggedDecisions, target_probs: np.ndarray, *, level: float = 0.95) -> Estimate:
-    """Self-normalised IPS with a delta-method interval."""
+def _snips(log: LoggedDecisions, target_probs: np.ndarray) -> tuple[float, np.ndarray]:
     weights = log.weights(target_probs)
     mean_weight = float(weights.mean())
     if mean_weight == 0:
@@ -141,7 +143,28 @@ def snips(log: LoggedDecisions, target_probs: np.ndarray, *, level: float = 0.95
             "no overlap: the target policy gives every logged action probability 0; SNIPS is undefined"
         )
     value = float((weights * log.rewards).sum() / weights.sum())
-    return _interval("snips", value, weights * (log.rewards - value) / mean_weight, level)
+    return value, weights * (log.rewards - value) / mean_weight
+
+
+def _dr(
+    log: LoggedDecisions, target_probs: np.ndarray, predicted_rewards: np.ndarray
+) -> tuple[float, np.ndarray]:
+    weights = log.weights(target_probs)
+    if predicted_rewards.shape != target_probs.shape:
+        raise ValueError(f"predicted rewards {predicted_rewards.shape} != target {target_probs.shape}")
+    direct = (target_probs * predicted_rewards).sum(axis=1)
+    terms = direct + weights * (log.rewards - predicted_rewards[np.arange(log.n), log.actions])
+    return float(terms.mean()), terms
+
+
+def ips(log: LoggedDecisions, target_probs: np.ndarray, *, level: float = 0.95) -> Estimate:
+    """Inverse propensity scoring with a normal interval over the terms ``w_i r_i``."""
+    return _interval("ips", *_ips(log, target_probs), level)
+
+
+def snips(log: LoggedDecisions, target_probs: np.ndarray, *, level: float = 0.95) -> Estimate:
+    """Self-normalised IPS with a delta-method interval."""
+    return _interval("snips", *_snips(log, target_probs), level)
 
 
 def doubly_robust(
@@ -153,9 +176,31 @@ def doubly_robust(
     decision's customer, fitted without that decision
     (:func:`tasks.campaigns.reward.cross_fitted_rewards`).
     """
-    weights = log.weights(target_probs)
-    if predicted_rewards.shape != target_probs.shape:
-        raise ValueError(f"predicted rewards {predicted_rewards.shape} != target {target_probs.shape}")
-    direct = (target_probs * predicted_rewards).sum(axis=1)
-    terms = direct + weights * (log.rewards - predicted_rewards[np.arange(log.n), log.actions])
-    return _interval("dr", float(terms.mean()), terms, level)
+    return _interval("dr", *_dr(log, target_probs, predicted_rewards), level)
+
+
+def incremental(
+    estimator: str,
+    log: LoggedDecisions,
+    target_probs: np.ndarray,
+    baseline_probs: np.ndarray,
+    *,
+    predicted_rewards: np.ndarray | None = None,
+    level: float = 0.95,
+) -> Estimate:
+    """Value of the target minus value of the baseline (e.g. offer to nobody, or the running policy),
+    both estimated on the same log by ``estimator`` (``ips``, ``snips`` or ``dr``, which needs
+    ``predicted_rewards``); the interval comes from the paired per-decision differences, so what the
+    two policies share (the same customers and outcomes) does not widen it."""
+    if estimator == "dr":
+        if predicted_rewards is None:
+            raise ValueError("the dr estimator needs predicted_rewards")
+        value, influence = _dr(log, target_probs, predicted_rewards)
+        base, base_influence = _dr(log, baseline_probs, predicted_rewards)
+    elif estimator in ("ips", "snips"):
+        one = _ips if estimator == "ips" else _snips
+        value, influence = one(log, target_probs)
+        base, base_influence = one(log, baseline_probs)
+    else:
+        raise ValueError(f"unknown estimator {estimator!r}: ips, snips or dr")
+    return _interval(f"{estimator} incremental", value - base, influence - base_influence, level)

@@ -19,8 +19,10 @@ def estimate_all(
     decisions: simulator.Decisions,
     target: np.ndarray,
     rng: np.random.Generator,
+    baseline: np.ndarray | None = None,
 ) -> dict[str, ope.Estimate]:
-    """IPS, SNIPS and DR (cross-fitted per-action ridge) of ``target`` (per customer) on one log."""
+    """IPS, SNIPS and DR (cross-fitted per-action ridge) of ``target`` (per customer) on one log; with
+    ``baseline``, of the target's value minus the baseline's (:func:`tasks.campaigns.ope.incremental`)."""
     probs, log = target[decisions.users], decisions.logged()
     q = reward.cross_fitted_rewards(
         lambda: reward.PerActionRidge(population.n_actions),
@@ -29,6 +31,9 @@ def estimate_all(
         log.rewards,
         rng,
     )
+    if baseline is not None:
+        base = baseline[decisions.users]
+        return {name: ope.incremental(name, log, probs, base, predicted_rewards=q) for name in ESTIMATORS}
     return {
         "ips": ope.ips(log, probs),
         "snips": ope.snips(log, probs),
@@ -71,11 +76,16 @@ def repeat_logs(
     n_logs: int,
     n_decisions: int,
     rng: np.random.Generator,
+    baseline: np.ndarray | None = None,
 ) -> Study:
-    """Draw ``n_logs`` logs of ``n_decisions`` from ``logging`` and estimate ``target`` on each."""
+    """Draw ``n_logs`` logs of ``n_decisions`` from ``logging`` and estimate ``target`` on each (minus
+    ``baseline`` when given, against the true difference)."""
     estimates: dict[str, list[ope.Estimate]] = {name: [] for name in ESTIMATORS}
     for _ in range(n_logs):
         decisions = simulator.draw_decisions(population, logging, n_decisions, rng)
-        for name, estimate in estimate_all(population, decisions, target, rng).items():
+        for name, estimate in estimate_all(population, decisions, target, rng, baseline).items():
             estimates[name].append(estimate)
-    return Study(simulator.true_value(population, target), estimates)
+    truth = simulator.true_value(population, target)
+    if baseline is not None:
+        truth -= simulator.true_value(population, baseline)
+    return Study(truth, estimates)

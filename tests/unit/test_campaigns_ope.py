@@ -27,15 +27,25 @@ def population() -> simulator.Population:
     return simulator.build_population(np.random.default_rng(1))
 
 
-def study(population: simulator.Population, logging: np.ndarray, seed: int) -> Study:
+def study(
+    population: simulator.Population, logging: np.ndarray, seed: int, baseline: np.ndarray | None = None
+) -> Study:
     target = simulator.oracle(population)
     rng = np.random.default_rng(seed)
-    return repeat_logs(population, logging, target, n_logs=N_LOGS, n_decisions=N_DECISIONS, rng=rng)
+    return repeat_logs(
+        population, logging, target, n_logs=N_LOGS, n_decisions=N_DECISIONS, rng=rng, baseline=baseline
+    )
 
 
 @pytest.fixture(scope="module")
 def uniform_logs(population: simulator.Population) -> Study:
     return study(population, simulator.uniform(population), seed=11)
+
+
+@pytest.fixture(scope="module")
+def uniform_incremental(population: simulator.Population) -> Study:
+    """The oracle's value minus offering to nobody (the gate's kind of question), on uniform logs."""
+    return study(population, simulator.uniform(population), seed=13, baseline=simulator.nobody(population))
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +56,14 @@ def rule_logs(population: simulator.Population) -> Study:
 @pytest.mark.parametrize("estimator", ESTIMATORS)
 def test_intervals_cover_the_true_value_on_the_uniform_log(uniform_logs: Study, estimator: str) -> None:
     assert uniform_logs.covered(estimator) >= 360
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_incremental_intervals_cover_the_true_difference_on_the_uniform_log(
+    uniform_incremental: Study, estimator: str
+) -> None:
+    assert uniform_incremental.truth == pytest.approx(6.074 - 2.682, abs=1e-3)
+    assert uniform_incremental.covered(estimator) >= 360
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
@@ -80,6 +98,14 @@ def test_estimates_by_hand() -> None:
     assert dr.value == pytest.approx((5 + 3 - 1) / 3)
     assert dr.std_error == pytest.approx(np.std([5, 3, -1], ddof=1) / np.sqrt(3))
     assert dr.low == pytest.approx(dr.value - 1.959964 * dr.std_error)
+    # target minus "always action 0": IPS terms (8, 0, 8) - (0, 18, 0) = (8, -18, 8)
+    difference = ope.incremental("ips", log, target, np.array([[1.0, 0.0]] * 3))
+    assert difference.value == pytest.approx(-2 / 3)
+    assert difference.std_error == pytest.approx(np.std([8, -18, 8], ddof=1) / np.sqrt(3))
+    with pytest.raises(ValueError, match="the dr estimator needs predicted_rewards"):
+        ope.incremental("dr", log, target, target)
+    with pytest.raises(ValueError, match="unknown estimator 'cate'"):
+        ope.incremental("cate", log, target, target)
 
 
 def test_no_overlap_is_refused_in_one_line() -> None:
