@@ -179,6 +179,23 @@ def doubly_robust(
     return _interval("dr", *_dr(log, target_probs, predicted_rewards), level)
 
 
+def terms(
+    estimator: str,
+    log: LoggedDecisions,
+    target_probs: np.ndarray,
+    predicted_rewards: np.ndarray | None = None,
+) -> np.ndarray:
+    """Per-decision terms of ``ips`` or ``dr`` (their mean is the estimate): what a DP release clips and
+    sums per user (:mod:`tasks.campaigns.release`).  SNIPS is a ratio and has no such terms."""
+    if estimator == "ips":
+        return _ips(log, target_probs)[1]
+    if estimator == "dr":
+        if predicted_rewards is None:
+            raise ValueError("the dr estimator needs predicted_rewards")
+        return _dr(log, target_probs, predicted_rewards)[1]
+    raise ValueError(f"per-decision terms exist for ips and dr only, not {estimator!r}")
+
+
 def incremental(
     estimator: str,
     log: LoggedDecisions,
