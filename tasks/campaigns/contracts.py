@@ -9,12 +9,14 @@ logged like any other, with offer id :data:`NO_OFFER`.  Landing batches follow t
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Final
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from tasks.config import Settings
 from tasks.contracts import TIMESTAMP_TYPE
 
 NO_OFFER: Final = "no_offer"
@@ -66,3 +68,9 @@ EXPOSURE_COLUMNS: Final[tuple[str, ...]] = tuple(EXPOSURES_SCHEMA.names)
 def profit(exposures: pd.DataFrame) -> np.ndarray:
     """The reward of each decision: margin minus redemption cost within the attribution window."""
     return exposures["margin"].to_numpy(dtype=float) - exposures["redemption_cost"].to_numpy(dtype=float)
+
+
+def run_folder(settings: Settings, run_key: str) -> Path:
+    """Where one offer-policy run keeps its files (inside the trust boundary): ``models/offers/<run>``."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_key)
+    return settings.models_dir / "offers" / safe

@@ -31,7 +31,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from tasks.campaigns.contracts import run_folder
 from tasks.config import Settings
+from tasks.permissions import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +274,7 @@ def train_charged(
         if not isinstance(mechanism, DpSgdMechanism):
             raise TypeError(f"charge {charge.id} of {PURPOSE} holds {type(mechanism).__name__}, not DP-SGD")
         model = train_dp_reward(examples, n_actions, config, mechanism.noise_multiplier)
-        path = settings.models_dir / "offers" / _safe(run_key) / "reward_model.pt"
+        path = run_folder(settings, run_key) / "reward_model.pt"
         save_model(model, path, {"charge_id": int(charge.id), "config": asdict(config)})
         charge = ledger.commit(int(charge.id), model_version=None, artifact_uri=str(path))
     finally:
@@ -302,7 +304,7 @@ def train_charged(
 
 def save_model(model: DpRewardModel, path: Path, meta: dict[str, Any]) -> None:
     """Write-then-rename the weights and shape (``meta`` beside them as JSON)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     first = model.net.body[0]
     last = model.net.body[2]
     assert isinstance(first, nn.Linear)
@@ -325,7 +327,3 @@ def load_model(path: Path) -> DpRewardModel:
     net = RewardNet(int(state["n_features"]), int(state["n_actions"]), int(state["hidden"]))
     net.load_state_dict(state["state_dict"])
     return DpRewardModel(net, float(state["reward_scale"]))
-
-
-def _safe(run_key: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in run_key)

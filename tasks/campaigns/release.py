@@ -28,6 +28,7 @@ from typing import Final
 
 import numpy as np
 
+from tasks.campaigns.contracts import run_folder
 from tasks.config import Settings
 from tasks.privacy.accounting import LEDGER_ACCOUNTANT, DiscreteGaussianCountMechanism, compose_epsilon
 
@@ -163,9 +164,7 @@ def release_charged(
     from tasks.privacy.policy import budget_for_run
 
     n_users = len(np.unique(np.asarray(user_ids).astype(str)))
-    folder = (
-        settings.models_dir / "offers" / "".join(c if c.isalnum() or c in "-_." else "_" for c in run_key)
-    )
+    folder = run_folder(settings, run_key)
     ledger = open_ledger(settings)
     try:
         delta = budget_for_run(ledger, settings, n_users=n_users).delta
