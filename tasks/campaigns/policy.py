@@ -2,9 +2,9 @@
 
 The policy explores, so that the logs it produces stay usable for off-policy evaluation: every action
 keeps a probability of at least ``epsilon / n_actions`` (overlap for any later target).  Greedy (best
-score, ties split evenly) or softmax over the scores, mixed with ``epsilon`` uniform.  The reward model
-is the non-private :class:`tasks.campaigns.reward.PerActionRidge` for now; the DP-SGD one (Opacus,
-ledger charge) is not built yet.
+score, ties split evenly) or softmax over the scores, mixed with ``epsilon`` uniform.  :func:`fit_offer_policy` fits
+the non-private :class:`tasks.campaigns.reward.PerActionRidge` (the reference); the pipeline scores
+with the user-level DP-SGD model of :mod:`tasks.campaigns.dp_reward`.
 """
 
 from __future__ import annotations

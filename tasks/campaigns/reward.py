@@ -2,7 +2,8 @@
 
 Doubly robust estimation (:func:`tasks.campaigns.ope.doubly_robust`) takes their predictions, fitted
 out of fold (:func:`cross_fitted_rewards`); the offer policy (:mod:`tasks.campaigns.policy`) scores
-actions with them.  Non-private so far: the DP-SGD version (Opacus, ledger charge) is not built yet.
+actions with them.  These are non-private and stay inside the trust boundary; the policy's
+user-level DP-SGD model is :mod:`tasks.campaigns.dp_reward`.
 """
 
 from __future__ import annotations

@@ -50,15 +50,19 @@ def test_dp_model_at_epsilon_8_beats_uniform_logging_and_its_charge_verifies(sho
     examples = dp_reward.group_by_user(
         population.user_id[log.users], features[log.users], log.actions, log.rewards, config.cap_k
     )
-    trained = dp_reward.train_charged(
-        settings,
-        run_key="offers-test-1",
-        examples=examples,
-        n_actions=population.n_actions,
-        data_window=WINDOW,
-        epsilon=8.0,
-        config=config,
-    )
+
+    def train() -> dp_reward.ChargedModel:
+        return dp_reward.train_charged(
+            settings,
+            run_key="offers-test-1",
+            examples=examples,
+            n_actions=population.n_actions,
+            data_window=WINDOW,
+            epsilon=8.0,
+            config=config,
+        )
+
+    trained = train()
     learned = policy.OfferPolicy(trained.model, epsilon=0.1).probabilities(features)
     uniform_value = simulator.true_value(population, simulator.uniform(population))
     assert simulator.true_value(population, learned) > uniform_value + 0.5
@@ -84,14 +88,6 @@ def test_dp_model_at_epsilon_8_beats_uniform_logging_and_its_charge_verifies(sho
     assert result.charges_checked == 1
 
     with pytest.raises(RuntimeError, match="already committed"):
-        dp_reward.train_charged(
-            settings,
-            run_key="offers-test-1",
-            examples=examples,
-            n_actions=population.n_actions,
-            data_window=WINDOW,
-            epsilon=8.0,
-            config=config,
-        )
+        train()  # the same run again: its charge is spent
     reloaded = dp_reward.load_model(Path(trained.model_path))
     np.testing.assert_allclose(reloaded.predict(features[:5]), trained.model.predict(features[:5]), rtol=1e-6)
