@@ -11,7 +11,9 @@ the trust boundary; `release_estimates` lets them out only through a DP release 
 charge (`SHOPREC_OFFER_RELEASE_EPSILON`). `register_policy` registers `shoprec-offer-policy` in
 MLflow (alias `challenger`) and promotes it to `champion` only when the lower bound of its released
 incremental profit beats the running policy's and its expected redemption cost fits
-`SHOPREC_OFFER_DAILY_COST_BUDGET`; the decision and its reasons are the version's `gate.*` tags.
+`SHOPREC_OFFER_DAILY_COST_BUDGET`; the decision and its reasons are the version's `gate.*` tags. `publish_offers` writes a promoted
+policy's offer per customer to the Feast view `user_offers` (service `offers_v1`, read by
+`shoprec offer USER`).
 """
 
 from __future__ import annotations
@@ -74,10 +76,17 @@ def train_offer_policy() -> None:
 
         return register(get_settings(), run_id, trained, released)
 
+    @task(multiple_outputs=False)
+    def publish_offers(registration: dict, *, run_id=None, data_interval_end=None) -> int:  # type: ignore[no-untyped-def]
+        from tasks.campaigns.pipeline import publish_if_promoted
+        from tasks.config import get_settings
+
+        return publish_if_promoted(get_settings(), run_id, registration, data_interval_end)
+
     validated = validate_exposures()
     trained = train_reward_model(validated)
     evaluated = evaluate_policies(build_candidate(trained))
-    register_policy(trained, release_estimates(validated, evaluated))
+    publish_offers(register_policy(trained, release_estimates(validated, evaluated)))
 
 
 train_offer_policy()

@@ -357,3 +357,15 @@ def register_policy(
         client.set_registered_model_alias(name, CHAMPION, version)
     log.info("offer policy %s version %s: %s", name, version, "; ".join(decision.reasons))
     return {"version": version, "promoted": decision.promote, "reasons": list(decision.reasons)}
+
+
+def publish_if_promoted(
+    settings: Settings, run_key: str, registration: dict[str, Any], at: dt.datetime
+) -> int:
+    """Publish the promoted policy's offers to Feast (``offers_v1``); 0 when the gate refused."""
+    if not registration["promoted"]:
+        log.info("offer policy version %s not promoted: nothing published", registration["version"])
+        return 0
+    from tasks.campaigns.serving import publish_offers
+
+    return publish_offers(settings, run_key, str(registration["version"]), at)

@@ -108,7 +108,7 @@ def _alias(settings: Settings, alias: str) -> str | None:
 @pytest.mark.parametrize("logging", ["uniform", "near_oracle"])
 def test_every_task_succeeds(runs: dict[str, Any], logging: str) -> None:
     states = runs[logging]["states"]
-    assert len(states) == 6
+    assert len(states) == 7
     assert set(states.values()) == {"success"}
 
 
@@ -156,3 +156,30 @@ def test_training_and_release_are_each_charged_once_and_the_ledger_verifies(
     assert float(tags["privacy.training_epsilon"]) == pytest.approx(epsilons["offer_reward_dp_sgd"], abs=1e-4)
     assert tags["privacy.unit"] == "user"
     assert verify_settings(settings).ok
+
+
+def test_promoted_policy_is_published_and_shoprec_offer_reads_it(runs: dict[str, Any]) -> None:
+    """Every customer of the uniform campaign gets an offer under version 1 through ``offers_v1``; the
+    CLI prints it; the refused policy published nothing."""
+    from typer.testing import CliRunner
+
+    from tasks.campaigns.serving import NoOffer, offer_for
+    from tasks.cli import app
+
+    settings = runs["uniform"]["settings"]
+    customers = pd.read_parquet(settings.campaigns_dir / "customers.parquet")["user_id"]
+    offer = offer_for(settings, str(customers.iloc[0]))
+    assert offer.model_version == "1"
+    assert offer.offer_id in {"no_offer", "pct10", "amt5", "free_ship", "promo_home"}
+    assert 0.9 < offer.probability <= 1.0  # greedy with 10% exploration over 5 actions: 0.92
+    published = pd.read_parquet(next((settings.features_dir / "user_offers").glob("*.parquet")))
+    assert len(published) == len(customers)
+    with pytest.MonkeyPatch.context() as mp:
+        only_shoprec_env(mp, {"SHOPREC_HOME": str(settings.home)})
+        result = CliRunner().invoke(app, ["offer", str(customers.iloc[0])])
+        unknown = CliRunner().invoke(app, ["offer", "nobody-like-this"])
+    assert result.exit_code == 0, result.output
+    assert f"{offer.offer_id} (policy probability 0.92" in result.output
+    assert unknown.exit_code == 1
+    with pytest.raises(NoOffer, match="not registered"):
+        offer_for(runs["near_oracle"]["settings"], str(customers.iloc[0]))
