@@ -1,6 +1,6 @@
 """train_offer_policy through real Airflow (``dag.test()``), GX, Opacus, OpenDP, the ledger and MLflow.
 
-Two simulated campaigns on the default shop (1,500 customers, 20,000 logged decisions each), each in
+Two simulated campaigns on the default shop (1,500 customers, 40,000 logged decisions each), each in
 its own SHOPREC_HOME, whose best policy is known from the simulator's truth:
 
 * **uniform logging** (true value 2.778 per customer, offering to nobody 2.682): a policy learned from
@@ -40,7 +40,7 @@ def _write_campaign(settings: Settings, logging: str) -> float:
     probs = (
         simulator.uniform(population) if logging == "uniform" else explore(simulator.oracle(population), 0.2)
     )
-    decisions = simulator.draw_decisions(population, probs, 20_000, np.random.default_rng(5))
+    decisions = simulator.draw_decisions(population, probs, 40_000, np.random.default_rng(5))
     exposures = simulator.exposures_frame(
         population,
         decisions,
