@@ -30,6 +30,7 @@ import numpy as np
 
 from tasks.campaigns.contracts import run_folder
 from tasks.config import Settings
+from tasks.permissions import private_dir
 from tasks.privacy.accounting import LEDGER_ACCOUNTANT, DiscreteGaussianCountMechanism, compose_epsilon
 
 PURPOSE: Final = "offer_ope_release"
@@ -159,7 +160,6 @@ def release_charged(
     """Reserve the release on the ledger (purpose :data:`PURPOSE`, the scope's delta), draw it once and
     commit the charge with the file holding it; a retried attempt reads that file back instead of
     drawing again under the same charge."""
-    from tasks.permissions import private_dir
     from tasks.privacy.ledger_key import open_ledger
     from tasks.privacy.policy import budget_for_run
 
