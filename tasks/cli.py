@@ -199,6 +199,16 @@ def recommend(
 
 
 @app.command()
+def offer(
+    user: Annotated[str, typer.Argument(help="Customer id as in the exposures (pseudonym).")],
+) -> None:
+    """Print the offer the champion offer policy published for a customer, with its expected gain."""
+    from tasks.campaigns.serving import offer_for
+
+    console.print(offer_for(get_settings(), user).describe())
+
+
+@app.command()
 def search(
     query: Annotated[str, typer.Argument(help="What to look for, in words.")],
     user: Annotated[str | None, typer.Option(help="Personalise for this customer id or pseudonym.")] = None,

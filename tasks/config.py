@@ -185,6 +185,39 @@ class Settings(BaseSettings):
         default=24.0, ge=0.0, description="train_recommender skips data less this much newer than the last."
     )
 
+    # --- campaigns (offer policy, issue #18) ---------------------------------------------------
+    offer_registered_model_name: str = "shoprec-offer-policy"
+    offer_training_epsilon: float = Field(
+        default=2.0, gt=0, description="User-level epsilon one DP-SGD offer reward model may add (ledger)."
+    )
+    offer_release_epsilon: float = Field(
+        default=1.0,
+        gt=0,
+        description="User-level epsilon of one DP release of off-policy estimates (ledger).",
+    )
+    offer_release_clip: float = Field(
+        default=30.0,
+        gt=0,
+        description="Bound on one user's mean per-decision term in a DP release of estimates.",
+    )
+    offer_exploration: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="Share of decisions the offer policy takes uniformly at random.",
+    )
+    offer_log_days: int = Field(
+        default=28, ge=1, description="Days of exposures one offer-policy run learns from."
+    )
+    offer_daily_audience: int = Field(
+        default=1000, ge=1, description="Customers one day's campaign decides for (the plan, public)."
+    )
+    offer_daily_cost_budget: float = Field(
+        default=5000.0,
+        ge=0.0,
+        description="Most the promoted policy may spend on redemptions per day (expected).",
+    )
+
     @model_validator(mode="after")
     def _no_reproducible_noise_in_production(self) -> Settings:
         self.test_noise_seed()
@@ -222,6 +255,11 @@ class Settings(BaseSettings):
     @property
     def events_dir(self) -> Path:
         return self.lake_dir / "events"
+
+    @property
+    def campaigns_dir(self) -> Path:
+        """``offers.parquet``, ``customers.parquet`` (features per customer), ``exposures/*.parquet``."""
+        return self.lake_dir / "campaigns"
 
     @property
     def items_dir(self) -> Path:

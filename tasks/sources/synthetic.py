@@ -58,6 +58,7 @@ _CATEGORIES: Final[dict[str, tuple[float, tuple[str, ...]]]] = {
         ("Phone Stand", "Charging Cable", "Earphones", "Speaker", "Power Bank", "Desk Lamp"),
     ),
 }
+CATEGORY_NAMES: Final[tuple[str, ...]] = tuple(_CATEGORIES)
 _ADJECTIVES: Final = (
     "Vintage", "Retro", "Classic", "Rustic", "Scandi", "Floral", "Striped", "Spotty", "Pastel", "Modern",
     "Handmade", "Mini", "Large", "Travel", "Deluxe",
@@ -237,15 +238,26 @@ def _simulate_day(
     return out
 
 
+def _shop(config: SyntheticConfig) -> tuple[np.random.Generator, _Catalog, _Users]:
+    """The shop's generator (seeded by ``config.seed``), catalog and customers, drawn in that order."""
+    rng = np.random.default_rng(config.seed)
+    catalog = _catalog(config, rng)
+    return rng, catalog, _users(config, rng)
+
+
+def shop_customers(config: SyntheticConfig) -> _Users:
+    """The customers :func:`generate` simulates for ``config``: the same raw ids, countries, join days,
+    activity (mean sessions factor) and category affinities (rows over :data:`CATEGORY_NAMES`)."""
+    return _shop(config)[2]
+
+
 def generate(config: SyntheticConfig, landing_dir: Path) -> SourceManifest:
     """Simulate ``config.days`` days from ``config.start`` and write one landing folder per day.
 
     Each day folder holds ``events.parquet`` and, on days when items first appear, ``items.parquet``.
     Rewriting replaces those day folders atomically; other days in ``landing_dir`` are left untouched.
     """
-    rng = np.random.default_rng(config.seed)
-    catalog = _catalog(config, rng)
-    users = _users(config, rng)
+    rng, catalog, users = _shop(config)
     origin = pd.Timestamp(config.start, tz="UTC")
     frames = []
     for day_index in range(config.days):

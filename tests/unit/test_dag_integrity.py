@@ -19,6 +19,7 @@ EXPECTED_DAGS = {
     "train_recommender",
     "publish_recommendations",
     "privacy_audit",
+    "train_offer_policy",
 }
 HEAVY_MODULES = ("torch", "feast", "mlflow", "great_expectations", "opacus", "transformers", "sklearn")
 

@@ -1,0 +1,185 @@
+"""train_offer_policy through real Airflow (``dag.test()``), GX, Opacus, OpenDP, the ledger and MLflow.
+
+Two simulated campaigns on the default shop (1,500 customers, 40,000 logged decisions each), each in
+its own SHOPREC_HOME, whose best policy is known from the simulator's truth:
+
+* **uniform logging** (true value 2.778 per customer, offering to nobody 2.682): a policy learned from
+  the log is worth more than the running one, and the gate promotes it;
+* **logging by a near-oracle** (the oracle's best action, 20% uniform exploration: true value about
+  5.41): no policy the reward model can learn beats it, and the gate refuses.
+
+Training at epsilon 8 and the release at epsilon 4 (user level, ledger-charged, each run's own ledger).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers_settings import only_shoprec_env
+
+from tasks.config import Settings, get_settings
+
+pytestmark = pytest.mark.integration
+
+DAG_FILE = Path(__file__).resolve().parents[2] / "dags" / "train_offer_policy.py"
+DAY = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
+
+
+def _write_campaign(settings: Settings, logging: str) -> float:
+    """Offers, customers' features and one day of exposures logged by ``logging``; returns the
+    logging policy's true value per customer."""
+    from tasks.campaigns import simulator
+    from tasks.campaigns.policy import explore
+
+    population = simulator.build_population(np.random.default_rng(1))
+    probs = (
+        simulator.uniform(population) if logging == "uniform" else explore(simulator.oracle(population), 0.2)
+    )
+    decisions = simulator.draw_decisions(population, probs, 40_000, np.random.default_rng(5))
+    exposures = simulator.exposures_frame(
+        population,
+        decisions,
+        policy_name=logging,
+        policy_version="1",
+        start=DAY,
+        rng=np.random.default_rng(6),
+    )
+    folder = settings.campaigns_dir
+    (folder / "exposures").mkdir(parents=True)
+    population.offers_frame().to_parquet(folder / "offers.parquet", index=False)
+    customers = pd.DataFrame(population.features(), columns=list(simulator.FEATURE_NAMES))
+    customers.insert(0, "user_id", population.user_id)
+    customers.to_parquet(folder / "customers.parquet", index=False)
+    exposures.to_parquet(folder / "exposures" / "2026-11-28.parquet", index=False)
+    return simulator.true_value(population, probs)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, airflow_home: Path) -> dict[str, Any]:
+    from airflow.dag_processing.dagbag import DagBag
+
+    out: dict[str, Any] = {}
+    for logging in ("uniform", "near_oracle"):
+        env = {
+            "SHOPREC_HOME": str(tmp_path_factory.mktemp(logging) / "shoprec"),
+            "SHOPREC_PRIVACY_EPSILON_CAP": "20",
+            "SHOPREC_OFFER_TRAINING_EPSILON": "8",
+            "SHOPREC_OFFER_RELEASE_EPSILON": "4",
+        }
+        with pytest.MonkeyPatch.context() as mp:
+            only_shoprec_env(mp, env)
+            settings = get_settings()
+            truth = _write_campaign(settings, logging)
+            bag = DagBag(dag_folder=str(DAG_FILE))
+            assert bag.import_errors == {}
+            run = bag.get_dag("train_offer_policy").test(logical_date=DAY + dt.timedelta(days=1))
+            # read now: a later dag.test() of the same logical date replaces this run in Airflow's DB
+            states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+            out[logging] = {"settings": settings, "states": states, "truth": truth}
+    return out
+
+
+def _version(settings: Settings) -> Any:
+    from tasks.registry import client
+
+    versions = client(settings).search_model_versions(f"name = '{settings.offer_registered_model_name}'")
+    assert len(versions) == 1
+    return versions[0]
+
+
+def _alias(settings: Settings, alias: str) -> str | None:
+    import mlflow
+
+    from tasks.registry import client
+
+    try:
+        return str(
+            client(settings).get_model_version_by_alias(settings.offer_registered_model_name, alias).version
+        )
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+@pytest.mark.parametrize("logging", ["uniform", "near_oracle"])
+def test_every_task_succeeds(runs: dict[str, Any], logging: str) -> None:
+    states = runs[logging]["states"]
+    assert len(states) == 7
+    assert set(states.values()) == {"success"}
+
+
+def test_policy_learned_from_uniform_logging_is_promoted(runs: dict[str, Any]) -> None:
+    settings = runs["uniform"]["settings"]
+    assert runs["uniform"]["truth"] == pytest.approx(2.778, abs=1e-3)
+    tags = _version(settings).tags
+    assert tags["gate.decision"] == "promoted", tags["gate.reasons"]
+    assert float(tags["gate.candidate_incremental_low"]) > float(tags["gate.running_incremental"])
+    assert _alias(settings, "champion") == "1"
+    assert _alias(settings, "challenger") == "1"
+
+
+def test_near_oracle_running_policy_is_not_replaced(runs: dict[str, Any]) -> None:
+    settings = runs["near_oracle"]["settings"]
+    assert runs["near_oracle"]["truth"] > 5.0  # a learned policy (about 3.9 at best here) cannot beat it
+    tags = _version(settings).tags
+    assert tags["gate.decision"] == "rejected"
+    assert "does not beat the running policy" in tags["gate.reasons"]
+    assert _alias(settings, "champion") is None
+    assert _alias(settings, "challenger") == "1"
+
+
+@pytest.mark.parametrize("logging", ["uniform", "near_oracle"])
+def test_training_and_release_are_each_charged_once_and_the_ledger_verifies(
+    runs: dict[str, Any], logging: str
+) -> None:
+    from tasks.privacy import Ledger
+    from tasks.privacy.verify import verify_settings
+
+    settings = runs[logging]["settings"]
+    ledger = Ledger(settings.resolved_ledger_url)
+    try:
+        charges = ledger.charges(settings.privacy_scope)
+    finally:
+        ledger.close()
+    assert sorted((c.purpose, str(c.status)) for c in charges) == [
+        ("offer_ope_release", "committed"),
+        ("offer_reward_dp_sgd", "committed"),
+    ]
+    epsilons = {c.purpose: c.epsilon for c in charges}
+    assert 7.5 < epsilons["offer_reward_dp_sgd"] <= 8.0 + 1e-6
+    assert epsilons["offer_ope_release"] == pytest.approx(4.0, rel=1e-3)
+    tags = _version(settings).tags
+    assert float(tags["privacy.training_epsilon"]) == pytest.approx(epsilons["offer_reward_dp_sgd"], abs=1e-4)
+    assert tags["privacy.unit"] == "user"
+    assert verify_settings(settings).ok
+
+
+def test_promoted_policy_is_published_and_shoprec_offer_reads_it(runs: dict[str, Any]) -> None:
+    """Every customer of the uniform campaign gets an offer under version 1 through ``offers_v1``; the
+    CLI prints it; the refused policy published nothing."""
+    from typer.testing import CliRunner
+
+    from tasks.campaigns.serving import NoOffer, offer_for
+    from tasks.cli import app
+
+    settings = runs["uniform"]["settings"]
+    customers = pd.read_parquet(settings.campaigns_dir / "customers.parquet")["user_id"]
+    offer = offer_for(settings, str(customers.iloc[0]))
+    assert offer.model_version == "1"
+    assert offer.offer_id in {"no_offer", "pct10", "amt5", "free_ship", "promo_home"}
+    assert 0.9 < offer.probability <= 1.0  # greedy with 10% exploration over 5 actions: 0.92
+    published = pd.read_parquet(next((settings.features_dir / "user_offers").glob("*.parquet")))
+    assert len(published) == len(customers)
+    with pytest.MonkeyPatch.context() as mp:
+        only_shoprec_env(mp, {"SHOPREC_HOME": str(settings.home)})
+        result = CliRunner().invoke(app, ["offer", str(customers.iloc[0])])
+        unknown = CliRunner().invoke(app, ["offer", "nobody-like-this"])
+    assert result.exit_code == 0, result.output
+    assert f"{offer.offer_id} (policy probability 0.92" in result.output
+    assert unknown.exit_code == 1
+    with pytest.raises(NoOffer, match="not registered"):
+        offer_for(runs["near_oracle"]["settings"], str(customers.iloc[0]))
