@@ -4,7 +4,7 @@ model and user-level DP-SGD models at several epsilons, with and without the own
 Protocol (:mod:`tasks.evaluation`): temporal split at the data's end ``as_of`` with
 :meth:`tasks.training.Cuts.from_end`: test truth ``[as_of - W, as_of)`` (W = 28 days on Online Retail
 II, 7 days on the 45-day synthetic shop), blend tuning on the W days before; the training set is built
-as ``run_training`` builds it (:func:`tasks.training.per_user_cuts`: each user's state at their own cut,
+as ``run_training`` builds it (:func:`tasks.dataset.per_user_cuts`: each user's state at their own cut,
 labels from the cut to the validation cut), with the state computed from the events instead of Feast.
 Full ranking over the catalog, variant A (repeats included) and B (only items new to the user).
 
@@ -92,7 +92,7 @@ def per_user_training_set(
     events: pd.DataFrame, end: pd.Timestamp, history: int
 ) -> tuple[pd.DataFrame, dict[str, list[str]]]:
     """(state, labels) as ``run_training`` builds them, each user's state at their own cut."""
-    from tasks.training import per_user_cuts, purchases_after_cuts, user_state_at
+    from tasks.dataset import per_user_cuts, purchases_after_cuts, user_state_at
 
     user_cuts = per_user_cuts(events, end)
     parts = []
@@ -160,24 +160,21 @@ def evaluate_dataset(name: str, events: pd.DataFrame, items: pd.DataFrame, plan:
     import torch
 
     from tasks.baselines import broadcast, buy_again_scores, cooccurrence_scores, popularity_counts
-    from tasks.embeddings import embed_items, load_pretrained_encoder
-    from tasks.evaluation import evaluate_scores, temporal_split, tune_blend
-    from tasks.model import (
+    from tasks.catalog import (
         BlendWeights,
-        Recommender,
         blend_scores,
         build_item_catalog,
-        content_affinity,
         history_positions,
         own_purchase_matrix,
-        text_neighbours,
     )
+    from tasks.dataset import INTERACTIONS, Cuts
+    from tasks.embeddings import embed_items, load_pretrained_encoder
+    from tasks.evaluation import evaluate_scores, temporal_split, tune_blend
+    from tasks.model import Recommender, content_affinity, text_neighbours
     from tasks.training import (
-        INTERACTIONS,
         POPULARITY_CAP,
         POPULARITY_DAYS,
         POPULARITY_NOISE,
-        Cuts,
         TrainConfig,
         build_examples,
         noise_for_budget,

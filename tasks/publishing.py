@@ -374,7 +374,8 @@ def scoring_catalog(recommender: Recommender, items: pd.DataFrame) -> ScoringCat
     """
     import torch
 
-    from tasks.model import ItemCatalog, TwoTower
+    from tasks.catalog import ItemCatalog
+    from tasks.model import TwoTower
 
     known = recommender.catalog
     frame = items.dropna(subset=["embedding"]).sort_values("item_id", kind="stable")
@@ -791,8 +792,9 @@ def run_publish(
 
     import torch
 
+    from tasks.catalog import blend_scores
     from tasks.feast_store import apply_definitions, get_store
-    from tasks.model import blend_scores, content_affinity, text_neighbours
+    from tasks.model import content_affinity, text_neighbours
 
     rules = rules or PublishRules(k=settings.top_k)
     if scoring_time.tzinfo is None:

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tasks.catalog import BlendWeights, build_item_catalog
 from tasks.code_version import code_version
 from tasks.config import Profile, Settings
 from tasks.features import (
@@ -22,7 +23,7 @@ from tasks.features import (
     user_features_dir,
     write_table,
 )
-from tasks.model import BlendWeights, Recommender, build_item_catalog, build_model
+from tasks.model import Recommender, build_model
 from tasks.privacy.accounting import DiscreteGaussianCountMechanism
 from tasks.publishing import SERVICE_NAME_DEFAULT, offline_path, offline_root, read_offline_copy, run_publish
 

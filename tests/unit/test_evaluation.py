@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tasks.catalog import ItemCatalog, blend_scores
 from tasks.evaluation import EvalSplit, evaluate_scores, ranking_metrics, tune_blend
-from tasks.model import ItemCatalog, blend_scores
 from tasks.registry import decide_promotion
 
 

@@ -11,18 +11,17 @@ import pytest
 import torch
 from helpers_settings import tiny_catalog
 
-from tasks.model import ItemCatalog, build_model
+from tasks.catalog import ItemCatalog
+from tasks.dataset import per_user_cuts, purchases_after_cuts, user_state_at
+from tasks.model import build_model
 from tasks.training import (
     TrainConfig,
     UserExamples,
     UserSoftmaxLoss,
     make_private_trainer,
     noise_for_budget,
-    per_user_cuts,
-    purchases_after_cuts,
     rdp_epsilon,
     train,
-    user_state_at,
 )
 
 N_ITEMS = 30
