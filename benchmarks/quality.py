@@ -92,7 +92,8 @@ def per_user_training_set(
     events: pd.DataFrame, end: pd.Timestamp, history: int
 ) -> tuple[pd.DataFrame, dict[str, list[str]]]:
     """(state, labels) as ``run_training`` builds them, each user's state at their own cut."""
-    from tasks.dataset import per_user_cuts, purchases_after_cuts, user_state_at
+    from tasks.dataset import per_user_cuts, purchases_after_cuts
+    from tasks.features import user_state_at
 
     user_cuts = per_user_cuts(events, end)
     parts = []

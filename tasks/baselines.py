@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.catalog import PAD, ItemCatalog, own_purchase_matrix
-from tasks.dataset import PURCHASE
+from tasks.contracts import PURCHASE
 from tasks.evaluation import EvalSplit
 
 

@@ -54,6 +54,7 @@ import pyarrow.parquet as pq
 from tasks.config import Profile, Settings
 from tasks.features import (
     COUNT_COLUMNS,
+    USER_FEATURES_SCHEMA,
     item_features_path,
     user_features_dir,
 )
@@ -71,15 +72,9 @@ OFFLINE_ONLY_VIEWS: Final = frozenset({ITEM_POPULARITY})
 RECOMMENDER_SERVICE: Final = "recommender_v1"
 ITEM_SERVICE: Final = "item_catalog_v1"
 EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-USER_FIELDS: Final = (
-    *COUNT_COLUMNS,
-    "spend_30d",
-    "avg_basket_value_30d",
-    "days_since_last_purchase",
-    "top_categories",
-    "recent_items",
-    "purchased_items",
-    "purchased_counts",
+# the user feature columns Feast serves: the snapshot schema less its keys
+USER_FIELDS: Final = tuple(
+    f.name for f in USER_FEATURES_SCHEMA if f.name not in ("user_id", "event_timestamp")
 )
 
 

@@ -12,7 +12,8 @@ import torch
 from helpers_settings import tiny_catalog
 
 from tasks.catalog import ItemCatalog
-from tasks.dataset import per_user_cuts, purchases_after_cuts, user_state_at
+from tasks.dataset import per_user_cuts, purchases_after_cuts
+from tasks.features import user_state_at
 from tasks.model import build_model
 from tasks.training import (
     TrainConfig,
@@ -144,6 +145,7 @@ def test_user_state_at_uses_only_events_before_the_cut() -> None:
     ts = pd.to_datetime(["2024-01-01", "2024-01-05", "2024-01-09", "2024-01-20"], utc=True)
     events = pd.DataFrame(
         {
+            "event_id": ["e1", "e2", "e3", "e4"],
             "user_id": ["u", "u", "u", "u"],
             "item_id": ["a", "b", "a", "c"],
             "event_type": ["purchase", "view", "purchase", "purchase"],
