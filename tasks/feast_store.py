@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -50,8 +51,9 @@ from urllib.parse import urlparse
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+import yaml
 
-from tasks.config import Profile, Settings
+from tasks.config import Profile, Settings, get_settings
 from tasks.features import (
     COUNT_COLUMNS,
     USER_FEATURES_SCHEMA,
@@ -210,9 +212,6 @@ def build_definitions(features_dir: Path) -> FeastDefinitions:
 def repo_settings() -> Settings:
     """Settings for the ``feature_repo/`` files run by the Feast CLI: ``SHOPREC_HOME`` when set, else
     the checkout's ``.shoprec`` (the Makefile's default, which ``feature_store.yaml`` points at)."""
-    import os
-
-    from tasks.config import get_settings
 
     if os.environ.get("SHOPREC_HOME"):
         return get_settings()
@@ -273,7 +272,6 @@ def get_store(settings: Settings) -> FeatureStore:
 
 def write_repo_yaml(settings: Settings) -> Path:
     """Write ``feast_dir/repo/feature_store.yaml`` for the CLI (``feast -c DIR serve``); return DIR."""
-    import yaml
 
     folder = settings.feast_dir / "repo"
     folder.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import os
+import secrets
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +45,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tasks.catalog import ItemCatalog, blend_scores
 from tasks.code_version import code_version
 from tasks.config import Settings
+from tasks.feast_store import apply_definitions, build_definitions, get_store
+from tasks.features import item_features_path, read_events, user_features_dir
+from tasks.privacy import ChargeStatus, popularity_mechanism, release_dp_popularity
+from tasks.privacy.anchors import write_anchor_file
+from tasks.privacy.ledger_key import open_ledger
+from tasks.privacy.policy import budget_for_run
 
 if TYPE_CHECKING:
     import torch
@@ -374,7 +384,6 @@ def scoring_catalog(recommender: Recommender, items: pd.DataFrame) -> ScoringCat
     """
     import torch
 
-    from tasks.catalog import ItemCatalog
     from tasks.model import TwoTower
 
     known = recommender.catalog
@@ -501,7 +510,6 @@ def recommendations_service(view: Any, tags: dict[str, str]) -> Any:
 
 def recommendation_objects(settings: Settings) -> list[Any]:
     """Both slot views (no service: :func:`publish_online` applies it when it switches)."""
-    from tasks.feast_store import build_definitions
 
     user = build_definitions(settings.features_dir).user
     source = recommendations_source(settings)
@@ -638,8 +646,6 @@ def country_popularity(
     scope's delta, privacy unit = user.  Every release has its own charge: when the cache is missing
     a new charge is reserved (:func:`_release_country_popularity`), never an earlier one reused.
     """
-    from tasks.privacy.ledger_key import open_ledger
-
     countries = sorted(settings.publish_countries)
     if not countries:
         return {}
@@ -678,13 +684,6 @@ def _release_country_popularity(
     charge is committed before the file appears, so a charge left ``reserved`` (a crash between
     reserve and commit) has no release on disk; on an exception before the commit it is released.
     """
-    import hashlib
-    import secrets
-
-    from tasks.privacy import ChargeStatus, popularity_mechanism, release_dp_popularity
-    from tasks.privacy.anchors import write_anchor_file
-    from tasks.privacy.policy import budget_for_run
-
     end = pd.Timestamp(scoring_time).tz_convert("UTC")
     window = events[
         (events["event_type"] == "purchase")
@@ -758,7 +757,6 @@ def scoring_time_for_days(days: Sequence[str]) -> dt.datetime:
 
 
 def _user_snapshot(settings: Settings, scoring_time: dt.datetime) -> pd.DataFrame:
-    from tasks.features import user_features_dir
 
     day = (scoring_time.astimezone(dt.UTC) - dt.timedelta(days=1)).date()
     path = user_features_dir(settings) / f"{day.isoformat()}.parquet"
@@ -768,7 +766,6 @@ def _user_snapshot(settings: Settings, scoring_time: dt.datetime) -> pd.DataFram
 
 
 def _current_items(settings: Settings) -> pd.DataFrame:
-    from tasks.features import item_features_path
 
     return pq.read_table(item_features_path(settings)).to_pandas()
 
@@ -788,12 +785,8 @@ def run_publish(
     ``models:/<name>@champion``). Writes the audit parquet (temp file, rename) before the online
     blue/green write and switch. Same model and scoring time: same rows, same bytes.
     """
-    import time
-
     import torch
 
-    from tasks.catalog import blend_scores
-    from tasks.feast_store import apply_definitions, get_store
     from tasks.model import content_affinity, text_neighbours
 
     rules = rules or PublishRules(k=settings.top_k)
@@ -863,8 +856,6 @@ def run_publish(
     lists = {GLOBAL: popularity_top_k(popular, rules=rules, category=catalog.category)}
     countries: dict[str, str] = {}
     if settings.publish_countries:
-        from tasks.features import read_events
-
         events = read_events(settings, until=(scoring_time.astimezone(dt.UTC) - dt.timedelta(days=1)).date())
         events = events[events["event_timestamp"] < pd.Timestamp(scoring_time)]
         by_country = country_popularity(
@@ -932,7 +923,6 @@ def resolve_scoring_time(
             days.extend(str(d) for d in (extra.get("partitions") or extra.get("days") or []))
     if days:
         return scoring_time_for_days(days)
-    from tasks.features import user_features_dir
 
     snapshots = sorted(p.stem for p in user_features_dir(settings).glob("*.parquet"))
     if not snapshots:
@@ -943,7 +933,6 @@ def resolve_scoring_time(
 def live_service_definition(settings: Settings) -> Any | None:
     """The registered ``recommendations_v1`` as it is now (for ``feature_repo/``), None before the first
     publish or when the registry cannot be read; lets ``feast apply`` from the folder keep the live slot."""
-    from tasks.feast_store import get_store
 
     try:
         store = get_store(settings)

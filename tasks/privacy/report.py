@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import html
 import json
 import shutil
 from dataclasses import asdict, dataclass
@@ -281,7 +282,6 @@ def _chart(data: dict[str, Any], path: Path) -> None:
 
 
 def _html(markdown: str, chart: Path) -> str:
-    import html
 
     image = base64.b64encode(chart.read_bytes()).decode()
     return (
