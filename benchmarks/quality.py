@@ -11,8 +11,8 @@ Full ranking over the catalog, variant A (repeats included) and B (only items ne
 * data: the full Online Retail II 2009-2010 file through :func:`tasks.sources.load_online_retail`
   (events read straight from the landing files: no pseudonymisation is needed for an offline score),
   and in the full run a synthetic shop of 100,000 users;
-* privacy: delta = 1 / (10 N_users), user-level, RDP accountant (:func:`tasks.training.noise_for_budget`
-  calibrates the noise multiplier for the whole run); the own-history blend uses only the user's own
+* privacy: delta = 1 / (10 N_users), user-level, the ledger's RDP accountant
+  (:func:`tasks.privacy.accounting.noise_for_budget` calibrates the noise multiplier for the whole run); the own-history blend uses only the user's own
   purchases (no privacy cost), so the DP rows' epsilon covers everything they release;
 * the DP popularity baseline is one release of OpenDP's discrete Gaussian (noise multiplier
   ``POPULARITY_NOISE``, at most ``POPULARITY_CAP`` items per user; fresh CSPRNG noise, so it varies
@@ -79,7 +79,7 @@ ORACLE_POPULARITY_WEIGHTS: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16
 def popularity_noise_for(epsilon: float, delta: float, releases: int) -> float:
     """Noise multiplier of ``releases`` discrete Gaussian popularity releases that together spend
     ``epsilon`` (rho-zCDP, the RDP curve of a Gaussian with q = 1, as the ledger composes it)."""
-    from tasks.training import rdp_epsilon
+    from tasks.privacy.accounting import rdp_epsilon
 
     low, high = 0.05, 100.0
     while high - low > 1e-3:
@@ -172,15 +172,14 @@ def evaluate_dataset(name: str, events: pd.DataFrame, items: pd.DataFrame, plan:
     from tasks.embeddings import embed_items, load_pretrained_encoder
     from tasks.evaluation import evaluate_scores, temporal_split, tune_blend
     from tasks.model import Recommender, content_affinity, text_neighbours
+    from tasks.privacy.accounting import noise_for_budget, rdp_epsilon
     from tasks.training import (
         POPULARITY_CAP,
         POPULARITY_DAYS,
         POPULARITY_NOISE,
         TrainConfig,
         build_examples,
-        noise_for_budget,
         popularity_release,
-        rdp_epsilon,
         train,
     )
 

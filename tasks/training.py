@@ -5,8 +5,9 @@ the items they interacted with (``INTERACTIONS``) in the label window after it (
 sampled negatives. Users are
 Poisson-sampled (Opacus ``DPDataLoader``), each user's gradient is clipped to ``max_grad_norm`` as one
 vector (``grad_sample_mode="ghost"``: per-sample gradient norms without materialising per-sample
-gradients), Gaussian noise ``noise_multiplier * max_grad_norm`` is added to the sum, and the RDP
-accountant turns (noise multiplier, sample rate, steps) into (epsilon, delta).
+gradients), Gaussian noise ``noise_multiplier * max_grad_norm`` is added to the sum, and the ledger's
+RDP accountant (:func:`tasks.privacy.accounting.rdp_epsilon`, the orders the ledger composes at) turns
+the steps Opacus recorded (noise multiplier, sample rate, steps) into (epsilon, delta).
 
 Noise nobody can reproduce: the DP-SGD noise generator and the Poisson sampler's generator are seeded
 from OS entropy (:func:`entropy_seed`, 64 bits of ``os.urandom``) for every run and every resumed
@@ -17,8 +18,9 @@ torchcsprng, which is not installed).  Only ``TrainConfig.noise_seed``, set by `
 reproducible.
 
 The noise multiplier is an input: it is calibrated against the budget the privacy ledger grants
-(``tasks.privacy.calibrate_noise_multiplier``), or by :func:`noise_for_budget` when the composition is
-known up front (benchmarks), never by ``make_private_with_epsilon``, which ignores budget already spent.
+(``tasks.privacy.calibrate_noise_multiplier``), or by :func:`tasks.privacy.accounting.noise_for_budget`
+when the composition is known up front (benchmarks), never by ``make_private_with_epsilon``, which
+ignores budget already spent.
 """
 
 from __future__ import annotations
@@ -82,11 +84,14 @@ from tasks.privacy import (
     popularity_mechanism,
     release_dp_popularity,
 )
+from tasks.privacy.accounting import LEDGER_ACCOUNTANT, rdp_epsilon
 from tasks.privacy.ledger_key import open_ledger
 from tasks.privacy.policy import budget_for_run
 
 log = logging.getLogger(__name__)
 
+# Opacus' accountant records the steps (its history, saved in checkpoints); epsilon is computed from
+# that history by the ledger's accountant (tasks.privacy.accounting.rdp_epsilon).
 ACCOUNTANT: Final = "rdp"
 
 
@@ -182,47 +187,6 @@ class UserSoftmaxLoss(nn.Module):
         if self.reduction == "sum":
             return per_user.sum()
         return per_user.mean()
-
-
-# --- accounting -------------------------------------------------------------------------------------
-def rdp_epsilon(history: Sequence[tuple[float, float, int]], delta: float) -> float:
-    """User-level epsilon at ``delta`` of a composition of subsampled Gaussians, RDP accountant.
-
-    ``history``: (noise multiplier, sample rate, steps) per mechanism; a plain Gaussian release (DP
-    popularity counts, say) is ``(sigma / sensitivity, 1.0, 1)``.
-    """
-    from opacus.accountants import RDPAccountant
-
-    accountant = RDPAccountant()
-    accountant.history = [(float(s), float(q), int(n)) for s, q, n in history]
-    return float(accountant.get_epsilon(delta=delta))
-
-
-def noise_for_budget(
-    epsilon: float,
-    delta: float,
-    sample_rate: float,
-    steps: int,
-    *,
-    also: Sequence[tuple[float, float, int]] = (),
-    tolerance: float = 0.005,
-) -> float:
-    """Smallest noise multiplier whose run, composed with the mechanisms in ``also``, stays within
-    (``epsilon``, ``delta``) user-level under the RDP accountant (bisection)."""
-    if rdp_epsilon(list(also), delta) >= epsilon:
-        raise ValueError(f"the other mechanisms alone spend epsilon >= {epsilon} at delta={delta}")
-    low, high = 0.0, 1.0
-    while rdp_epsilon([*also, (high, sample_rate, steps)], delta) > epsilon:
-        low, high = high, high * 2
-        if high > 1e4:
-            raise ValueError("no noise multiplier below 1e4 fits the budget")
-    while high - low > tolerance:
-        mid = (low + high) / 2
-        if rdp_epsilon([*also, (mid, sample_rate, steps)], delta) > epsilon:
-            low = mid
-        else:
-            high = mid
-    return high
 
 
 # --- training ---------------------------------------------------------------------------------------
@@ -413,8 +377,9 @@ def train(
             _save_checkpoint(checkpoint_path, epoch + 1, losses, model, optimizer, engine)
     epsilon = None
     if engine is not None and delta is not None:
-        epsilon = float(engine.accountant.get_epsilon(delta=delta))
-        log.info("user-level epsilon %.3f at delta %.2e (RDP accountant)", epsilon, delta)
+        # the ledger's accountant (its RDP orders) over the steps Opacus recorded: one epsilon formula
+        epsilon = rdp_epsilon(engine.accountant.history, delta)
+        log.info("user-level epsilon %.3f at delta %.2e (%s accountant)", epsilon, delta, LEDGER_ACCOUNTANT)
     model.eval()
     return TrainResult(
         private=config.private,
@@ -426,7 +391,7 @@ def train(
         cap_k=config.cap_k,
         epsilon=epsilon,
         delta=delta if config.private else None,
-        accountant=ACCOUNTANT if config.private else None,
+        accountant=LEDGER_ACCOUNTANT if config.private else None,
         seconds_per_step=busy / max(1, steps),
         epoch_losses=tuple(losses),
         device=str(device),
