@@ -48,9 +48,10 @@ import pyarrow.parquet as pq
 from tasks.catalog import ItemCatalog, blend_scores
 from tasks.code_version import code_version
 from tasks.config import Settings
+from tasks.contracts import PURCHASE
 from tasks.feast_store import apply_definitions, build_definitions, get_store
 from tasks.features import item_features_path, read_events, user_features_dir
-from tasks.privacy import ChargeStatus, popularity_mechanism, release_dp_popularity
+from tasks.privacy import ChargeStatus, PopularityRelease
 from tasks.privacy.anchors import write_anchor_file
 from tasks.privacy.ledger_key import open_ledger
 from tasks.privacy.policy import budget_for_run
@@ -618,9 +619,11 @@ def offline_root(settings: Settings) -> Path:
 
 # --- per-country DP popularity for cold start (one ledger-charged release per champion) ---------------
 COUNTRY_POPULARITY_PURPOSE: Final = "publish_popularity_by_country"
-POPULARITY_NOISE: Final = 4.0  # noise multiplier (sigma / L2 sensitivity), as training's global release
-POPULARITY_CAP: Final = 20  # distinct (country, item) keys one user adds
-POPULARITY_DAYS: Final = 30
+# The per-country DP popularity release of a publish: purchases of the 30 days before the scoring time,
+# at most 20 distinct (country, item) keys per user, noise multiplier 4 (as training's global release).
+COUNTRY_POPULARITY: Final = PopularityRelease(
+    noise_multiplier=4.0, cap_per_user=20, days=30, event_types=(PURCHASE,), by_country=True
+)
 
 
 def user_countries(events: pd.DataFrame) -> dict[str, str]:
@@ -641,8 +644,8 @@ def country_popularity(
     """DP distinct-buyer counts per (country, item) over ``settings.publish_countries``, ``[N]`` each.
 
     Released once per champion version (cached beside the audit copies) and charged to the ledger
-    before it runs: OpenDP's discrete Gaussian of scale POPULARITY_NOISE * sqrt(POPULARITY_CAP), L2
-    sensitivity sqrt(POPULARITY_CAP), rho-zCDP composed by the ledger accountant (opacus-rdp) at the
+    before it runs: :data:`COUNTRY_POPULARITY` (OpenDP's discrete Gaussian of scale noise multiplier *
+    sqrt(cap), L2 sensitivity sqrt(cap)), rho-zCDP composed by the ledger accountant (opacus-rdp) at the
     scope's delta, privacy unit = user.  Every release has its own charge: when the cache is missing
     a new charge is reserved (:func:`_release_country_popularity`), never an earlier one reused.
     """
@@ -685,20 +688,15 @@ def _release_country_popularity(
     reserve and commit) has no release on disk; on an exception before the commit it is released.
     """
     end = pd.Timestamp(scoring_time).tz_convert("UTC")
-    window = events[
-        (events["event_type"] == "purchase")
-        & (events["event_timestamp"] >= end - pd.Timedelta(days=POPULARITY_DAYS))
-        & (events["event_timestamp"] < end)
-    ]
-    sigma = POPULARITY_NOISE * float(np.sqrt(POPULARITY_CAP))
+    window = COUNTRY_POPULARITY.window(events, end)
     n_users = int(events["user_id"].nunique())
     budget_for_run(ledger, settings, n_users=n_users)  # refuses a configuration that disagrees
     known = {c.id for c in ledger.charges(settings.privacy_scope)}
     charge = ledger.reserve(
         scope=settings.privacy_scope,
         run_id=f"publish:{model_version}:{secrets.token_hex(8)}",
-        mechanism=popularity_mechanism(sigma, POPULARITY_CAP),
-        data_window=((end - pd.Timedelta(days=POPULARITY_DAYS)).to_pydatetime(), end.to_pydatetime()),
+        mechanism=COUNTRY_POPULARITY.mechanism(),
+        data_window=(COUNTRY_POPULARITY.start(end).to_pydatetime(), end.to_pydatetime()),
         n_users=n_users,
         code_version=code_version(),
         data_hash=hashlib.sha256(f"{len(window)}|{end.isoformat()}".encode()).hexdigest(),
@@ -710,14 +708,7 @@ def _release_country_popularity(
             f"({charge.status}), which another release holds; refusing a second release under it"
         )
     try:
-        released = release_dp_popularity(
-            window,
-            sigma=sigma,
-            cap_per_user=POPULARITY_CAP,
-            by_country=True,
-            item_ids=list(item_ids),
-            countries=list(countries),
-        )
+        released = COUNTRY_POPULARITY.release(events, end, item_ids=list(item_ids), countries=list(countries))
         ledger.commit(charge.id, model_version=model_version, artifact_uri=cache.as_uri())
         write_anchor_file(settings, f"commit-{charge.id}", ledger.anchor())
     except BaseException:

@@ -34,7 +34,7 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -80,9 +80,8 @@ from tasks.model import (
 from tasks.permissions import private_dir, private_file
 from tasks.privacy import (
     DpSgdMechanism,
+    PopularityRelease,
     calibrate_noise_multiplier,
-    popularity_mechanism,
-    release_dp_popularity,
 )
 from tasks.privacy.accounting import LEDGER_ACCOUNTANT, rdp_epsilon
 from tasks.privacy.ledger_key import open_ledger
@@ -444,11 +443,12 @@ def _load_checkpoint(path: Path, model: TwoTower, optimizer: Any, engine: Any) -
 # --- the train_recommender pipeline step --------------------------------------------------------------
 TRAIN_PURPOSE: Final = "train_recommender"
 POPULARITY_PURPOSE: Final = "dp_popularity"
-POPULARITY_NOISE: Final = 4.0  # noise multiplier of each DP popularity release (sigma / sqrt(cap))
-POPULARITY_CAP: Final = (
-    50  # distinct items one user adds to a popularity release (measured on both data sets)
+# The global DP popularity release of a training run (three of them: validation, test and serving
+# cuts, under one charge): noise multiplier 4, at most 50 distinct items per user (measured on both
+# data sets), the 14 days before the cut (measured better than 30 days on Online Retail II, variant B).
+DP_POPULARITY: Final = PopularityRelease(
+    noise_multiplier=4.0, cap_per_user=50, days=14, event_types=INTERACTIONS
 )
-POPULARITY_DAYS: Final = 14  # recent window: measured better than 30 days on Online Retail II (variant B)
 # DP-SGD: on the default synthetic shop (~940 training users) batch 128 and lr 1e-2 (40 steps) beat
 # batch 64 and lr 3e-3 (75 steps) at the same epsilon: NDCG@10 of the bare DP model 0.32/0.25 vs 0.22/0.18.
 TRAIN_BATCH_SIZE: Final = 128
@@ -517,23 +517,11 @@ def refuse_if_too_many_rejected(settings: Settings, lake_days: Sequence[dt.date]
 
 
 def popularity_release(
-    events: pd.DataFrame, catalog: ItemCatalog, end: pd.Timestamp, noise: float = POPULARITY_NOISE
+    events: pd.DataFrame, catalog: ItemCatalog, end: pd.Timestamp, policy: PopularityRelease = DP_POPULARITY
 ) -> np.ndarray:
-    """DP distinct-user interaction counts over the catalog in the ``POPULARITY_DAYS`` before ``end``,
-    at most ``POPULARITY_CAP`` items per user: OpenDP's discrete Gaussian of scale
-    ``noise * sqrt(POPULARITY_CAP)``, fresh CSPRNG noise every call (ledger-charged by the caller)."""
-    window = events[
-        events["event_type"].isin(list(INTERACTIONS))
-        & (events["event_timestamp"] >= end - pd.Timedelta(days=POPULARITY_DAYS))
-        & (events["event_timestamp"] < end)
-    ]
-    released = release_dp_popularity(
-        window,
-        sigma=noise * float(np.sqrt(POPULARITY_CAP)),
-        cap_per_user=POPULARITY_CAP,
-        by_country=False,
-        item_ids=list(catalog.item_ids),
-    )
+    """``[N]`` DP distinct-user interaction counts over the catalog before ``end`` (``policy``, by
+    default :data:`DP_POPULARITY`), fresh CSPRNG noise every call (ledger-charged by the caller)."""
+    released = policy.release(events, end, item_ids=list(catalog.item_ids))
     return counts_to_catalog(released.rename(columns={"noisy_count": "count"}), catalog)
 
 
@@ -635,10 +623,8 @@ def run_training(settings: Settings, *, run_key: str, code_version: str | None =
         pop_charge = _active_charge(
             ledger, settings.privacy_scope, run_key, POPULARITY_PURPOSE
         ) or ledger.reserve(
-            mechanism=_with_releases(
-                popularity_mechanism(POPULARITY_NOISE * float(np.sqrt(POPULARITY_CAP)), POPULARITY_CAP), 3
-            ),
-            data_window=(cuts.validation - pd.Timedelta(days=POPULARITY_DAYS), cuts.as_of),
+            mechanism=DP_POPULARITY.mechanism(releases=3),
+            data_window=(DP_POPULARITY.start(cuts.validation), cuts.as_of),
             purpose=POPULARITY_PURPOSE,
             **common,
         )
@@ -746,10 +732,6 @@ def run_training(settings: Settings, *, run_key: str, code_version: str | None =
         noise_generator=noise_generator_name(result.device, noise_seed=config.noise_seed),
         rejected_days=",".join(d.isoformat() for d in rejected),
     )
-
-
-def _with_releases(mechanism: Any, releases: int) -> Any:
-    return replace(mechanism, releases=releases)
 
 
 def _safe(run_key: str) -> str:

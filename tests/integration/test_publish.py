@@ -337,7 +337,7 @@ def test_country_popularity_released_again_after_its_cache_is_lost_gets_a_new_ch
 def test_country_popularity_that_fails_before_its_commit_gives_its_charge_back(
     shoprec_home: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tasks.publishing
+    import tasks.privacy.popularity
 
     settings = shoprec_home.model_copy(update={"publish_countries": ("FR", "GB")})
     settings.ensure_dirs()
@@ -346,7 +346,7 @@ def test_country_popularity_that_fails_before_its_commit_gives_its_charge_back(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise OSError("disk gone")
 
-    monkeypatch.setattr(tasks.publishing, "release_dp_popularity", broken)
+    monkeypatch.setattr(tasks.privacy.popularity, "release_dp_popularity", broken)
     with pytest.raises(OSError, match="disk gone"):
         _release_country_popularity(settings)
     (charge,) = _country_charges(settings)
