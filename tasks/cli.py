@@ -100,7 +100,6 @@ def demo(
     ] = None,
 ) -> None:
     """Run the whole pipeline through real Airflow on the embedded profile and print a summary."""
-
     options = DemoOptions(
         source=source.value,
         paths=tuple(path or ()),
@@ -128,7 +127,6 @@ def generate(
     ] = None,
 ) -> None:
     """Write a deterministic synthetic shop into the landing zone, one folder per day."""
-
     settings = get_settings()
     target = landing or settings.landing_dir
     config = SyntheticConfig(
@@ -152,7 +150,6 @@ def load_online_retail(
     ] = None,
 ) -> None:
     """Map UCI Online Retail invoice lines to landing batches and report what was dropped and why."""
-
     settings = get_settings()
     with console.status(f"reading {path}"):
         manifest, report = load(
@@ -177,7 +174,6 @@ def load_files(
     ] = None,
 ) -> None:
     """Load your own contract files into the landing zone, split by UTC day."""
-
     settings = get_settings()
     manifest = load_contract_files(paths, landing or settings.landing_dir)
     console.print(
@@ -192,7 +188,6 @@ def recommend(
     k: Annotated[int, typer.Option(help="How many items to show.")] = 10,
 ) -> None:
     """Print a user's published recommendations, with scores and reasons, from the online store."""
-
     recommend_command(user, k)
 
 
@@ -203,7 +198,6 @@ def search(
     k: Annotated[int, typer.Option(help="How many items to show.")] = 10,
 ) -> None:
     """Semantic product search over the item text vectors, personalised when a user is given."""
-
     search_command(query, user, k)
 
 

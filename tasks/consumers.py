@@ -54,7 +54,6 @@ class Recommendations:
 
 def resolve_user(settings: Settings, user: str) -> str:
     """The pseudonym of ``user``: raw ids are pseudonymised with the ingest key, pseudonyms kept."""
-
     if is_pseudonym(user) or user.startswith(POPULAR_PREFIX):
         return user
     return pseudonymize(user, load_key(settings))
@@ -141,7 +140,6 @@ def search(
     encoder: TextEncoder | None = None,
 ) -> list[tuple[str, str, float]]:
     """Semantic product search: (item_id, title, score), best first; personalised when ``user`` is given."""
-
     encoder = encoder or load_pretrained_encoder()
     query_vector = encoder.encode([query])[0]
     hits = search_items(settings, query_vector, k if user is None else max(k, CANDIDATES))
@@ -157,7 +155,6 @@ def search(
 # --- CLI functions (wired into tasks/cli.py as `shoprec recommend` / `shoprec search`) -------------
 def recommend_command(user: str, k: int = 10) -> None:
     """Print ``user``'s published recommendations with scores and reasons."""
-
     settings = get_settings()
     recs = get_recommendations(settings, user, k)
     console = Console()
@@ -185,7 +182,6 @@ def _why(settings: Settings, reason: str) -> str:
 
 def search_command(query: str, user: str | None = None, k: int = 10) -> None:
     """Print the items whose titles best match ``query`` (personalised for ``user`` if given)."""
-
     hits = search(get_settings(), query, user=user, k=k)
     table = Table(title=f"search: {query!r}" + (f" for {user}" if user else ""))
     for column in ("#", "item", "title", "score"):

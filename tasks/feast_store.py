@@ -212,7 +212,6 @@ def build_definitions(features_dir: Path) -> FeastDefinitions:
 def repo_settings() -> Settings:
     """Settings for the ``feature_repo/`` files run by the Feast CLI: ``SHOPREC_HOME`` when set, else
     the checkout's ``.shoprec`` (the Makefile's default, which ``feature_store.yaml`` points at)."""
-
     if os.environ.get("SHOPREC_HOME"):
         return get_settings()
     root = Path(__file__).resolve().parent.parent
@@ -272,7 +271,6 @@ def get_store(settings: Settings) -> FeatureStore:
 
 def write_repo_yaml(settings: Settings) -> Path:
     """Write ``feast_dir/repo/feature_store.yaml`` for the CLI (``feast -c DIR serve``); return DIR."""
-
     folder = settings.feast_dir / "repo"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "feature_store.yaml"

@@ -116,7 +116,6 @@ def run_dag(
     run_conf: dict[str, Any] | None = None,
 ) -> DagRunResult:
     """Run one DAG run with ``dag.test()`` and collect the task states."""
-
     started = time.perf_counter()
     kwargs: dict[str, Any] = {"run_conf": run_conf}
     if logical_date is not None:

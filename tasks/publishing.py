@@ -511,7 +511,6 @@ def recommendations_service(view: Any, tags: dict[str, str]) -> Any:
 
 def recommendation_objects(settings: Settings) -> list[Any]:
     """Both slot views (no service: :func:`publish_online` applies it when it switches)."""
-
     user = build_definitions(settings.features_dir).user
     source = recommendations_source(settings)
     return [user, source, *(recommendation_view(slot, user, source) for slot in SLOTS)]
@@ -924,7 +923,6 @@ def resolve_scoring_time(
 def live_service_definition(settings: Settings) -> Any | None:
     """The registered ``recommendations_v1`` as it is now (for ``feature_repo/``), None before the first
     publish or when the registry cannot be read; lets ``feast apply`` from the folder keep the live slot."""
-
     try:
         store = get_store(settings)
         slot, _ = live_slot(store)

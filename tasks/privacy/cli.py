@@ -37,7 +37,6 @@ def verify(
 ) -> None:
     """Check the keyed hash chains against every anchor (MLflow versions, reports, audit runs), references,
     transitions and budgets, and recompute every epsilon with dp_accounting; exit 1 on any problem."""
-
     result = verify_settings(get_settings(), at=_moment(at))
     typer.echo(result.describe())
     if not result.ok:
@@ -50,7 +49,6 @@ def report(
     registry: bool = typer.Option(True, help="Read privacy statements from the MLflow registry."),
 ) -> None:
     """Write the compliance report (Markdown, JSON, HTML with a chart); exit 1 if verification failed."""
-
     manifest = write_report(get_settings(), at=_moment(at), use_registry=registry)
     typer.echo(
         f"privacy report: {manifest.markdown}\n                {manifest.json}\n                {manifest.html}"
@@ -68,7 +66,6 @@ def status(
     at: str | None = typer.Option(None, help="ISO time (default: now)."),
 ) -> None:
     """Spent and remaining epsilon of every budget."""
-
     moment = _moment(at)
     try:
         ledger = Ledger(get_settings().resolved_ledger_url)
@@ -97,7 +94,6 @@ def budget_set(
     scope: str | None = typer.Option(None, help="Budget scope (default: SHOPREC_PRIVACY_SCOPE)."),
 ) -> None:
     """Append a new budget policy, recorded with who and why, and anchor the ledger's head."""
-
     settings = get_settings()
     name = scope or settings.privacy_scope
     ledger = open_ledger(settings)
@@ -125,7 +121,6 @@ def budget_show(
     scope: str | None = typer.Option(None, help="Budget scope (default: SHOPREC_PRIVACY_SCOPE)."),
 ) -> None:
     """Every policy version of the scope, with who changed it and why."""
-
     settings = get_settings()
     try:
         ledger = Ledger(settings.resolved_ledger_url)
@@ -151,6 +146,5 @@ def prepare_postgres(
     ),
 ) -> None:
     """Make the PostgreSQL ledger append-only: triggers, an owner role and a restricted app role."""
-
     prepare_ledger_database(admin_url, owner_role=owner_role, app_role=app_role)
     typer.echo(f"ledger tables owned by {owner_role}; {app_role} may only read, append and commit/release")
