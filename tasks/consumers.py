@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -25,14 +25,11 @@ from rich.table import Table
 
 from tasks.config import Settings, get_settings
 from tasks.contracts import ExpectedError
-from tasks.embeddings import load_pretrained_encoder
+from tasks.embeddings import TextEncoder, load_pretrained_encoder
 from tasks.feast_store import get_online_user_features, get_store, item_vectors, search_items
 from tasks.features import item_features_path
 from tasks.pseudonymize import is_pseudonym, load_key, pseudonymize
 from tasks.publishing import GLOBAL, POPULAR_PREFIX, SERVICE_NAME_DEFAULT
-
-if TYPE_CHECKING:
-    from tasks.embeddings import TextEncoder
 
 PERSONAL_WEIGHT: Final = 0.3
 CANDIDATES: Final = 200

@@ -30,7 +30,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import numpy as np
 import pandas as pd
@@ -46,9 +46,7 @@ from tasks.contracts import (
     list_partitions,
     partition_dir,
 )
-
-if TYPE_CHECKING:
-    from tasks.embeddings import TextEncoder
+from tasks.embeddings import TextEncoder, embed_items, load_pretrained_encoder
 
 log = logging.getLogger(__name__)
 
@@ -304,8 +302,6 @@ def compute_features(
     ``encoder`` embeds item titles (default: the packaged all-MiniLM-L6-v2); embeddings are cached
     under ``settings.cache_dir`` by (model id, title hash).
     """
-    from tasks.embeddings import embed_items, load_pretrained_encoder
-
     ordered = sorted(set(days))
     if not ordered:
         raise ValueError("compute_features: no days given")
