@@ -184,23 +184,28 @@ def _lists(series: pd.Series, index: pd.Index) -> list[list[Any]]:
     return [list(v) if isinstance(v, list) else [] for v in series.reindex(index)]
 
 
-def user_state_at(events: pd.DataFrame, at: pd.Timestamp, history_length: int) -> pd.DataFrame:
-    """THE user state: one row per user with an event in ``[at - 30 days, at)``, computed from events
-    before ``at`` only: ``event_timestamp`` (= ``at``), the count, spend and recency columns,
-    ``recent_items``, ``purchased_items`` and ``purchased_counts`` (module docstring).
+def user_state_at(
+    events: pd.DataFrame, at: pd.Timestamp, history_length: int, only: Iterable[str] | None = None
+) -> pd.DataFrame:
+    """THE user state: one row per user with an event before ``at`` (of the users ``only`` names, when given),
+    computed from events before ``at`` only: ``event_timestamp`` (= ``at``), the count, spend and
+    recency columns, ``recent_items``, ``purchased_items`` and ``purchased_counts`` (module docstring).
 
-    What Feast serves is this function at each snapshot time (:func:`user_features_at` adds
-    ``top_categories``); training cuts, evaluation and the membership audit call it (or read it back
-    through Feast) at their own times, so every stage sees one definition.
+    A ``user_features`` snapshot is this function at the snapshot time for the users active in the
+    30 days before it (:func:`user_features_at`, which adds ``top_categories``); training cuts,
+    evaluation and the membership audit call it (or read it back through Feast) at their own times,
+    so every stage sees one definition. Feast serves a user quiet for longer than 30 days their last
+    snapshot row (TTL 0), where this function gives the state at ``at``.
     """
     past = events[events["event_timestamp"] < at]
+    if only is not None:
+        past = past[past["user_id"].isin(set(only))]
     window30 = past[past["event_timestamp"] >= at - pd.Timedelta(days=30)]
-    users = pd.Index(sorted(window30["user_id"].unique()), name="user_id")
+    users = pd.Index(sorted(past["user_id"].unique()), name="user_id")
     out = pd.DataFrame(index=users)
     out["event_timestamp"] = at
     if users.empty:
         return _empty(USER_STATE_SCHEMA)
-    past = past[past["user_id"].isin(users)]
     for days in WINDOWS:
         window = past[past["event_timestamp"] >= at - pd.Timedelta(days=days)]
         counts = window.groupby(["user_id", "event_type"]).size().unstack(fill_value=0)
@@ -235,13 +240,14 @@ def user_state_at(events: pd.DataFrame, at: pd.Timestamp, history_length: int) -
 def user_features_at(
     events: pd.DataFrame, items: pd.DataFrame, at: pd.Timestamp, history_length: int
 ) -> pd.DataFrame:
-    """The ``user_features`` snapshot at ``at``: :func:`user_state_at` plus ``top_categories``."""
-    state = user_state_at(events, at, history_length)
-    if state.empty:
-        return _empty(USER_FEATURES_SCHEMA)
+    """The ``user_features`` snapshot at ``at``: :func:`user_state_at` of the users with an event in
+    ``[at - 30 days, at)``, plus ``top_categories``."""
     window30 = events[
         (events["event_timestamp"] < at) & (events["event_timestamp"] >= at - pd.Timedelta(days=30))
     ]
+    state = user_state_at(events, at, history_length, only=window30["user_id"].unique())
+    if state.empty:
+        return _empty(USER_FEATURES_SCHEMA)
     with_cat = window30.merge(items[["item_id", "category"]], on="item_id", how="left").dropna(
         subset=["category"]
     )

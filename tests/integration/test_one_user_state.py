@@ -9,7 +9,8 @@ applied to a fresh Feast repository (DuckDB offline store). For the same users a
 * the lake computation that evaluation and the benchmarks use (:func:`tasks.features.user_state_at`,
   through :func:`tasks.evaluation.temporal_split`)
 
-must give equal values in every column the model reads.
+must give equal values in every column the model reads, for every user active in the 30 days before
+the time asked (a user quiet for longer is served their last snapshot row by Feast: pinned below).
 """
 
 from __future__ import annotations
@@ -109,6 +110,11 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, pd.DataFra
     return settings, events
 
 
+def _active(state: pd.DataFrame) -> pd.DataFrame:
+    """The users with an event in the 30 days before their state's time: those Feast holds exactly."""
+    return state[state[[c for c in USER_FEATURE_COLUMNS if c.endswith("_30d")][:4]].sum(axis=1) > 0]
+
+
 def _comparable(frame: pd.DataFrame) -> pd.DataFrame:
     out = frame.set_index("user_id").sort_index()[list(STATE_COLUMNS)].copy()
     for col in USER_FEATURE_COLUMNS:
@@ -121,19 +127,29 @@ def _comparable(frame: pd.DataFrame) -> pd.DataFrame:
 def test_feast_training_and_evaluation_see_the_same_state_at_one_cut(shop) -> None:
     settings, events = shop
     cut = snapshot_time(START + dt.timedelta(days=N_DAYS - 4))
-    lake = user_state_at(events, cut, HISTORY)
+    lake = _active(user_state_at(events, cut, HISTORY))
     feast = feature_state(settings, lake["user_id"].tolist(), cut)
     assert len(lake) > 20
-    assert "heavy" in set(lake["user_id"])
-    assert "quiet" not in set(lake["user_id"])  # no event in the 30 days before the cut: no row
     heavy = lake.set_index("user_id").loc["heavy"]
     assert len(heavy["purchased_items"]) == MAX_PURCHASED_ITEMS  # the cap holds on the lake path too
     assert len(heavy["recent_items"]) == HISTORY
     pd.testing.assert_frame_equal(_comparable(lake), _comparable(feast))
     split = temporal_split(events, load_catalog(settings), cut, 4, HISTORY)
     assert split.n_users > 5
-    evaluated = _comparable(split.state)
+    evaluated = _comparable(_active(split.state))
     pd.testing.assert_frame_equal(evaluated, _comparable(feast).loc[evaluated.index])
+
+
+def test_a_user_quiet_for_30_days_is_served_their_last_snapshot_by_feast(shop) -> None:
+    """The one difference, pinned: Feast (TTL 0) serves a quiet user the last snapshot that holds
+    them; the lake function gives the state at the cut (same definition, a later time)."""
+    settings, events = shop
+    cut = snapshot_time(START + dt.timedelta(days=N_DAYS - 4))
+    lake = user_state_at(events, cut, HISTORY).set_index("user_id").loc["quiet"]
+    feast = feature_state(settings, ["quiet"], cut).set_index("user_id").loc["quiet"]
+    assert (lake["purchases_30d"], lake["days_since_last_purchase"]) == (0, 49)
+    assert (feast["purchases_30d"], feast["days_since_last_purchase"]) == (1, 1)  # its own day's snapshot
+    assert list(lake["recent_items"]) == list(feast["recent_items"]) == ["i001"]
 
 
 def test_feast_and_the_lake_agree_at_each_users_own_training_cut(shop) -> None:
@@ -149,7 +165,8 @@ def test_feast_and_the_lake_agree_at_each_users_own_training_cut(shop) -> None:
         ],
         ignore_index=True,
     )
-    lake = lake[lake["recent_items"].map(len) > 0]
+    lake = _active(lake[lake["recent_items"].map(len) > 0])
+    assert len(lake) == len(cuts)
     pd.testing.assert_frame_equal(_comparable(lake), _comparable(feast))
 
 
