@@ -42,9 +42,10 @@ test-unit: $(STAMP)  ## fast unit tests only
 test-integration: $(STAMP)  ## integration tests against the real components
 	$(BIN)/python -m pytest -m "integration or production"
 
-lint: $(STAMP)  ## ruff (AIR rules on dags/) and mypy on tasks/
+lint: $(STAMP)  ## ruff (AIR rules on dags/), the import layers of .importlinter and mypy on tasks/
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
 
 typecheck: $(STAMP)

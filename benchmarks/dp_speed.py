@@ -37,7 +37,7 @@ CAP_K = 20
 
 def synthetic_setup(seed: int = 0) -> tuple[Any, Any]:
     """(catalog, examples) with the shapes of a 4,000-item shop and 4,096 users."""
-    from tasks.model import N_USER_FEATURES, ItemCatalog, price_edges_log
+    from tasks.catalog import N_USER_FEATURES, ItemCatalog, price_edges_log
     from tasks.training import UserExamples
 
     rng = np.random.default_rng(seed)

@@ -164,10 +164,12 @@ def scaling_point(ctx: Context, users: int) -> dict[str, Any]:
 
     from benchmarks.dp_speed import Side
     from benchmarks.quality import read_landing
-    from tasks.features import item_popularity_at, user_features_at
-    from tasks.model import build_item_catalog, build_model, history_matrix, user_feature_matrix
+    from tasks.catalog import build_item_catalog, history_matrix, user_feature_matrix
+    from tasks.dataset import purchases_between
+    from tasks.features import item_popularity_at, user_features_at, user_state_at
+    from tasks.model import build_model
     from tasks.publishing import PublishRules, score_top_k
-    from tasks.training import build_examples, purchases_between, user_state_at
+    from tasks.training import build_examples
 
     landing = ctx.work_dir / f"scale_{users}"
     with stopwatch() as elapsed:

@@ -4,23 +4,24 @@ model and user-level DP-SGD models at several epsilons, with and without the own
 Protocol (:mod:`tasks.evaluation`): temporal split at the data's end ``as_of`` with
 :meth:`tasks.training.Cuts.from_end`: test truth ``[as_of - W, as_of)`` (W = 28 days on Online Retail
 II, 7 days on the 45-day synthetic shop), blend tuning on the W days before; the training set is built
-as ``run_training`` builds it (:func:`tasks.training.per_user_cuts`: each user's state at their own cut,
+as ``run_training`` builds it (:func:`tasks.dataset.per_user_cuts`: each user's state at their own cut,
 labels from the cut to the validation cut), with the state computed from the events instead of Feast.
 Full ranking over the catalog, variant A (repeats included) and B (only items new to the user).
 
 * data: the full Online Retail II 2009-2010 file through :func:`tasks.sources.load_online_retail`
   (events read straight from the landing files: no pseudonymisation is needed for an offline score),
   and in the full run a synthetic shop of 100,000 users;
-* privacy: delta = 1 / (10 N_users), user-level, RDP accountant (:func:`tasks.training.noise_for_budget`
-  calibrates the noise multiplier for the whole run); the own-history blend uses only the user's own
+* privacy: delta = 1 / (10 N_users), user-level, the ledger's RDP accountant
+  (:func:`tasks.privacy.accounting.noise_for_budget` calibrates the noise multiplier for the whole run); the own-history blend uses only the user's own
   purchases (no privacy cost), so the DP rows' epsilon covers everything they release;
 * the DP popularity baseline is one release of OpenDP's discrete Gaussian (noise multiplier
-  ``POPULARITY_NOISE``, at most ``POPULARITY_CAP`` items per user; fresh CSPRNG noise, so it varies
+  ``DP_POPULARITY.noise_multiplier``, at most ``DP_POPULARITY.cap_per_user`` items per user; fresh CSPRNG noise, so it varies
   between runs whatever the seed), reported with its own epsilon.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import statistics
 from collections.abc import Sequence
@@ -79,7 +80,7 @@ ORACLE_POPULARITY_WEIGHTS: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16
 def popularity_noise_for(epsilon: float, delta: float, releases: int) -> float:
     """Noise multiplier of ``releases`` discrete Gaussian popularity releases that together spend
     ``epsilon`` (rho-zCDP, the RDP curve of a Gaussian with q = 1, as the ledger composes it)."""
-    from tasks.training import rdp_epsilon
+    from tasks.privacy.accounting import rdp_epsilon
 
     low, high = 0.05, 100.0
     while high - low > 1e-3:
@@ -92,7 +93,8 @@ def per_user_training_set(
     events: pd.DataFrame, end: pd.Timestamp, history: int
 ) -> tuple[pd.DataFrame, dict[str, list[str]]]:
     """(state, labels) as ``run_training`` builds them, each user's state at their own cut."""
-    from tasks.training import per_user_cuts, purchases_after_cuts, user_state_at
+    from tasks.dataset import per_user_cuts, purchases_after_cuts
+    from tasks.features import user_state_at
 
     user_cuts = per_user_cuts(events, end)
     parts = []
@@ -160,29 +162,23 @@ def evaluate_dataset(name: str, events: pd.DataFrame, items: pd.DataFrame, plan:
     import torch
 
     from tasks.baselines import broadcast, buy_again_scores, cooccurrence_scores, popularity_counts
-    from tasks.embeddings import embed_items, load_pretrained_encoder
-    from tasks.evaluation import evaluate_scores, temporal_split, tune_blend
-    from tasks.model import (
+    from tasks.catalog import (
         BlendWeights,
-        Recommender,
         blend_scores,
         build_item_catalog,
-        content_affinity,
         history_positions,
         own_purchase_matrix,
-        text_neighbours,
     )
+    from tasks.dataset import INTERACTIONS, Cuts
+    from tasks.embeddings import embed_items, load_pretrained_encoder
+    from tasks.evaluation import evaluate_scores, temporal_split, tune_blend
+    from tasks.model import Recommender, content_affinity, text_neighbours
+    from tasks.privacy.accounting import noise_for_budget, rdp_epsilon
     from tasks.training import (
-        INTERACTIONS,
-        POPULARITY_CAP,
-        POPULARITY_DAYS,
-        POPULARITY_NOISE,
-        Cuts,
+        DP_POPULARITY,
         TrainConfig,
         build_examples,
-        noise_for_budget,
         popularity_release,
-        rdp_epsilon,
         train,
     )
 
@@ -221,15 +217,18 @@ def evaluate_dataset(name: str, events: pd.DataFrame, items: pd.DataFrame, plan:
     interactions = events[events["event_type"].isin(list(INTERACTIONS))]
     recent = {  # exact distinct users per item in the DP release's window (its non-private counterpart)
         end: popularity_counts(
-            interactions.assign(event_type="purchase"), catalog, end, end - pd.Timedelta(days=POPULARITY_DAYS)
+            interactions.assign(event_type="purchase"),
+            catalog,
+            end,
+            end - pd.Timedelta(days=DP_POPULARITY.days),
         )
         for end in (cuts.validation, cuts.test)
     }
-    record(f"popularity ({POPULARITY_DAYS} d, no privacy)", broadcast(recent[cuts.test], test))
+    record(f"popularity ({DP_POPULARITY.days} d, no privacy)", broadcast(recent[cuts.test], test))
     # what the user's own history adds to popularity without any model: text neighbours and repeats
     own_w, _ = tune_blend(no_model_val, own_val, recent[cuts.validation], val, catalog, content=content_val)
     record(
-        f"own history (repeats + text neighbours) + {POPULARITY_DAYS} d popularity, no model (no privacy)",
+        f"own history (repeats + text neighbours) + {DP_POPULARITY.days} d popularity, no model (no privacy)",
         blend_scores(no_model_test, own_test, recent[cuts.test], own_w, content_test),
     )
     record("item-to-item co-occurrence (no privacy)", cooccurrence_scores(events, catalog, test, cuts.test))
@@ -331,8 +330,9 @@ def evaluate_dataset(name: str, events: pd.DataFrame, items: pd.DataFrame, plan:
             pop_mech = [(pop_noise, 1.0, 2)]
             config = calibrated(base, eps, pop_mech)
             bare, result, seconds = fit(config, seed)
-            pop_v = popularity_release(events, catalog, cuts.validation, noise=pop_noise)
-            pop_t = popularity_release(events, catalog, cuts.test, noise=pop_noise)
+            policy = dataclasses.replace(DP_POPULARITY, noise_multiplier=pop_noise)
+            pop_v = popularity_release(events, catalog, cuts.validation, policy)
+            pop_t = popularity_release(events, catalog, cuts.test, policy)
             weights, _ = tune_blend(
                 bare.model_scores(val.state), own_val, pop_v, val, catalog, content=content_val
             )
@@ -388,7 +388,7 @@ def evaluate_dataset(name: str, events: pd.DataFrame, items: pd.DataFrame, plan:
                     "seconds": seconds,
                 }
             )
-    pop_eps = rdp_epsilon([(POPULARITY_NOISE, 1.0, 1)], delta)
+    pop_eps = rdp_epsilon([(DP_POPULARITY.noise_multiplier, 1.0, 1)], delta)
     return {
         "dataset": name,
         "events": len(events),
@@ -403,8 +403,8 @@ def evaluate_dataset(name: str, events: pd.DataFrame, items: pd.DataFrame, plan:
         "sweep": sweep,
         "oracle_blend_b": oracle,
         "dp_popularity_epsilon": pop_eps,
-        "popularity_cap": POPULARITY_CAP,
-        "popularity_days": POPULARITY_DAYS,
+        "popularity_cap": DP_POPULARITY.cap_per_user,
+        "popularity_days": DP_POPULARITY.days,
     }
 
 
@@ -449,7 +449,7 @@ def tables_for(section: Section, result: dict[str, Any]) -> dict[str, tuple[floa
 
 
 def run(ctx: Context) -> Section:
-    from tasks.training import POPULARITY_CAP, POPULARITY_DAYS
+    from tasks.training import DP_POPULARITY
 
     section = Section(key="quality", title="1. Quality under privacy")
     if ctx.quick:
@@ -645,8 +645,8 @@ def run(ctx: Context) -> Section:
         "'own history ... no model' and 'DP system ... without the two-tower' are ablations: the same blend "
         "with the model's score left out, to show what the two-tower adds",
         "DP system (what the pipeline serves): the DP two-tower blended with the user's own purchases and a DP "
-        f"popularity release (distinct users per item in the last {POPULARITY_DAYS} days, at most "
-        f"{POPULARITY_CAP} items per user; one release at the validation cut to tune the weights, one at the "
+        f"popularity release (distinct users per item in the last {DP_POPULARITY.days} days, at most "
+        f"{DP_POPULARITY.cap_per_user} items per user; one release at the validation cut to tune the weights, one at the "
         "test cut). The two releases get half of the total epsilon, DP-SGD the rest; the epsilon in the runs "
         "table is the composition of all three (RDP accountant). 'system, no DP' is the same blend with the "
         "non-private twin and exact popularity",

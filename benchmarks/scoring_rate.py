@@ -36,7 +36,8 @@ def matmul_gflops(torch_mod: object, m: int, k: int, n: int, repeats: int) -> fl
 def run(ctx: Context) -> Section:
     import torch
 
-    from tasks.model import BlendWeights, TextNeighbours, blend_scores, content_affinity, text_neighbours
+    from tasks.catalog import BlendWeights, blend_scores
+    from tasks.model import TextNeighbours, content_affinity, text_neighbours
     from tasks.publishing import PublishRules, score_top_k
 
     section = Section(key="scoring", title="5. Batch scoring")

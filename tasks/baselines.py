@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from tasks.catalog import PAD, ItemCatalog, own_purchase_matrix
+from tasks.contracts import PURCHASE
 from tasks.evaluation import EvalSplit
-from tasks.model import PAD, ItemCatalog, own_purchase_matrix
-from tasks.training import PURCHASE
 
 
 def _purchases(events: pd.DataFrame, start: pd.Timestamp | None, end: pd.Timestamp) -> pd.DataFrame:

@@ -18,9 +18,15 @@ import typer
 from rich.console import Console
 
 from tasks.config import get_settings
+from tasks.consumers import recommend_command, search_command
 from tasks.contracts import ExpectedError, parse_day
+from tasks.demo import DemoOptions, run_demo
 from tasks.permissions import restrict_umask
 from tasks.privacy.cli import app as privacy_app
+from tasks.sources.loader import load_contract_files
+from tasks.sources.online_retail import load_online_retail as load
+from tasks.sources.synthetic import SyntheticConfig
+from tasks.sources.synthetic import generate as generate_source
 
 # Files a person named that are not there or not readable: expected, shown as one line.
 _FILE_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
@@ -94,8 +100,6 @@ def demo(
     ] = None,
 ) -> None:
     """Run the whole pipeline through real Airflow on the embedded profile and print a summary."""
-    from tasks.demo import DemoOptions, run_demo
-
     options = DemoOptions(
         source=source.value,
         paths=tuple(path or ()),
@@ -123,9 +127,6 @@ def generate(
     ] = None,
 ) -> None:
     """Write a deterministic synthetic shop into the landing zone, one folder per day."""
-    from tasks.sources.synthetic import SyntheticConfig
-    from tasks.sources.synthetic import generate as generate_source
-
     settings = get_settings()
     target = landing or settings.landing_dir
     config = SyntheticConfig(
@@ -149,8 +150,6 @@ def load_online_retail(
     ] = None,
 ) -> None:
     """Map UCI Online Retail invoice lines to landing batches and report what was dropped and why."""
-    from tasks.sources.online_retail import load_online_retail as load
-
     settings = get_settings()
     with console.status(f"reading {path}"):
         manifest, report = load(
@@ -175,8 +174,6 @@ def load_files(
     ] = None,
 ) -> None:
     """Load your own contract files into the landing zone, split by UTC day."""
-    from tasks.sources.loader import load_contract_files
-
     settings = get_settings()
     manifest = load_contract_files(
         paths, landing or settings.landing_dir, min_kept_share=settings.min_kept_row_share
@@ -193,8 +190,6 @@ def recommend(
     k: Annotated[int, typer.Option(help="How many items to show.")] = 10,
 ) -> None:
     """Print a user's published recommendations, with scores and reasons, from the online store."""
-    from tasks.consumers import recommend_command
-
     recommend_command(user, k)
 
 
@@ -215,8 +210,6 @@ def search(
     k: Annotated[int, typer.Option(help="How many items to show.")] = 10,
 ) -> None:
     """Semantic product search over the item text vectors, personalised when a user is given."""
-    from tasks.consumers import search_command
-
     search_command(query, user, k)
 
 

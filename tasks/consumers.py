@@ -16,16 +16,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import numpy as np
+import pyarrow.parquet as pq
+from rich.console import Console
+from rich.table import Table
 
-from tasks.config import Settings
+from tasks.config import Settings, get_settings
 from tasks.contracts import ExpectedError
+from tasks.embeddings import TextEncoder, load_pretrained_encoder
+from tasks.feast_store import get_online_user_features, get_store, item_vectors, search_items
+from tasks.features import item_features_path
+from tasks.pseudonymize import is_pseudonym, load_key, pseudonymize
 from tasks.publishing import GLOBAL, POPULAR_PREFIX, SERVICE_NAME_DEFAULT
-
-if TYPE_CHECKING:
-    from tasks.embeddings import TextEncoder
 
 PERSONAL_WEIGHT: Final = 0.3
 CANDIDATES: Final = 200
@@ -47,17 +51,12 @@ class Recommendations:
 
 def resolve_user(settings: Settings, user: str) -> str:
     """The pseudonym of ``user``: raw ids are pseudonymised with the ingest key, pseudonyms kept."""
-    from tasks.pseudonymize import is_pseudonym, load_key, pseudonymize
-
     if is_pseudonym(user) or user.startswith(POPULAR_PREFIX):
         return user
     return pseudonymize(user, load_key(settings))
 
 
 def _titles(settings: Settings, item_ids: Sequence[str]) -> list[str]:
-    import pyarrow.parquet as pq
-
-    from tasks.features import item_features_path
 
     path = item_features_path(settings)
     if not path.exists():
@@ -73,8 +72,6 @@ class NothingPublished(ExpectedError):
 
 def _read(settings: Settings, user_ids: Sequence[str]) -> dict[str, list[Any]]:
     from feast.errors import FeatureServiceNotFoundException
-
-    from tasks.feast_store import get_store
 
     store = get_store(settings)
     try:
@@ -122,7 +119,6 @@ def personalised_order(
 
 
 def _profile(settings: Settings, pseudonym: str, vectors: dict[str, np.ndarray]) -> np.ndarray | None:
-    from tasks.feast_store import get_online_user_features
 
     features = get_online_user_features(settings, [pseudonym])
     history = list((features.get("purchased_items") or [None])[0] or []) or list(
@@ -141,9 +137,6 @@ def search(
     encoder: TextEncoder | None = None,
 ) -> list[tuple[str, str, float]]:
     """Semantic product search: (item_id, title, score), best first; personalised when ``user`` is given."""
-    from tasks.embeddings import load_pretrained_encoder
-    from tasks.feast_store import item_vectors, search_items
-
     encoder = encoder or load_pretrained_encoder()
     query_vector = encoder.encode([query])[0]
     hits = search_items(settings, query_vector, k if user is None else max(k, CANDIDATES))
@@ -159,11 +152,6 @@ def search(
 # --- CLI functions (wired into tasks/cli.py as `shoprec recommend` / `shoprec search`) -------------
 def recommend_command(user: str, k: int = 10) -> None:
     """Print ``user``'s published recommendations with scores and reasons."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from tasks.config import get_settings
-
     settings = get_settings()
     recs = get_recommendations(settings, user, k)
     console = Console()
@@ -191,11 +179,6 @@ def _why(settings: Settings, reason: str) -> str:
 
 def search_command(query: str, user: str | None = None, k: int = 10) -> None:
     """Print the items whose titles best match ``query`` (personalised for ``user`` if given)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from tasks.config import get_settings
-
     hits = search(get_settings(), query, user=user, k=k)
     table = Table(title=f"search: {query!r}" + (f" for {user}" if user else ""))
     for column in ("#", "item", "title", "score"):

@@ -15,7 +15,8 @@ from typing import Final
 
 import pyarrow as pa
 
-EVENT_TYPES: Final[tuple[str, ...]] = ("view", "click", "add_to_cart", "purchase")
+PURCHASE: Final = "purchase"
+EVENT_TYPES: Final[tuple[str, ...]] = ("view", "click", "add_to_cart", PURCHASE)
 
 TIMESTAMP_TYPE: Final = pa.timestamp("us", tz="UTC")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
 import time
 from collections.abc import Generator
@@ -17,14 +18,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from tasks.config import Settings
-from tasks.contracts import OptionError
+from tasks.consumers import NothingPublished, get_recommendations
+from tasks.contracts import OptionError, landing_files, list_partitions
 from tasks.orchestration import DagRunResult, configure_airflow, load_dags, run_dag
 from tasks.permissions import PRIVATE_FILE_MODE
+from tasks.privacy import Ledger
+from tasks.sources.loader import load_contract_files
+from tasks.sources.online_retail import load_online_retail
+from tasks.sources.synthetic import SyntheticConfig, generate
 
 
 @dataclass(frozen=True)
@@ -74,8 +81,6 @@ def is_rejected_day(run: DagRunResult) -> bool:
 def land(settings: Settings, options: DemoOptions) -> list[dt.date]:
     """Write the chosen source into the landing zone; return the days to ingest."""
     if options.source == "synthetic":
-        from tasks.sources.synthetic import SyntheticConfig, generate
-
         manifest = generate(
             SyntheticConfig(
                 n_users=options.users, n_items=options.items, days=options.days, seed=options.seed
@@ -83,8 +88,6 @@ def land(settings: Settings, options: DemoOptions) -> list[dt.date]:
             settings.landing_dir,
         )
     elif options.source == "online-retail":
-        from tasks.sources.online_retail import load_online_retail
-
         if len(options.paths) != 1:
             raise OptionError("--source online-retail needs exactly one --path")
         manifest, _report = load_online_retail(
@@ -95,8 +98,6 @@ def land(settings: Settings, options: DemoOptions) -> list[dt.date]:
             min_kept_share=settings.min_kept_row_share,
         )
     elif options.source == "files":
-        from tasks.sources.loader import load_contract_files
-
         if not options.paths:
             raise OptionError("--source files needs at least one --path")
         manifest = load_contract_files(list(options.paths), settings.landing_dir)
@@ -258,11 +259,6 @@ def stage_report(settings: Settings, days: list[dt.date] | None = None) -> list[
 
 
 def _ingest_lines(settings: Settings) -> list[str]:
-    import json
-
-    import pyarrow.parquet as pq
-
-    from tasks.contracts import list_partitions
 
     lake_days = list_partitions(settings.events_dir)
     clean = sum(
@@ -286,7 +282,6 @@ def _ingest_lines(settings: Settings) -> list[str]:
 
 
 def _feature_lines(settings: Settings) -> list[str]:
-    import pyarrow.parquet as pq
 
     snapshots = sorted((settings.features_dir / "user_features").glob("*.parquet"))
     if not snapshots:
@@ -299,7 +294,6 @@ def _feature_lines(settings: Settings) -> list[str]:
 
 
 def _privacy_lines(settings: Settings, days: list[dt.date] | None) -> list[str]:
-    from tasks.privacy import Ledger
 
     if not settings.privacy_dir.joinpath("ledger.db").exists() and settings.resolved_ledger_url.startswith(
         "sqlite"
@@ -346,10 +340,6 @@ def _model_lines(settings: Settings) -> list[str]:
 
 
 def _recommendation_lines(settings: Settings, days: list[dt.date] | None) -> list[str]:
-    import pyarrow.parquet as pq
-
-    from tasks.consumers import NothingPublished, get_recommendations
-    from tasks.contracts import landing_files, list_partitions
 
     landing_days = list_partitions(settings.landing_dir)
     if not landing_days:

@@ -21,8 +21,10 @@ from typing import Any, Final
 import numpy as np
 import pandas as pd
 
-from tasks.model import PAD, BlendWeights, ItemCatalog, blend_scores, own_purchase_matrix
-from tasks.training import PURCHASE, purchases_between, user_state_at
+from tasks.catalog import PAD, BlendWeights, ItemCatalog, blend_scores, own_purchase_matrix
+from tasks.contracts import PURCHASE
+from tasks.dataset import purchases_between
+from tasks.features import user_state_at
 
 KS: Final[tuple[int, ...]] = (10, 20)
 VARIANTS: Final[tuple[str, ...]] = ("A", "B")
@@ -50,7 +52,7 @@ def temporal_split(
     events: pd.DataFrame, catalog: ItemCatalog, cut: pd.Timestamp, test_days: int, history_length: int
 ) -> EvalSplit:
     """Users with history before ``cut`` who bought a catalog item in ``[cut, cut + test_days)``;
-    their state is computed from the lake (:func:`tasks.training.user_state_at`)."""
+    their state is computed from the lake (:func:`tasks.features.user_state_at`, what Feast serves)."""
     end = cut + pd.Timedelta(days=test_days)
     return temporal_split_from_state(events, catalog, user_state_at(events, cut, history_length), cut, end)
 

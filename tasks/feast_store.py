@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -50,10 +51,12 @@ from urllib.parse import urlparse
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+import yaml
 
-from tasks.config import Profile, Settings
+from tasks.config import Profile, Settings, get_settings
 from tasks.features import (
     COUNT_COLUMNS,
+    USER_FEATURES_SCHEMA,
     item_features_path,
     user_features_dir,
 )
@@ -71,15 +74,9 @@ OFFLINE_ONLY_VIEWS: Final = frozenset({ITEM_POPULARITY})
 RECOMMENDER_SERVICE: Final = "recommender_v1"
 ITEM_SERVICE: Final = "item_catalog_v1"
 EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-USER_FIELDS: Final = (
-    *COUNT_COLUMNS,
-    "spend_30d",
-    "avg_basket_value_30d",
-    "days_since_last_purchase",
-    "top_categories",
-    "recent_items",
-    "purchased_items",
-    "purchased_counts",
+# the user feature columns Feast serves: the snapshot schema less its keys
+USER_FIELDS: Final = tuple(
+    f.name for f in USER_FEATURES_SCHEMA if f.name not in ("user_id", "event_timestamp")
 )
 
 
@@ -215,10 +212,6 @@ def build_definitions(features_dir: Path) -> FeastDefinitions:
 def repo_settings() -> Settings:
     """Settings for the ``feature_repo/`` files run by the Feast CLI: ``SHOPREC_HOME`` when set, else
     the checkout's ``.shoprec`` (the Makefile's default, which ``feature_store.yaml`` points at)."""
-    import os
-
-    from tasks.config import get_settings
-
     if os.environ.get("SHOPREC_HOME"):
         return get_settings()
     root = Path(__file__).resolve().parent.parent
@@ -278,8 +271,6 @@ def get_store(settings: Settings) -> FeatureStore:
 
 def write_repo_yaml(settings: Settings) -> Path:
     """Write ``feast_dir/repo/feature_store.yaml`` for the CLI (``feast -c DIR serve``); return DIR."""
-    import yaml
-
     folder = settings.feast_dir / "repo"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "feature_store.yaml"

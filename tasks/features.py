@@ -30,7 +30,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import numpy as np
 import pandas as pd
@@ -38,14 +38,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.config import Settings
-from tasks.contracts import EVENT_COLUMNS, ITEM_COLUMNS, days_in_interval, list_partitions, partition_dir
-
-if TYPE_CHECKING:
-    from tasks.embeddings import TextEncoder
+from tasks.contracts import (
+    EVENT_COLUMNS,
+    ITEM_COLUMNS,
+    PURCHASE,
+    days_in_interval,
+    list_partitions,
+    partition_dir,
+)
+from tasks.embeddings import TextEncoder, embed_items, load_pretrained_encoder
 
 log = logging.getLogger(__name__)
 
-EVENT_NAMES: Final = {"view": "views", "click": "clicks", "add_to_cart": "carts", "purchase": "purchases"}
+EVENT_NAMES: Final = {"view": "views", "click": "clicks", "add_to_cart": "carts", PURCHASE: "purchases"}
 WINDOWS: Final = (7, 30)
 TOP_CATEGORIES: Final = 3
 MAX_PURCHASED_ITEMS: Final = 100
@@ -66,6 +71,9 @@ USER_FEATURES_SCHEMA: Final = pa.schema(
         pa.field("purchased_counts", pa.list_(pa.int64())),
     ]
 )
+
+# the user state (:func:`user_state_at`): the user features without ``top_categories``
+USER_STATE_SCHEMA: Final = pa.schema([f for f in USER_FEATURES_SCHEMA if f.name != "top_categories"])
 
 POPULARITY_SCHEMA: Final = pa.schema(
     [pa.field("item_id", pa.string(), nullable=False), pa.field("event_timestamp", TS, nullable=False)]
@@ -176,42 +184,44 @@ def _lists(series: pd.Series, index: pd.Index) -> list[list[Any]]:
     return [list(v) if isinstance(v, list) else [] for v in series.reindex(index)]
 
 
-def user_features_at(
-    events: pd.DataFrame, items: pd.DataFrame, at: pd.Timestamp, history_length: int
+def user_state_at(
+    events: pd.DataFrame, at: pd.Timestamp, history_length: int, only: Iterable[str] | None = None
 ) -> pd.DataFrame:
-    """One row per user with an event in ``[at - 30 days, at)``; features from events before ``at``."""
+    """THE user state: one row per user with an event before ``at`` (of the users ``only`` names, when given),
+    computed from events before ``at`` only: ``event_timestamp`` (= ``at``), the count, spend and
+    recency columns, ``recent_items``, ``purchased_items`` and ``purchased_counts`` (module docstring).
+
+    A ``user_features`` snapshot is this function at the snapshot time for the users active in the
+    30 days before it (:func:`user_features_at`, which adds ``top_categories``); training cuts,
+    evaluation and the membership audit call it (or read it back through Feast) at their own times,
+    so every stage sees one definition. Feast serves a user quiet for longer than 30 days their last
+    snapshot row (TTL 0), where this function gives the state at ``at``.
+    """
     past = events[events["event_timestamp"] < at]
+    if only is not None:
+        past = past[past["user_id"].isin(set(only))]
     window30 = past[past["event_timestamp"] >= at - pd.Timedelta(days=30)]
-    users = pd.Index(sorted(window30["user_id"].unique()), name="user_id")
+    users = pd.Index(sorted(past["user_id"].unique()), name="user_id")
     out = pd.DataFrame(index=users)
     out["event_timestamp"] = at
     if users.empty:
-        return _empty(USER_FEATURES_SCHEMA)
-    past = past[past["user_id"].isin(users)]
+        return _empty(USER_STATE_SCHEMA)
     for days in WINDOWS:
         window = past[past["event_timestamp"] >= at - pd.Timedelta(days=days)]
         counts = window.groupby(["user_id", "event_type"]).size().unstack(fill_value=0)
         for etype, name in EVENT_NAMES.items():
             col = counts[etype] if etype in counts.columns else pd.Series(dtype="int64")
             out[f"{name}_{days}d"] = col.reindex(users).fillna(0).astype("int64")
-    buys30 = window30[window30["event_type"] == "purchase"]
+    buys30 = window30[window30["event_type"] == PURCHASE]
     spend = (buys30["quantity"] * buys30["unit_price"].fillna(0.0)).groupby(buys30["user_id"]).sum()
     baskets = buys30.groupby("user_id")["session_id"].nunique().clip(lower=1)
     out["spend_30d"] = spend.reindex(users).fillna(0.0).astype("float64")
     out["avg_basket_value_30d"] = (spend / baskets).reindex(users).fillna(0.0).astype("float64")
 
-    buys = past[past["event_type"] == "purchase"]
+    buys = past[past["event_type"] == PURCHASE]
     last_buy = buys.groupby("user_id")["event_timestamp"].max()
     since = (at - last_buy).dt.days.astype("float64")
     out["days_since_last_purchase"] = since.reindex(users).fillna(-1.0)
-
-    with_cat = window30.merge(items[["item_id", "category"]], on="item_id", how="left").dropna(
-        subset=["category"]
-    )
-    cat_counts = with_cat.groupby(["user_id", "category"]).size().reset_index(name="n")
-    cat_counts = cat_counts.sort_values(["user_id", "n", "category"], ascending=[True, False, True])
-    top = cat_counts.groupby("user_id")["category"].agg(lambda s: list(s[:TOP_CATEGORIES]))
-    out["top_categories"] = _lists(top, users)
 
     ordered = past.sort_values(["event_timestamp", "event_id"], ascending=False, kind="stable")
     recent = ordered.drop_duplicates(["user_id", "item_id"]).groupby("user_id")["item_id"]
@@ -224,7 +234,28 @@ def user_features_at(
     top_bought = bought.groupby("user_id").head(MAX_PURCHASED_ITEMS).groupby("user_id")
     out["purchased_items"] = _lists(top_bought["item_id"].agg(list), users)
     out["purchased_counts"] = [[int(c) for c in v] for v in _lists(top_bought["n"].agg(list), users)]
-    return out.reset_index()[USER_FEATURES_SCHEMA.names]
+    return out.reset_index()[USER_STATE_SCHEMA.names]
+
+
+def user_features_at(
+    events: pd.DataFrame, items: pd.DataFrame, at: pd.Timestamp, history_length: int
+) -> pd.DataFrame:
+    """The ``user_features`` snapshot at ``at``: :func:`user_state_at` of the users with an event in
+    ``[at - 30 days, at)``, plus ``top_categories``."""
+    window30 = events[
+        (events["event_timestamp"] < at) & (events["event_timestamp"] >= at - pd.Timedelta(days=30))
+    ]
+    state = user_state_at(events, at, history_length, only=window30["user_id"].unique())
+    if state.empty:
+        return _empty(USER_FEATURES_SCHEMA)
+    with_cat = window30.merge(items[["item_id", "category"]], on="item_id", how="left").dropna(
+        subset=["category"]
+    )
+    cat_counts = with_cat.groupby(["user_id", "category"]).size().reset_index(name="n")
+    cat_counts = cat_counts.sort_values(["user_id", "n", "category"], ascending=[True, False, True])
+    top = cat_counts.groupby("user_id")["category"].agg(lambda s: list(s[:TOP_CATEGORIES]))
+    state["top_categories"] = _lists(top, pd.Index(state["user_id"], name="user_id"))
+    return state[USER_FEATURES_SCHEMA.names]
 
 
 def item_popularity_at(events: pd.DataFrame, at: pd.Timestamp) -> pd.DataFrame:
@@ -277,8 +308,6 @@ def compute_features(
     ``encoder`` embeds item titles (default: the packaged all-MiniLM-L6-v2); embeddings are cached
     under ``settings.cache_dir`` by (model id, title hash).
     """
-    from tasks.embeddings import embed_items, load_pretrained_encoder
-
     ordered = sorted(set(days))
     if not ordered:
         raise ValueError("compute_features: no days given")

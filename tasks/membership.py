@@ -16,60 +16,36 @@ reports the attack's AUC and the empirical epsilon lower bound. The empirical ep
 bound (what this attack demonstrates, at the stated delta, privacy unit: user); the ledger's epsilon
 (Opacus RDP accountant) is the GUARANTEE.
 
-Importing this module imports numpy and pandas only; torch and the trainer load inside the functions.
+It sits above the trainer and the registry (it imports torch): DAG files import it inside task bodies.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
 
 from tasks.config import Settings
-
-if TYPE_CHECKING:
-    import pandas as pd
-
-    from tasks.model import TwoTower
-    from tasks.training import UserExamples
+from tasks.dataset import feature_state, holdout_mask, load_catalog, per_user_cuts, purchases_after_cuts
+from tasks.features import read_events
+from tasks.model import TwoTower
+from tasks.privacy import write_membership_losses
+from tasks.registry import load_version
+from tasks.training import UserExamples, UserSoftmaxLoss, build_examples
 
 log = logging.getLogger(__name__)
 
 AUDIT_NEGATIVES: Final = 64  # negatives per user when the training manifest does not say (``n_negatives``)
 AUDIT_DRAWS: Final = 4  # draws of negatives averaged per user (a steadier estimate of the sample loss)
-
-
-# --- the held-out split, decided before training ---------------------------------------------------
-def holdout_mask(user_ids: Iterable[str], share: float, *, seed: int) -> np.ndarray:
-    """True for the users held out of training: SHA-256 of ``seed`` and the user id, read as a
-    number in [0, 1), below ``share``. Independent of the users' data and of who else is in the set."""
-    if not 0.0 <= share < 1.0:
-        raise ValueError(f"the held-out share must be in [0, 1), got {share}")
-    scale = float(2**64)
-
-    def point(user_id: str) -> float:
-        digest = hashlib.sha256(f"shoprec-membership:{seed}:{user_id}".encode()).digest()
-        return int.from_bytes(digest[:8], "big") / scale
-
-    return np.fromiter((point(str(u)) < share for u in user_ids), dtype=bool)
-
-
-def drop_held_out(settings: Settings, user_cuts: pd.DataFrame) -> pd.DataFrame:
-    """The rows of ``user_cuts`` (a ``user_id`` column) that may train: held-out users removed.
-
-    The trainer's one-line hook: ``user_cuts = drop_held_out(settings, per_user_cuts(...))``.
-    """
-    keep = ~holdout_mask(
-        user_cuts["user_id"].astype(str), settings.membership_holdout_share, seed=settings.seed
-    )
-    return user_cuts[keep].reset_index(drop=True)
 
 
 @dataclass(frozen=True)
@@ -106,12 +82,6 @@ def per_user_losses(
     """``[len(examples)]`` per-user training loss (``UserSoftmaxLoss``, reduction none) of ``model``,
     averaged over ``draws`` fixed draws of each user's negatives. Works on a clean copy of the model
     (no Opacus hooks), in eval mode, without gradients; ``examples`` is not changed."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    from tasks.model import TwoTower
-    from tasks.training import UserSoftmaxLoss
-
     if draws < 1:
         raise ValueError("draws must be at least 1")
     clean = TwoTower(model.config)
@@ -164,19 +134,6 @@ def record_membership_losses(
     cut, Feast features at the cut, purchases after it). Members are the run's training users
     (``training_users_file``; where that file is not on this worker: the candidates not held out).
     """
-    import pandas as pd
-
-    from tasks.features import read_events
-    from tasks.privacy import write_membership_losses
-    from tasks.registry import load_version
-    from tasks.training import (
-        build_examples,
-        feature_state,
-        load_catalog,
-        per_user_cuts,
-        purchases_after_cuts,
-    )
-
     version = str(registration["version"])
     delta = float(manifest["delta"])
     validation = pd.Timestamp(manifest["cuts"]["validation"])
@@ -207,7 +164,7 @@ def record_membership_losses(
         reason = (
             f"{len(split.members)} members and {len(split.nonmembers)} held-out non-members among "
             f"{len(users)} candidate users (held-out share {share}); the audit needs both: does "
-            "run_training drop held-out users (tasks.membership.drop_held_out)?"
+            "run_training drop held-out users (tasks.dataset.drop_held_out)?"
         )
         log.warning("model version %s: no membership losses recorded: %s", version, reason)
         return MembershipManifest(version, len(split.members), len(split.nonmembers), delta, None, reason)

@@ -11,114 +11,34 @@ There are no per-user parameters: a user's vector is computed at serving time fr
 features and history, so the released weights are all the DP guarantee has to cover, and a new user is
 served from their first events. A new item is served through its text.
 
-Index 0 of every item table is padding; catalog item ``i`` (0-based) has model index ``i + 1``.
+Index 0 of every item table is padding; catalog item ``i`` (0-based) has model index ``i + 1``. The numpy
+inputs (catalog, feature transform, history indices, blend) are in :mod:`tasks.catalog`.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Final
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-USER_COUNT_FEATURES: Final[tuple[str, ...]] = (
-    "views_7d",
-    "clicks_7d",
-    "carts_7d",
-    "purchases_7d",
-    "views_30d",
-    "clicks_30d",
-    "carts_30d",
-    "purchases_30d",
-    "spend_30d",
-    "avg_basket_value_30d",
+from tasks.catalog import (
+    CONTENT_NEIGHBOURS,
+    N_USER_FEATURES,
+    PAD,
+    BlendWeights,
+    ItemCatalog,
+    blend_scores,
+    history_matrix,
+    history_positions,
+    own_purchase_matrix,
+    user_feature_matrix,
 )
-USER_FEATURE_COLUMNS: Final[tuple[str, ...]] = (*USER_COUNT_FEATURES, "days_since_last_purchase")
-N_USER_FEATURES: Final = len(USER_FEATURE_COLUMNS) + 1  # + "has purchased before" indicator
-PAD: Final = 0
-UNKNOWN_CATEGORY: Final = "<unknown>"
-
-
-@dataclass(frozen=True)
-class ItemCatalog:
-    """Public item-tower inputs, aligned by position: ``item_ids[i]`` has model index ``i + 1``."""
-
-    item_ids: tuple[str, ...]
-    text: np.ndarray  # float32 [n_items, text_dim], frozen encoder output
-    category_index: np.ndarray  # int64 [n_items], index into ``categories`` (+1 at lookup, 0 = pad)
-    price_bucket: np.ndarray  # int64 [n_items] in [0, n_price_buckets)
-    categories: tuple[str, ...]
-    price_edges: tuple[float, ...]
-    encoder_id: str = "unknown"
-    _index: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        self._index.update({item: i + 1 for i, item in enumerate(self.item_ids)})
-
-    @property
-    def n_items(self) -> int:
-        return len(self.item_ids)
-
-    def index_of(self, item_ids: Sequence[str]) -> np.ndarray:
-        """Model indices of item ids; unknown ids map to padding (0)."""
-        return np.fromiter((self._index.get(i, PAD) for i in item_ids), dtype=np.int64, count=len(item_ids))
-
-
-def price_edges_log(n_buckets: int, low: float = 0.5, high: float = 500.0) -> tuple[float, ...]:
-    """Fixed log-spaced price bucket edges (public constants, not learned from data)."""
-    return tuple(float(x) for x in np.geomspace(low, high, n_buckets - 1))
-
-
-def build_item_catalog(
-    items: pd.DataFrame, embeddings: pd.DataFrame, *, n_price_buckets: int = 8, encoder_id: str = "unknown"
-) -> ItemCatalog:
-    """Join catalog rows (item_id, category, price) with their text embeddings (item_id, embedding)."""
-    merged = items[["item_id", "category", "price"]].merge(
-        embeddings[["item_id", "embedding"]], on="item_id", how="inner", validate="one_to_one"
-    )
-    if merged.empty:
-        raise ValueError("no catalog item has a text embedding")
-    merged = merged.sort_values("item_id", kind="stable").reset_index(drop=True)
-    category = merged["category"].fillna(UNKNOWN_CATEGORY).astype(str)
-    categories = tuple(sorted(set(category)))
-    cat_pos = {c: i for i, c in enumerate(categories)}
-    edges = price_edges_log(n_price_buckets)
-    price = merged["price"].fillna(0.0).to_numpy(dtype=np.float64)
-    return ItemCatalog(
-        item_ids=tuple(merged["item_id"].astype(str)),
-        text=np.stack(merged["embedding"].map(lambda v: np.asarray(v, dtype=np.float32)).to_list()),
-        category_index=category.map(cat_pos).to_numpy(dtype=np.int64),
-        price_bucket=np.searchsorted(np.asarray(edges), price).astype(np.int64),
-        categories=categories,
-        price_edges=edges,
-        encoder_id=encoder_id,
-    )
-
-
-def user_feature_matrix(frame: pd.DataFrame) -> np.ndarray:
-    """Fixed transforms of the user features: ``log1p`` counts, recency scaled, a "never bought" flag.
-
-    No mean or variance is estimated from the population, so the transform itself releases nothing.
-    """
-    counts = frame.reindex(columns=list(USER_COUNT_FEATURES)).fillna(0.0).to_numpy(dtype=np.float64)
-    days = frame.get("days_since_last_purchase", pd.Series(-1, index=frame.index)).fillna(-1)
-    days_arr = days.to_numpy(dtype=np.float64)
-    never = (days_arr < 0).astype(np.float64)
-    recency = np.where(days_arr < 0, 0.0, np.log1p(np.clip(days_arr, 0, None)) / 6.0)
-    out = np.concatenate([np.log1p(np.clip(counts, 0, None)) / 4.0, recency[:, None], never[:, None]], axis=1)
-    return out.astype(np.float32)
-
-
-def history_matrix(histories: Sequence[Sequence[str]], catalog: ItemCatalog, length: int) -> np.ndarray:
-    """Model indices of each user's recent items (most recent first), padded with 0 to ``length``."""
-    out = np.zeros((len(histories), length), dtype=np.int64)
-    for row, positions in enumerate(history_positions(histories, catalog, length)):
-        out[row, : len(positions)] = positions + 1
-    return out
 
 
 @dataclass(frozen=True)
@@ -232,54 +152,6 @@ def build_model(catalog: ItemCatalog, *, dim: int = 64, hidden: int = 128, item_
 
 
 @dataclass(frozen=True)
-class BlendWeights:
-    """Scoring blend: ``model`` * z-scored model score + ``repeat`` * log1p(own purchases)
-    + ``popularity`` * z-scored log1p(DP popularity) + ``content`` * z-scored content affinity
-    (:func:`content_affinity`).
-
-    The repeat and content signals are the user's own data with the public text encoder (no privacy
-    cost); the popularity signal is a DP release charged to the ledger. Weights are tuned on a
-    validation window, which may also turn the model's share down (to 0 when it adds nothing there).
-    """
-
-    repeat: float = 0.0
-    popularity: float = 0.0
-    content: float = 0.0
-    model: float = 1.0
-
-
-# Text neighbours kept per item: on Online Retail II 50 to 200 ranked as well as all items (ad hoc
-# script on the validation window; numbers in the #5 issue note).
-CONTENT_NEIGHBOURS: Final = 100
-
-
-def _row_z(scores: np.ndarray) -> np.ndarray:
-    mean = scores.mean(axis=1, keepdims=True)
-    return (scores - mean) / (scores.std(axis=1, keepdims=True) + 1e-6)
-
-
-def blend_scores(
-    model_scores: np.ndarray,
-    own_counts: np.ndarray | None,
-    popularity: np.ndarray | None,
-    weights: BlendWeights,
-    content: np.ndarray | None = None,
-) -> np.ndarray:
-    """Blend ``[U, N]`` model scores with ``[U, N]`` own purchase counts, ``[N]`` DP popularity and
-    ``[U, N]`` content affinity."""
-    out = weights.model * _row_z(model_scores)
-    if own_counts is not None and weights.repeat:
-        out = out + weights.repeat * np.log1p(np.clip(own_counts, 0, None))
-    if popularity is not None and weights.popularity:
-        pop = np.log1p(np.clip(popularity, 0, None))
-        pop = (pop - pop.mean()) / (pop.std() + 1e-6)
-        out = out + weights.popularity * pop[None, :]
-    if content is not None and weights.content:
-        out = out + weights.content * _row_z(content)
-    return out
-
-
-@dataclass(frozen=True)
 class TextNeighbours:
     """Each catalog position's ``m`` most similar positions by title-embedding cosine (itself included)."""
 
@@ -302,17 +174,6 @@ def text_neighbours(text: np.ndarray, m: int = CONTENT_NEIGHBOURS, chunk: int = 
     return TextNeighbours(torch.cat(index).numpy(), torch.cat(similarity).numpy())
 
 
-def history_positions(
-    recent_items: Sequence[Sequence[str] | None], catalog: ItemCatalog, length: int
-) -> list[np.ndarray]:
-    """0-based catalog positions of each user's ``length`` most recent items (unknown items dropped)."""
-    out = []
-    for items in recent_items:
-        idx = catalog.index_of(list(items if items is not None else [])[:length])
-        out.append(idx[idx != PAD] - 1)
-    return out
-
-
 def content_affinity(histories: Sequence[np.ndarray], neighbours: TextNeighbours, n_items: int) -> np.ndarray:
     """``[U, N]``: for each item, its highest text cosine to an item of the user's history among those
     items' neighbour lists (0 elsewhere). The user's own data and public text: no privacy cost.
@@ -332,18 +193,6 @@ def content_affinity(histories: Sequence[np.ndarray], neighbours: TextNeighbours
             0, flat, torch.from_numpy(np.concatenate(sims)).clamp(min=0.0), reduce="amax", include_self=True
         )
     return out.numpy()
-
-
-def own_purchase_matrix(state: pd.DataFrame, catalog: ItemCatalog) -> np.ndarray:
-    """``[U, N]`` counts of each user's own past purchases (the user's own data: no privacy cost)."""
-    out = np.zeros((len(state), catalog.n_items), dtype=np.float32)
-    for row, (items, counts) in enumerate(
-        zip(state["purchased_items"], state["purchased_counts"], strict=True)
-    ):
-        idx = catalog.index_of(list(items))
-        keep = idx != PAD
-        np.add.at(out[row], idx[keep] - 1, np.asarray(counts, dtype=np.float32)[keep])
-    return out
 
 
 class Recommender:
@@ -417,3 +266,54 @@ class Recommender:
         top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         ids = np.asarray(self.catalog.item_ids)
         return [(ids[row].tolist(), [float(x) for x in scores[u, row]]) for u, row in enumerate(top)]
+
+
+# --- saving and loading a Recommender -------------------------------------------------------------
+def save_recommender(recommender: Recommender, path: Path) -> Path:
+    """Write weights, architecture, public catalog inputs, blend weights and DP popularity to ``path``."""
+    path.mkdir(parents=True, exist_ok=True)
+    torch.save(recommender.model.state_dict(), path / "weights.pt")
+    catalog = recommender.catalog
+    np.savez(
+        path / "catalog.npz",
+        text=catalog.text,
+        category_index=catalog.category_index,
+        price_bucket=catalog.price_bucket,
+        popularity=recommender.popularity if recommender.popularity is not None else np.zeros(0),
+    )
+    meta = {
+        "model_config": asdict(recommender.model.config),
+        "item_ids": list(catalog.item_ids),
+        "categories": list(catalog.categories),
+        "price_edges": list(catalog.price_edges),
+        "encoder_id": catalog.encoder_id,
+        "weights": asdict(recommender.weights),
+        "history_length": recommender.history_length,
+        "has_popularity": recommender.popularity is not None,
+    }
+    (path / "recommender.json").write_text(json.dumps(meta, indent=2))
+    return path
+
+
+def load_recommender(path: Path, device: str = "cpu") -> Recommender:
+    """Rebuild a :class:`Recommender` written by :func:`save_recommender`."""
+    meta = json.loads((path / "recommender.json").read_text())
+    arrays = np.load(path / "catalog.npz")
+    catalog = ItemCatalog(
+        item_ids=tuple(meta["item_ids"]),
+        text=arrays["text"],
+        category_index=arrays["category_index"],
+        price_bucket=arrays["price_bucket"],
+        categories=tuple(meta["categories"]),
+        price_edges=tuple(meta["price_edges"]),
+        encoder_id=meta["encoder_id"],
+    )
+    model = TwoTower(ModelConfig(**meta["model_config"]))
+    model.load_state_dict(torch.load(path / "weights.pt", map_location=device, weights_only=True))
+    return Recommender(
+        model.to(device),
+        catalog,
+        weights=BlendWeights(**meta["weights"]),
+        popularity=arrays["popularity"] if meta["has_popularity"] else None,
+        history_length=int(meta["history_length"]),
+    )

@@ -10,6 +10,7 @@ import datetime as dt
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,8 +116,6 @@ def run_dag(
     run_conf: dict[str, Any] | None = None,
 ) -> DagRunResult:
     """Run one DAG run with ``dag.test()`` and collect the task states."""
-    import time
-
     started = time.perf_counter()
     kwargs: dict[str, Any] = {"run_conf": run_conf}
     if logical_date is not None:

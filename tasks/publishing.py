@@ -31,7 +31,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import os
+import secrets
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +45,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tasks.catalog import ItemCatalog, blend_scores
 from tasks.code_version import code_version
 from tasks.config import Settings
+from tasks.contracts import PURCHASE
+from tasks.feast_store import apply_definitions, build_definitions, get_store
+from tasks.features import item_features_path, read_events, user_features_dir
+from tasks.privacy import ChargeStatus, PopularityRelease
+from tasks.privacy.anchors import write_anchor_file
+from tasks.privacy.ledger_key import open_ledger
+from tasks.privacy.policy import budget_for_run
 
 if TYPE_CHECKING:
     import torch
@@ -374,7 +385,7 @@ def scoring_catalog(recommender: Recommender, items: pd.DataFrame) -> ScoringCat
     """
     import torch
 
-    from tasks.model import ItemCatalog, TwoTower
+    from tasks.model import TwoTower
 
     known = recommender.catalog
     frame = items.dropna(subset=["embedding"]).sort_values("item_id", kind="stable")
@@ -500,8 +511,6 @@ def recommendations_service(view: Any, tags: dict[str, str]) -> Any:
 
 def recommendation_objects(settings: Settings) -> list[Any]:
     """Both slot views (no service: :func:`publish_online` applies it when it switches)."""
-    from tasks.feast_store import build_definitions
-
     user = build_definitions(settings.features_dir).user
     source = recommendations_source(settings)
     return [user, source, *(recommendation_view(slot, user, source) for slot in SLOTS)]
@@ -609,9 +618,11 @@ def offline_root(settings: Settings) -> Path:
 
 # --- per-country DP popularity for cold start (one ledger-charged release per champion) ---------------
 COUNTRY_POPULARITY_PURPOSE: Final = "publish_popularity_by_country"
-POPULARITY_NOISE: Final = 4.0  # noise multiplier (sigma / L2 sensitivity), as training's global release
-POPULARITY_CAP: Final = 20  # distinct (country, item) keys one user adds
-POPULARITY_DAYS: Final = 30
+# The per-country DP popularity release of a publish: purchases of the 30 days before the scoring time,
+# at most 20 distinct (country, item) keys per user, noise multiplier 4 (as training's global release).
+COUNTRY_POPULARITY: Final = PopularityRelease(
+    noise_multiplier=4.0, cap_per_user=20, days=30, event_types=(PURCHASE,), by_country=True
+)
 
 
 def user_countries(events: pd.DataFrame) -> dict[str, str]:
@@ -632,13 +643,11 @@ def country_popularity(
     """DP distinct-buyer counts per (country, item) over ``settings.publish_countries``, ``[N]`` each.
 
     Released once per champion version (cached beside the audit copies) and charged to the ledger
-    before it runs: OpenDP's discrete Gaussian of scale POPULARITY_NOISE * sqrt(POPULARITY_CAP), L2
-    sensitivity sqrt(POPULARITY_CAP), rho-zCDP composed by the ledger accountant (opacus-rdp) at the
+    before it runs: :data:`COUNTRY_POPULARITY` (OpenDP's discrete Gaussian of scale noise multiplier *
+    sqrt(cap), L2 sensitivity sqrt(cap)), rho-zCDP composed by the ledger accountant (opacus-rdp) at the
     scope's delta, privacy unit = user.  Every release has its own charge: when the cache is missing
     a new charge is reserved (:func:`_release_country_popularity`), never an earlier one reused.
     """
-    from tasks.privacy.ledger_key import open_ledger
-
     countries = sorted(settings.publish_countries)
     if not countries:
         return {}
@@ -677,28 +686,16 @@ def _release_country_popularity(
     charge is committed before the file appears, so a charge left ``reserved`` (a crash between
     reserve and commit) has no release on disk; on an exception before the commit it is released.
     """
-    import hashlib
-    import secrets
-
-    from tasks.privacy import ChargeStatus, popularity_mechanism, release_dp_popularity
-    from tasks.privacy.anchors import write_anchor_file
-    from tasks.privacy.policy import budget_for_run
-
     end = pd.Timestamp(scoring_time).tz_convert("UTC")
-    window = events[
-        (events["event_type"] == "purchase")
-        & (events["event_timestamp"] >= end - pd.Timedelta(days=POPULARITY_DAYS))
-        & (events["event_timestamp"] < end)
-    ]
-    sigma = POPULARITY_NOISE * float(np.sqrt(POPULARITY_CAP))
+    window = COUNTRY_POPULARITY.window(events, end)
     n_users = int(events["user_id"].nunique())
     budget_for_run(ledger, settings, n_users=n_users)  # refuses a configuration that disagrees
     known = {c.id for c in ledger.charges(settings.privacy_scope)}
     charge = ledger.reserve(
         scope=settings.privacy_scope,
         run_id=f"publish:{model_version}:{secrets.token_hex(8)}",
-        mechanism=popularity_mechanism(sigma, POPULARITY_CAP),
-        data_window=((end - pd.Timedelta(days=POPULARITY_DAYS)).to_pydatetime(), end.to_pydatetime()),
+        mechanism=COUNTRY_POPULARITY.mechanism(),
+        data_window=(COUNTRY_POPULARITY.start(end).to_pydatetime(), end.to_pydatetime()),
         n_users=n_users,
         code_version=code_version(),
         data_hash=hashlib.sha256(f"{len(window)}|{end.isoformat()}".encode()).hexdigest(),
@@ -710,14 +707,7 @@ def _release_country_popularity(
             f"({charge.status}), which another release holds; refusing a second release under it"
         )
     try:
-        released = release_dp_popularity(
-            window,
-            sigma=sigma,
-            cap_per_user=POPULARITY_CAP,
-            by_country=True,
-            item_ids=list(item_ids),
-            countries=list(countries),
-        )
+        released = COUNTRY_POPULARITY.release(events, end, item_ids=list(item_ids), countries=list(countries))
         ledger.commit(charge.id, model_version=model_version, artifact_uri=cache.as_uri())
         write_anchor_file(settings, f"commit-{charge.id}", ledger.anchor())
     except BaseException:
@@ -757,7 +747,6 @@ def scoring_time_for_days(days: Sequence[str]) -> dt.datetime:
 
 
 def _user_snapshot(settings: Settings, scoring_time: dt.datetime) -> pd.DataFrame:
-    from tasks.features import user_features_dir
 
     day = (scoring_time.astimezone(dt.UTC) - dt.timedelta(days=1)).date()
     path = user_features_dir(settings) / f"{day.isoformat()}.parquet"
@@ -767,7 +756,6 @@ def _user_snapshot(settings: Settings, scoring_time: dt.datetime) -> pd.DataFram
 
 
 def _current_items(settings: Settings) -> pd.DataFrame:
-    from tasks.features import item_features_path
 
     return pq.read_table(item_features_path(settings)).to_pandas()
 
@@ -787,12 +775,9 @@ def run_publish(
     ``models:/<name>@champion``). Writes the audit parquet (temp file, rename) before the online
     blue/green write and switch. Same model and scoring time: same rows, same bytes.
     """
-    import time
-
     import torch
 
-    from tasks.feast_store import apply_definitions, get_store
-    from tasks.model import blend_scores, content_affinity, text_neighbours
+    from tasks.model import content_affinity, text_neighbours
 
     rules = rules or PublishRules(k=settings.top_k)
     if scoring_time.tzinfo is None:
@@ -861,8 +846,6 @@ def run_publish(
     lists = {GLOBAL: popularity_top_k(popular, rules=rules, category=catalog.category)}
     countries: dict[str, str] = {}
     if settings.publish_countries:
-        from tasks.features import read_events
-
         events = read_events(settings, until=(scoring_time.astimezone(dt.UTC) - dt.timedelta(days=1)).date())
         events = events[events["event_timestamp"] < pd.Timestamp(scoring_time)]
         by_country = country_popularity(
@@ -930,7 +913,6 @@ def resolve_scoring_time(
             days.extend(str(d) for d in (extra.get("partitions") or extra.get("days") or []))
     if days:
         return scoring_time_for_days(days)
-    from tasks.features import user_features_dir
 
     snapshots = sorted(p.stem for p in user_features_dir(settings).glob("*.parquet"))
     if not snapshots:
@@ -941,8 +923,6 @@ def resolve_scoring_time(
 def live_service_definition(settings: Settings) -> Any | None:
     """The registered ``recommendations_v1`` as it is now (for ``feature_repo/``), None before the first
     publish or when the registry cannot be read; lets ``feast apply`` from the folder keep the live slot."""
-    from tasks.feast_store import get_store
-
     try:
         store = get_store(settings)
         slot, _ = live_slot(store)

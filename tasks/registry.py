@@ -10,7 +10,6 @@ decision and its reasons to the version's tags.
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -19,11 +18,18 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import pandas as pd
-import torch
 
+from tasks.baselines import broadcast, buy_again_scores, cooccurrence_scores, popularity_counts
+from tasks.catalog import USER_FEATURE_COLUMNS
 from tasks.config import Settings
-from tasks.model import BlendWeights, ItemCatalog, ModelConfig, Recommender, TwoTower
+from tasks.contracts import list_partitions
+from tasks.dataset import feature_state, load_catalog
+from tasks.evaluation import evaluate_scores, retention, temporal_split_from_state
+from tasks.features import read_events, snapshot_time
+from tasks.model import Recommender, load_recommender, save_recommender
 from tasks.permissions import private_sqlite
+from tasks.privacy import PrivacyStatement, attach_to_model_version
+from tasks.privacy.ledger_key import open_ledger
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -32,57 +38,6 @@ CHALLENGER: Final = "challenger"
 CHAMPION: Final = "champion"
 GATE_METRIC: Final = "ndcg@10"
 MODEL_ARTIFACT: Final = "model"
-
-
-# --- saving and loading a Recommender -------------------------------------------------------------
-def save_recommender(recommender: Recommender, path: Path) -> Path:
-    """Write weights, architecture, public catalog inputs, blend weights and DP popularity to ``path``."""
-    path.mkdir(parents=True, exist_ok=True)
-    torch.save(recommender.model.state_dict(), path / "weights.pt")
-    catalog = recommender.catalog
-    np.savez(
-        path / "catalog.npz",
-        text=catalog.text,
-        category_index=catalog.category_index,
-        price_bucket=catalog.price_bucket,
-        popularity=recommender.popularity if recommender.popularity is not None else np.zeros(0),
-    )
-    meta = {
-        "model_config": asdict(recommender.model.config),
-        "item_ids": list(catalog.item_ids),
-        "categories": list(catalog.categories),
-        "price_edges": list(catalog.price_edges),
-        "encoder_id": catalog.encoder_id,
-        "weights": asdict(recommender.weights),
-        "history_length": recommender.history_length,
-        "has_popularity": recommender.popularity is not None,
-    }
-    (path / "recommender.json").write_text(json.dumps(meta, indent=2))
-    return path
-
-
-def load_recommender(path: Path, device: str = "cpu") -> Recommender:
-    """Rebuild a :class:`Recommender` written by :func:`save_recommender`."""
-    meta = json.loads((path / "recommender.json").read_text())
-    arrays = np.load(path / "catalog.npz")
-    catalog = ItemCatalog(
-        item_ids=tuple(meta["item_ids"]),
-        text=arrays["text"],
-        category_index=arrays["category_index"],
-        price_bucket=arrays["price_bucket"],
-        categories=tuple(meta["categories"]),
-        price_edges=tuple(meta["price_edges"]),
-        encoder_id=meta["encoder_id"],
-    )
-    model = TwoTower(ModelConfig(**meta["model_config"]))
-    model.load_state_dict(torch.load(path / "weights.pt", map_location=device, weights_only=True))
-    return Recommender(
-        model.to(device),
-        catalog,
-        weights=BlendWeights(**meta["weights"]),
-        popularity=arrays["popularity"] if meta["has_popularity"] else None,
-        history_length=int(meta["history_length"]),
-    )
 
 
 # --- the MLflow pyfunc ----------------------------------------------------------------------------
@@ -111,8 +66,6 @@ def _python_model_class() -> type:
 
 def example_input(recommender: Recommender) -> pd.DataFrame:
     """One illustrative input row (user features, history and own purchases)."""
-    from tasks.model import USER_FEATURE_COLUMNS
-
     row: dict[str, Any] = {c: 0.0 for c in USER_FEATURE_COLUMNS}
     row["days_since_last_purchase"] = -1.0
     first = recommender.item_ids[0]
@@ -125,8 +78,6 @@ def model_signature() -> Any:
     output: ``item_ids`` and ``scores`` of the top ``k`` (a parameter, default 10)."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
-
-    from tasks.model import USER_FEATURE_COLUMNS
 
     inputs: list[Any] = [ColSpec(DataType.double, c, required=False) for c in USER_FEATURE_COLUMNS]
     inputs += [
@@ -413,11 +364,6 @@ def evaluation_reports(
     settings: Settings, manifest: dict[str, Any], champion: Recommender | None
 ) -> tuple[dict[str, Any], Any]:
     """Challenger, its non-private twin, the champion and the baselines on the run's test split."""
-    from tasks.baselines import broadcast, buy_again_scores, cooccurrence_scores, popularity_counts
-    from tasks.evaluation import evaluate_scores, temporal_split_from_state
-    from tasks.features import read_events
-    from tasks.training import feature_state, load_catalog
-
     cut, end = pd.Timestamp(manifest["cuts"]["test"]), pd.Timestamp(manifest["cuts"]["as_of"])
     events = read_events(settings)
     catalog = load_catalog(settings)
@@ -457,10 +403,6 @@ def evaluation_reports(
 def register_and_gate(settings: Settings, manifest: dict[str, Any]) -> RegistrationManifest:
     """Evaluate, log and register the challenger, attach its privacy statement, commit the ledger
     charges, and run the promotion gate against the champion on the same evaluation data."""
-    from tasks.evaluation import retention
-    from tasks.privacy import PrivacyStatement, attach_to_model_version
-    from tasks.privacy.ledger_key import open_ledger
-
     champion_version = alias_version(settings, CHAMPION)
     champion = load_version(settings, champion_version) if champion_version else None
     reports, split = evaluation_reports(settings, manifest, champion)
@@ -567,9 +509,6 @@ def last_trained_as_of(settings: Settings) -> pd.Timestamp | None:
 def training_due(settings: Settings) -> bool:
     """Whether the lake's data end is at least ``min_training_interval_hours`` after the data end of
     the last registered version (data time, never the clock)."""
-    from tasks.contracts import list_partitions
-    from tasks.features import snapshot_time
-
     days = list_partitions(settings.events_dir)
     if not days:
         return False

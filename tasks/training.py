@@ -5,8 +5,9 @@ the items they interacted with (``INTERACTIONS``) in the label window after it (
 sampled negatives. Users are
 Poisson-sampled (Opacus ``DPDataLoader``), each user's gradient is clipped to ``max_grad_norm`` as one
 vector (``grad_sample_mode="ghost"``: per-sample gradient norms without materialising per-sample
-gradients), Gaussian noise ``noise_multiplier * max_grad_norm`` is added to the sum, and the RDP
-accountant turns (noise multiplier, sample rate, steps) into (epsilon, delta).
+gradients), Gaussian noise ``noise_multiplier * max_grad_norm`` is added to the sum, and the ledger's
+RDP accountant (:func:`tasks.privacy.accounting.rdp_epsilon`, the orders the ledger composes at) turns
+the steps Opacus recorded (noise multiplier, sample rate, steps) into (epsilon, delta).
 
 Noise nobody can reproduce: the DP-SGD noise generator and the Poisson sampler's generator are seeded
 from OS entropy (:func:`entropy_seed`, 64 bits of ``os.urandom``) for every run and every resumed
@@ -17,17 +18,20 @@ torchcsprng, which is not installed).  Only ``TrainConfig.noise_seed``, set by `
 reproducible.
 
 The noise multiplier is an input: it is calibrated against the budget the privacy ledger grants
-(``tasks.privacy.calibrate_noise_multiplier``), or by :func:`noise_for_budget` when the composition is
-known up front (benchmarks), never by ``make_private_with_epsilon``, which ignores budget already spent.
+(``tasks.privacy.calibrate_noise_multiplier``), or by :func:`tasks.privacy.accounting.noise_for_budget`
+when the composition is known up front (benchmarks), never by ``make_private_with_epsilon``, which
+ignores budget already spent.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
 import secrets
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -40,97 +44,54 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from tasks.baselines import counts_to_catalog
+from tasks.catalog import (
+    PAD,
+    BlendWeights,
+    ItemCatalog,
+    history_matrix,
+    history_positions,
+    own_purchase_matrix,
+    user_feature_matrix,
+)
 from tasks.code_version import code_version as current_code_version
 from tasks.config import Settings
-from tasks.model import PAD, ItemCatalog, TwoTower, history_matrix, user_feature_matrix
+from tasks.contracts import list_partitions
+from tasks.dataset import (
+    INTERACTIONS,
+    Cuts,
+    drop_held_out,
+    feature_state,
+    load_catalog,
+    per_user_cuts,
+    purchases_after_cuts,
+)
+from tasks.evaluation import temporal_split_from_state, tune_blend
+from tasks.features import read_events, snapshot_time
+from tasks.ingest import rejected_days
+from tasks.model import (
+    Recommender,
+    TwoTower,
+    build_model,
+    content_affinity,
+    save_recommender,
+    text_neighbours,
+)
 from tasks.permissions import private_dir, private_file
+from tasks.privacy import (
+    DpSgdMechanism,
+    PopularityRelease,
+    calibrate_noise_multiplier,
+)
+from tasks.privacy.accounting import LEDGER_ACCOUNTANT, rdp_epsilon
+from tasks.privacy.ledger_key import open_ledger
+from tasks.privacy.policy import budget_for_run
 
 log = logging.getLogger(__name__)
 
+# Opacus' accountant records the steps (its history, saved in checkpoints); epsilon is computed from
+# that history by the ledger's accountant (tasks.privacy.accounting.rdp_epsilon).
 ACCOUNTANT: Final = "rdp"
-PURCHASE: Final = "purchase"
-# What counts as an interaction for training labels and the DP popularity release. Purchases are rare
-# (the default synthetic shop: 1,550 purchases but 64,000 views, clicks and carts in 40 days), so
-# learning from every interaction gives DP-SGD ~5x more users and the popularity release ~40x more
-# signal at the same noise. Purchase-only data (Online Retail II) is unaffected.
-INTERACTIONS: Final[tuple[str, ...]] = ("view", "click", "add_to_cart", PURCHASE)
-_EVENT_COUNTS: Final = {"view": "views", "click": "clicks", "add_to_cart": "carts", "purchase": "purchases"}
-
-
-# --- point-in-time user state from the lake (mirrors the Feast user features) ------------------------
-def user_state_at(events: pd.DataFrame, at: pd.Timestamp, history_length: int) -> pd.DataFrame:
-    """One row per user with events before ``at``: the user feature columns, ``recent_items`` and
-    ``purchased_items``/``purchased_counts`` (the user's own purchase counts), as of ``at``."""
-    past = events[events["event_timestamp"] < at]
-    if past.empty:
-        return pd.DataFrame(columns=["user_id", "recent_items", "purchased_items", "purchased_counts"])
-    out = pd.DataFrame(index=pd.Index(sorted(past["user_id"].unique()), name="user_id"))
-    for days in (7, 30):
-        window = past[past["event_timestamp"] >= at - pd.Timedelta(days=days)]
-        counts = window.groupby(["user_id", "event_type"]).size().unstack(fill_value=0)
-        for etype, name in _EVENT_COUNTS.items():
-            col = counts[etype] if etype in counts.columns else pd.Series(dtype=float)
-            out[f"{name}_{days}d"] = col.reindex(out.index).fillna(0.0)
-        if days == 30:
-            buys = window[window["event_type"] == PURCHASE]
-            spend = (buys["quantity"] * buys["unit_price"].fillna(0.0)).groupby(buys["user_id"]).sum()
-            baskets = buys.groupby("user_id")["session_id"].nunique().clip(lower=1)
-            out["spend_30d"] = spend.reindex(out.index).fillna(0.0)
-            out["avg_basket_value_30d"] = (spend / baskets).reindex(out.index).fillna(0.0)
-    buys = past[past["event_type"] == PURCHASE]
-    last_buy = buys.groupby("user_id")["event_timestamp"].max()
-    out["days_since_last_purchase"] = ((at - last_buy).dt.days).reindex(out.index).fillna(-1).astype(int)
-    ordered = past.sort_values("event_timestamp", ascending=False, kind="stable")
-    recent = ordered.drop_duplicates(["user_id", "item_id"]).groupby("user_id")["item_id"]
-    out["recent_items"] = recent.apply(lambda s: list(s[:history_length])).reindex(out.index)
-    counts = buys.groupby(["user_id", "item_id"]).size()
-    grouped = counts.groupby(level=0)
-    out["purchased_items"] = grouped.apply(lambda s: list(s.index.get_level_values(1))).reindex(out.index)
-    out["purchased_counts"] = grouped.apply(lambda s: [int(v) for v in s.to_numpy()]).reindex(out.index)
-    for col in ("recent_items", "purchased_items", "purchased_counts"):
-        out[col] = out[col].map(lambda v: v if isinstance(v, list) else [])
-    return out.reset_index()
-
-
-def purchases_between(events: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp) -> dict[str, list[str]]:
-    """Each user's distinct purchased items in ``[start, end)``, most frequent first."""
-    window = events[
-        (events["event_type"] == PURCHASE)
-        & (events["event_timestamp"] >= start)
-        & (events["event_timestamp"] < end)
-    ]
-    counts = window.groupby(["user_id", "item_id"]).size().reset_index(name="n")
-    counts = counts.sort_values(["user_id", "n", "item_id"], ascending=[True, False, True], kind="stable")
-    return {str(u): [str(i) for i in g["item_id"]] for u, g in counts.groupby("user_id", sort=True)}
-
-
-def per_user_cuts(
-    events: pd.DataFrame, end: pd.Timestamp, event_types: Sequence[str] = INTERACTIONS
-) -> pd.DataFrame:
-    """Each user's own training cut: the start of the middle one of their distinct days with an event
-    of ``event_types`` before ``end`` (users with at least two such days). Their state is taken at the
-    cut and their interactions in ``[cut, end)`` are the labels, so every user is one sample and the
-    labels of one user never leak into the state of the same sample."""
-    buys = events[events["event_type"].isin(list(event_types)) & (events["event_timestamp"] < end)]
-    days = buys.assign(day=buys["event_timestamp"].dt.floor("D")).drop_duplicates(["user_id", "day"])
-    days = days.sort_values(["user_id", "day"], kind="stable")
-    n_days = days.groupby("user_id")["day"].transform("size")
-    rank = days.groupby("user_id").cumcount()
-    chosen = days[(n_days >= 2) & (rank == n_days // 2)]
-    return pd.DataFrame(
-        {"user_id": chosen["user_id"].astype(str).to_numpy(), "cut": chosen["day"].to_numpy()}
-    )
-
-
-def purchases_after_cuts(
-    events: pd.DataFrame, cuts: pd.DataFrame, end: pd.Timestamp, event_types: Sequence[str] = INTERACTIONS
-) -> dict[str, list[str]]:
-    """Each user's distinct items with an event of ``event_types`` in ``[their cut, end)`` (the
-    training labels), most frequent first."""
-    buys = events[events["event_type"].isin(list(event_types)) & (events["event_timestamp"] < end)]
-    merged = buys.assign(user_id=buys["user_id"].astype(str)).merge(cuts, on="user_id")
-    merged = merged[merged["event_timestamp"] >= merged["cut"]].assign(event_type=PURCHASE)
-    return purchases_between(merged, merged["event_timestamp"].min(), end) if len(merged) else {}
 
 
 # --- the per-user dataset ---------------------------------------------------------------------------
@@ -225,47 +186,6 @@ class UserSoftmaxLoss(nn.Module):
         if self.reduction == "sum":
             return per_user.sum()
         return per_user.mean()
-
-
-# --- accounting -------------------------------------------------------------------------------------
-def rdp_epsilon(history: Sequence[tuple[float, float, int]], delta: float) -> float:
-    """User-level epsilon at ``delta`` of a composition of subsampled Gaussians, RDP accountant.
-
-    ``history``: (noise multiplier, sample rate, steps) per mechanism; a plain Gaussian release (DP
-    popularity counts, say) is ``(sigma / sensitivity, 1.0, 1)``.
-    """
-    from opacus.accountants import RDPAccountant
-
-    accountant = RDPAccountant()
-    accountant.history = [(float(s), float(q), int(n)) for s, q, n in history]
-    return float(accountant.get_epsilon(delta=delta))
-
-
-def noise_for_budget(
-    epsilon: float,
-    delta: float,
-    sample_rate: float,
-    steps: int,
-    *,
-    also: Sequence[tuple[float, float, int]] = (),
-    tolerance: float = 0.005,
-) -> float:
-    """Smallest noise multiplier whose run, composed with the mechanisms in ``also``, stays within
-    (``epsilon``, ``delta``) user-level under the RDP accountant (bisection)."""
-    if rdp_epsilon(list(also), delta) >= epsilon:
-        raise ValueError(f"the other mechanisms alone spend epsilon >= {epsilon} at delta={delta}")
-    low, high = 0.0, 1.0
-    while rdp_epsilon([*also, (high, sample_rate, steps)], delta) > epsilon:
-        low, high = high, high * 2
-        if high > 1e4:
-            raise ValueError("no noise multiplier below 1e4 fits the budget")
-    while high - low > tolerance:
-        mid = (low + high) / 2
-        if rdp_epsilon([*also, (mid, sample_rate, steps)], delta) > epsilon:
-            low = mid
-        else:
-            high = mid
-    return high
 
 
 # --- training ---------------------------------------------------------------------------------------
@@ -456,8 +376,9 @@ def train(
             _save_checkpoint(checkpoint_path, epoch + 1, losses, model, optimizer, engine)
     epsilon = None
     if engine is not None and delta is not None:
-        epsilon = float(engine.accountant.get_epsilon(delta=delta))
-        log.info("user-level epsilon %.3f at delta %.2e (RDP accountant)", epsilon, delta)
+        # the ledger's accountant (its RDP orders) over the steps Opacus recorded: one epsilon formula
+        epsilon = rdp_epsilon(engine.accountant.history, delta)
+        log.info("user-level epsilon %.3f at delta %.2e (%s accountant)", epsilon, delta, LEDGER_ACCOUNTANT)
     model.eval()
     return TrainResult(
         private=config.private,
@@ -469,7 +390,7 @@ def train(
         cap_k=config.cap_k,
         epsilon=epsilon,
         delta=delta if config.private else None,
-        accountant=ACCOUNTANT if config.private else None,
+        accountant=LEDGER_ACCOUNTANT if config.private else None,
         seconds_per_step=busy / max(1, steps),
         epoch_losses=tuple(losses),
         device=str(device),
@@ -522,32 +443,17 @@ def _load_checkpoint(path: Path, model: TwoTower, optimizer: Any, engine: Any) -
 # --- the train_recommender pipeline step --------------------------------------------------------------
 TRAIN_PURPOSE: Final = "train_recommender"
 POPULARITY_PURPOSE: Final = "dp_popularity"
-POPULARITY_NOISE: Final = 4.0  # noise multiplier of each DP popularity release (sigma / sqrt(cap))
-POPULARITY_CAP: Final = (
-    50  # distinct items one user adds to a popularity release (measured on both data sets)
+# The global DP popularity release of a training run (three of them: validation, test and serving
+# cuts, under one charge): noise multiplier 4, at most 50 distinct items per user (measured on both
+# data sets), the 14 days before the cut (measured better than 30 days on Online Retail II, variant B).
+DP_POPULARITY: Final = PopularityRelease(
+    noise_multiplier=4.0, cap_per_user=50, days=14, event_types=INTERACTIONS
 )
-POPULARITY_DAYS: Final = 14  # recent window: measured better than 30 days on Online Retail II (variant B)
 # DP-SGD: on the default synthetic shop (~940 training users) batch 128 and lr 1e-2 (40 steps) beat
 # batch 64 and lr 3e-3 (75 steps) at the same epsilon: NDCG@10 of the bare DP model 0.32/0.25 vs 0.22/0.18.
 TRAIN_BATCH_SIZE: Final = 128
 TRAIN_LR: Final = 1e-2
 TRAIN_NEGATIVES: Final = 32
-
-
-@dataclass(frozen=True)
-class Cuts:
-    """The run's time points (all derived from the data's end ``as_of``, never from the clock)."""
-
-    as_of: pd.Timestamp
-    test: pd.Timestamp  # evaluation truth: [test, as_of)
-    validation: pd.Timestamp  # blend tuning truth: [validation, test)
-
-    @classmethod
-    def from_end(cls, as_of: pd.Timestamp, eval_days: int) -> Cuts:
-        window = pd.Timedelta(days=eval_days)
-        test = as_of - window
-        validation = test - window
-        return cls(as_of=as_of, test=test, validation=validation)
 
 
 @dataclass(frozen=True)
@@ -595,8 +501,6 @@ def refuse_if_too_many_rejected(settings: Settings, lake_days: Sequence[dt.date]
     days with data (lake days plus rejected days): a model trained on what is left would not describe
     the shop.
     """
-    from tasks.ingest import rejected_days
-
     rejected = rejected_days(settings, lake_days[0], lake_days[-1])
     share = len(rejected) / (len(lake_days) + len(rejected))
     if share > settings.max_rejected_day_share:
@@ -612,55 +516,12 @@ def refuse_if_too_many_rejected(settings: Settings, lake_days: Sequence[dt.date]
     return rejected
 
 
-def feature_state(
-    settings: Settings, user_ids: Sequence[str], at: pd.Timestamp | Sequence[pd.Timestamp]
-) -> pd.DataFrame:
-    """``recommender_v1`` features of users as of ``at`` (one time, or one per user) from Feast
-    (point-in-time); users without a snapshot with history before their time are dropped."""
-    from tasks.feast_store import get_training_frame
-
-    entity = pd.DataFrame({"user_id": list(user_ids), "event_timestamp": at})
-    if entity.empty:
-        return entity
-    frame = get_training_frame(settings, entity)
-    frame = frame[frame["recent_items"].map(lambda v: v is not None and len(v) > 0)].copy()
-    for col in ("recent_items", "purchased_items", "purchased_counts"):
-        frame[col] = frame[col].map(lambda v: list(v) if v is not None else [])
-    return frame.sort_values("user_id", kind="stable").reset_index(drop=True)
-
-
-def load_catalog(settings: Settings) -> ItemCatalog:
-    """Public item-tower inputs from the item features (catalog + frozen title embeddings)."""
-    from tasks.feast_store import item_vectors
-    from tasks.features import read_items
-    from tasks.model import build_item_catalog
-
-    ids, matrix = item_vectors(settings)
-    embeddings = pd.DataFrame({"item_id": ids, "embedding": list(matrix)})
-    return build_item_catalog(read_items(settings), embeddings, encoder_id=f"dim{matrix.shape[1]}")
-
-
 def popularity_release(
-    events: pd.DataFrame, catalog: ItemCatalog, end: pd.Timestamp, noise: float = POPULARITY_NOISE
+    events: pd.DataFrame, catalog: ItemCatalog, end: pd.Timestamp, policy: PopularityRelease = DP_POPULARITY
 ) -> np.ndarray:
-    """DP distinct-user interaction counts over the catalog in the ``POPULARITY_DAYS`` before ``end``,
-    at most ``POPULARITY_CAP`` items per user: OpenDP's discrete Gaussian of scale
-    ``noise * sqrt(POPULARITY_CAP)``, fresh CSPRNG noise every call (ledger-charged by the caller)."""
-    from tasks.baselines import counts_to_catalog
-    from tasks.privacy import release_dp_popularity
-
-    window = events[
-        events["event_type"].isin(list(INTERACTIONS))
-        & (events["event_timestamp"] >= end - pd.Timedelta(days=POPULARITY_DAYS))
-        & (events["event_timestamp"] < end)
-    ]
-    released = release_dp_popularity(
-        window,
-        sigma=noise * float(np.sqrt(POPULARITY_CAP)),
-        cap_per_user=POPULARITY_CAP,
-        by_country=False,
-        item_ids=list(catalog.item_ids),
-    )
+    """``[N]`` DP distinct-user interaction counts over the catalog before ``end`` (``policy``, by
+    default :data:`DP_POPULARITY`), fresh CSPRNG noise every call (ledger-charged by the caller)."""
+    released = policy.release(events, end, item_ids=list(catalog.item_ids))
     return counts_to_catalog(released.rename(columns={"noisy_count": "count"}), catalog)
 
 
@@ -711,31 +572,6 @@ def run_training(settings: Settings, *, run_key: str, code_version: str | None =
     (idempotently per ``run_key``) before anything runs; the noise multiplier is calibrated so the run
     fits the budget the ledger grants, and a retry reuses the reserved mechanism and the checkpoint.
     """
-    import hashlib
-    import shutil
-
-    from tasks.contracts import list_partitions
-    from tasks.evaluation import tune_blend
-    from tasks.features import read_events, snapshot_time
-    from tasks.membership import drop_held_out
-    from tasks.model import (
-        BlendWeights,
-        Recommender,
-        build_model,
-        content_affinity,
-        history_positions,
-        own_purchase_matrix,
-        text_neighbours,
-    )
-    from tasks.privacy import (
-        DpSgdMechanism,
-        calibrate_noise_multiplier,
-        popularity_mechanism,
-    )
-    from tasks.privacy.ledger_key import open_ledger
-    from tasks.privacy.policy import budget_for_run
-    from tasks.registry import save_recommender
-
     days = list_partitions(settings.events_dir)
     if not days:
         raise FileNotFoundError(f"no event partitions under {settings.events_dir}")
@@ -787,10 +623,8 @@ def run_training(settings: Settings, *, run_key: str, code_version: str | None =
         pop_charge = _active_charge(
             ledger, settings.privacy_scope, run_key, POPULARITY_PURPOSE
         ) or ledger.reserve(
-            mechanism=_with_releases(
-                popularity_mechanism(POPULARITY_NOISE * float(np.sqrt(POPULARITY_CAP)), POPULARITY_CAP), 3
-            ),
-            data_window=(cuts.validation - pd.Timedelta(days=POPULARITY_DAYS), cuts.as_of),
+            mechanism=DP_POPULARITY.mechanism(releases=3),
+            data_window=(DP_POPULARITY.start(cuts.validation), cuts.as_of),
             purpose=POPULARITY_PURPOSE,
             **common,
         )
@@ -833,8 +667,6 @@ def run_training(settings: Settings, *, run_key: str, code_version: str | None =
             popularity_release(events, catalog, end) for end in (cuts.validation, cuts.test, cuts.as_of)
         ],
     )
-    from tasks.evaluation import temporal_split_from_state
-
     val_state = feature_state(settings, all_users, cuts.validation)
     val = temporal_split_from_state(events, catalog, val_state, cuts.validation, cuts.test)
     blends = {}
@@ -900,12 +732,6 @@ def run_training(settings: Settings, *, run_key: str, code_version: str | None =
         noise_generator=noise_generator_name(result.device, noise_seed=config.noise_seed),
         rejected_days=",".join(d.isoformat() for d in rejected),
     )
-
-
-def _with_releases(mechanism: Any, releases: int) -> Any:
-    from dataclasses import replace
-
-    return replace(mechanism, releases=releases)
 
 
 def _safe(run_key: str) -> str:

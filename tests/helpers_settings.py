@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 if TYPE_CHECKING:  # conftest imports this module: keep torch out of its import
-    from tasks.model import ItemCatalog
+    from tasks.catalog import ItemCatalog
 
 
 def only_shoprec_env(mp: pytest.MonkeyPatch, env: Mapping[str, str]) -> None:
@@ -23,7 +23,7 @@ def only_shoprec_env(mp: pytest.MonkeyPatch, env: Mapping[str, str]) -> None:
 
 def tiny_catalog(n_items: int, seed: int = 0) -> ItemCatalog:
     """A random catalog of ``n_items`` items with 8-d text vectors, 3 categories and 4 price buckets."""
-    from tasks.model import ItemCatalog
+    from tasks.catalog import ItemCatalog
 
     rng = np.random.default_rng(seed)
     return ItemCatalog(

@@ -63,13 +63,13 @@ from tasks.privacy.ledger import (
     Budget,
     BudgetExceeded,
     Charge,
-    ChargeStatus,
     EpsilonReport,
     Ledger,
     calibrate_noise_multiplier,
 )
-from tasks.privacy.popularity import popularity_mechanism, release_dp_popularity
+from tasks.privacy.popularity import PopularityRelease, popularity_mechanism, release_dp_popularity
 from tasks.privacy.statement import PrivacyStatement, attach_to_model_version
+from tasks.privacy.tables import ChargeStatus
 from tasks.privacy.verify import VerifyResult, verify_ledger
 
 __all__ = [
@@ -85,6 +85,7 @@ __all__ = [
     "LaplaceCountMechanism",
     "Ledger",
     "Mechanism",
+    "PopularityRelease",
     "PrivacyStatement",
     "VerifyResult",
     "attach_to_model_version",

@@ -163,32 +163,25 @@ def _laplace_rdp(pure_epsilon: float, order: float) -> float:
     return float(min(log_terms / (a - 1), pure_epsilon))
 
 
+def sampled_gaussian_rdp(noise_multiplier: float, sample_rate: float, steps: int) -> np.ndarray:
+    """RDP at :data:`RDP_ORDERS` of ``steps`` sampled Gaussian steps (Opacus' RDP analysis); a plain
+    Gaussian release is ``sample_rate = 1``."""
+    from opacus.accountants.analysis.rdp import compute_rdp
+
+    return np.asarray(
+        compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=steps, orders=list(RDP_ORDERS)),
+        dtype=np.float64,
+    )
+
+
 @lru_cache(maxsize=4096)
 def rdp_curve(mechanism: Mechanism) -> np.ndarray:
     """RDP of one mechanism at :data:`RDP_ORDERS`, computed by Opacus' RDP analysis (cached; do not mutate)."""
-    from opacus.accountants.analysis.rdp import compute_rdp
-
     orders = list(RDP_ORDERS)
     if isinstance(mechanism, DpSgdMechanism):
-        return np.asarray(
-            compute_rdp(
-                q=mechanism.sample_rate,
-                noise_multiplier=mechanism.noise_multiplier,
-                steps=mechanism.steps,
-                orders=orders,
-            ),
-            dtype=np.float64,
-        )
+        return sampled_gaussian_rdp(mechanism.noise_multiplier, mechanism.sample_rate, mechanism.steps)
     if isinstance(mechanism, GaussianCountMechanism):
-        return np.asarray(
-            compute_rdp(
-                q=1.0,
-                noise_multiplier=mechanism.sigma / mechanism.l2_sensitivity,
-                steps=mechanism.releases,
-                orders=orders,
-            ),
-            dtype=np.float64,
-        )
+        return sampled_gaussian_rdp(mechanism.sigma / mechanism.l2_sensitivity, 1.0, mechanism.releases)
     if isinstance(mechanism, DiscreteGaussianCountMechanism):
         # rho-zCDP is (alpha, rho * alpha)-RDP at every order alpha
         return mechanism.rho * np.asarray(orders, dtype=np.float64)
@@ -215,6 +208,43 @@ def compose_epsilon(mechanisms: Iterable[Mechanism], delta: float) -> float:
     for mechanism in mechanisms:
         total = total + rdp_curve(mechanism)
     return epsilon_from_rdp(total, delta)
+
+
+def rdp_epsilon(history: Iterable[tuple[float, float, int]], delta: float) -> float:
+    """User-level epsilon at ``delta`` of sampled Gaussians given as (noise multiplier, sample rate,
+    steps), the ledger accountant (the trainer reads Opacus' step history through this); a plain
+    Gaussian release (DP popularity counts, say) is ``(sigma / sensitivity, 1.0, 1)``."""
+    total = np.zeros(len(RDP_ORDERS))
+    for sigma, rate, steps in history:
+        total = total + sampled_gaussian_rdp(float(sigma), float(rate), int(steps))
+    return epsilon_from_rdp(total, delta)
+
+
+def noise_for_budget(
+    epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    *,
+    also: Sequence[tuple[float, float, int]] = (),
+    tolerance: float = 0.005,
+) -> float:
+    """Smallest noise multiplier whose run, composed with the mechanisms in ``also``, stays within
+    (``epsilon``, ``delta``) user-level under the ledger accountant (bisection)."""
+    if rdp_epsilon(list(also), delta) >= epsilon:
+        raise ValueError(f"the other mechanisms alone spend epsilon >= {epsilon} at delta={delta}")
+    low, high = 0.0, 1.0
+    while rdp_epsilon([*also, (high, sample_rate, steps)], delta) > epsilon:
+        low, high = high, high * 2
+        if high > 1e4:
+            raise ValueError("no noise multiplier below 1e4 fits the budget")
+    while high - low > tolerance:
+        mid = (low + high) / 2
+        if rdp_epsilon([*also, (mid, sample_rate, steps)], delta) > epsilon:
+            low = mid
+        else:
+            high = mid
+    return high
 
 
 def naive_sum_epsilon(mechanisms: Sequence[Mechanism], delta: float) -> float:

@@ -8,6 +8,13 @@ import typer
 
 from tasks.config import get_settings
 from tasks.contracts import parse_moment
+from tasks.privacy.anchors import write_anchor_file
+from tasks.privacy.ledger import Ledger, LedgerMissing
+from tasks.privacy.ledger_key import open_ledger
+from tasks.privacy.pg_guard import prepare_ledger_database
+from tasks.privacy.policy import current_user
+from tasks.privacy.report import write_report
+from tasks.privacy.verify import verify_settings
 
 app = typer.Typer(
     help="Privacy budget ledger: verify it, report on it, show what is left.", no_args_is_help=True
@@ -30,8 +37,6 @@ def verify(
 ) -> None:
     """Check the keyed hash chains against every anchor (MLflow versions, reports, audit runs), references,
     transitions and budgets, and recompute every epsilon with dp_accounting; exit 1 on any problem."""
-    from tasks.privacy.verify import verify_settings
-
     result = verify_settings(get_settings(), at=_moment(at))
     typer.echo(result.describe())
     if not result.ok:
@@ -44,8 +49,6 @@ def report(
     registry: bool = typer.Option(True, help="Read privacy statements from the MLflow registry."),
 ) -> None:
     """Write the compliance report (Markdown, JSON, HTML with a chart); exit 1 if verification failed."""
-    from tasks.privacy.report import write_report
-
     manifest = write_report(get_settings(), at=_moment(at), use_registry=registry)
     typer.echo(
         f"privacy report: {manifest.markdown}\n                {manifest.json}\n                {manifest.html}"
@@ -63,8 +66,6 @@ def status(
     at: str | None = typer.Option(None, help="ISO time (default: now)."),
 ) -> None:
     """Spent and remaining epsilon of every budget."""
-    from tasks.privacy.ledger import Ledger, LedgerMissing
-
     moment = _moment(at)
     try:
         ledger = Ledger(get_settings().resolved_ledger_url)
@@ -93,10 +94,6 @@ def budget_set(
     scope: str | None = typer.Option(None, help="Budget scope (default: SHOPREC_PRIVACY_SCOPE)."),
 ) -> None:
     """Append a new budget policy, recorded with who and why, and anchor the ledger's head."""
-    from tasks.privacy.anchors import write_anchor_file
-    from tasks.privacy.ledger_key import open_ledger
-    from tasks.privacy.policy import current_user
-
     settings = get_settings()
     name = scope or settings.privacy_scope
     ledger = open_ledger(settings)
@@ -124,8 +121,6 @@ def budget_show(
     scope: str | None = typer.Option(None, help="Budget scope (default: SHOPREC_PRIVACY_SCOPE)."),
 ) -> None:
     """Every policy version of the scope, with who changed it and why."""
-    from tasks.privacy.ledger import Ledger, LedgerMissing
-
     settings = get_settings()
     try:
         ledger = Ledger(settings.resolved_ledger_url)
@@ -151,7 +146,5 @@ def prepare_postgres(
     ),
 ) -> None:
     """Make the PostgreSQL ledger append-only: triggers, an owner role and a restricted app role."""
-    from tasks.privacy.pg_guard import prepare_ledger_database
-
     prepare_ledger_database(admin_url, owner_role=owner_role, app_role=app_role)
     typer.echo(f"ledger tables owned by {owner_role}; {app_role} may only read, append and commit/release")

@@ -4,7 +4,7 @@
   :func:`prepare_ledger_database`): DELETE and TRUNCATE are refused on all three tables, UPDATE on
   ``privacy_budgets`` and ``privacy_charge_events``, and on ``privacy_charges`` every UPDATE except the
   status transition reserved -> committed | released, which may change only
-  :data:`~tasks.privacy.ledger.TRANSITION_COLUMNS`.
+  :data:`~tasks.privacy.tables.TRANSITION_COLUMNS`.
 * Roles (:func:`prepare_ledger_database`, run by ``scripts/stack.sh`` and the compose stack's init): an
   owner role (NOLOGIN) owns the tables and triggers; the services log in as an app role that may
   SELECT, INSERT, UPDATE the transition columns of ``privacy_charges`` and use the id sequences, and
@@ -21,7 +21,7 @@ from typing import Final
 
 import sqlalchemy as sa
 
-from tasks.privacy.ledger import CHAINED_TABLES, TRANSITION_COLUMNS, ChargeStatus, charges_table, metadata
+from tasks.privacy.tables import CHAINED_TABLES, TRANSITION_COLUMNS, ChargeStatus, charges_table, metadata
 
 _ROLE: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _COLUMNS: Final = ", ".join(f"'{c}'" for c in TRANSITION_COLUMNS)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final
 
 import numpy as np
@@ -36,6 +37,59 @@ NOISE_SOURCE: Final = "OpenDP discrete Gaussian (dp.m.make_gaussian, integer cou
 def popularity_mechanism(sigma: float, cap_per_user: int) -> DiscreteGaussianCountMechanism:
     """The mechanism :func:`release_dp_popularity` runs (one release, L2 sensitivity sqrt(cap))."""
     return DiscreteGaussianCountMechanism(scale=sigma, l2_sensitivity=math.sqrt(cap_per_user), releases=1)
+
+
+@dataclass(frozen=True)
+class PopularityRelease:
+    """One DP popularity release: distinct users per item (or country and item) with an event of
+    ``event_types`` in the ``days`` before the release time, at most ``cap_per_user`` keys per user,
+    OpenDP's discrete Gaussian of scale ``noise_multiplier * sqrt(cap_per_user)`` (privacy unit: user).
+
+    Every DP count release of the project is one of these: :meth:`mechanism` is what the caller
+    reserves on the ledger (``releases`` of them under one charge), :meth:`release` what it runs.
+    """
+
+    noise_multiplier: float  # sigma / L2 sensitivity
+    cap_per_user: int
+    days: int
+    event_types: tuple[str, ...]
+    by_country: bool = False
+
+    @property
+    def sigma(self) -> float:
+        return self.noise_multiplier * math.sqrt(self.cap_per_user)
+
+    def mechanism(self, releases: int = 1) -> DiscreteGaussianCountMechanism:
+        return replace(popularity_mechanism(self.sigma, self.cap_per_user), releases=releases)
+
+    def start(self, end: pd.Timestamp) -> pd.Timestamp:
+        """First instant of the data window ``[start, end)`` of a release at ``end``."""
+        return end - pd.Timedelta(days=self.days)
+
+    def window(self, events: pd.DataFrame, end: pd.Timestamp) -> pd.DataFrame:
+        return events[
+            events["event_type"].isin(list(self.event_types))
+            & (events["event_timestamp"] >= self.start(end))
+            & (events["event_timestamp"] < end)
+        ]
+
+    def release(
+        self,
+        events: pd.DataFrame,
+        end: pd.Timestamp,
+        *,
+        item_ids: Sequence[str],
+        countries: Sequence[str] | None = None,
+    ) -> pd.DataFrame:
+        """:func:`release_dp_popularity` of the window before ``end`` over the public ``item_ids``."""
+        return release_dp_popularity(
+            self.window(events, end),
+            sigma=self.sigma,
+            cap_per_user=self.cap_per_user,
+            by_country=self.by_country,
+            item_ids=item_ids,
+            countries=countries,
+        )
 
 
 def discrete_gaussian(sigma: float, l2_sensitivity: float) -> Measurement:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import html
 import json
 import shutil
 from dataclasses import asdict, dataclass
@@ -25,9 +26,10 @@ from tasks.ingest import rejected_days
 from tasks.privacy.accounting import DpSgdMechanism, mechanism_kind
 from tasks.privacy.anchors import REPORT_ANCHOR_FIELD
 from tasks.privacy.audit import LOWER_BOUND_NOTE, load_audits
-from tasks.privacy.ledger import ChargeStatus, Ledger, LedgerMissing
+from tasks.privacy.ledger import Ledger, LedgerMissing
 from tasks.privacy.ledger_key import find_ledger_key
 from tasks.privacy.statement import TAG_PREFIX, PrivacyStatement
+from tasks.privacy.tables import ChargeStatus
 from tasks.privacy.verify import verify_settings
 
 
@@ -281,7 +283,6 @@ def _chart(data: dict[str, Any], path: Path) -> None:
 
 
 def _html(markdown: str, chart: Path) -> str:
-    import html
 
     image = base64.b64encode(chart.read_bytes()).decode()
     return (

@@ -34,22 +34,18 @@ from tasks.config import Settings
 from tasks.privacy.accounting import ACCOUNTANT_RTOL, INDEPENDENT_ACCOUNTANT, independent_epsilon
 from tasks.privacy.anchors import Anchor, check_anchor, find_anchors, write_anchor_file
 from tasks.privacy.ledger import (
-    CHAINED_TABLES,
     GENESIS_HASH,
     PRIVACY_UNIT,
     Charge,
-    ChargeStatus,
-    budgets_table,
     charge_from_row,
-    charges_table,
     counts_in_period,
-    events_table,
     key_fingerprint,
     ledger_exists,
     make_engine,
     row_digest,
 )
 from tasks.privacy.ledger_key import find_ledger_key, open_ledger
+from tasks.privacy.tables import CHAINED_TABLES, ChargeStatus, budgets_table, charges_table, events_table
 
 
 @dataclass(frozen=True)

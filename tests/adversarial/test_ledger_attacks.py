@@ -25,18 +25,12 @@ from tasks.config import Settings, get_settings
 from tasks.privacy.accounting import DpSgdMechanism
 from tasks.privacy.anchors import ANCHOR_TAG, anchors_dir, write_anchor_file
 from tasks.privacy.cli import app
-from tasks.privacy.ledger import (
-    CHAINED_TABLES,
-    GENESIS_HASH,
-    Ledger,
-    LedgerKeyError,
-    LedgerMissing,
-    row_digest,
-)
+from tasks.privacy.ledger import GENESIS_HASH, Ledger, LedgerKeyError, LedgerMissing, row_digest
 from tasks.privacy.ledger_key import key_file, ledger_key, open_ledger
 from tasks.privacy.pg_guard import drop_ledger_roles, prepare_ledger_database
 from tasks.privacy.policy import PolicyMismatch, budget_for_run
 from tasks.privacy.statement import PrivacyStatement, attach_to_model_version
+from tasks.privacy.tables import CHAINED_TABLES
 from tasks.privacy.verify import verify_settings
 
 pytestmark = pytest.mark.integration

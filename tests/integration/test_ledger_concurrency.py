@@ -12,7 +12,8 @@ import psycopg2
 import pytest
 
 from tasks.privacy.accounting import DpSgdMechanism
-from tasks.privacy.ledger import BudgetExceeded, ChargeStatus, Ledger
+from tasks.privacy.ledger import BudgetExceeded, Ledger
+from tasks.privacy.tables import ChargeStatus
 from tasks.privacy.verify import verify_ledger
 
 pytestmark = pytest.mark.integration

@@ -13,8 +13,9 @@ from typer.testing import CliRunner
 from tasks.config import Settings
 from tasks.privacy.accounting import DpSgdMechanism, GaussianCountMechanism, Mechanism, compose_epsilon
 from tasks.privacy.cli import app
-from tasks.privacy.ledger import BudgetExceeded, Charge, ChargeStatus, Ledger, calibrate_noise_multiplier
+from tasks.privacy.ledger import BudgetExceeded, Charge, Ledger, calibrate_noise_multiplier
 from tasks.privacy.ledger_key import open_ledger
+from tasks.privacy.tables import ChargeStatus
 from tasks.privacy.verify import verify_ledger
 
 pytestmark = pytest.mark.integration

@@ -63,7 +63,8 @@ def _shop(rows: np.ndarray) -> Any:
 def _train_and_audit(private: bool) -> Audited:
     import torch
 
-    from tasks.membership import holdout_mask, per_user_losses
+    from tasks.dataset import holdout_mask
+    from tasks.membership import per_user_losses
     from tasks.model import build_model
     from tasks.privacy import loss_threshold_audit
     from tasks.training import TrainConfig, train
@@ -140,10 +141,11 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
     from tasks import training
     from tasks.config import get_settings
+    from tasks.dataset import drop_held_out
     from tasks.embeddings import tiny_random_encoder
     from tasks.feast_store import apply_definitions
     from tasks.features import compute_features
-    from tasks.membership import drop_held_out, record_membership_losses
+    from tasks.membership import record_membership_losses
     from tasks.registry import register_and_gate
     from tests.integration.test_train_recommender_dag import _write_lake
 
@@ -186,7 +188,7 @@ def test_held_out_users_never_entered_training_and_are_the_non_members(pipeline:
     import json
     from pathlib import Path
 
-    from tasks.membership import holdout_mask
+    from tasks.dataset import holdout_mask
 
     settings, recorded = pipeline["settings"], pipeline["recorded"]
     trained = json.loads(Path(pipeline["manifest"]["training_users_file"]).read_text())

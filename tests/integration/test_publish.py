@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tasks.catalog import BlendWeights, build_item_catalog
 from tasks.code_version import code_version
 from tasks.config import Profile, Settings
 from tasks.features import (
@@ -22,7 +23,7 @@ from tasks.features import (
     user_features_dir,
     write_table,
 )
-from tasks.model import BlendWeights, Recommender, build_item_catalog, build_model
+from tasks.model import Recommender, build_model
 from tasks.privacy.accounting import DiscreteGaussianCountMechanism
 from tasks.publishing import SERVICE_NAME_DEFAULT, offline_path, offline_root, read_offline_copy, run_publish
 
@@ -336,7 +337,7 @@ def test_country_popularity_released_again_after_its_cache_is_lost_gets_a_new_ch
 def test_country_popularity_that_fails_before_its_commit_gives_its_charge_back(
     shoprec_home: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tasks.privacy
+    import tasks.privacy.popularity
 
     settings = shoprec_home.model_copy(update={"publish_countries": ("FR", "GB")})
     settings.ensure_dirs()
@@ -345,7 +346,7 @@ def test_country_popularity_that_fails_before_its_commit_gives_its_charge_back(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise OSError("disk gone")
 
-    monkeypatch.setattr(tasks.privacy, "release_dp_popularity", broken)
+    monkeypatch.setattr(tasks.privacy.popularity, "release_dp_popularity", broken)
     with pytest.raises(OSError, match="disk gone"):
         _release_country_popularity(settings)
     (charge,) = _country_charges(settings)

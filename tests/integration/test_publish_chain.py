@@ -139,13 +139,14 @@ def test_the_chain_serves_the_offline_copy_through_the_sdk(chain: dict[str, Any]
 def published(tmp_path_factory: pytest.TempPathFactory, airflow_home: Path) -> Iterator[dict[str, Any]]:
     from airflow.dag_processing.dagbag import DagBag
 
+    from tasks.catalog import BlendWeights
+    from tasks.dataset import load_catalog
     from tasks.embeddings import tiny_random_encoder
     from tasks.feast_store import apply_definitions
     from tasks.features import compute_features
-    from tasks.model import BlendWeights, Recommender, build_model
+    from tasks.model import Recommender, build_model
     from tasks.orchestration import run_dag
     from tasks.registry import CHAMPION, client, log_training
-    from tasks.training import load_catalog
 
     env = {"SHOPREC_HOME": str(tmp_path_factory.mktemp("published") / "shoprec"), "SHOPREC_TOP_K": "20"}
     with _shoprec_env(env):

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
+from tasks.catalog import BlendWeights, build_item_catalog
 from tasks.config import Settings, get_settings
-from tasks.model import BlendWeights, Recommender, build_item_catalog, build_model
+from tasks.model import Recommender, build_model
 
 pytestmark = pytest.mark.integration
 

@@ -169,7 +169,8 @@ def _users(day: dt.date, shift: int) -> pd.DataFrame:
 def _register_champion(settings: Settings) -> str:
     import torch
 
-    from tasks.model import BlendWeights, Recommender, build_item_catalog, build_model
+    from tasks.catalog import BlendWeights, build_item_catalog
+    from tasks.model import Recommender, build_model
     from tasks.registry import CHAMPION, client, log_training
 
     items = _items()

@@ -210,7 +210,8 @@ def test_retry_resumed_from_the_checkpoint(killed_run: dict[str, Any]) -> None:
 
 def test_ledger_charged_once_with_the_uninterrupted_epsilon(killed_run: dict[str, Any]) -> None:
     from tasks.privacy import Ledger
-    from tasks.training import TRAIN_PURPOSE, rdp_epsilon
+    from tasks.privacy.accounting import rdp_epsilon
+    from tasks.training import TRAIN_PURPOSE
 
     settings: Settings = killed_run["settings"]
     stack: Stack = killed_run["stack"]

@@ -157,12 +157,12 @@ def test_unexpected_errors_keep_their_traceback(
     shoprec_home: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A bug is not an expected error: it is not turned into one line."""
-    import tasks.sources.loader as loader
+    import tasks.cli as cli
 
     def broken(*_: object, **__: object) -> None:
         raise KeyError("a bug")
 
-    monkeypatch.setattr(loader, "load_contract_files", broken)
+    monkeypatch.setattr(cli, "load_contract_files", broken)
     with pytest.raises(KeyError, match="a bug"):
         app(args=["load", "x.csv"], prog_name="shoprec")
 

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tasks.catalog import ItemCatalog, blend_scores
 from tasks.evaluation import EvalSplit, evaluate_scores, ranking_metrics, tune_blend
-from tasks.model import ItemCatalog, blend_scores
 from tasks.registry import decide_promotion
 
 
@@ -122,6 +122,7 @@ def test_leave_one_out_holds_out_each_users_last_purchase() -> None:
 
     events = pd.DataFrame(
         {
+            "event_id": ["e0", "e1", "e2"],
             "user_id": ["u", "u", "u"],
             "item_id": ["i0", "i1", "i2"],
             "event_type": ["purchase", "view", "purchase"],

@@ -127,3 +127,14 @@ def test_no_machine_specific_paths_in_tracked_files() -> None:
             if needle in text and name != "tests/unit/test_foundation.py":
                 offenders.append(f"{name}: {needle}")
     assert offenders == []
+
+
+def test_importing_the_numpy_layers_does_not_load_torch() -> None:
+    """Evaluation, the baselines, the dataset and the catalog are numpy and pandas only: importing them
+    (what a metrics report or a benchmark harness does) must not pay for torch."""
+    code = (
+        "import sys, tasks.evaluation, tasks.baselines, tasks.dataset, tasks.catalog;"
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr

@@ -10,9 +10,11 @@ import pytest
 import torch
 from helpers_settings import tiny_catalog
 
+from tasks.catalog import ItemCatalog
 from tasks.config import Settings
-from tasks.membership import drop_held_out, holdout_mask, per_user_losses, split_members
-from tasks.model import ItemCatalog, build_model
+from tasks.dataset import drop_held_out, holdout_mask
+from tasks.membership import per_user_losses, split_members
+from tasks.model import build_model
 from tasks.training import TrainConfig, UserExamples, UserSoftmaxLoss, train
 
 N_ITEMS = 20

@@ -7,18 +7,15 @@ import pandas as pd
 import pytest
 import torch
 
-from tasks.model import (
+from tasks.catalog import (
     BlendWeights,
     ItemCatalog,
-    Recommender,
     blend_scores,
     build_item_catalog,
-    build_model,
-    content_affinity,
     history_positions,
-    text_neighbours,
     user_feature_matrix,
 )
+from tasks.model import Recommender, build_model, content_affinity, text_neighbours
 
 
 def _catalog(n: int = 6, dim: int = 4) -> ItemCatalog:

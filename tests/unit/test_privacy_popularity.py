@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pandas as pd
 import pytest
 
 from tasks.privacy.accounting import DiscreteGaussianCountMechanism
-from tasks.privacy.popularity import capped_pairs, popularity_mechanism, release_dp_popularity
+from tasks.privacy.popularity import (
+    PopularityRelease,
+    capped_pairs,
+    popularity_mechanism,
+    release_dp_popularity,
+)
 
 
 def _events() -> pd.DataFrame:
@@ -93,3 +99,28 @@ def test_charged_rho_is_opendps_own_privacy_map(sigma: float, cap: int) -> None:
     opendp_rho = dp.m.make_gaussian(*space, scale=sigma).map(math.sqrt(cap))
     assert popularity_mechanism(sigma, cap).rho == pytest.approx(opendp_rho, rel=1e-12)
     assert opendp_rho > 0
+
+
+def test_a_popularity_release_counts_its_event_types_in_its_window_and_charges_its_mechanism() -> None:
+    """One DP count release helper: the policy decides the window, the cap, the noise and the charge."""
+    end = pd.Timestamp("2024-03-15", tz="UTC")
+    events = pd.DataFrame(
+        {
+            "user_id": ["a", "b", "c", "d", "e"],
+            "item_id": ["i0", "i0", "i0", "i1", "i1"],
+            "event_type": ["purchase", "view", "purchase", "purchase", "purchase"],
+            "event_timestamp": pd.to_datetime(
+                ["2024-03-14", "2024-03-14", "2024-03-01", "2024-03-10", "2024-03-15"], utc=True
+            ),
+            "country": ["UK"] * 5,
+        }
+    )
+    policy = PopularityRelease(noise_multiplier=4.0, cap_per_user=20, days=7, event_types=("purchase",))
+    assert list(policy.window(events, end)["user_id"]) == ["a", "d"]  # c too old, e at end, b a view
+    released = replace(policy, noise_multiplier=1e-7).release(events, end, item_ids=["i0", "i1", "i2"])
+    assert dict(zip(released["item_id"], released["noisy_count"], strict=True)) == {"i0": 1, "i1": 1, "i2": 0}
+    charged = policy.mechanism(releases=3)
+    assert charged == DiscreteGaussianCountMechanism(
+        scale=policy.sigma, l2_sensitivity=math.sqrt(20), releases=3
+    )
+    assert charged.rho == pytest.approx(3 / (2 * 4.0**2))

@@ -11,19 +11,18 @@ import pytest
 import torch
 from helpers_settings import tiny_catalog
 
-from tasks.model import ItemCatalog, build_model
-from tasks.training import (
-    TrainConfig,
-    UserExamples,
-    UserSoftmaxLoss,
-    make_private_trainer,
+from tasks.catalog import ItemCatalog
+from tasks.dataset import per_user_cuts, purchases_after_cuts
+from tasks.features import user_state_at
+from tasks.model import build_model
+from tasks.privacy.accounting import (
+    LEDGER_ACCOUNTANT,
+    DpSgdMechanism,
+    compose_epsilon,
     noise_for_budget,
-    per_user_cuts,
-    purchases_after_cuts,
     rdp_epsilon,
-    train,
-    user_state_at,
 )
+from tasks.training import TrainConfig, UserExamples, UserSoftmaxLoss, make_private_trainer, train
 
 N_ITEMS = 30
 
@@ -116,7 +115,16 @@ def test_private_training_reports_the_accountants_epsilon_for_its_steps() -> Non
     assert result.steps == 8
     assert result.sample_rate == pytest.approx(0.25)
     assert result.epsilon == pytest.approx(rdp_epsilon([(1.1, 0.25, 8)], 1e-3), rel=1e-6)
-    assert result.accountant == "rdp"
+    assert result.accountant == LEDGER_ACCOUNTANT
+
+
+def test_the_trainers_epsilon_is_the_ledgers_for_the_same_mechanism() -> None:
+    """One accountant: what train() reports is what the ledger charges for the same DP-SGD run."""
+    config = TrainConfig(epochs=3, batch_size=8, noise_multiplier=0.9, max_grad_norm=1.0)
+    result = train(_tiny_model(), _examples(40), config, delta=1e-4)
+    mechanism = DpSgdMechanism(0.9, result.sample_rate, result.steps, clip_norm=1.0, cap_k=config.cap_k)
+    assert result.steps == 15
+    assert result.epsilon == pytest.approx(compose_epsilon([mechanism], 1e-4), rel=1e-12)
 
 
 def test_non_private_training_is_reproducible_with_the_same_seed() -> None:
@@ -145,6 +153,7 @@ def test_user_state_at_uses_only_events_before_the_cut() -> None:
     ts = pd.to_datetime(["2024-01-01", "2024-01-05", "2024-01-09", "2024-01-20"], utc=True)
     events = pd.DataFrame(
         {
+            "event_id": ["e1", "e2", "e3", "e4"],
             "user_id": ["u", "u", "u", "u"],
             "item_id": ["a", "b", "a", "c"],
             "event_type": ["purchase", "view", "purchase", "purchase"],
