@@ -20,46 +20,20 @@ training users and of held-out users for the `privacy_audit` DAG's membership-in
 
 from __future__ import annotations
 
-import os
-
 import pendulum
-from airflow.sdk import Asset, dag, task
-from kubernetes.client import models as k8s
+from airflow.sdk import dag, task
 
-from tasks.assets import FEATURES, MODEL_CHAMPION
-
-features = Asset(name=FEATURES[0], uri=FEATURES[1])
-model_champion = Asset(name=MODEL_CHAMPION[0], uri=MODEL_CHAMPION[1])
-
-# Under the KubernetesExecutor, train_model runs in the CUDA trainer image with one GPU; the
-# CeleryExecutor ignores executor_config and routes the task to the `gpu` queue's workers instead.
-TRAINER_POD = k8s.V1Pod(
-    spec=k8s.V1PodSpec(
-        containers=[
-            k8s.V1Container(
-                name="base",
-                image=os.environ.get("SHOPREC_TRAINER_IMAGE", "shoprec-trainer:latest"),
-                resources=k8s.V1ResourceRequirements(limits={"nvidia.com/gpu": "1"}),
-            )
-        ]
-    )
-)
+from tasks.assets import FEATURES, MODEL_CHAMPION, default_args, gpu_executor_config, training_retry_delay
 
 
 @dag(
-    schedule=[features],
+    schedule=[FEATURES],
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
     tags=["shoprec", "training", "opacus", "mlflow"],
-    default_args={
-        "retries": 2,
-        # The first retry waits 1-2x this (exponential backoff with jitter); operators (and the fault
-        # tests) may shorten it.
-        "retry_delay": pendulum.duration(seconds=int(os.environ.get("SHOPREC_TRAIN_RETRY_DELAY_S", "60"))),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": pendulum.duration(minutes=10),
-    },
+    # The first retry waits 1-2x SHOPREC_TRAIN_RETRY_DELAY_S (exponential backoff with jitter).
+    default_args=default_args(retry_delay=training_retry_delay()),
     doc_md=__doc__,
 )
 def train_recommender() -> None:
@@ -77,7 +51,9 @@ def train_recommender() -> None:
         queue="gpu",
         pool="gpu",
         execution_timeout=pendulum.duration(hours=3),
-        executor_config={"pod_override": TRAINER_POD},
+        # Under the KubernetesExecutor: the CUDA trainer image with one GPU; the CeleryExecutor routes
+        # the task to the `gpu` queue's workers instead.
+        executor_config=gpu_executor_config(),
     )
     def train_model(*, run_id=None) -> dict:  # type: ignore[no-untyped-def]
         from airflow.sdk.exceptions import AirflowFailException
@@ -105,19 +81,19 @@ def train_recommender() -> None:
         return record(get_settings(), manifest, registration).to_dict()
 
     @task.short_circuit
-    def champion_changed(registration: dict) -> bool:
+    def check_champion_changed(registration: dict) -> bool:
         return bool(registration["champion_changed"])
 
-    @task(outlets=[model_champion])
+    @task(outlets=[MODEL_CHAMPION])
     def announce_champion(registration: dict, *, outlet_events=None) -> str:  # type: ignore[no-untyped-def]
-        outlet_events[model_champion].extra = {"version": registration["version"]}
+        outlet_events[MODEL_CHAMPION].extra = {"version": registration["version"]}
         return str(registration["version"])
 
     manifest = train_model()
     check_training_due() >> manifest
     registration = register_and_gate(manifest)
     losses = record_membership_losses(manifest, registration)  # before the asset wakes privacy_audit
-    losses >> champion_changed(registration) >> announce_champion(registration)
+    losses >> check_champion_changed(registration) >> announce_champion(registration)
 
 
 train_recommender()

@@ -940,9 +940,14 @@ def resolve_scoring_time(
 
 def live_service_definition(settings: Settings) -> Any | None:
     """The registered ``recommendations_v1`` as it is now (for ``feature_repo/``), None before the first
-    publish or when the registry cannot be read; lets ``feast apply`` from the folder keep the live slot."""
+    publish or when the registry cannot be read; lets ``feast apply`` from the folder keep the live slot
+    (Feast deletes registered objects the folder does not define). Creates nothing: on a home without
+    an embedded registry file there is nothing live to read."""
     from tasks.feast_store import get_store
 
+    url = settings.resolved_feast_registry_url
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        return None
     try:
         store = get_store(settings)
         slot, _ = live_slot(store)

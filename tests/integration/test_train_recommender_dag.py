@@ -147,7 +147,7 @@ def test_second_run_is_compared_with_the_champion_on_the_same_split(runs: dict[s
 
 def test_second_run_emits_model_champion_only_if_the_champion_changed(runs: dict[str, Any]) -> None:
     states = _states(runs["second"])
-    assert states["champion_changed"] == "success"
+    assert states["check_champion_changed"] == "success"
     assert states["announce_champion"] == ("success" if _second_run_promoted(runs) else "skipped")
 
 

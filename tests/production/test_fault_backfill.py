@@ -163,11 +163,19 @@ def test_only_the_corrupt_days_run_fails(backfill: Backfill) -> None:
     # and report_rejected_days fails the run so that the rejection is never a silent success
     ok = (
         "success",
-        {"update_catalog": "success", "validate_and_publish": "success", "report_rejected_days": "success"},
+        {
+            "update_catalog": "success",
+            "pseudonymize_and_validate": "success",
+            "report_rejected_days": "success",
+        },
     )
     failed = (
         "failed",
-        {"update_catalog": "success", "validate_and_publish": "success", "report_rejected_days": "failed"},
+        {
+            "update_catalog": "success",
+            "pseudonymize_and_validate": "success",
+            "report_rejected_days": "failed",
+        },
     )
     assert states == {day: failed if day == CORRUPT else ok for day in DAYS}
 
@@ -193,7 +201,7 @@ def test_nothing_of_the_corrupt_day_reaches_the_lake_or_the_features_asset(backf
         events = session.scalars(
             select(AssetEvent).where(
                 AssetEvent.source_dag_id == "ingest_events",
-                AssetEvent.source_task_id == "validate_and_publish",
+                AssetEvent.source_task_id == "pseudonymize_and_validate",
                 AssetEvent.source_run_id.in_(run_ids),
             )
         ).all()
@@ -228,7 +236,11 @@ def test_the_corrupt_file_is_kept_for_inspection(backfill: Backfill) -> None:
 def test_after_the_repair_a_rerun_of_that_day_equals_a_clean_ingest(backfill: Backfill) -> None:
     assert (backfill.rerun["state"], backfill.rerun["tasks"]) == (
         "success",
-        {"update_catalog": "success", "validate_and_publish": "success", "report_rejected_days": "success"},
+        {
+            "update_catalog": "success",
+            "pseudonymize_and_validate": "success",
+            "report_rejected_days": "success",
+        },
     )
     assert (
         _lake_file(backfill.settings, CORRUPT).read_bytes()
