@@ -36,13 +36,10 @@ def build_features() -> None:
     def resolve_days(  # type: ignore[no-untyped-def]
         *, dag_run=None, triggering_asset_events=None, data_interval_start=None, data_interval_end=None
     ) -> list[str]:
-        from tasks.features import resolve_days as resolve
+        from tasks.io import asset_event_extras, run_days
 
-        conf = (dag_run.conf if dag_run is not None else None) or {}
-        extras = [
-            event.extra or {} for events in (triggering_asset_events or {}).values() for event in events
-        ]
-        days = resolve(conf, extras, (data_interval_start, data_interval_end))
+        extras = asset_event_extras(triggering_asset_events)
+        days = run_days(dag_run.conf if dag_run else None, extras, (data_interval_start, data_interval_end))
         rejected = sorted({day for extra in extras for day in extra.get("rejected_days") or {}})
         if not days and rejected:
             from airflow.sdk.exceptions import AirflowSkipException

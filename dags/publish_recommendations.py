@@ -37,14 +37,12 @@ def publish_recommendations() -> None:
         from dataclasses import asdict
 
         from tasks.config import get_settings
+        from tasks.io import asset_event_extras
         from tasks.publishing import resolve_scoring_time, run_publish
 
         settings = get_settings()
-        conf = (dag_run.conf if dag_run is not None else None) or {}
-        extras = [
-            event.extra or {} for events in (triggering_asset_events or {}).values() for event in events
-        ]
-        scoring_time = resolve_scoring_time(settings, conf, extras)
+        conf = dag_run.conf if dag_run else None
+        scoring_time = resolve_scoring_time(settings, conf, asset_event_extras(triggering_asset_events))
         try:
             manifest = asdict(run_publish(settings, scoring_time))
         except LookupError as exc:

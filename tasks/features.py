@@ -26,8 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -38,7 +37,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.config import Settings
-from tasks.contracts import EVENT_COLUMNS, ITEM_COLUMNS, days_in_interval, list_partitions, partition_dir
+from tasks.contracts import EVENT_COLUMNS, ITEM_COLUMNS, list_partitions, partition_dir
+from tasks.io import atomic_write_parquet
 
 if TYPE_CHECKING:
     from tasks.embeddings import TextEncoder
@@ -121,31 +121,6 @@ def items_catalog_path(settings: Settings) -> Path:
 def snapshot_time(day: dt.date) -> pd.Timestamp:
     """``event_timestamp`` of day ``day``'s snapshot: the end of that day, ``D+1 00:00 UTC``."""
     return pd.Timestamp(day + dt.timedelta(days=1), tz="UTC")
-
-
-def resolve_days(
-    conf: Mapping[str, Any] | None,
-    asset_extras: Iterable[Mapping[str, Any]],
-    interval: tuple[dt.datetime | None, dt.datetime | None] = (None, None),
-) -> list[dt.date]:
-    """The data days a ``build_features`` run covers, from (first that gives any):
-
-    1. the run conf ``{"days": ["YYYY-MM-DD", ...]}`` (demos, backfills, ``dag.test(run_conf=...)``);
-    2. the triggering ``events_clean`` asset events' extra, ``"partitions"`` or ``"days"`` (the
-       accepted days: an event whose days were all rejected gives none, and no fallback to 3.);
-    3. the run's data interval (``[start, end)`` calendar days), when it has one.
-    """
-    raw: list[str] = [str(d) for d in (conf or {}).get("days") or []]
-    told = bool(raw)
-    if not raw:
-        for extra in asset_extras:
-            told = told or "partitions" in extra or "days" in extra
-            raw.extend(str(d) for d in (extra.get("partitions") or extra.get("days") or []))
-    days = {dt.date.fromisoformat(d) for d in raw}
-    start, end = interval
-    if not told and start is not None and end is not None:
-        days = set(days_in_interval(start, end))
-    return sorted(days)
 
 
 # --- reading the lake ----------------------------------------------------------------------------
@@ -261,12 +236,8 @@ def _empty(schema: pa.Schema) -> pd.DataFrame:
 
 # --- writing -------------------------------------------------------------------------------------
 def write_table(frame: pd.DataFrame, schema: pa.Schema, path: Path) -> None:
-    """Write ``frame`` with ``schema`` to ``path`` atomically (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    """Write ``frame`` with ``schema`` to ``path`` atomically (:func:`tasks.io.atomic_write_parquet`)."""
+    atomic_write_parquet(path, pa.Table.from_pandas(frame, schema=schema, preserve_index=False))
 
 
 def compute_features(

@@ -23,10 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
-import shutil
-import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -49,6 +46,7 @@ from tasks.contracts import (
     partition_dir,
     require_columns,
 )
+from tasks.io import atomic_write_parquet, replace_dir
 from tasks.pseudonymize import (
     SOURCE_ID_PREFIXES,
     load_key,
@@ -254,27 +252,11 @@ def _read_day(day_dir: Path, table: str, schema: pa.Schema) -> pd.DataFrame:
 # --- writing partitions ---------------------------------------------------------------------------
 
 
-def _replace_dir(target: Path, write: Callable[[Path], None]) -> None:
-    """Write into a temporary sibling folder with ``write(tmp)``, then rename it onto ``target``."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex}"
-    tmp.mkdir()
-    try:
-        write(tmp)
-        old = None
-        if target.exists():
-            old = target.parent / f".old-{target.name}-{uuid.uuid4().hex}"
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+_PARQUET_OPTIONS: Final[dict[str, Any]] = {"compression": "zstd", "write_statistics": True}
 
 
 def _write_parquet(table: pa.Table, path: Path) -> None:
-    pq.write_table(table, path, compression="zstd", write_statistics=True)
+    pq.write_table(table, path, **_PARQUET_OPTIONS)
 
 
 def _events_table(frame: pd.DataFrame) -> pa.Table:
@@ -404,7 +386,7 @@ def _quarantine_unreadable(settings: Settings, day: dt.date, error: ContractErro
     def write(tmp: Path) -> None:
         (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
-    _replace_dir(partition_dir(settings.quarantine_dir, day), write)
+    replace_dir(partition_dir(settings.quarantine_dir, day), write)
 
 
 def pseudonymise_ids(frame: pd.DataFrame, key: bytes) -> None:
@@ -510,7 +492,7 @@ def ingest_day(
         _write_parquet(_quarantine_table(bad), tmp / QUARANTINE_FILE)
         (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
-    _replace_dir(quarantine_dir, write_quarantine)
+    replace_dir(quarantine_dir, write_quarantine)
     if problems:
         message = (
             f"ingest of {day.isoformat()} rejected, nothing written to the lake: {'; '.join(problems)} "
@@ -520,7 +502,7 @@ def ingest_day(
         raise IngestRejected(message)
 
     lake_dir = partition_dir(settings.events_dir, day)
-    _replace_dir(lake_dir, lambda tmp: _write_parquet(_events_table(good), tmp / LAKE_FILE))
+    replace_dir(lake_dir, lambda tmp: _write_parquet(_events_table(good), tmp / LAKE_FILE))
     log.info(
         "ingested %s: %d rows in, %d to the lake, %d quarantined (%s)",
         day.isoformat(),
@@ -657,10 +639,7 @@ def update_catalog(settings: Settings, day: dt.date) -> CatalogManifest:
     new_today = int((catalog["first_seen"] >= _day_bounds(day)[0]).sum())
     table = pa.Table.from_pandas(catalog, schema=ITEMS_SCHEMA, preserve_index=False)
     target = settings.items_dir / CATALOG_FILE
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".tmp-{uuid.uuid4().hex}-{CATALOG_FILE}")
-    _write_parquet(table, tmp)
-    os.replace(tmp, target)
+    atomic_write_parquet(target, table, **_PARQUET_OPTIONS)
     log.info(
         "item catalog up to %s: %d items, %d first seen that day", day.isoformat(), len(catalog), new_today
     )

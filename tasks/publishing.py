@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ import pyarrow.parquet as pq
 
 from tasks.code_version import code_version
 from tasks.config import Settings
+from tasks.io import atomic_write_parquet, run_days
 
 if TYPE_CHECKING:
     import torch
@@ -327,11 +327,7 @@ def write_offline_copy(frame: pd.DataFrame, path: Path) -> Path:
         schema=RECOMMENDATIONS_SCHEMA,
         preserve_index=False,
     ).replace_schema_metadata(None)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
-    return path
+    return atomic_write_parquet(path, table)
 
 
 def reason_labels(explained: np.ndarray, kinds: Sequence[str], item_ids: Sequence[str]) -> list[list[str]]:
@@ -724,10 +720,7 @@ def _release_country_popularity(
         if ledger.charge(charge.id).status is ChargeStatus.RESERVED:
             ledger.release(charge.id)  # nothing left this process
         raise
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(cache.name + f".tmp-{os.getpid()}")
-    released.to_parquet(tmp, index=False)
-    tmp.replace(cache)
+    atomic_write_parquet(cache, pa.Table.from_pandas(released, preserve_index=False))
 
 
 # --- the whole publish ---------------------------------------------------------------------------
@@ -924,12 +917,9 @@ def resolve_scoring_time(
     """The run's scoring time, from the data, never the wall clock: the end of the last day of the run
     conf ``{"days": [...]}``, else of the triggering ``features`` events' ``partitions``/``days``, else
     the time of the latest user feature snapshot on disk (a ``model_champion`` trigger)."""
-    days = [str(d) for d in (conf or {}).get("days") or []]
-    if not days:
-        for extra in asset_extras:
-            days.extend(str(d) for d in (extra.get("partitions") or extra.get("days") or []))
+    days = run_days(conf, asset_extras)
     if days:
-        return scoring_time_for_days(days)
+        return scoring_time_for_days([d.isoformat() for d in days])
     from tasks.features import user_features_dir
 
     snapshots = sorted(p.stem for p in user_features_dir(settings).glob("*.parquet"))

@@ -24,9 +24,7 @@ known up front (benchmarks), never by ``make_private_with_epsilon``, which ignor
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
-import os
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -42,8 +40,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from tasks.code_version import code_version as current_code_version
 from tasks.config import Settings
+from tasks.io import atomic_write, atomic_write_json, replace_dir
 from tasks.model import PAD, ItemCatalog, TwoTower, history_matrix, user_feature_matrix
-from tasks.permissions import private_dir, private_file
 
 log = logging.getLogger(__name__)
 
@@ -500,10 +498,7 @@ def _save_checkpoint(
         "accountant": accountant,
         "rng": torch.get_rng_state(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda handle: torch.save(state, handle))
 
 
 def _load_checkpoint(path: Path, model: TwoTower, optimizer: Any, engine: Any) -> tuple[int, list[float]]:
@@ -676,12 +671,8 @@ def released_once(path: Path, release: Callable[[], Sequence[np.ndarray]]) -> li
         with np.load(path, allow_pickle=False) as stored:
             return [stored[f"release_{i}"] for i in range(len(stored.files))]
     arrays = [np.asarray(a) for a in release()]
-    private_dir(path.parent)
-    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with private_file(staging).open("wb") as handle:
-        named: dict[str, Any] = {f"release_{i}": a for i, a in enumerate(arrays)}
-        np.savez(handle, **named)
-    staging.replace(path)
+    named: dict[str, Any] = {f"release_{i}": a for i, a in enumerate(arrays)}
+    atomic_write(path, lambda handle: np.savez(handle, **named), private=True)
     return arrays
 
 
@@ -712,7 +703,6 @@ def run_training(settings: Settings, *, run_key: str, code_version: str | None =
     fits the budget the ledger grants, and a retry reuses the reserved mechanism and the checkpoint.
     """
     import hashlib
-    import shutil
 
     from tasks.contracts import list_partitions
     from tasks.evaluation import tune_blend
@@ -856,14 +846,13 @@ def run_training(settings: Settings, *, run_key: str, code_version: str | None =
         rec = Recommender(
             net, catalog, weights=blends[name], popularity=pop_serve, history_length=settings.history_length
         )
-        tmp = run_dir / f".{folder}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_recommender(rec, tmp)
-        np.save(tmp / "popularity_eval.npy", pop_test)
-        shutil.rmtree(run_dir / folder, ignore_errors=True)
-        tmp.rename(run_dir / folder)
-    users_file = run_dir / "training_users.json"
-    users_file.write_text(json.dumps(train_users))
+
+        def write_model(staging: Path, rec: Recommender = rec) -> None:
+            save_recommender(rec, staging)
+            np.save(staging / "popularity_eval.npy", pop_test)
+
+        replace_dir(run_dir / folder, write_model)
+    users_file = atomic_write_json(run_dir / "training_users.json", train_users, indent=None, sort_keys=False)
     epsilon = float(charge.epsilon)
     log.info(
         "trained %s: (%.3f, %.2e)-DP per user (ledger accountant %s), %d steps",
