@@ -4,12 +4,15 @@ Runs when the Asset `features` is updated, unless the data is less than
 `SHOPREC_MIN_TRAINING_INTERVAL_HOURS` newer than the data of the last registered version
 (`check_training_due`, compared on data time, not the clock).
 
-`train_model` (queue `gpu`, pool `gpu`) refuses, without retry, when more than
+`train_model` (queue `gpu`, pool `gpu`) pins its data at the first try: the lake days up to the last
+day its triggering `features` events name (or the run conf's `days`; a manual run without them: the
+latest partition) and the item catalog as of then (`tasks.training_data`); every retry,
+`register_and_gate` and `record_membership_losses` read that same data however the lake grew since. It refuses, without retry, when more than
 `SHOPREC_MAX_REJECTED_DAY_SHARE` of its window's days were rejected by ingest; otherwise it reserves the DP popularity releases and the DP-SGD run on the
 privacy ledger, calibrates the noise multiplier to the budget the ledger grants
 (`SHOPREC_TRAINING_EPSILON` per training, user level, RDP accountant, the budget's delta), trains with
 Opacus (ghost clipping, Poisson sampling of users; CUDA when present) and its non-private twin, and tunes
-the score blend on a validation window. A retry reuses the reservation and the checkpoint.
+the score blend on a validation window. A retry reuses the pinned data, the reservation and the checkpoint.
 `register_and_gate` evaluates challenger, twin, champion and baselines on the same temporal split,
 logs one MLflow run, registers the version (alias `challenger`) with its privacy statement, commits
 the ledger charges and applies the promotion gate (`SHOPREC_PROMOTION_TOLERANCE`); the decision and
@@ -55,14 +58,18 @@ def train_recommender() -> None:
         # the task to the `gpu` queue's workers instead.
         executor_config=gpu_executor_config(),
     )
-    def train_model(*, run_id=None) -> dict:  # type: ignore[no-untyped-def]
+    def train_model(*, run_id=None, dag_run=None, triggering_asset_events=None) -> dict:  # type: ignore[no-untyped-def]
         from airflow.sdk.exceptions import AirflowFailException
 
         from tasks.config import get_settings
+        from tasks.io import asset_event_extras, run_days
         from tasks.training import TrainingRefused, run_training
 
+        # the days of the triggering `features` events (or the run conf): the run's data end, pinned
+        # at the first try so that retries and register_and_gate read the same data
+        days = run_days(dag_run.conf if dag_run else None, asset_event_extras(triggering_asset_events))
         try:
-            return run_training(get_settings(), run_key=run_id).to_dict()
+            return run_training(get_settings(), run_key=run_id, data_days=days).to_dict()
         except TrainingRefused as exc:  # too much of the window rejected: a retry would not help
             raise AirflowFailException(str(exc)) from exc
 

@@ -124,13 +124,18 @@ def snapshot_time(day: dt.date) -> pd.Timestamp:
 
 
 # --- reading the lake ----------------------------------------------------------------------------
-def read_events(settings: Settings, until: dt.date | None = None) -> pd.DataFrame:
-    """All clean events of the partitions up to ``until`` (inclusive), contract columns."""
+def read_events(
+    settings: Settings, until: dt.date | None = None, days: Sequence[dt.date] | None = None
+) -> pd.DataFrame:
+    """All clean events of the partitions up to ``until`` (inclusive), or of exactly ``days``."""
     frames = []
-    for day in list_partitions(settings.events_dir):
+    for day in list_partitions(settings.events_dir) if days is None else sorted(days):
         if until is not None and day > until:
             continue
-        for file in sorted(partition_dir(settings.events_dir, day).glob("*.parquet")):
+        folder = partition_dir(settings.events_dir, day)
+        if days is not None and not folder.is_dir():
+            raise FileNotFoundError(f"lake partition {folder} is gone")
+        for file in sorted(folder.glob("*.parquet")):
             frames.append(pq.read_table(file, columns=list(EVENT_COLUMNS)).to_pandas())
     if not frames:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in EVENT_COLUMNS}).astype(

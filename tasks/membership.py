@@ -166,23 +166,18 @@ def record_membership_losses(
     """
     import pandas as pd
 
-    from tasks.features import read_events
     from tasks.privacy import write_membership_losses
     from tasks.registry import load_version
-    from tasks.training import (
-        build_examples,
-        feature_state,
-        load_catalog,
-        per_user_cuts,
-        purchases_after_cuts,
-    )
+    from tasks.training import build_examples, feature_state, per_user_cuts, purchases_after_cuts
+    from tasks.training_data import load_training_data
 
     version = str(registration["version"])
     delta = float(manifest["delta"])
     validation = pd.Timestamp(manifest["cuts"]["validation"])
     share = settings.membership_holdout_share
-    events = read_events(settings)
-    catalog = load_catalog(settings)
+    data = load_training_data(Path(manifest["training_data"]))  # the data the run trained on
+    events = data.events(settings)
+    catalog = data.catalog()
     user_cuts = per_user_cuts(events, validation)
     state = feature_state(settings, user_cuts["user_id"].tolist(), list(user_cuts["cut"]))
     labels = purchases_after_cuts(events, user_cuts, validation)

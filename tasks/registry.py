@@ -415,12 +415,13 @@ def evaluation_reports(
     """Challenger, its non-private twin, the champion and the baselines on the run's test split."""
     from tasks.baselines import broadcast, buy_again_scores, cooccurrence_scores, popularity_counts
     from tasks.evaluation import evaluate_scores, temporal_split_from_state
-    from tasks.features import read_events
-    from tasks.training import feature_state, load_catalog
+    from tasks.training import feature_state
+    from tasks.training_data import load_training_data
 
     cut, end = pd.Timestamp(manifest["cuts"]["test"]), pd.Timestamp(manifest["cuts"]["as_of"])
-    events = read_events(settings)
-    catalog = load_catalog(settings)
+    data = load_training_data(Path(manifest["training_data"]))  # the run's data, however the lake grew
+    events = data.events(settings)
+    catalog = data.catalog()
     users = sorted(events.loc[events["event_timestamp"] < cut, "user_id"].astype(str).unique())
     split = temporal_split_from_state(events, catalog, feature_state(settings, users, cut), cut, end)
     if split.n_users == 0:

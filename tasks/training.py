@@ -574,6 +574,7 @@ class TrainingManifest:
     n_negatives: int
     noise_generator: str
     rejected_days: str = ""  # comma-separated days of the window that ingest rejected (quarantined)
+    training_data: str = ""  # the run's pinned data (tasks.training_data), read by registration and audit
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -695,8 +696,18 @@ def _active_charge(ledger: Any, scope: str, run_key: str, purpose: str) -> Any:
     return None
 
 
-def run_training(settings: Settings, *, run_key: str, code_version: str | None = None) -> TrainingManifest:
+def run_training(
+    settings: Settings,
+    *,
+    run_key: str,
+    code_version: str | None = None,
+    data_days: Sequence[dt.date] = (),
+) -> TrainingManifest:
     """Train the DP challenger (and its non-private twin) on the lake and Feast as of the data's end.
+
+    The data is pinned at the run's first try (:func:`tasks.training_data.pin_training_data`): the lake
+    days up to the last of ``data_days`` (the days of the triggering asset events; none: the latest
+    partition) and the catalog as of then. A retry reads the same data however the lake grew since.
 
     Pre-flight on the privacy ledger: the DP popularity releases and the DP-SGD run are reserved
     (idempotently per ``run_key``) before anything runs; the noise multiplier is calibrated so the run
@@ -704,9 +715,7 @@ def run_training(settings: Settings, *, run_key: str, code_version: str | None =
     """
     import hashlib
 
-    from tasks.contracts import list_partitions
     from tasks.evaluation import tune_blend
-    from tasks.features import read_events, snapshot_time
     from tasks.membership import drop_held_out
     from tasks.model import (
         BlendWeights,
@@ -725,14 +734,15 @@ def run_training(settings: Settings, *, run_key: str, code_version: str | None =
     from tasks.privacy.ledger_key import open_ledger
     from tasks.privacy.policy import budget_for_run
     from tasks.registry import save_recommender
+    from tasks.training_data import pin_training_data
 
-    days = list_partitions(settings.events_dir)
-    if not days:
-        raise FileNotFoundError(f"no event partitions under {settings.events_dir}")
+    run_dir = settings.models_dir / _safe(run_key)
+    data = pin_training_data(settings, run_dir, data_days)
+    days = list(data.days)
     rejected = refuse_if_too_many_rejected(settings, days)
-    cuts = Cuts.from_end(snapshot_time(days[-1]), settings.eval_days)
-    events = read_events(settings)
-    catalog = load_catalog(settings)
+    cuts = Cuts.from_end(data.as_of, settings.eval_days)
+    events = data.events(settings)
+    catalog = data.catalog()
     all_users = sorted(events["user_id"].astype(str).unique())
     # Held-out users (a keyed hash split decided before training) never enter DP-SGD: they are the
     # non-members of the membership-inference audit (tasks.membership).
@@ -809,7 +819,6 @@ def run_training(settings: Settings, *, run_key: str, code_version: str | None =
     mechanism = charge.mechanism
     config = TrainConfig(**{**asdict(config), "noise_multiplier": mechanism.noise_multiplier})
 
-    run_dir = settings.models_dir / _safe(run_key)
     torch.manual_seed(settings.seed)
     model = build_model(catalog)
     result = train(model, examples, config, delta=delta, checkpoint_path=run_dir / "checkpoint.pt")
@@ -888,6 +897,7 @@ def run_training(settings: Settings, *, run_key: str, code_version: str | None =
         n_negatives=config.n_negatives,
         noise_generator=noise_generator_name(result.device, noise_seed=config.noise_seed),
         rejected_days=",".join(d.isoformat() for d in rejected),
+        training_data=str(data.folder),
     )
 
 
