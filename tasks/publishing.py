@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 
 from tasks.code_version import code_version
 from tasks.config import Settings
+from tasks.features import snapshot_time
 from tasks.io import atomic_write_parquet, run_days
 
 if TYPE_CHECKING:
@@ -744,9 +745,8 @@ class PublishManifest:
 
 
 def scoring_time_for_days(days: Sequence[str]) -> dt.datetime:
-    """Scoring time of a run over ``days`` (ISO dates): the end of the last day, 00:00 UTC next day."""
-    last = max(dt.date.fromisoformat(d) for d in days)
-    return dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), dt.UTC)
+    """Scoring time of a run over ``days`` (ISO dates): the last day's snapshot time (its end)."""
+    return snapshot_time(max(dt.date.fromisoformat(d) for d in days)).to_pydatetime()
 
 
 def _user_snapshot(settings: Settings, scoring_time: dt.datetime) -> pd.DataFrame:
