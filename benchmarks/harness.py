@@ -21,6 +21,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from tasks.io import atomic_write_text
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = (
     "torch",
@@ -366,7 +368,4 @@ def write_report(
         (json_path, json.dumps(_jsonable(document), indent=2, sort_keys=False) + "\n"),
         (markdown_path, render_markdown(machine, sections, mode=mode, seconds=seconds)),
     ):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        atomic_write_text(path, text)

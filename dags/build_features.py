@@ -6,7 +6,7 @@ ingest accepted; a run whose triggering days were all rejected is skipped), else
 interval. `compute_features` writes one point-in-time snapshot per day
 (`features/user_features/D.parquet`, `event_timestamp` = D+1 00:00 UTC, plus raw item popularity) and
 refreshes the item features with title embeddings (all-MiniLM-L6-v2, cached by title hash);
-`apply_definitions` registers the Feast objects (idempotent); `materialize_features` loads the
+`apply_feast_definitions` registers the Feast objects (idempotent); `materialize_features` loads the
 snapshots of those days, `[first snapshot, last snapshot]`, into the online store and emits the Asset
 `features`. Re-running a run rewrites the same files and the same online rows. After an out-of-order
 backfill, re-run the latest day so that the online store holds the newest snapshot.
@@ -15,26 +15,18 @@ backfill, re-run the latest day so that the online store holds the newest snapsh
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Asset, dag, task
+from airflow.sdk import dag, task
 
-from tasks.assets import EVENTS_CLEAN, FEATURES
-
-events_clean = Asset(name=EVENTS_CLEAN[0], uri=EVENTS_CLEAN[1])
-features = Asset(name=FEATURES[0], uri=FEATURES[1])
+from tasks.assets import EVENTS_CLEAN, FEATURES, default_args
 
 
 @dag(
-    schedule=[events_clean],
+    schedule=[EVENTS_CLEAN],
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
     tags=["shoprec", "features", "feast"],
-    default_args={
-        "retries": 2,
-        "retry_delay": pendulum.duration(seconds=30),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": pendulum.duration(minutes=10),
-    },
+    default_args=default_args(retry_delay=pendulum.duration(seconds=30)),
     doc_md=__doc__,
 )
 def build_features() -> None:
@@ -44,13 +36,10 @@ def build_features() -> None:
     def resolve_days(  # type: ignore[no-untyped-def]
         *, dag_run=None, triggering_asset_events=None, data_interval_start=None, data_interval_end=None
     ) -> list[str]:
-        from tasks.features import resolve_days as resolve
+        from tasks.io import asset_event_extras, run_days
 
-        conf = (dag_run.conf if dag_run is not None else None) or {}
-        extras = [
-            event.extra or {} for events in (triggering_asset_events or {}).values() for event in events
-        ]
-        days = resolve(conf, extras, (data_interval_start, data_interval_end))
+        extras = asset_event_extras(triggering_asset_events)
+        days = run_days(dag_run.conf if dag_run else None, extras, (data_interval_start, data_interval_end))
         rejected = sorted({day for extra in extras for day in extra.get("rejected_days") or {}})
         if not days and rejected:
             from airflow.sdk.exceptions import AirflowSkipException
@@ -73,7 +62,7 @@ def build_features() -> None:
         return manifest
 
     @task(multiple_outputs=False)
-    def apply_definitions() -> dict:
+    def apply_feast_definitions() -> dict:
         from dataclasses import asdict
 
         from tasks.config import get_settings
@@ -81,7 +70,7 @@ def build_features() -> None:
 
         return asdict(apply(get_settings()))
 
-    @task(multiple_outputs=False, outlets=[features])
+    @task(multiple_outputs=False, outlets=[FEATURES])
     def materialize_features(manifest: dict, *, outlet_events=None) -> dict:  # type: ignore[no-untyped-def]
         import datetime as dt
         from dataclasses import asdict
@@ -96,7 +85,7 @@ def build_features() -> None:
                 dt.datetime.fromisoformat(manifest["end"]),
             )
         )
-        outlet_events[features].extra = {
+        outlet_events[FEATURES].extra = {
             "partitions": manifest["days"],
             "start": result["start"],
             "end": result["end"],
@@ -106,7 +95,7 @@ def build_features() -> None:
         return result
 
     manifest = compute_features(resolve_days())
-    apply_definitions() >> materialize_features(manifest)
+    apply_feast_definitions() >> materialize_features(manifest)
 
 
 build_features()

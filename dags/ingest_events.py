@@ -1,7 +1,7 @@
 """Ingest the day's shop events: pseudonymise user ids, gate with Great Expectations, quarantine.
 
 For every day in the run's data interval, `update_catalog` merges the landing item files into the
-item catalog (Asset `item_catalog`), then `ingest_events` replaces user ids by keyed HMAC pseudonyms,
+item catalog (Asset `item_catalog`), then `pseudonymize_and_validate` replaces user ids by keyed HMAC pseudonyms,
 validates the events with the `expectations/events.json` suite and writes good rows to
 `lake/events/date=D/` and failing rows, with the expectations they failed, to `quarantine/date=D/`.
 A day whose bad-row share exceeds `SHOPREC_MAX_BAD_ROW_SHARE` (default 5%), that fails a table-level
@@ -27,12 +27,9 @@ from __future__ import annotations
 from typing import Any
 
 import pendulum
-from airflow.sdk import Asset, CronDataIntervalTimetable, dag, task
+from airflow.sdk import CronDataIntervalTimetable, dag, task
 
-from tasks.assets import EVENTS_CLEAN, ITEM_CATALOG
-
-events_clean = Asset(name=EVENTS_CLEAN[0], uri=EVENTS_CLEAN[1])
-item_catalog = Asset(name=ITEM_CATALOG[0], uri=ITEM_CATALOG[1])
+from tasks.assets import EVENTS_CLEAN, ITEM_CATALOG, default_args
 
 
 @dag(
@@ -44,18 +41,13 @@ item_catalog = Asset(name=ITEM_CATALOG[0], uri=ITEM_CATALOG[1])
     catchup=False,
     max_active_runs=1,
     tags=["shoprec", "ingest", "great-expectations"],
-    default_args={
-        "retries": 2,
-        "retry_delay": pendulum.duration(minutes=1),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": pendulum.duration(minutes=10),
-    },
+    default_args=default_args(),
     doc_md=__doc__,
 )
 def ingest_events() -> None:
     """Landing -> pseudonymised, validated lake partitions + quarantine."""
 
-    @task(outlets=[item_catalog])
+    @task(outlets=[ITEM_CATALOG])
     def update_catalog(
         *,
         dag_run: Any = None,
@@ -82,14 +74,14 @@ def ingest_events() -> None:
                 manifests.append(asdict(ingest.update_catalog(settings, day)))
             except (ContractError, ingest.IngestRejected) as exc:
                 raise AirflowFailException(str(exc)) from exc
-        outlet_events[item_catalog].extra = {
+        outlet_events[ITEM_CATALOG].extra = {
             "days": [m["day"] for m in manifests],
             "items": manifests[-1]["items"] if manifests else 0,
         }
         return manifests
 
-    @task(outlets=[events_clean])
-    def validate_and_publish(
+    @task(outlets=[EVENTS_CLEAN])
+    def pseudonymize_and_validate(
         *,
         run_id: Any = None,
         dag_run: Any = None,
@@ -109,7 +101,7 @@ def ingest_events() -> None:
             outcomes = ingest.ingest_days(settings, days, run_id=run_id, interval_end=bound)
         except ContractError as exc:  # no landing batch, or no catalog: nothing to quarantine
             raise AirflowFailException(str(exc)) from exc
-        outlet_events[events_clean].extra = ingest.asset_extra(outcomes)
+        outlet_events[EVENTS_CLEAN].extra = ingest.asset_extra(outcomes)
         return outcomes
 
     @task
@@ -134,7 +126,7 @@ def ingest_events() -> None:
         days, _ = ingest.run_days(dag_run.conf, data_interval_start, data_interval_end)
         return ingest.build_run_data_docs(get_settings(), days)
 
-    outcomes = validate_and_publish()
+    outcomes = pseudonymize_and_validate()
     update_catalog() >> outcomes
     report_rejected_days(outcomes)
     outcomes >> build_data_docs()

@@ -7,7 +7,7 @@ policies, and recomputes every stored epsilon with an independent accountant (dp
 problem fails the run at once, without retry. A verified run anchors the ledger's head itself: it
 returns it and writes `privacy/anchors/audit-<run id>.json` under the home. `audit_membership` runs the loss-threshold membership-inference attack on
 every model version whose per-user losses the trainer stored and that has no audit yet (AUC and the
-empirical epsilon lower bound it implies). `write_report` writes the compliance report (Markdown,
+empirical epsilon lower bound it implies). `write_compliance_report` writes the compliance report (Markdown,
 JSON, HTML) to `reports/privacy/<run time>/`: per budget the cap, spent and remaining epsilon
 (user-level, RDP accountant, with delta), per model version its privacy statement and audit.
 """
@@ -15,27 +15,20 @@ JSON, HTML) to `reports/privacy/<run time>/`: per budget the cap, spent and rema
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, dag, task
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
 
-from tasks.assets import MODEL_CHAMPION
-
-model_champion = Asset(name=MODEL_CHAMPION[0], uri=MODEL_CHAMPION[1])
+from tasks.assets import MODEL_CHAMPION, default_args
 
 
 @dag(
     schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable("0 4 1 * *", timezone="UTC"), assets=[model_champion]
+        timetable=CronTriggerTimetable("0 4 1 * *", timezone="UTC"), assets=[MODEL_CHAMPION]
     ),
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
     tags=["shoprec", "privacy", "compliance"],
-    default_args={
-        "retries": 2,
-        "retry_delay": pendulum.duration(minutes=1),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": pendulum.duration(minutes=10),
-    },
+    default_args=default_args(),
     doc_md=__doc__,
 )
 def privacy_audit() -> None:
@@ -72,7 +65,7 @@ def privacy_audit() -> None:
         return audited
 
     @task(multiple_outputs=False)
-    def write_report(*, data_interval_end=None, dag_run=None) -> dict:  # type: ignore[no-untyped-def]
+    def write_compliance_report(*, data_interval_end=None, dag_run=None) -> dict:  # type: ignore[no-untyped-def]
         from dataclasses import asdict
 
         from tasks.config import get_settings
@@ -80,7 +73,7 @@ def privacy_audit() -> None:
 
         return asdict(write(get_settings(), at=data_interval_end or dag_run.run_after))
 
-    verify_ledger() >> audit_membership() >> write_report()
+    verify_ledger() >> audit_membership() >> write_compliance_report()
 
 
 privacy_audit()

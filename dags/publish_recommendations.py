@@ -15,45 +15,34 @@ changes nothing; a failed run leaves the previous set served. Emits Asset `recom
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Asset, dag, task
+from airflow.sdk import dag, task
 
-from tasks.assets import FEATURES, MODEL_CHAMPION, RECOMMENDATIONS
-
-model_champion = Asset(name=MODEL_CHAMPION[0], uri=MODEL_CHAMPION[1])
-features = Asset(name=FEATURES[0], uri=FEATURES[1])
-recommendations = Asset(name=RECOMMENDATIONS[0], uri=RECOMMENDATIONS[1])
+from tasks.assets import FEATURES, MODEL_CHAMPION, RECOMMENDATIONS, default_args
 
 
 @dag(
-    schedule=(model_champion | features),
+    schedule=(MODEL_CHAMPION | FEATURES),
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
     tags=["shoprec", "publish", "feast"],
-    default_args={
-        "retries": 2,
-        "retry_delay": pendulum.duration(minutes=1),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": pendulum.duration(minutes=10),
-    },
+    default_args=default_args(),
     doc_md=__doc__,
 )
 def publish_recommendations() -> None:
     """Champion from MLflow -> top-K per user with reasons -> Feast (blue/green) + audit parquet."""
 
-    @task(multiple_outputs=False, outlets=[recommendations])
+    @task(multiple_outputs=False, outlets=[RECOMMENDATIONS])
     def score_and_publish(*, dag_run=None, triggering_asset_events=None, outlet_events=None) -> dict:  # type: ignore[no-untyped-def]
         from dataclasses import asdict
 
         from tasks.config import get_settings
+        from tasks.io import asset_event_extras
         from tasks.publishing import resolve_scoring_time, run_publish
 
         settings = get_settings()
-        conf = (dag_run.conf if dag_run is not None else None) or {}
-        extras = [
-            event.extra or {} for events in (triggering_asset_events or {}).values() for event in events
-        ]
-        scoring_time = resolve_scoring_time(settings, conf, extras)
+        conf = dag_run.conf if dag_run else None
+        scoring_time = resolve_scoring_time(settings, conf, asset_event_extras(triggering_asset_events))
         try:
             manifest = asdict(run_publish(settings, scoring_time))
         except LookupError as exc:
@@ -62,7 +51,7 @@ def publish_recommendations() -> None:
             from airflow.sdk.exceptions import AirflowSkipException
 
             raise AirflowSkipException(f"nothing published: {exc}") from exc
-        outlet_events[recommendations].extra = {
+        outlet_events[RECOMMENDATIONS].extra = {
             k: manifest[k] for k in ("publish_id", "model_version", "n_users", "slot")
         }
         return manifest

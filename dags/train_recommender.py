@@ -4,12 +4,15 @@ Runs when the Asset `features` is updated, unless the data is less than
 `SHOPREC_MIN_TRAINING_INTERVAL_HOURS` newer than the data of the last registered version
 (`check_training_due`, compared on data time, not the clock).
 
-`train_model` (queue `gpu`, pool `gpu`) refuses, without retry, when more than
+`train_model` (queue `gpu`, pool `gpu`) pins its data at the first try: the lake days up to the last
+day its triggering `features` events name (or the run conf's `days`; a manual run without them: the
+latest partition) and the item catalog as of then (`tasks.training_data`); every retry,
+`register_and_gate` and `record_membership_losses` read that same data however the lake grew since. It refuses, without retry, when more than
 `SHOPREC_MAX_REJECTED_DAY_SHARE` of its window's days were rejected by ingest; otherwise it reserves the DP popularity releases and the DP-SGD run on the
 privacy ledger, calibrates the noise multiplier to the budget the ledger grants
 (`SHOPREC_TRAINING_EPSILON` per training, user level, RDP accountant, the budget's delta), trains with
 Opacus (ghost clipping, Poisson sampling of users; CUDA when present) and its non-private twin, and tunes
-the score blend on a validation window. A retry reuses the reservation and the checkpoint.
+the score blend on a validation window. A retry reuses the pinned data, the reservation and the checkpoint.
 `register_and_gate` evaluates challenger, twin, champion and baselines on the same temporal split,
 logs one MLflow run, registers the version (alias `challenger`) with its privacy statement, commits
 the ledger charges and applies the promotion gate (`SHOPREC_PROMOTION_TOLERANCE`); the decision and
@@ -20,46 +23,20 @@ training users and of held-out users for the `privacy_audit` DAG's membership-in
 
 from __future__ import annotations
 
-import os
-
 import pendulum
-from airflow.sdk import Asset, dag, task
-from kubernetes.client import models as k8s
+from airflow.sdk import dag, task
 
-from tasks.assets import FEATURES, MODEL_CHAMPION
-
-features = Asset(name=FEATURES[0], uri=FEATURES[1])
-model_champion = Asset(name=MODEL_CHAMPION[0], uri=MODEL_CHAMPION[1])
-
-# Under the KubernetesExecutor, train_model runs in the CUDA trainer image with one GPU; the
-# CeleryExecutor ignores executor_config and routes the task to the `gpu` queue's workers instead.
-TRAINER_POD = k8s.V1Pod(
-    spec=k8s.V1PodSpec(
-        containers=[
-            k8s.V1Container(
-                name="base",
-                image=os.environ.get("SHOPREC_TRAINER_IMAGE", "shoprec-trainer:latest"),
-                resources=k8s.V1ResourceRequirements(limits={"nvidia.com/gpu": "1"}),
-            )
-        ]
-    )
-)
+from tasks.assets import FEATURES, MODEL_CHAMPION, default_args, gpu_executor_config, training_retry_delay
 
 
 @dag(
-    schedule=[features],
+    schedule=[FEATURES],
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
     tags=["shoprec", "training", "opacus", "mlflow"],
-    default_args={
-        "retries": 2,
-        # The first retry waits 1-2x this (exponential backoff with jitter); operators (and the fault
-        # tests) may shorten it.
-        "retry_delay": pendulum.duration(seconds=int(os.environ.get("SHOPREC_TRAIN_RETRY_DELAY_S", "60"))),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": pendulum.duration(minutes=10),
-    },
+    # The first retry waits 1-2x SHOPREC_TRAIN_RETRY_DELAY_S (exponential backoff with jitter).
+    default_args=default_args(retry_delay=training_retry_delay()),
     doc_md=__doc__,
 )
 def train_recommender() -> None:
@@ -77,16 +54,22 @@ def train_recommender() -> None:
         queue="gpu",
         pool="gpu",
         execution_timeout=pendulum.duration(hours=3),
-        executor_config={"pod_override": TRAINER_POD},
+        # Under the KubernetesExecutor: the CUDA trainer image with one GPU; the CeleryExecutor routes
+        # the task to the `gpu` queue's workers instead.
+        executor_config=gpu_executor_config(),
     )
-    def train_model(*, run_id=None) -> dict:  # type: ignore[no-untyped-def]
+    def train_model(*, run_id=None, dag_run=None, triggering_asset_events=None) -> dict:  # type: ignore[no-untyped-def]
         from airflow.sdk.exceptions import AirflowFailException
 
         from tasks.config import get_settings
+        from tasks.io import asset_event_extras, run_days
         from tasks.training import TrainingRefused, run_training
 
+        # the days of the triggering `features` events (or the run conf): the run's data end, pinned
+        # at the first try so that retries and register_and_gate read the same data
+        days = run_days(dag_run.conf if dag_run else None, asset_event_extras(triggering_asset_events))
         try:
-            return run_training(get_settings(), run_key=run_id).to_dict()
+            return run_training(get_settings(), run_key=run_id, data_days=days).to_dict()
         except TrainingRefused as exc:  # too much of the window rejected: a retry would not help
             raise AirflowFailException(str(exc)) from exc
 
@@ -105,19 +88,19 @@ def train_recommender() -> None:
         return record(get_settings(), manifest, registration).to_dict()
 
     @task.short_circuit
-    def champion_changed(registration: dict) -> bool:
+    def check_champion_changed(registration: dict) -> bool:
         return bool(registration["champion_changed"])
 
-    @task(outlets=[model_champion])
+    @task(outlets=[MODEL_CHAMPION])
     def announce_champion(registration: dict, *, outlet_events=None) -> str:  # type: ignore[no-untyped-def]
-        outlet_events[model_champion].extra = {"version": registration["version"]}
+        outlet_events[MODEL_CHAMPION].extra = {"version": registration["version"]}
         return str(registration["version"])
 
     manifest = train_model()
     check_training_due() >> manifest
     registration = register_and_gate(manifest)
     losses = record_membership_losses(manifest, registration)  # before the asset wakes privacy_audit
-    losses >> champion_changed(registration) >> announce_champion(registration)
+    losses >> check_champion_changed(registration) >> announce_champion(registration)
 
 
 train_recommender()

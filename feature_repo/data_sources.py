@@ -8,11 +8,7 @@
 
 from tasks.feast_store import build_definitions, repo_settings
 
-_settings = repo_settings()
-# The embedded registry and online store (feature_store.yaml) live in $SHOPREC_HOME/feast: make sure
-# the folder exists so that `feast plan` / `feast apply` work on a fresh checkout.
-_settings.feast_dir.mkdir(parents=True, exist_ok=True)
-_definitions = build_definitions(_settings.features_dir)
+_definitions = build_definitions(repo_settings().features_dir)
 
 user_features_source = _definitions.user_source
 item_features_source = _definitions.item_source

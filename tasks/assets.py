@@ -1,11 +1,69 @@
-"""Names and URIs of the Airflow Assets that link the DAGs (cheap: no Airflow import here)."""
+"""What the DAG files share: the Assets that link them, their default_args and the GPU task's executor_config.
+
+Imported by ``dags/`` only (it is part of the package, so Airflow never parses it as a DAG file). It
+imports nothing beyond ``airflow.sdk`` and pendulum, which every DAG file loads anyway, and builds
+nothing heavy: the Kubernetes pod of the training task exists only where a KubernetesExecutor runs
+it (:func:`gpu_executor_config`).
+"""
 
 from __future__ import annotations
 
-from typing import Final
+import os
+from typing import Any
 
-EVENTS_CLEAN: Final = ("events_clean", "shoprec://lake/events")
-ITEM_CATALOG: Final = ("item_catalog", "shoprec://lake/items")
-FEATURES: Final = ("features", "shoprec://feast/features")
-MODEL_CHAMPION: Final = ("model_champion", "shoprec://mlflow/champion")
-RECOMMENDATIONS: Final = ("recommendations", "shoprec://feast/user_recommendations")
+import pendulum
+from airflow.sdk import Asset, conf
+
+EVENTS_CLEAN = Asset(name="events_clean", uri="shoprec://lake/events")
+ITEM_CATALOG = Asset(name="item_catalog", uri="shoprec://lake/items")
+FEATURES = Asset(name="features", uri="shoprec://feast/features")
+MODEL_CHAMPION = Asset(name="model_champion", uri="shoprec://mlflow/champion")
+RECOMMENDATIONS = Asset(name="recommendations", uri="shoprec://feast/user_recommendations")
+
+TRAINER_IMAGE_DEFAULT = "shoprec-trainer:latest"
+
+
+def default_args(retry_delay: pendulum.Duration | None = None) -> dict[str, Any]:
+    """Every task: 2 retries, exponential backoff (with jitter) from ``retry_delay`` (1 minute) to 10 minutes."""
+    return {
+        "retries": 2,
+        "retry_delay": retry_delay if retry_delay is not None else pendulum.duration(minutes=1),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": pendulum.duration(minutes=10),
+    }
+
+
+def training_retry_delay() -> pendulum.Duration:
+    """The training DAG's first retry delay: ``SHOPREC_TRAIN_RETRY_DELAY_S`` seconds (default 60); the
+    fault tests shorten it."""
+    return pendulum.duration(seconds=int(os.environ.get("SHOPREC_TRAIN_RETRY_DELAY_S", "60")))
+
+
+def kubernetes_executor_configured(executors: str) -> bool:
+    """Whether Airflow's ``[core] executor`` (one name or a comma-separated list) includes Kubernetes."""
+    # entries are a class name, a module path or "alias:module.path.Class"
+    return any(
+        name.strip().split(":")[-1].split(".")[-1] == "KubernetesExecutor" for name in executors.split(",")
+    )
+
+
+def gpu_executor_config() -> dict[str, Any]:
+    """``executor_config`` of a GPU task: under the KubernetesExecutor a ``pod_override`` that runs it in
+    the CUDA trainer image (``SHOPREC_TRAINER_IMAGE``) with one ``nvidia.com/gpu``; otherwise empty (the
+    CeleryExecutor routes the task to the ``gpu`` queue instead), so no Kubernetes object is built."""
+    if not kubernetes_executor_configured(conf.get("core", "executor", fallback="")):
+        return {}
+    from kubernetes.client import models as k8s
+
+    pod = k8s.V1Pod(
+        spec=k8s.V1PodSpec(
+            containers=[
+                k8s.V1Container(
+                    name="base",
+                    image=os.environ.get("SHOPREC_TRAINER_IMAGE", TRAINER_IMAGE_DEFAULT),
+                    resources=k8s.V1ResourceRequirements(limits={"nvidia.com/gpu": "1"}),
+                )
+            ]
+        )
+    )
+    return {"pod_override": pod}

@@ -73,7 +73,7 @@ def is_rejected_day(run: DagRunResult) -> bool:
     rejected day (see dags/ingest_events.py): the chain goes on without that day."""
     return (
         run.dag_id == "ingest_events"
-        and run.task_states.get("validate_and_publish") == "success"
+        and run.task_states.get("pseudonymize_and_validate") == "success"
         and run.task_states.get("report_rejected_days") == "failed"
     )
 

@@ -37,6 +37,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tasks.io import atomic_write_parquet
+
 if TYPE_CHECKING:
     import torch
 
@@ -189,7 +191,6 @@ def _read_cache(path: Path, dim: int) -> dict[str, np.ndarray]:
 
 
 def _write_cache(path: Path, vectors: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     keys = sorted(vectors)
     table = pa.table(
         {
@@ -198,9 +199,7 @@ def _write_cache(path: Path, vectors: dict[str, np.ndarray]) -> None:
         },
         schema=_CACHE_SCHEMA,
     )
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    atomic_write_parquet(path, table)
 
 
 def embed_items(

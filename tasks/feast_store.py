@@ -60,6 +60,7 @@ from tasks.features import (
     item_features_path,
     user_features_dir,
 )
+from tasks.io import atomic_write_text
 
 if TYPE_CHECKING:
     from feast import FeatureStore, RepoConfig
@@ -272,11 +273,9 @@ def get_store(settings: Settings) -> FeatureStore:
 def write_repo_yaml(settings: Settings) -> Path:
     """Write ``feast_dir/repo/feature_store.yaml`` for the CLI (``feast -c DIR serve``); return DIR."""
     folder = settings.feast_dir / "repo"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "feature_store.yaml"
-    tmp = folder / ".feature_store.yaml.tmp"
-    tmp.write_text(yaml.safe_dump(repo_config_dict(settings), sort_keys=False))
-    tmp.replace(path)
+    atomic_write_text(
+        folder / "feature_store.yaml", yaml.safe_dump(repo_config_dict(settings), sort_keys=False)
+    )
     return folder
 
 

@@ -26,8 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -42,11 +41,11 @@ from tasks.contracts import (
     EVENT_COLUMNS,
     ITEM_COLUMNS,
     PURCHASE,
-    days_in_interval,
     list_partitions,
     partition_dir,
 )
 from tasks.embeddings import TextEncoder, embed_items, load_pretrained_encoder
+from tasks.io import atomic_write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -131,39 +130,19 @@ def snapshot_time(day: dt.date) -> pd.Timestamp:
     return pd.Timestamp(day + dt.timedelta(days=1), tz="UTC")
 
 
-def resolve_days(
-    conf: Mapping[str, Any] | None,
-    asset_extras: Iterable[Mapping[str, Any]],
-    interval: tuple[dt.datetime | None, dt.datetime | None] = (None, None),
-) -> list[dt.date]:
-    """The data days a ``build_features`` run covers, from (first that gives any):
-
-    1. the run conf ``{"days": ["YYYY-MM-DD", ...]}`` (demos, backfills, ``dag.test(run_conf=...)``);
-    2. the triggering ``events_clean`` asset events' extra, ``"partitions"`` or ``"days"`` (the
-       accepted days: an event whose days were all rejected gives none, and no fallback to 3.);
-    3. the run's data interval (``[start, end)`` calendar days), when it has one.
-    """
-    raw: list[str] = [str(d) for d in (conf or {}).get("days") or []]
-    told = bool(raw)
-    if not raw:
-        for extra in asset_extras:
-            told = told or "partitions" in extra or "days" in extra
-            raw.extend(str(d) for d in (extra.get("partitions") or extra.get("days") or []))
-    days = {dt.date.fromisoformat(d) for d in raw}
-    start, end = interval
-    if not told and start is not None and end is not None:
-        days = set(days_in_interval(start, end))
-    return sorted(days)
-
-
 # --- reading the lake ----------------------------------------------------------------------------
-def read_events(settings: Settings, until: dt.date | None = None) -> pd.DataFrame:
-    """All clean events of the partitions up to ``until`` (inclusive), contract columns."""
+def read_events(
+    settings: Settings, until: dt.date | None = None, days: Sequence[dt.date] | None = None
+) -> pd.DataFrame:
+    """All clean events of the partitions up to ``until`` (inclusive), or of exactly ``days``."""
     frames = []
-    for day in list_partitions(settings.events_dir):
+    for day in list_partitions(settings.events_dir) if days is None else sorted(days):
         if until is not None and day > until:
             continue
-        for file in sorted(partition_dir(settings.events_dir, day).glob("*.parquet")):
+        folder = partition_dir(settings.events_dir, day)
+        if days is not None and not folder.is_dir():
+            raise FileNotFoundError(f"lake partition {folder} is gone")
+        for file in sorted(folder.glob("*.parquet")):
             frames.append(pq.read_table(file, columns=list(EVENT_COLUMNS)).to_pandas())
     if not frames:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in EVENT_COLUMNS}).astype(
@@ -292,12 +271,8 @@ def _empty(schema: pa.Schema) -> pd.DataFrame:
 
 # --- writing -------------------------------------------------------------------------------------
 def write_table(frame: pd.DataFrame, schema: pa.Schema, path: Path) -> None:
-    """Write ``frame`` with ``schema`` to ``path`` atomically (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    """Write ``frame`` with ``schema`` to ``path`` atomically (:func:`tasks.io.atomic_write_parquet`)."""
+    atomic_write_parquet(path, pa.Table.from_pandas(frame, schema=schema, preserve_index=False))
 
 
 def compute_features(

@@ -24,10 +24,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
-import shutil
-import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -45,12 +42,13 @@ from tasks.contracts import (
     ITEMS_SCHEMA,
     ContractError,
     check_columns,
-    days_in_interval,
     landing_files,
     list_partitions,
     partition_dir,
     require_columns,
 )
+from tasks.io import atomic_write_bytes, atomic_write_json, replace_dir
+from tasks.io import run_days as io_run_days
 from tasks.pseudonymize import (
     SOURCE_ID_PREFIXES,
     load_key,
@@ -268,27 +266,11 @@ def _read_day(day_dir: Path, table: str, schema: pa.Schema) -> pd.DataFrame:
 # --- writing partitions ---------------------------------------------------------------------------
 
 
-def _replace_dir(target: Path, write: Callable[[Path], None]) -> None:
-    """Write into a temporary sibling folder with ``write(tmp)``, then rename it onto ``target``."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex}"
-    tmp.mkdir()
-    try:
-        write(tmp)
-        old = None
-        if target.exists():
-            old = target.parent / f".old-{target.name}-{uuid.uuid4().hex}"
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+_PARQUET_OPTIONS: Final[dict[str, Any]] = {"compression": "zstd", "write_statistics": True}
 
 
 def _write_parquet(table: pa.Table, path: Path | pa.NativeFile) -> None:
-    pq.write_table(table, path, compression="zstd", write_statistics=True)
+    pq.write_table(table, path, **_PARQUET_OPTIONS)
 
 
 def _events_table(frame: pd.DataFrame) -> pa.Table:
@@ -493,7 +475,7 @@ def _quarantine_unreadable(settings: Settings, day: dt.date, error: ContractErro
     def write(tmp: Path) -> None:
         (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
-    _replace_dir(partition_dir(settings.quarantine_dir, day), write)
+    replace_dir(partition_dir(settings.quarantine_dir, day), write)
 
 
 def pseudonymise_ids(frame: pd.DataFrame, key: bytes) -> None:
@@ -610,7 +592,7 @@ def ingest_day(
         _write_parquet(_quarantine_table(bad), tmp / QUARANTINE_FILE)
         (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
-    _replace_dir(quarantine_dir, write_quarantine)
+    replace_dir(quarantine_dir, write_quarantine)
     if problems:
         message = (
             f"ingest of {day.isoformat()} rejected, nothing written to the lake: {'; '.join(problems)} "
@@ -620,7 +602,7 @@ def ingest_day(
         raise IngestRejected(message)
 
     lake_dir = partition_dir(settings.events_dir, day)
-    _replace_dir(lake_dir, lambda tmp: _write_parquet(_events_table(good), tmp / LAKE_FILE))
+    replace_dir(lake_dir, lambda tmp: _write_parquet(_events_table(good), tmp / LAKE_FILE))
     log.info(
         "ingested %s: %d rows in, %d to the lake, %d quarantined (%s)",
         day.isoformat(),
@@ -680,19 +662,18 @@ def ingest_or_reject(
 def run_days(
     conf: Mapping[str, Any] | None, start: dt.datetime, end: dt.datetime
 ) -> tuple[list[dt.date], dt.datetime | None]:
-    """The days an ``ingest_events`` run covers and the "future" bound of its events.
+    """The days an ``ingest_events`` run covers (:func:`tasks.io.run_days`) and the "future" bound of
+    its events.
 
     A backfill run names its days in the run conf, ``{"days": ["YYYY-MM-DD", ...]}``: each day is then
     judged as its own daily run would judge it (bound: the end of the day).  Otherwise the days of the
     data interval ``[start, end)``, bound ``end``.
     """
-    listed = (conf or {}).get("days") or []
-    if listed:
-        try:
-            return sorted({dt.date.fromisoformat(str(d)) for d in listed}), None
-        except ValueError as exc:
-            raise ContractError(f"run conf days: {exc}") from exc
-    return days_in_interval(start, end), end
+    try:
+        days = io_run_days(conf, (), (start, end))
+    except ValueError as exc:
+        raise ContractError(f"run conf days: {exc}") from exc
+    return days, (None if (conf or {}).get("days") else end)
 
 
 def ingest_days(
@@ -834,13 +815,10 @@ def _validate_and_write_catalog(
             + "; ".join([*gate.table_failures, *gate.errors, rows])
         )
     target = settings.items_dir / CATALOG_FILE
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".tmp-{uuid.uuid4().hex}-{CATALOG_FILE}")
-    tmp.write_bytes(content)
-    os.replace(tmp, target)
+    atomic_write_bytes(target, content)
     # Recorded after the catalog is in place: a crash in between leaves a stale record, whose hash
     # does not match the new catalog, so the next run validates again rather than trusting it.
-    _write_json_atomic(settings.items_dir / CATALOG_STATE_FILE, state)
+    atomic_write_json(settings.items_dir / CATALOG_STATE_FILE, state)
 
 
 def _catalog_already_validated(settings: Settings, state: Mapping[str, str]) -> bool:
@@ -854,9 +832,3 @@ def _catalog_already_validated(settings: Settings, state: Mapping[str, str]) -> 
         return False
     on_disk = hashlib.sha256(target.read_bytes()).hexdigest()
     return recorded == dict(state) and on_disk == state["catalog_sha256"]
-
-
-def _write_json_atomic(path: Path, value: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)

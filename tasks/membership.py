@@ -35,12 +35,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from tasks.config import Settings
-from tasks.dataset import feature_state, holdout_mask, load_catalog, per_user_cuts, purchases_after_cuts
-from tasks.features import read_events
+from tasks.dataset import feature_state, holdout_mask, per_user_cuts, purchases_after_cuts
 from tasks.model import TwoTower
 from tasks.privacy import write_membership_losses
 from tasks.registry import load_version
 from tasks.training import UserExamples, UserSoftmaxLoss, build_examples
+from tasks.training_data import load_training_data
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +138,9 @@ def record_membership_losses(
     delta = float(manifest["delta"])
     validation = pd.Timestamp(manifest["cuts"]["validation"])
     share = settings.membership_holdout_share
-    events = read_events(settings)
-    catalog = load_catalog(settings)
+    data = load_training_data(Path(manifest["training_data"]))  # the data the run trained on
+    events = data.events(settings)
+    catalog = data.catalog()
     user_cuts = per_user_cuts(events, validation)
     state = feature_state(settings, user_cuts["user_id"].tolist(), list(user_cuts["cut"]))
     labels = purchases_after_cuts(events, user_cuts, validation)

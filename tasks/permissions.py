@@ -13,7 +13,6 @@ Nothing here runs at import time.
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 from typing import Final
 
@@ -64,17 +63,3 @@ def private_sqlite(url: str) -> None:
     if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
         return
     private_file(Path(parsed.database))
-
-
-def write_private_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` as a 0600 file in a 0700 folder (created or tightened): a temporary
-    sibling first, then renamed into place."""
-    private_dir(path.parent)
-    staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(staging, path)
-    finally:
-        staging.unlink(missing_ok=True)

@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-import os
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -50,7 +49,8 @@ from tasks.code_version import code_version
 from tasks.config import Settings
 from tasks.contracts import PURCHASE
 from tasks.feast_store import apply_definitions, build_definitions, get_store
-from tasks.features import item_features_path, read_events, user_features_dir
+from tasks.features import item_features_path, read_events, snapshot_time, user_features_dir
+from tasks.io import atomic_write_parquet, run_days
 from tasks.privacy import ChargeStatus, PopularityRelease
 from tasks.privacy.anchors import write_anchor_file
 from tasks.privacy.ledger_key import open_ledger
@@ -338,11 +338,7 @@ def write_offline_copy(frame: pd.DataFrame, path: Path) -> Path:
         schema=RECOMMENDATIONS_SCHEMA,
         preserve_index=False,
     ).replace_schema_metadata(None)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
-    return path
+    return atomic_write_parquet(path, table)
 
 
 def reason_labels(explained: np.ndarray, kinds: Sequence[str], item_ids: Sequence[str]) -> list[list[str]]:
@@ -714,10 +710,7 @@ def _release_country_popularity(
         if ledger.charge(charge.id).status is ChargeStatus.RESERVED:
             ledger.release(charge.id)  # nothing left this process
         raise
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(cache.name + f".tmp-{os.getpid()}")
-    released.to_parquet(tmp, index=False)
-    tmp.replace(cache)
+    atomic_write_parquet(cache, pa.Table.from_pandas(released, preserve_index=False))
 
 
 # --- the whole publish ---------------------------------------------------------------------------
@@ -741,9 +734,8 @@ class PublishManifest:
 
 
 def scoring_time_for_days(days: Sequence[str]) -> dt.datetime:
-    """Scoring time of a run over ``days`` (ISO dates): the end of the last day, 00:00 UTC next day."""
-    last = max(dt.date.fromisoformat(d) for d in days)
-    return dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), dt.UTC)
+    """Scoring time of a run over ``days`` (ISO dates): the last day's snapshot time (its end)."""
+    return snapshot_time(max(dt.date.fromisoformat(d) for d in days)).to_pydatetime()
 
 
 def _user_snapshot(settings: Settings, scoring_time: dt.datetime) -> pd.DataFrame:
@@ -907,12 +899,9 @@ def resolve_scoring_time(
     """The run's scoring time, from the data, never the wall clock: the end of the last day of the run
     conf ``{"days": [...]}``, else of the triggering ``features`` events' ``partitions``/``days``, else
     the time of the latest user feature snapshot on disk (a ``model_champion`` trigger)."""
-    days = [str(d) for d in (conf or {}).get("days") or []]
-    if not days:
-        for extra in asset_extras:
-            days.extend(str(d) for d in (extra.get("partitions") or extra.get("days") or []))
+    days = run_days(conf, asset_extras)
     if days:
-        return scoring_time_for_days(days)
+        return scoring_time_for_days([d.isoformat() for d in days])
 
     snapshots = sorted(p.stem for p in user_features_dir(settings).glob("*.parquet"))
     if not snapshots:
@@ -922,7 +911,12 @@ def resolve_scoring_time(
 
 def live_service_definition(settings: Settings) -> Any | None:
     """The registered ``recommendations_v1`` as it is now (for ``feature_repo/``), None before the first
-    publish or when the registry cannot be read; lets ``feast apply`` from the folder keep the live slot."""
+    publish or when the registry cannot be read; lets ``feast apply`` from the folder keep the live slot
+    (Feast deletes registered objects the folder does not define). Creates nothing: on a home without
+    an embedded registry file there is nothing live to read."""
+    url = settings.resolved_feast_registry_url
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        return None
     try:
         store = get_store(settings)
         slot, _ = live_slot(store)

@@ -23,13 +23,14 @@ from tasks.baselines import broadcast, buy_again_scores, cooccurrence_scores, po
 from tasks.catalog import USER_FEATURE_COLUMNS
 from tasks.config import Settings
 from tasks.contracts import list_partitions
-from tasks.dataset import feature_state, load_catalog
+from tasks.dataset import feature_state
 from tasks.evaluation import evaluate_scores, retention, temporal_split_from_state
-from tasks.features import read_events, snapshot_time
+from tasks.features import snapshot_time
 from tasks.model import Recommender, load_recommender, save_recommender
 from tasks.permissions import private_sqlite
 from tasks.privacy import PrivacyStatement, attach_to_model_version
 from tasks.privacy.ledger_key import open_ledger
+from tasks.training_data import load_training_data
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -365,8 +366,9 @@ def evaluation_reports(
 ) -> tuple[dict[str, Any], Any]:
     """Challenger, its non-private twin, the champion and the baselines on the run's test split."""
     cut, end = pd.Timestamp(manifest["cuts"]["test"]), pd.Timestamp(manifest["cuts"]["as_of"])
-    events = read_events(settings)
-    catalog = load_catalog(settings)
+    data = load_training_data(Path(manifest["training_data"]))  # the run's data, however the lake grew
+    events = data.events(settings)
+    catalog = data.catalog()
     users = sorted(events.loc[events["event_timestamp"] < cut, "user_id"].astype(str).unique())
     split = temporal_split_from_state(events, catalog, feature_state(settings, users, cut), cut, end)
     if split.n_users == 0:

@@ -27,11 +27,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import logging
-import os
 import secrets
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -56,19 +53,17 @@ from tasks.catalog import (
 )
 from tasks.code_version import code_version as current_code_version
 from tasks.config import Settings
-from tasks.contracts import list_partitions
 from tasks.dataset import (
     INTERACTIONS,
     Cuts,
     drop_held_out,
     feature_state,
-    load_catalog,
     per_user_cuts,
     purchases_after_cuts,
 )
 from tasks.evaluation import temporal_split_from_state, tune_blend
-from tasks.features import read_events, snapshot_time
 from tasks.ingest import rejected_days
+from tasks.io import atomic_write, atomic_write_json, replace_dir
 from tasks.model import (
     Recommender,
     TwoTower,
@@ -77,7 +72,6 @@ from tasks.model import (
     save_recommender,
     text_neighbours,
 )
-from tasks.permissions import private_dir, private_file
 from tasks.privacy import (
     DpSgdMechanism,
     PopularityRelease,
@@ -86,6 +80,7 @@ from tasks.privacy import (
 from tasks.privacy.accounting import LEDGER_ACCOUNTANT, rdp_epsilon
 from tasks.privacy.ledger_key import open_ledger
 from tasks.privacy.policy import budget_for_run
+from tasks.training_data import pin_training_data
 
 log = logging.getLogger(__name__)
 
@@ -421,10 +416,7 @@ def _save_checkpoint(
         "accountant": accountant,
         "rng": torch.get_rng_state(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda handle: torch.save(state, handle))
 
 
 def _load_checkpoint(path: Path, model: TwoTower, optimizer: Any, engine: Any) -> tuple[int, list[float]]:
@@ -485,6 +477,7 @@ class TrainingManifest:
     n_negatives: int
     noise_generator: str
     rejected_days: str = ""  # comma-separated days of the window that ingest rejected (quarantined)
+    training_data: str = ""  # the run's pinned data (tasks.training_data), read by registration and audit
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -537,12 +530,8 @@ def released_once(path: Path, release: Callable[[], Sequence[np.ndarray]]) -> li
         with np.load(path, allow_pickle=False) as stored:
             return [stored[f"release_{i}"] for i in range(len(stored.files))]
     arrays = [np.asarray(a) for a in release()]
-    private_dir(path.parent)
-    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with private_file(staging).open("wb") as handle:
-        named: dict[str, Any] = {f"release_{i}": a for i, a in enumerate(arrays)}
-        np.savez(handle, **named)
-    staging.replace(path)
+    named: dict[str, Any] = {f"release_{i}": a for i, a in enumerate(arrays)}
+    atomic_write(path, lambda handle: np.savez(handle, **named), private=True)
     return arrays
 
 
@@ -565,20 +554,30 @@ def _active_charge(ledger: Any, scope: str, run_key: str, purpose: str) -> Any:
     return None
 
 
-def run_training(settings: Settings, *, run_key: str, code_version: str | None = None) -> TrainingManifest:
+def run_training(
+    settings: Settings,
+    *,
+    run_key: str,
+    code_version: str | None = None,
+    data_days: Sequence[dt.date] = (),
+) -> TrainingManifest:
     """Train the DP challenger (and its non-private twin) on the lake and Feast as of the data's end.
+
+    The data is pinned at the run's first try (:func:`tasks.training_data.pin_training_data`): the lake
+    days up to the last of ``data_days`` (the days of the triggering asset events; none: the latest
+    partition) and the catalog as of then. A retry reads the same data however the lake grew since.
 
     Pre-flight on the privacy ledger: the DP popularity releases and the DP-SGD run are reserved
     (idempotently per ``run_key``) before anything runs; the noise multiplier is calibrated so the run
     fits the budget the ledger grants, and a retry reuses the reserved mechanism and the checkpoint.
     """
-    days = list_partitions(settings.events_dir)
-    if not days:
-        raise FileNotFoundError(f"no event partitions under {settings.events_dir}")
+    run_dir = settings.models_dir / _safe(run_key)
+    data = pin_training_data(settings, run_dir, data_days)
+    days = list(data.days)
     rejected = refuse_if_too_many_rejected(settings, days)
-    cuts = Cuts.from_end(snapshot_time(days[-1]), settings.eval_days)
-    events = read_events(settings)
-    catalog = load_catalog(settings)
+    cuts = Cuts.from_end(data.as_of, settings.eval_days)
+    events = data.events(settings)
+    catalog = data.catalog()
     all_users = sorted(events["user_id"].astype(str).unique())
     # Held-out users (a keyed hash split decided before training) never enter DP-SGD: they are the
     # non-members of the membership-inference audit (tasks.membership).
@@ -653,7 +652,6 @@ def run_training(settings: Settings, *, run_key: str, code_version: str | None =
     mechanism = charge.mechanism
     config = TrainConfig(**{**asdict(config), "noise_multiplier": mechanism.noise_multiplier})
 
-    run_dir = settings.models_dir / _safe(run_key)
     torch.manual_seed(settings.seed)
     model = build_model(catalog)
     result = train(model, examples, config, delta=delta, checkpoint_path=run_dir / "checkpoint.pt")
@@ -688,14 +686,13 @@ def run_training(settings: Settings, *, run_key: str, code_version: str | None =
         rec = Recommender(
             net, catalog, weights=blends[name], popularity=pop_serve, history_length=settings.history_length
         )
-        tmp = run_dir / f".{folder}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_recommender(rec, tmp)
-        np.save(tmp / "popularity_eval.npy", pop_test)
-        shutil.rmtree(run_dir / folder, ignore_errors=True)
-        tmp.rename(run_dir / folder)
-    users_file = run_dir / "training_users.json"
-    users_file.write_text(json.dumps(train_users))
+
+        def write_model(staging: Path, rec: Recommender = rec) -> None:
+            save_recommender(rec, staging)
+            np.save(staging / "popularity_eval.npy", pop_test)
+
+        replace_dir(run_dir / folder, write_model)
+    users_file = atomic_write_json(run_dir / "training_users.json", train_users, indent=None, sort_keys=False)
     epsilon = float(charge.epsilon)
     log.info(
         "trained %s: (%.3f, %.2e)-DP per user (ledger accountant %s), %d steps",
@@ -731,6 +728,7 @@ def run_training(settings: Settings, *, run_key: str, code_version: str | None =
         n_negatives=config.n_negatives,
         noise_generator=noise_generator_name(result.device, noise_seed=config.noise_seed),
         rejected_days=",".join(d.isoformat() for d in rejected),
+        training_data=str(data.folder),
     )
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from tasks.config import Settings
-from tasks.permissions import write_private_text
+from tasks.io import atomic_write_text
 from tasks.privacy.ledger import GENESIS_HASH, TableHead
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def write_anchor_file(settings: Settings, name: str, payload: Mapping[str, Any])
     """Write ``anchors/<name>.json`` (write-then-rename; the same name is replaced)."""
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     path = anchors_dir(settings) / f"{safe}.json"
-    write_private_text(path, json.dumps(payload, sort_keys=True, indent=2))
+    atomic_write_text(path, json.dumps(payload, sort_keys=True, indent=2), private=True)
     return path
 
 

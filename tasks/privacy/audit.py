@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,8 +25,10 @@ from typing import Final
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from tasks.config import Settings
+from tasks.io import atomic_write_parquet, atomic_write_text
 
 ATTACK: Final = "loss-threshold"
 LOWER_BOUND_NOTE: Final = (
@@ -140,18 +141,6 @@ def audits_dir(settings: Settings) -> Path:
     return settings.privacy_dir / "audits"
 
 
-def _write_atomically(path: Path, write: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if isinstance(write, str):
-        temporary.write_text(write)
-    elif isinstance(write, pd.DataFrame):
-        write.to_parquet(temporary, index=False)
-    else:
-        raise TypeError(type(write))
-    temporary.replace(path)
-
-
 def write_membership_losses(
     settings: Settings,
     model_version: str,
@@ -169,7 +158,7 @@ def write_membership_losses(
         }
     )
     path = membership_dir(settings) / f"{model_version}.parquet"
-    _write_atomically(path, frame)
+    atomic_write_parquet(path, pa.Table.from_pandas(frame, preserve_index=False))
     return path
 
 
@@ -181,7 +170,7 @@ def audit_model_version(settings: Settings, model_version: str) -> AuditResult:
         frame.loc[~frame["member"], "loss"].to_numpy(),
         float(frame["delta"].iloc[0]),
     )
-    _write_atomically(audits_dir(settings) / f"{model_version}.json", result.to_json())
+    atomic_write_text(audits_dir(settings) / f"{model_version}.json", result.to_json())
     return result
 
 

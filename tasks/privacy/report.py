@@ -14,7 +14,6 @@ import base64
 import datetime as dt
 import html
 import json
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import sqlalchemy as sa
 
 from tasks.config import Settings
 from tasks.ingest import rejected_days
+from tasks.io import replace_dir
 from tasks.privacy.accounting import DpSgdMechanism, mechanism_kind
 from tasks.privacy.anchors import REPORT_ANCHOR_FIELD
 from tasks.privacy.audit import LOWER_BOUND_NOTE, load_audits
@@ -297,16 +297,15 @@ def write_report(settings: Settings, *, at: dt.datetime, use_registry: bool = Tr
     data = collect(settings, at=at, use_registry=use_registry)
     root = settings.reports_dir / "privacy"
     final = root / at.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    staging = root / f".{final.name}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
     markdown = _markdown(data)
-    (staging / "privacy_report.md").write_text(markdown)
-    (staging / "privacy_report.json").write_text(json.dumps(data, indent=2, sort_keys=True))
-    _chart(data, staging / "cumulative_epsilon.png")
-    (staging / "privacy_report.html").write_text(_html(markdown, staging / "cumulative_epsilon.png"))
-    shutil.rmtree(final, ignore_errors=True)
-    staging.rename(final)
+
+    def write(staging: Path) -> None:
+        (staging / "privacy_report.md").write_text(markdown)
+        (staging / "privacy_report.json").write_text(json.dumps(data, indent=2, sort_keys=True))
+        _chart(data, staging / "cumulative_epsilon.png")
+        (staging / "privacy_report.html").write_text(_html(markdown, staging / "cumulative_epsilon.png"))
+
+    replace_dir(final, write)
     return ReportManifest(
         directory=str(final),
         markdown=str(final / "privacy_report.md"),

@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import shutil
-import tempfile
-import uuid
 from collections.abc import Generator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,7 +38,7 @@ from tasks.contracts import (
     partition_dir,
     require_columns,
 )
-from tasks.permissions import PRIVATE_FILE_MODE, private_dir
+from tasks.io import replace_dir
 from tasks.sources.timestamps import describe, parse_timestamps
 
 
@@ -191,26 +188,13 @@ def write_landing_day(
     is moved aside and removed only after the new one is in place.  Landing holds raw ids: the folders
     are 0700 and the files 0600 whatever the process's umask.
     """
-    private_dir(landing_dir)
-    final = partition_dir(landing_dir, day)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=landing_dir))  # 0700
-    try:
+
+    def write(staging: Path) -> None:
         pq.write_table(events, staging / EVENTS_FILE)
         if items is not None and items.num_rows:
             pq.write_table(items, staging / ITEMS_FILE)
-        for written in staging.iterdir():
-            written.chmod(PRIVATE_FILE_MODE)
-        if final.exists():
-            retired = landing_dir / f".{final.name}.old-{uuid.uuid4().hex}"
-            final.rename(retired)
-            staging.rename(final)
-            shutil.rmtree(retired)
-        else:
-            staging.rename(final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return final
+
+    return replace_dir(partition_dir(landing_dir, day), write, private=True)
 
 
 def write_landing(

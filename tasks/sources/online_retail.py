@@ -49,7 +49,7 @@ from typing import Final
 import pandas as pd
 
 from tasks.contracts import EVENTS_SCHEMA, ITEMS_SCHEMA, ContractError
-from tasks.permissions import write_private_text
+from tasks.io import atomic_write_text
 from tasks.sources.loader import (
     SourceManifest,
     conform,
@@ -434,5 +434,5 @@ def load_online_retail(
         window=(start, end),
         report_path=str(report_path),
     )
-    write_private_text(report_path, report.to_json() + "\n")  # beside raw data: owner-only
+    atomic_write_text(report_path, report.to_json() + "\n", private=True)  # beside raw data: owner-only
     return manifest, report

@@ -71,7 +71,7 @@ def test_dag_run_succeeds_with_every_task(built: tuple[Settings, Any, tuple]) ->
     assert states == {
         "resolve_days": "success",
         "compute_features": "success",
-        "apply_definitions": "success",
+        "apply_feast_definitions": "success",
         "materialize_features": "success",
     }
 

@@ -80,7 +80,7 @@ def test_one_run_over_the_days_gives_the_lake_of_one_run_per_day(
     states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
     assert states == {
         "update_catalog": "success",
-        "validate_and_publish": "success",
+        "pseudonymize_and_validate": "success",
         "report_rejected_days": "failed",  # the bad day, named; the other days are in the lake
         "build_data_docs": "success",
     }

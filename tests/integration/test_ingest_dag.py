@@ -45,7 +45,7 @@ def test_good_day_succeeds_and_fills_the_lake(ingest_dag: Any, shoprec_home: Set
     assert state == "success"
     assert states == {
         "update_catalog": "success",
-        "validate_and_publish": "success",
+        "pseudonymize_and_validate": "success",
         "report_rejected_days": "success",
         "build_data_docs": "success",
     }
@@ -110,7 +110,7 @@ def test_corrupted_day_is_reported_and_keeps_lake_empty(ingest_dag: Any, shoprec
     assert state == "failed"
     assert states == {
         "update_catalog": "success",
-        "validate_and_publish": "success",
+        "pseudonymize_and_validate": "success",
         "report_rejected_days": "failed",
         "build_data_docs": "success",
     }
@@ -158,7 +158,7 @@ def test_online_retail_days_ingest_through_the_dag(ingest_dag: Any, shoprec_home
     for day in days:
         landing = pq.read_table(shoprec_home.landing_dir / f"date={day.isoformat()}" / "events.parquet")
         state, states = run_day(ingest_dag, day)
-        assert (state, states["validate_and_publish"]) == ("success", "success")
+        assert (state, states["pseudonymize_and_validate"]) == ("success", "success")
         lake = pq.read_table(shoprec_home.events_dir / f"date={day.isoformat()}" / "part-0.parquet")
         quarantined = pq.read_table(shoprec_home.quarantine_dir / f"date={day.isoformat()}" / "rows.parquet")
         assert lake.num_rows + quarantined.num_rows == landing.num_rows

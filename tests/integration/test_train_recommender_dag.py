@@ -145,7 +145,7 @@ def test_second_run_is_compared_with_the_champion_on_the_same_split(runs: dict[s
 
 def test_second_run_emits_model_champion_only_if_the_champion_changed(runs: dict[str, Any]) -> None:
     states = _states(runs["second"])
-    assert states["champion_changed"] == "success"
+    assert states["check_champion_changed"] == "success"
     assert states["announce_champion"] == ("success" if _second_run_promoted(runs) else "skipped")
 
 
@@ -175,3 +175,78 @@ def test_the_ledger_with_opendp_releases_verifies_with_the_independent_accountan
 
     result = verify_settings(runs["settings"])
     assert result.ok, result.problems
+
+
+def _return_value(run: Any, task_id: str) -> dict[str, Any]:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = session.scalars(
+            XComModel.get_many(
+                run_id=run.run_id, key="return_value", dag_ids="train_recommender", task_ids=task_id
+            )
+        ).one()
+        return dict(XComModel.deserialize_value(row))
+
+
+def _land_next_day_with_a_new_item(settings: Settings) -> tuple[Any, str]:
+    """The last lake day's events replayed one day later, some of them on an item new to the catalog;
+    the item joins the lake catalog and the features of the new day are built (as a backfill would)."""
+    from tasks.embeddings import tiny_random_encoder
+    from tasks.features import compute_features
+
+    last = list_partitions(settings.events_dir)[-1]
+    new_day = last + pd.Timedelta(days=1).to_pytimedelta()
+    events = pq.read_table(partition_dir(settings.events_dir, last)).to_pandas()
+    events["event_timestamp"] += pd.Timedelta(days=1)
+    events["event_id"] = events["event_id"].astype(str) + "-next"
+    new_item = "new-item-after-training"
+    events.loc[events.index[::5], "item_id"] = new_item
+    target = partition_dir(settings.events_dir, new_day)
+    target.mkdir(parents=True)
+    pq.write_table(
+        pa.Table.from_pandas(events, schema=EVENTS_SCHEMA, preserve_index=False), target / "part-0.parquet"
+    )
+    items = pq.read_table(settings.items_dir / "items.parquet").to_pandas()
+    row = items.iloc[[0]].assign(
+        item_id=new_item, title="a brand new item", first_seen=pd.Timestamp(new_day, tz="UTC")
+    )
+    items = pd.concat([items, row], ignore_index=True)
+    pq.write_table(
+        pa.Table.from_pandas(items, schema=ITEMS_SCHEMA, preserve_index=False),
+        settings.items_dir / "items.parquet",
+    )
+    compute_features(settings, [new_day], encoder=tiny_random_encoder(seed=0, dim=32))
+    return new_day, new_item
+
+
+def test_registration_rerun_after_a_new_day_and_item_reads_the_runs_pinned_data(runs: dict[str, Any]) -> None:
+    """Issue 16: register_and_gate failed with "scores have shape (18, 149), expected (18, 150)" when the
+    catalog grew between train_model and register_and_gate. A rerun of the second run's registration
+    after a new day and a new item landed evaluates on the run's pinned days and catalog: the same
+    version, decision and NDCG@10; a retry of the training task would pin the same data again.
+    (Last in this module: it grows the module's lake.)"""
+    from tasks.registry import register_and_gate
+    from tasks.training import load_catalog
+    from tasks.training_data import load_training_data, pin_training_data
+
+    settings = runs["settings"]
+    manifest = _return_value(runs["second"], "train_model")
+    registered = _return_value(runs["second"], "register_and_gate")
+    pinned = load_training_data(Path(manifest["training_data"]))
+    assert pinned.days == tuple(list_partitions(settings.events_dir))
+
+    new_day, new_item = _land_next_day_with_a_new_item(settings)
+    live = load_catalog(settings)
+    assert new_item in live.item_ids
+    assert len(live.item_ids) == len(pinned.catalog().item_ids) + 1
+
+    rerun = register_and_gate(settings, manifest).to_dict()
+    assert {k: rerun[k] for k in ("version", "promoted", "ndcg_at_10")} == {
+        k: registered[k] for k in ("version", "promoted", "ndcg_at_10")
+    }
+    retried = pin_training_data(settings, Path(manifest["training_data"]).parent, [new_day])
+    assert retried.days == pinned.days
+    assert new_day not in retried.days
+    assert retried.catalog().item_ids == pinned.catalog().item_ids

@@ -165,7 +165,7 @@ def test_only_the_corrupt_days_run_fails(backfill: Backfill) -> None:
         "success",
         {
             "update_catalog": "success",
-            "validate_and_publish": "success",
+            "pseudonymize_and_validate": "success",
             "report_rejected_days": "success",
             "build_data_docs": "success",
         },
@@ -174,7 +174,7 @@ def test_only_the_corrupt_days_run_fails(backfill: Backfill) -> None:
         "failed",
         {
             "update_catalog": "success",
-            "validate_and_publish": "success",
+            "pseudonymize_and_validate": "success",
             "report_rejected_days": "failed",
             "build_data_docs": "success",
         },
@@ -203,7 +203,7 @@ def test_nothing_of_the_corrupt_day_reaches_the_lake_or_the_features_asset(backf
         events = session.scalars(
             select(AssetEvent).where(
                 AssetEvent.source_dag_id == "ingest_events",
-                AssetEvent.source_task_id == "validate_and_publish",
+                AssetEvent.source_task_id == "pseudonymize_and_validate",
                 AssetEvent.source_run_id.in_(run_ids),
             )
         ).all()
@@ -240,7 +240,7 @@ def test_after_the_repair_a_rerun_of_that_day_equals_a_clean_ingest(backfill: Ba
         "success",
         {
             "update_catalog": "success",
-            "validate_and_publish": "success",
+            "pseudonymize_and_validate": "success",
             "report_rejected_days": "success",
             "build_data_docs": "success",
         },

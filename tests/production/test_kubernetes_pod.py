@@ -22,7 +22,12 @@ PIPELINE_DAGS = Path(__file__).resolve().parents[2] / "dags"
 
 
 def _render(dags: Path, dag_id: str, out: Path) -> dict[str, dict]:
-    env = {**os.environ, "AIRFLOW__CORE__DAGS_FOLDER": str(dags)}
+    # The pods a KubernetesExecutor would start: the pipeline DAGs build a pod_override only there.
+    env = {
+        **os.environ,
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+        "AIRFLOW__CORE__EXECUTOR": "KubernetesExecutor",
+    }
     command = [str(Path(sys.executable).parent / "airflow"), "kubernetes", "generate-dag-yaml"]
     command += [dag_id, "--logical-date", "2026-01-02", "--output-path", str(out)]
     result = subprocess.run(

@@ -54,14 +54,119 @@ def test_dags_have_docs_tags_static_start_and_retries(dag_bag: Any) -> None:
     assert problems == []
 
 
-@pytest.mark.parametrize("dag_file", sorted(p.name for p in DAGS_DIR.glob("*.py")))
-def test_dag_file_imports_no_heavy_library_at_top_level(dag_file: str) -> None:
-    code = (
-        "import json, runpy, sys;"
-        f"runpy.run_path({str(DAGS_DIR / dag_file)!r});"
-        f"print(json.dumps([m for m in {HEAVY_MODULES!r} if m in sys.modules]))"
-    )
+FEATURE_REPO = REPO / "feature_repo"
+_PROBE = """
+import json, os, runpy, sys
+for path in sys.argv[1:]:
+    runpy.run_path(path)
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in {modules!r})))
+"""
+
+
+def _files_under(*folders: Path) -> set[Path]:
+    return {path for folder in folders for path in folder.rglob("*")}
+
+
+def _import_in_fresh_process(paths: list[Path], tmp_path: Path) -> tuple[list[str], set[Path]]:
+    """Import ``paths`` in a child process whose SHOPREC_HOME and working directory are empty folders;
+    return the top-level heavy modules it loaded and every file or folder the imports created (in those
+    folders and in the repository's dags/, feature_repo/ and tasks/)."""
+    cwd, home = tmp_path / "cwd", tmp_path / "home"
+    cwd.mkdir()
+    watched = (tmp_path, DAGS_DIR, FEATURE_REPO, REPO / "tasks")
+    before = _files_under(*watched)
+    env = {
+        **os.environ,
+        "SHOPREC_HOME": str(home),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    code = _PROBE.format(modules=(*HEAVY_MODULES, "kubernetes"))
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy(), check=True
+        [sys.executable, "-c", code, *map(str, paths)], capture_output=True, text=True, env=env, cwd=cwd
     )
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    return sorted({m.split(".")[0] for m in loaded}), _files_under(*watched) - before
+
+
+@pytest.fixture(scope="module")
+def dag_file_imports(
+    airflow_home: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, tuple[list[str], set[Path]]]:
+    return {
+        path.name: _import_in_fresh_process([path], tmp_path_factory.mktemp(path.stem))
+        for path in sorted(DAGS_DIR.glob("*.py"))
+    }
+
+
+@pytest.mark.parametrize("dag_file", sorted(p.name for p in DAGS_DIR.glob("*.py")))
+def test_dag_file_imports_no_heavy_library_at_top_level(
+    dag_file: str, dag_file_imports: dict[str, tuple[list[str], set[Path]]]
+) -> None:
+    loaded, _ = dag_file_imports[dag_file]
+    assert [m for m in loaded if m in HEAVY_MODULES] == []
+
+
+@pytest.mark.parametrize("dag_file", sorted(p.name for p in DAGS_DIR.glob("*.py")))
+def test_dag_file_builds_no_kubernetes_pod_outside_the_kubernetes_executor(
+    dag_file: str, dag_file_imports: dict[str, tuple[list[str], set[Path]]]
+) -> None:
+    loaded, _ = dag_file_imports[dag_file]
+    assert "kubernetes" not in loaded
+
+
+@pytest.mark.parametrize("dag_file", sorted(p.name for p in DAGS_DIR.glob("*.py")))
+def test_dag_file_import_creates_no_file_or_folder(
+    dag_file: str, dag_file_imports: dict[str, tuple[list[str], set[Path]]]
+) -> None:
+    _, created = dag_file_imports[dag_file]
+    assert created == set()
+
+
+def test_no_task_carries_a_pod_override_outside_the_kubernetes_executor(dag_bag: Any) -> None:
+    assert [
+        f"{dag_id}.{task.task_id}"
+        for dag_id, dag in dag_bag.dags.items()
+        for task in dag.tasks
+        if (task.executor_config or {}).get("pod_override") is not None
+    ] == []
+
+
+def test_feature_repo_import_creates_no_file_or_folder(tmp_path: Path) -> None:
+    """The Feast CLI imports these files: on a fresh home they create nothing (no registry, no folder)."""
+    _, created = _import_in_fresh_process(sorted(FEATURE_REPO.glob("*.py")), tmp_path)
+    assert created == set()
+
+
+@pytest.mark.parametrize(
+    ("executors", "expected"),
+    [
+        ("KubernetesExecutor", True),
+        ("CeleryExecutor, KubernetesExecutor", True),
+        ("airflow.providers.cncf.kubernetes.executors.kubernetes_executor.KubernetesExecutor", True),
+        ("k8s:airflow.providers.cncf.kubernetes.executors.kubernetes_executor.KubernetesExecutor", True),
+        ("CeleryExecutor", False),
+        ("LocalExecutor", False),
+        ("", False),
+    ],
+)
+def test_kubernetes_executor_is_recognised_in_every_spelling(executors: str, expected: bool) -> None:
+    from tasks.assets import kubernetes_executor_configured
+
+    assert kubernetes_executor_configured(executors) is expected
+
+
+def test_gpu_task_gets_the_trainer_pod_under_the_kubernetes_executor(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks.assets import gpu_executor_config
+
+    monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "CeleryExecutor,KubernetesExecutor")
+    monkeypatch.setenv("SHOPREC_TRAINER_IMAGE", "registry.example/shoprec-trainer:7")
+    (container,) = gpu_executor_config()["pod_override"].spec.containers
+    assert (container.name, container.image, container.resources.limits) == (
+        "base",
+        "registry.example/shoprec-trainer:7",
+        {"nvidia.com/gpu": "1"},
+    )
+    monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "CeleryExecutor")
+    assert gpu_executor_config() == {}

@@ -17,7 +17,6 @@ from tasks.features import (
     compute_features,
     item_features_path,
     item_popularity_at,
-    resolve_days,
     snapshot_time,
     user_features_at,
     user_features_dir,
@@ -212,29 +211,3 @@ def test_compute_features_writes_one_snapshot_per_day_and_is_idempotent(shoprec_
 def test_compute_features_rejects_empty_days(shoprec_home: Settings, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no days"):
         compute_features(shoprec_home, [])
-
-
-def test_resolve_days_prefers_the_run_conf() -> None:
-    days = resolve_days({"days": ["2024-03-02", "2024-03-01"]}, [{"days": ["2024-01-01"]}])
-    assert days == [dt.date(2024, 3, 1), dt.date(2024, 3, 2)]
-
-
-def test_resolve_days_reads_partitions_or_days_from_asset_events() -> None:
-    extras = [{"partitions": ["2024-03-02"]}, {"days": ["2024-03-01", "2024-03-02"]}]
-    assert resolve_days({}, extras) == [dt.date(2024, 3, 1), dt.date(2024, 3, 2)]
-
-
-def test_resolve_days_falls_back_to_the_data_interval() -> None:
-    interval = (dt.datetime(2024, 3, 1, tzinfo=dt.UTC), dt.datetime(2024, 3, 3, tzinfo=dt.UTC))
-    assert resolve_days(None, [], interval) == [dt.date(2024, 3, 1), dt.date(2024, 3, 2)]
-
-
-def test_resolve_days_is_empty_without_any_source() -> None:
-    assert resolve_days(None, [], (None, None)) == []
-
-
-def test_resolve_days_of_an_all_rejected_ingest_run_is_empty() -> None:
-    """An events_clean event whose days were all rejected builds nothing: no fallback to the interval."""
-    interval = (dt.datetime(2024, 3, 1, tzinfo=dt.UTC), dt.datetime(2024, 3, 2, tzinfo=dt.UTC))
-    extras = [{"days": [], "rejected_days": {"2024-03-01": "volume band"}}]
-    assert resolve_days(None, extras, interval) == []

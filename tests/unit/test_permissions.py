@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.permissions import private_dir, private_sqlite, write_private_text
+from tasks.permissions import private_dir, private_sqlite
 
 
 def _mode(path: Path) -> int:
@@ -44,12 +44,3 @@ def test_private_sqlite_leaves_other_urls_alone(
     monkeypatch.chdir(tmp_path)
     private_sqlite(url)
     assert list(tmp_path.iterdir()) == []
-
-
-def test_write_private_text_replaces_the_file_owner_only(tmp_path: Path) -> None:
-    path = tmp_path / "report.json"
-    path.write_text("old")
-    path.chmod(0o644)
-    write_private_text(path, "new")
-    assert (path.read_text(), _mode(path)) == ("new", 0o600)
-    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]

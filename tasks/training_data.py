@@ -1,0 +1,107 @@
+"""The data one training run reads, fixed at its first try: a retry and the registration see the same.
+
+A ``train_recommender`` run trains on the lake days up to the last day its triggering ``features``
+asset events name (``partitions``; a manual run without them: the lake's latest partition at the first
+try) and on the item catalog as of that day's end (items first seen before it, with their title
+vectors). :func:`pin_training_data` writes that choice once, into ``<run folder>/data/`` (``data.json``
+with the days, plus ``items.parquet`` and ``item_vectors.parquet``, the catalog copy), with
+:func:`tasks.io.replace_dir`; every later try of the run, ``register_and_gate`` and
+``record_membership_losses`` read the pinned days and catalog, however the lake and the catalog grew
+since (new days landing during a backfill, new items).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasks.catalog import ItemCatalog, build_item_catalog
+from tasks.config import Settings
+from tasks.contracts import list_partitions
+from tasks.feast_store import item_vectors
+from tasks.features import read_events, read_items, snapshot_time
+from tasks.io import replace_dir
+
+PIN_FILE: Final = "data.json"
+ITEMS_FILE: Final = "items.parquet"
+VECTORS_FILE: Final = "item_vectors.parquet"
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """A run's pinned data: the lake days it reads (the last is its data end) and its catalog copy."""
+
+    folder: Path
+    days: tuple[dt.date, ...]
+    source: str  # where the data end came from: "asset events or run conf" / "latest lake partition"
+
+    @property
+    def as_of(self) -> pd.Timestamp:
+        """The data end: the end of the last pinned day."""
+        return snapshot_time(self.days[-1])
+
+    def events(self, settings: Settings) -> pd.DataFrame:
+        """The clean events of exactly the pinned days."""
+        return read_events(settings, days=self.days)
+
+    def catalog(self) -> ItemCatalog:
+        """The pinned item catalog (built as :func:`tasks.training.load_catalog` builds the live one)."""
+        items = pq.read_table(self.folder / ITEMS_FILE).to_pandas()
+        vectors = pq.read_table(self.folder / VECTORS_FILE).to_pandas()
+        dim = len(vectors["embedding"].iloc[0]) if len(vectors) else 0
+        vectors["embedding"] = vectors["embedding"].map(lambda v: np.asarray(v, dtype=np.float32))
+        return build_item_catalog(items, vectors, encoder_id=f"dim{dim}")
+
+
+def load_training_data(folder: Path) -> TrainingData:
+    """The data pinned in ``folder`` (a run folder's ``data/``)."""
+    pin = json.loads((folder / PIN_FILE).read_text())
+    return TrainingData(
+        folder=folder, days=tuple(dt.date.fromisoformat(d) for d in pin["days"]), source=pin["source"]
+    )
+
+
+def pin_training_data(settings: Settings, run_dir: Path, named_days: Sequence[dt.date] = ()) -> TrainingData:
+    """The run's pinned data: read back when an earlier try pinned it, else chosen now and written.
+
+    ``named_days``: the days the run's triggering asset events (or its conf) name; the data end is the
+    last of them, else the lake's latest partition now. Raises FileNotFoundError when the lake has no
+    partition up to the data end.
+    """
+    folder = run_dir / "data"
+    if (folder / PIN_FILE).is_file():
+        return load_training_data(folder)
+    lake = list_partitions(settings.events_dir)
+    end = max(named_days) if named_days else (lake[-1] if lake else None)
+    days = [d for d in lake if end is not None and d <= end]
+    if not days:
+        raise FileNotFoundError(f"no event partitions under {settings.events_dir} up to {end}")
+    source = "asset events or run conf" if named_days else "latest lake partition at the first try"
+    as_of = snapshot_time(days[-1])
+    items = read_items(settings)
+    items = items[items["first_seen"] < as_of].reset_index(drop=True)
+    ids, matrix = item_vectors(settings)
+    vectors = pa.table(
+        {
+            "item_id": pa.array(ids, pa.string()),
+            "embedding": pa.array([row.tolist() for row in matrix], pa.list_(pa.float32())),
+        }
+    )
+    pin = {"days": [d.isoformat() for d in days], "source": source, "items": len(items)}
+
+    def write(staging: Path) -> None:
+        pq.write_table(pa.Table.from_pandas(items, preserve_index=False), staging / ITEMS_FILE)
+        pq.write_table(vectors, staging / VECTORS_FILE)
+        (staging / PIN_FILE).write_text(json.dumps(pin, indent=2) + "\n")
+
+    replace_dir(folder, write)
+    return load_training_data(folder)
