@@ -165,13 +165,14 @@ def release_charged(
     commit the charge with the file holding it; a retried attempt reads that file back instead of
     drawing again under the same charge."""
     from tasks.privacy.ledger_key import open_ledger
-    from tasks.privacy.policy import budget_for_run
+    from tasks.privacy.policy import budget_for_run, require_delta_within_users
 
     n_users = len(np.unique(np.asarray(user_ids).astype(str)))
     folder = run_folder(settings, run_key)
     ledger = open_ledger(settings)
     try:
         delta = budget_for_run(ledger, settings, n_users=n_users).delta
+        require_delta_within_users(delta, n_users, purpose=PURPOSE)
         noise = noise_for_epsilon(len(terms), epsilon, delta)
         charge = ledger.reserve(
             scope=settings.privacy_scope,
