@@ -232,7 +232,7 @@ def train_charged(
     """
     from tasks.privacy import DpSgdMechanism, calibrate_noise_multiplier
     from tasks.privacy.ledger_key import open_ledger
-    from tasks.privacy.policy import budget_for_run
+    from tasks.privacy.policy import budget_for_run, require_delta_within_users
 
     config = config or DpRewardConfig()
     n_users = len(examples.user_ids)
@@ -240,6 +240,7 @@ def train_charged(
     ledger = open_ledger(settings)
     try:
         delta = budget_for_run(ledger, settings, n_users=n_users).delta
+        require_delta_within_users(delta, n_users, purpose=PURPOSE)
         active = [
             c
             for c in ledger.charges(settings.privacy_scope)

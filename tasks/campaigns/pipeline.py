@@ -25,6 +25,7 @@ import pandas as pd
 
 from tasks.campaigns import ope, release
 from tasks.campaigns.contracts import NO_OFFER, run_folder
+from tasks.campaigns.reward import RewardModel
 from tasks.campaigns.simulator import FEATURE_NAMES
 from tasks.config import Settings
 from tasks.permissions import private_dir
@@ -148,7 +149,12 @@ def build_candidate(settings: Settings, run_key: str, trained: dict[str, Any]) -
     frame.insert(0, "user_id", run.customers["user_id"].astype(str).to_numpy())
     path = run_folder(settings, run_key) / "candidate.parquet"
     _write_parquet(frame, path)
-    return {"path": str(path), "actions": list(run.actions), "customers": len(frame)}
+    return {
+        "path": str(path),
+        "actions": list(run.actions),
+        "customers": len(frame),
+        "model_path": trained["model_path"],
+    }
 
 
 # --- evaluate and release ------------------------------------------------------------------------------
@@ -163,24 +169,19 @@ def policy_probabilities(run: RunLog, candidate: pd.DataFrame) -> dict[str, np.n
     return {"candidate": chosen, "nobody": nobody, "everybody": everybody}
 
 
-def estimate_terms(run: RunLog, candidate: pd.DataFrame, seed: int) -> dict[str, np.ndarray]:
+def estimate_terms(run: RunLog, candidate: pd.DataFrame, reward_model: RewardModel) -> dict[str, np.ndarray]:
     """Per-decision terms of every released quantity: ``{ips,dr}:{policy}``, ``{ips,dr}:{candidate,
     running}-nobody`` and ``ips:candidate_cost`` (redemption cost per customer under the candidate).
 
     The running policy is the logging policy: its value is the mean logged reward (weight 1). DR's
-    reward model is a cross-fitted per-action ridge (non-private: it only feeds released estimates).
+    reward model is the run's user-level DP reward model: a decision's terms then depend on that
+    decision's user and on DP outputs only, which the release's per-user sensitivity requires (a
+    reward model fitted non-privately on everybody's decisions would let one user move every other
+    user's DR terms; ``tests/adversarial/test_campaign_attacks.py``).
     """
-    from tasks.campaigns.reward import PerActionRidge, cross_fitted_rewards
-
     d = run.decisions
     probs = policy_probabilities(run, candidate)
-    predicted = cross_fitted_rewards(
-        lambda: PerActionRidge(len(run.actions)),
-        run.features,
-        d.actions,
-        d.rewards,
-        np.random.default_rng(seed),
-    )
+    predicted = reward_model.predict(run.features)
     out: dict[str, np.ndarray] = {}
     for est in ("ips", "dr"):
         per = {name: ope.terms(est, d, p, predicted) for name, p in probs.items()}
@@ -197,9 +198,11 @@ def estimate_terms(run: RunLog, candidate: pd.DataFrame, seed: int) -> dict[str,
 def evaluate_policies(settings: Settings, run_key: str, built: dict[str, Any]) -> dict[str, Any]:
     """IPS, SNIPS and DR of each policy with intervals, kept inside the trust boundary
     (``evaluation.json``), and the per-decision terms the DP release reads (``terms.npz``)."""
+    from tasks.campaigns.dp_reward import load_model
+
     run = read_run_log(settings, run_key)
     candidate = pd.read_parquet(built["path"])
-    terms = estimate_terms(run, candidate, settings.seed)
+    terms = estimate_terms(run, candidate, load_model(Path(built["model_path"])))
     probs = policy_probabilities(run, candidate)
     internal = {f"snips:{name}": asdict(ope.snips(run.decisions, p)) for name, p in probs.items()} | {
         name: {"value": float(t.mean()), "n": len(t)} for name, t in terms.items()

@@ -87,7 +87,11 @@ def fixed_point_vector(user_ids: np.ndarray, terms: Mapping[str, np.ndarray], cl
     for name, values in terms.items():
         if values.shape != (len(index),):
             raise ValueError(f"terms of {name!r} have shape {values.shape}, not ({len(index)},)")
-        means = np.clip(np.bincount(index, weights=values, minlength=len(users)) / counts, -clip, clip)
+        with np.errstate(invalid="ignore", over="ignore"):
+            means = np.bincount(index, weights=values, minlength=len(users)) / counts
+        # a user whose terms are not numbers (inf - inf, 0 * inf) counts as 0: never as rint(nan) cast to
+        # int64 (-2**63), which would move the vector by far more than UNIT
+        means = np.clip(np.nan_to_num(means, nan=0.0, posinf=clip, neginf=-clip), -clip, clip)
         vector.append(int(np.rint(means * UNIT / clip).astype(np.int64).sum()))
         vector.append(int(np.rint(means**2 * UNIT / clip**2).astype(np.int64).sum()))
     vector.append(UNIT * len(users))
@@ -161,13 +165,14 @@ def release_charged(
     commit the charge with the file holding it; a retried attempt reads that file back instead of
     drawing again under the same charge."""
     from tasks.privacy.ledger_key import open_ledger
-    from tasks.privacy.policy import budget_for_run
+    from tasks.privacy.policy import budget_for_run, require_delta_within_users
 
     n_users = len(np.unique(np.asarray(user_ids).astype(str)))
     folder = run_folder(settings, run_key)
     ledger = open_ledger(settings)
     try:
         delta = budget_for_run(ledger, settings, n_users=n_users).delta
+        require_delta_within_users(delta, n_users, purpose=PURPOSE)
         noise = noise_for_epsilon(len(terms), epsilon, delta)
         charge = ledger.reserve(
             scope=settings.privacy_scope,

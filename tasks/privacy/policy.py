@@ -90,3 +90,14 @@ def budget_for_run(ledger: Ledger, settings: Settings, *, n_users: int) -> Budge
             f"`{BUDGET_SET_COMMAND}` or unset the variable"
         )
     return budget
+
+
+def require_delta_within_users(delta: float, n_users: int, *, purpose: str) -> None:
+    """Refuse a run whose delta exceeds ``1 / n_users``: the scope's delta was set on another population
+    (``1 / (10 n)`` of the run that created the policy), and over more users than ``1 / delta`` it no
+    longer bounds the chance of exposing some user whole."""
+    if n_users > 0 and delta > 1.0 / n_users:
+        raise ValueError(
+            f"{purpose}: the privacy policy's delta {delta:.3g} exceeds 1/n_users = {1.0 / n_users:.3g} "
+            f"for {n_users} users; set a smaller delta with `{BUDGET_SET_COMMAND}` (a new policy)"
+        )
