@@ -1,7 +1,9 @@
-"""The shared artifact store (tasks.artifacts) on its file backend: put, get, exists, write-once."""
+"""The shared artifact store (tasks.artifacts): put, get, exists, write-once, on the file backend and
+on fsspec's in-memory filesystem, which takes the generic path an S3 bucket takes (no atomic create)."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,16 @@ def _store(tmp_path: Path) -> ArtifactStore:
     return ArtifactStore((tmp_path / "store").as_uri())
 
 
+@pytest.fixture(params=["file", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ArtifactStore:
+    """The file backend, or fsspec's memory filesystem standing in for a bucket (generic path)."""
+    if request.param == "file":
+        return _store(tmp_path)
+    made = ArtifactStore(f"memory://shoprec-test-{uuid.uuid4().hex}/artifacts")
+    assert not made.local
+    return made
+
+
 def _folder(root: Path, text: str) -> Path:
     (root / "sub").mkdir(parents=True)
     (root / "a.txt").write_text(text)
@@ -21,10 +33,9 @@ def _folder(root: Path, text: str) -> Path:
     return root
 
 
-def test_a_folder_put_under_a_key_comes_back_whole_from_its_uri(tmp_path: Path) -> None:
-    store = _store(tmp_path)
+def test_a_folder_put_under_a_key_comes_back_whole_from_its_uri(store: ArtifactStore, tmp_path: Path) -> None:
     uri = store.put(_folder(tmp_path / "model", "weights"), "runs/r1/recommender")
-    assert uri == f"{(tmp_path / 'store').as_uri()}/runs/r1/recommender"
+    assert uri == f"{store.url}/runs/r1/recommender"
     assert store.exists(uri)
     got = store.get(uri, tmp_path / "elsewhere" / "recommender")
     assert (got / "a.txt").read_text() == "weights"
@@ -33,8 +44,7 @@ def test_a_folder_put_under_a_key_comes_back_whole_from_its_uri(tmp_path: Path) 
     assert got.stat().st_mode & 0o777 == 0o700
 
 
-def test_a_file_put_and_replaced_reads_back_the_last_version(tmp_path: Path) -> None:
-    store = _store(tmp_path)
+def test_a_file_put_and_replaced_reads_back_the_last_version(store: ArtifactStore, tmp_path: Path) -> None:
     local = tmp_path / "checkpoint.pt"
     local.write_bytes(b"epoch 1")
     uri = store.put(local, "runs/r1/checkpoint.pt")
@@ -43,8 +53,7 @@ def test_a_file_put_and_replaced_reads_back_the_last_version(tmp_path: Path) -> 
     assert store.get(uri, tmp_path / "copy.pt").read_bytes() == b"epoch 2"
 
 
-def test_nothing_exists_before_a_put_and_getting_it_fails(tmp_path: Path) -> None:
-    store = _store(tmp_path)
+def test_nothing_exists_before_a_put_and_getting_it_fails(store: ArtifactStore, tmp_path: Path) -> None:
     uri = store.uri("runs/r1/missing")
     assert not store.exists(uri)
     with pytest.raises(FileNotFoundError, match="no artifact at"):
@@ -59,8 +68,7 @@ def test_a_folder_without_its_marker_is_not_an_artifact(tmp_path: Path) -> None:
     assert not store.exists(store.uri("runs/r1/data"))
 
 
-def test_write_once_refuses_different_content_and_the_first_write_wins(tmp_path: Path) -> None:
-    store = _store(tmp_path)
+def test_write_once_refuses_different_content_and_the_first_write_wins(store: ArtifactStore, tmp_path: Path) -> None:
     first, second = tmp_path / "first.npz", tmp_path / "second.npz"
     first.write_bytes(b"noise drawn first")
     second.write_bytes(b"noise drawn again")
@@ -71,8 +79,7 @@ def test_write_once_refuses_different_content_and_the_first_write_wins(tmp_path:
     assert store.get(uri, tmp_path / "back.npz").read_bytes() == b"noise drawn first"
 
 
-def test_write_once_folders_refuse_a_different_folder(tmp_path: Path) -> None:
-    store = _store(tmp_path)
+def test_write_once_folders_refuse_a_different_folder(store: ArtifactStore, tmp_path: Path) -> None:
     uri = store.put(_folder(tmp_path / "one", "pin A"), "runs/r1/data", once=True)
     assert store.put(tmp_path / "one", "runs/r1/data", once=True) == uri
     with pytest.raises(ArtifactRefused):
