@@ -68,7 +68,9 @@ def test_a_folder_without_its_marker_is_not_an_artifact(tmp_path: Path) -> None:
     assert not store.exists(store.uri("runs/r1/data"))
 
 
-def test_write_once_refuses_different_content_and_the_first_write_wins(store: ArtifactStore, tmp_path: Path) -> None:
+def test_write_once_refuses_different_content_and_the_first_write_wins(
+    store: ArtifactStore, tmp_path: Path
+) -> None:
     first, second = tmp_path / "first.npz", tmp_path / "second.npz"
     first.write_bytes(b"noise drawn first")
     second.write_bytes(b"noise drawn again")
