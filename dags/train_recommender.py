@@ -6,8 +6,11 @@ Runs when the Asset `features` is updated, unless the data is less than
 
 `train_model` (queue `gpu`, pool `gpu`) pins its data at the first try: the lake days up to the last
 day its triggering `features` events name (or the run conf's `days`; a manual run without them: the
-latest partition) and the item catalog as of then (`tasks.training_data`); every retry,
-`register_and_gate` and `record_membership_losses` read that same data however the lake grew since. It refuses, without retry, when more than
+latest partition), their events and the item catalog as of then (`tasks.training_data`); every retry,
+`register_and_gate` and `record_membership_losses` read that same data however the lake grew since.
+The tasks hand each other URIs in the shared artifact store (`tasks.artifacts`,
+`SHOPREC_ARTIFACT_STORE_URL`), never worker paths: the pinned data, both models, the training users, and
+for a retry on any worker the checkpoint and the DP popularity releases (written once). It refuses, without retry, when more than
 `SHOPREC_MAX_REJECTED_DAY_SHARE` of its window's days were rejected by ingest; otherwise it reserves the DP popularity releases and the DP-SGD run on the
 privacy ledger, calibrates the noise multiplier to the budget the ledger grants
 (`SHOPREC_TRAINING_EPSILON` per training, user level, RDP accountant, the budget's delta), trains with

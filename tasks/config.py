@@ -13,6 +13,7 @@ features (offline store)  ``features/`` parquet read through DuckDB
 Feast registry            SQL registry on ``feast/registry.db`` (SQLite)
 Feast online store        ``feast/online.db`` (SQLite)
 MLflow                    ``mlflow/mlflow.db`` (SQLite) + ``mlflow/artifacts``
+artifact store            ``artifacts/`` (``SHOPREC_ARTIFACT_STORE_URL``: a shared folder or bucket)
 privacy ledger            ``privacy/ledger.db`` (SQLite)
 Airflow                   ``airflow/`` (SQLite metadata)
 secrets                   ``secrets/`` (pseudonymisation key, generated once)
@@ -76,6 +77,16 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = None
     mlflow_registry_uri: str | None = None
     feast_registry_url: str | None = None
+    artifact_store_url: str | None = Field(
+        default=None,
+        description="fsspec URL of the store tasks hand artifacts over in (tasks.artifacts): "
+        "file:///shared/folder or s3://bucket/prefix (needs s3fs); None: a folder below home.",
+    )
+    artifact_store_endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint of the artifact store (MinIO), if not AWS."
+    )
+    artifact_store_key_id: str | None = None
+    artifact_store_secret: SecretStr | None = None
 
     # --- secrets ----------------------------------------------------------------------------------
     pseudonym_key: SecretStr | None = Field(
@@ -341,6 +352,10 @@ class Settings(BaseSettings):
     @cached_property
     def resolved_mlflow_registry_uri(self) -> str:
         return self.mlflow_registry_uri or self.resolved_mlflow_tracking_uri
+
+    @cached_property
+    def resolved_artifact_store_url(self) -> str:
+        return self.artifact_store_url or (self.home / "artifacts").as_uri()
 
     @property
     def mlflow_artifact_root(self) -> Path:

@@ -26,7 +26,6 @@ import json
 import logging
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
@@ -34,13 +33,14 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from tasks.artifacts import fetch
 from tasks.config import Settings
 from tasks.dataset import feature_state, holdout_mask, per_user_cuts, purchases_after_cuts
 from tasks.model import TwoTower
 from tasks.privacy import write_membership_losses
 from tasks.registry import load_version
 from tasks.training import UserExamples, UserSoftmaxLoss, build_examples
-from tasks.training_data import load_training_data
+from tasks.training_data import fetch_training_data
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +117,6 @@ class MembershipManifest:
         return asdict(self)
 
 
-def _trained_users(manifest: dict[str, Any]) -> list[str] | None:
-    path = Path(str(manifest.get("training_users_file", "")))
-    if not path.is_file():
-        return None
-    return [str(u) for u in json.loads(path.read_text())]
-
-
 def record_membership_losses(
     settings: Settings, manifest: dict[str, Any], registration: dict[str, Any]
 ) -> MembershipManifest:
@@ -131,15 +124,16 @@ def record_membership_losses(
     :func:`tasks.privacy.write_membership_losses` (delta: the run's, privacy unit: user).
 
     Candidates are rebuilt as ``run_training`` builds them (each user's own cut before the validation
-    cut, Feast features at the cut, purchases after it). Members are the run's training users
-    (``training_users_file``; where that file is not on this worker: the candidates not held out).
+    cut, Feast features at the cut, purchases after it) from the run's pinned data; members are the
+    run's training users. Both are fetched by URI from the artifact store (``training_data_uri``,
+    ``training_users_uri``), on whichever machine this runs.
     """
     version = str(registration["version"])
     delta = float(manifest["delta"])
     validation = pd.Timestamp(manifest["cuts"]["validation"])
     share = settings.membership_holdout_share
-    data = load_training_data(Path(manifest["training_data"]))  # the data the run trained on
-    events = data.events(settings)
+    data = fetch_training_data(settings, manifest["training_data_uri"])  # the data the run trained on
+    events = data.events()
     catalog = data.catalog()
     user_cuts = per_user_cuts(events, validation)
     state = feature_state(settings, user_cuts["user_id"].tolist(), list(user_cuts["cut"]))
@@ -153,13 +147,7 @@ def record_membership_losses(
         n_negatives=int(manifest.get("n_negatives", AUDIT_NEGATIVES)),
         seed=settings.seed,
     )
-    trained = _trained_users(manifest)
-    if trained is None:
-        trained = [
-            u
-            for u, held in zip(users, holdout_mask(users, share, seed=settings.seed), strict=True)
-            if not held
-        ]
+    trained = [str(u) for u in json.loads(fetch(settings, manifest["training_users_uri"]).read_text())]
     split = split_members(users, trained, share, seed=settings.seed)
     if not split.members or not split.nonmembers:
         reason = (

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 import pandas as pd
 
+from tasks.artifacts import fetch
 from tasks.baselines import broadcast, buy_again_scores, cooccurrence_scores, popularity_counts
 from tasks.catalog import USER_FEATURE_COLUMNS
 from tasks.config import Settings
@@ -30,7 +31,7 @@ from tasks.model import Recommender, load_recommender, save_recommender
 from tasks.permissions import private_sqlite
 from tasks.privacy import PrivacyStatement, attach_to_model_version
 from tasks.privacy.ledger_key import open_ledger
-from tasks.training_data import load_training_data
+from tasks.training_data import fetch_training_data
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -366,16 +367,18 @@ def evaluation_reports(
 ) -> tuple[dict[str, Any], Any]:
     """Challenger, its non-private twin, the champion and the baselines on the run's test split."""
     cut, end = pd.Timestamp(manifest["cuts"]["test"]), pd.Timestamp(manifest["cuts"]["as_of"])
-    data = load_training_data(Path(manifest["training_data"]))  # the run's data, however the lake grew
-    events = data.events(settings)
+    # the run's pinned data (however the lake grew) and its models, fetched from the artifact store
+    data = fetch_training_data(settings, manifest["training_data_uri"])
+    events = data.events()
     catalog = data.catalog()
     users = sorted(events.loc[events["event_timestamp"] < cut, "user_id"].astype(str).unique())
     split = temporal_split_from_state(events, catalog, feature_state(settings, users, cut), cut, end)
     if split.n_users == 0:
         raise ValueError(f"no user with history bought a catalog item in the test window {cut}..{end}")
-    dp = load_recommender(Path(manifest["model_dir"]))
-    twin = load_recommender(Path(manifest["nonprivate_dir"]))
-    pop_eval = np.load(Path(manifest["model_dir"]) / "popularity_eval.npy")
+    dp_dir = fetch(settings, manifest["model_uri"])
+    dp = load_recommender(dp_dir)
+    twin = load_recommender(fetch(settings, manifest["nonprivate_uri"]))
+    pop_eval = np.load(dp_dir / "popularity_eval.npy")
     reports = {}
     for name, rec in (("challenger", dp), ("nonprivate", twin)):
         rec.popularity = pop_eval  # the release for the test cut, not the serving one
@@ -426,7 +429,7 @@ def register_and_gate(settings: Settings, manifest: dict[str, Any]) -> Registrat
     report["test_users"] = split.n_users
     registered = log_training(
         settings,
-        load_recommender(Path(manifest["model_dir"])),
+        load_recommender(fetch(settings, manifest["model_uri"])),
         run_key=manifest["run_key"],
         params=params,
         metrics=metrics,

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from tasks.artifacts import ArtifactRefused, ArtifactStore, artifact_store, run_key_path
 from tasks.baselines import counts_to_catalog
 from tasks.catalog import (
     PAD,
@@ -319,12 +320,14 @@ def train(
     *,
     delta: float | None = None,
     checkpoint_path: Path | None = None,
+    checkpoint_saved: Callable[[Path], Any] | None = None,
 ) -> TrainResult:
     """Train in place; private runs report epsilon at ``delta`` (user level, RDP accountant).
 
     With ``checkpoint_path`` the state (weights, optimizer, accountant history, epoch) is saved after
     every epoch and a later call resumes from it, so a retried task neither restarts nor under-counts
-    the privacy accounting.
+    the privacy accounting; ``checkpoint_saved(checkpoint_path)`` is called after each save (the
+    pipeline step puts the checkpoint in the artifact store there, for a retry on another machine).
     """
     if config.private and delta is None:
         raise ValueError("a private run needs delta to state its epsilon")
@@ -369,6 +372,8 @@ def train(
         log.info("epoch %d loss %.4f", epoch, losses[-1])
         if checkpoint_path is not None:
             _save_checkpoint(checkpoint_path, epoch + 1, losses, model, optimizer, engine)
+            if checkpoint_saved is not None:
+                checkpoint_saved(checkpoint_path)
     epsilon = None
     if engine is not None and delta is not None:
         # the ledger's accountant (its RDP orders) over the steps Opacus recorded: one epsilon formula
@@ -450,11 +455,11 @@ TRAIN_NEGATIVES: Final = 32
 
 @dataclass(frozen=True)
 class TrainingManifest:
-    """What ``train_model`` hands to registration (XCom-sized: ids, paths, numbers)."""
+    """What ``train_model`` hands to registration (XCom-sized: ids, artifact-store URIs, numbers)."""
 
     run_key: str
-    model_dir: str
-    nonprivate_dir: str
+    model_uri: str  # the DP model's folder in the artifact store (tasks.artifacts)
+    nonprivate_uri: str  # its non-private twin's
     as_of: str
     cuts: dict[str, str]
     n_users: int
@@ -473,11 +478,11 @@ class TrainingManifest:
     seconds_per_step_nonprivate: float
     device: str
     blend: dict[str, float]
-    training_users_file: str
+    training_users_uri: str  # JSON list of the users DP-SGD trained on (the membership audit's members)
     n_negatives: int
     noise_generator: str
     rejected_days: str = ""  # comma-separated days of the window that ingest rejected (quarantined)
-    training_data: str = ""  # the run's pinned data (tasks.training_data), read by registration and audit
+    training_data_uri: str = ""  # the run's pinned data (tasks.training_data), read by registration and audit
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -518,21 +523,29 @@ def popularity_release(
     return counts_to_catalog(released.rename(columns={"noisy_count": "count"}), catalog)
 
 
-def released_once(path: Path, release: Callable[[], Sequence[np.ndarray]]) -> list[np.ndarray]:
-    """The releases of one ledger charge, made at most once: read back from ``path`` when an earlier
-    attempt of the run already made them, else made by ``release()`` and written there (owner-only,
-    write-then-rename) before anything else uses them.
+def released_once(
+    store: ArtifactStore, key: str, local: Path, release: Callable[[], Sequence[np.ndarray]]
+) -> list[np.ndarray]:
+    """The releases of one ledger charge, made at most once: fetched from the artifact store's ``key``
+    when an earlier attempt of the run (on any machine) already made them, else made by ``release()``,
+    written to ``local`` (owner-only) and put in the store write-once before anything else uses them.
+    Should another attempt have put its releases first, those are used: the first drawn noise wins.
 
     A retried task keeps its reserved charge, so releasing again would put two releases under one
-    charge; an attempt that died before the file appeared never let its releases out of the process.
+    charge; an attempt that died before its put never let its releases out of the process.
     """
-    if path.exists():
-        with np.load(path, allow_pickle=False) as stored:
-            return [stored[f"release_{i}"] for i in range(len(stored.files))]
-    arrays = [np.asarray(a) for a in release()]
-    named: dict[str, Any] = {f"release_{i}": a for i, a in enumerate(arrays)}
-    atomic_write(path, lambda handle: np.savez(handle, **named), private=True)
-    return arrays
+    uri = store.uri(key)
+    if not store.exists(uri):
+        arrays = [np.asarray(a) for a in release()]
+        named: dict[str, Any] = {f"release_{i}": a for i, a in enumerate(arrays)}
+        atomic_write(local, lambda handle: np.savez(handle, **named), private=True)
+        try:
+            store.put(local, key, once=True)
+            return arrays
+        except ArtifactRefused:
+            pass  # another attempt released first: read its releases below
+    with np.load(store.get(uri, local), allow_pickle=False) as stored:
+        return [stored[f"release_{i}"] for i in range(len(stored.files))]
 
 
 def _active_charge(ledger: Any, scope: str, run_key: str, purpose: str) -> Any:
@@ -565,18 +578,26 @@ def run_training(
 
     The data is pinned at the run's first try (:func:`tasks.training_data.pin_training_data`): the lake
     days up to the last of ``data_days`` (the days of the triggering asset events; none: the latest
-    partition) and the catalog as of then. A retry reads the same data however the lake grew since.
+    partition), their events and the catalog as of then. A retry reads the same data however the lake
+    grew since.
+
+    Everything the run hands on (the pinned data, the two models, the training users) and everything a
+    retry resumes from (the checkpoint, the popularity releases, written once) is put in the shared
+    artifact store (:mod:`tasks.artifacts`) under ``runs/<run>/``; the manifest carries URIs only, so
+    registration and a retry need not run on this machine.
 
     Pre-flight on the privacy ledger: the DP popularity releases and the DP-SGD run are reserved
     (idempotently per ``run_key``) before anything runs; the noise multiplier is calibrated so the run
     fits the budget the ledger grants, and a retry reuses the reserved mechanism and the checkpoint.
     """
-    run_dir = settings.models_dir / _safe(run_key)
-    data = pin_training_data(settings, run_dir, data_days)
+    store = artifact_store(settings)
+    prefix = f"runs/{run_key_path(run_key)}"  # the run's artifacts in the shared store
+    run_dir = settings.models_dir / run_key_path(run_key)  # this machine's working copies
+    data = pin_training_data(settings, run_key, data_days)
     days = list(data.days)
     rejected = refuse_if_too_many_rejected(settings, days)
     cuts = Cuts.from_end(data.as_of, settings.eval_days)
-    events = data.events(settings)
+    events = data.events()
     catalog = data.catalog()
     all_users = sorted(events["user_id"].astype(str).unique())
     # Held-out users (a keyed hash split decided before training) never enter DP-SGD: they are the
@@ -652,15 +673,29 @@ def run_training(
     mechanism = charge.mechanism
     config = TrainConfig(**{**asdict(config), "noise_multiplier": mechanism.noise_multiplier})
 
+    # resume from the checkpoint an earlier attempt left in the store, whichever machine it ran on
+    checkpoint, checkpoint_key = run_dir / "checkpoint.pt", f"{prefix}/checkpoint.pt"
+    if store.exists(store.uri(checkpoint_key)):
+        store.get(store.uri(checkpoint_key), checkpoint)
     torch.manual_seed(settings.seed)
     model = build_model(catalog)
-    result = train(model, examples, config, delta=delta, checkpoint_path=run_dir / "checkpoint.pt")
+    result = train(
+        model,
+        examples,
+        config,
+        delta=delta,
+        checkpoint_path=checkpoint,
+        checkpoint_saved=lambda path: store.put(path, checkpoint_key),
+    )
     torch.manual_seed(settings.seed)
     twin = build_model(catalog)
     twin_result = train(twin, examples, TrainConfig(**{**asdict(config), "private": False}))
 
+    releases = f"dp_popularity-charge{int(pop_charge.id)}.npz"
     pop_val, pop_test, pop_serve = released_once(
-        run_dir / f"dp_popularity-charge{int(pop_charge.id)}.npz",
+        store,
+        f"{prefix}/{releases}",
+        run_dir / releases,
         lambda: [
             popularity_release(events, catalog, end) for end in (cuts.validation, cuts.test, cuts.as_of)
         ],
@@ -682,6 +717,7 @@ def run_training(
             catalog,
             content=content_val,
         )
+    uris = {}
     for name, net, folder in (("dp", model, "recommender"), ("nonprivate", twin, "nonprivate")):
         rec = Recommender(
             net, catalog, weights=blends[name], popularity=pop_serve, history_length=settings.history_length
@@ -691,7 +727,7 @@ def run_training(
             save_recommender(rec, staging)
             np.save(staging / "popularity_eval.npy", pop_test)
 
-        replace_dir(run_dir / folder, write_model)
+        uris[name] = store.put(replace_dir(run_dir / folder, write_model), f"{prefix}/{folder}")
     users_file = atomic_write_json(run_dir / "training_users.json", train_users, indent=None, sort_keys=False)
     epsilon = float(charge.epsilon)
     log.info(
@@ -704,8 +740,8 @@ def run_training(
     )
     return TrainingManifest(
         run_key=run_key,
-        model_dir=str(run_dir / "recommender"),
-        nonprivate_dir=str(run_dir / "nonprivate"),
+        model_uri=uris["dp"],
+        nonprivate_uri=uris["nonprivate"],
         as_of=cuts.as_of.isoformat(),
         cuts={k: v.isoformat() for k, v in asdict(cuts).items()},
         n_users=len(all_users),
@@ -724,13 +760,9 @@ def run_training(
         seconds_per_step_nonprivate=twin_result.seconds_per_step,
         device=result.device,
         blend=asdict(blends["dp"]),
-        training_users_file=str(users_file),
+        training_users_uri=store.put(users_file, f"{prefix}/training_users.json"),
         n_negatives=config.n_negatives,
         noise_generator=noise_generator_name(result.device, noise_seed=config.noise_seed),
         rejected_days=",".join(d.isoformat() for d in rejected),
-        training_data=str(data.folder),
+        training_data_uri=data.uri,
     )
-
-
-def _safe(run_key: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in run_key)

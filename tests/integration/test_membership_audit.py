@@ -186,12 +186,12 @@ def test_recorded_members_are_exactly_the_runs_training_users(pipeline: dict[str
 
 def test_held_out_users_never_entered_training_and_are_the_non_members(pipeline: dict[str, Any]) -> None:
     import json
-    from pathlib import Path
 
+    from tasks.artifacts import fetch
     from tasks.dataset import holdout_mask
 
     settings, recorded = pipeline["settings"], pipeline["recorded"]
-    trained = json.loads(Path(pipeline["manifest"]["training_users_file"]).read_text())
+    trained = json.loads(fetch(settings, pipeline["manifest"]["training_users_uri"]).read_text())
     assert not holdout_mask(trained, settings.membership_holdout_share, seed=settings.seed).any()
     assert recorded.n_nonmembers > 0
 
@@ -214,13 +214,15 @@ def test_a_run_that_trained_on_held_out_users_records_nothing_and_says_why(
 ) -> None:
     import json
 
+    from tasks.artifacts import artifact_store
     from tasks.features import read_events
     from tasks.membership import record_membership_losses
 
     settings = pipeline["settings"]
     everyone = tmp_path / "training_users.json"
     everyone.write_text(json.dumps(sorted(read_events(settings)["user_id"].astype(str).unique())))
-    manifest = {**pipeline["manifest"], "training_users_file": str(everyone)}
+    uri = artifact_store(settings).put(everyone, "tests/everyone/training_users.json")
+    manifest = {**pipeline["manifest"], "training_users_uri": uri}
     recorded = record_membership_losses(settings, manifest, {"version": "no-holdout"})
     assert recorded.losses_uri is None
     assert recorded.n_nonmembers == 0

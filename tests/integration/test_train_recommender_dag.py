@@ -227,14 +227,14 @@ def test_registration_rerun_after_a_new_day_and_item_reads_the_runs_pinned_data(
     after a new day and a new item landed evaluates on the run's pinned days and catalog: the same
     version, decision and NDCG@10; a retry of the training task would pin the same data again.
     (Last in this module: it grows the module's lake.)"""
+    from tasks.dataset import load_catalog
     from tasks.registry import register_and_gate
-    from tasks.training import load_catalog
-    from tasks.training_data import load_training_data, pin_training_data
+    from tasks.training_data import fetch_training_data, pin_training_data
 
     settings = runs["settings"]
     manifest = _return_value(runs["second"], "train_model")
     registered = _return_value(runs["second"], "register_and_gate")
-    pinned = load_training_data(Path(manifest["training_data"]))
+    pinned = fetch_training_data(settings, manifest["training_data_uri"])
     assert pinned.days == tuple(list_partitions(settings.events_dir))
 
     new_day, new_item = _land_next_day_with_a_new_item(settings)
@@ -246,7 +246,7 @@ def test_registration_rerun_after_a_new_day_and_item_reads_the_runs_pinned_data(
     assert {k: rerun[k] for k in ("version", "promoted", "ndcg_at_10")} == {
         k: registered[k] for k in ("version", "promoted", "ndcg_at_10")
     }
-    retried = pin_training_data(settings, Path(manifest["training_data"]).parent, [new_day])
+    retried = pin_training_data(settings, manifest["run_key"], [new_day])
     assert retried.days == pinned.days
     assert new_day not in retried.days
     assert retried.catalog().item_ids == pinned.catalog().item_ids

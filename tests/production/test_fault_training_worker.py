@@ -173,7 +173,7 @@ def killed_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
 
 
 def _safe(run_key: str) -> str:
-    from tasks.training import _safe as safe
+    from tasks.artifacts import run_key_path as safe
 
     return safe(run_key)
 

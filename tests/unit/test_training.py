@@ -192,7 +192,9 @@ def test_per_user_cut_splits_each_users_purchase_days_and_labels_come_after_it()
 
 
 def test_a_retried_run_reads_its_popularity_releases_back_instead_of_releasing_again(tmp_path: Path) -> None:
-    """One ledger charge, one set of releases: a second attempt of the run must not draw new noise."""
+    """One ledger charge, one set of releases: a second attempt of the run, here on another machine
+    (its own local folder, the same artifact store), must not draw new noise."""
+    from tasks.artifacts import ArtifactStore
     from tasks.training import released_once
 
     calls: list[int] = []
@@ -201,11 +203,30 @@ def test_a_retried_run_reads_its_popularity_releases_back_instead_of_releasing_a
         calls.append(1)
         return [np.random.default_rng().normal(size=5) for _ in range(3)]
 
-    path = tmp_path / "run" / "dp_popularity-charge7.npz"
-    first = released_once(path, release)
-    second = released_once(path, release)
+    store = ArtifactStore((tmp_path / "store").as_uri())
+    key = "runs/r1/dp_popularity-charge7.npz"
+    path = tmp_path / "machine-a" / "run" / "dp_popularity-charge7.npz"
+    first = released_once(store, key, path, release)
+    second = released_once(store, key, tmp_path / "machine-b" / "run" / "dp_popularity-charge7.npz", release)
     assert len(calls) == 1
     assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
     assert len(second) == 3
     assert path.stat().st_mode & 0o777 == 0o600
     assert list(path.parent.iterdir()) == [path]  # no staging file left behind
+
+
+def test_when_two_attempts_release_the_first_stored_noise_wins(tmp_path: Path) -> None:
+    """An attempt that drew its noise after another attempt stored its releases uses the stored ones."""
+    from tasks.artifacts import ArtifactStore
+    from tasks.training import released_once
+
+    store = ArtifactStore((tmp_path / "store").as_uri())
+    key = "runs/r1/dp_popularity-charge7.npz"
+    stored = [np.full(4, 1.0)]
+
+    def release_racing() -> list[np.ndarray]:  # the other attempt stores its releases meanwhile
+        released_once(store, key, tmp_path / "other" / "r.npz", lambda: stored)
+        return [np.full(4, 2.0)]
+
+    got = released_once(store, key, tmp_path / "mine" / "r.npz", release_racing)
+    assert np.array_equal(got[0], stored[0])
