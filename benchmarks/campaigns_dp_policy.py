@@ -1,4 +1,4 @@
-"""The DP-SGD offer policy against the simulator's truth, per user-level epsilon (not yet in ``make bench``).
+"""The DP-SGD offer policy against the simulator's truth, per user-level epsilon (``make bench``: ``campaigns_dp_policy``).
 
 On the default synthetic shop (1,500 customers) and one uniformly logged campaign of ``--decisions``
 decisions, trains the user-level DP reward model (:mod:`tasks.campaigns.dp_reward`, each run charged
@@ -15,60 +15,129 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import tempfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.campaigns_ope import true_values
+from benchmarks.harness import Context, Goal, Section
 from tasks.campaigns import dp_reward, policy, simulator
 from tasks.config import Settings
 
+SEED = 1
+EPSILONS = (1.0, 2.0, 4.0, 8.0)
 WINDOW = (dt.datetime(2026, 1, 1, tzinfo=dt.UTC), dt.datetime(2026, 1, 29, tzinfo=dt.UTC))
+
+
+@dataclass(frozen=True)
+class DpRuns:
+    """True values per customer of the DP policy's runs at one epsilon, and what the ledger charged."""
+
+    epsilon: float
+    values: list[float]
+    spent: float
+    delta: float
+    noise_multiplier: float
+    steps: int
+
+
+def reference_values(population: simulator.Population, log: simulator.Decisions) -> dict[str, float]:
+    """True value per customer of the trivial, logging (uniform), rule and oracle policies
+    (:func:`benchmarks.campaigns_ope.true_values`) and of the non-private per-action ridge policy."""
+    features = population.features()
+    ridge = policy.fit_offer_policy(features[log.users], log.actions, log.rewards, population.n_actions)
+    return true_values(population) | {
+        "non-private ridge": simulator.true_value(population, ridge.probabilities(features))
+    }
+
+
+def dp_runs(
+    population: simulator.Population, log: simulator.Decisions, epsilon: float, repeats: int
+) -> DpRuns:
+    """Train the DP reward model ``repeats`` times at ``epsilon`` (each on its own throw-away ledger)."""
+    features = population.features()
+    config = dp_reward.DpRewardConfig()
+    examples = dp_reward.group_by_user(
+        population.user_id[log.users], features[log.users], log.actions, log.rewards, config.cap_k
+    )
+    values, spent = [], []
+    for repeat in range(repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            settings = Settings(home=Path(tmp), privacy_epsilon_cap=max(epsilon * 2, 10.0))
+            trained = dp_reward.train_charged(
+                settings,
+                run_key=f"bench-{epsilon}-{repeat}",
+                examples=examples,
+                n_actions=population.n_actions,
+                data_window=WINDOW,
+                epsilon=epsilon,
+                config=config,
+            )
+        probs = policy.OfferPolicy(trained.model, epsilon=0.1).probabilities(features)
+        values.append(simulator.true_value(population, probs))
+        spent.append(trained.epsilon)
+    return DpRuns(epsilon, values, max(spent), trained.delta, trained.noise_multiplier, trained.steps)
+
+
+def run(ctx: Context) -> Section:
+    section = Section(
+        key="campaigns_dp_policy", title="Campaigns: the DP offer policy's true value per epsilon"
+    )
+    decisions, repeats = (10_000, 1) if ctx.quick else (20_000, 3)
+    rng = np.random.default_rng(SEED)
+    population = simulator.build_population(rng)
+    log = simulator.draw_decisions(population, simulator.uniform(population), decisions, rng)
+    reference = reference_values(population, log)
+    table = section.table(
+        f"True value per customer (simulator), uniform log of {decisions:,} decisions, "
+        f"{repeats} DP run(s) per epsilon",
+        ["policy", "user-level epsilon (ledger)", "true value", "runs"],
+    )
+    for name, value in reference.items():
+        table.add(name, "-", value, "")
+    runs = [dp_runs(population, log, epsilon, repeats) for epsilon in EPSILONS]
+    for r in runs:
+        table.add(
+            "DP-SGD reward model, epsilon-greedy 0.1",
+            f"{r.spent:.3f} (asked {r.epsilon:g})",
+            float(np.mean(r.values)),
+            ", ".join(f"{v:.3f}" for v in r.values),
+        )
+    at_eight = runs[EPSILONS.index(8.0)]
+    section.goals.append(
+        Goal(
+            "at user-level epsilon 8 the learned policy is worth more than the uniform logging policy (true value)",
+            bool(np.mean(at_eight.values) > reference["uniform"]),
+            f"{np.mean(at_eight.values):.3f} vs {reference['uniform']:.3f} per customer",
+        )
+    )
+    section.notes.append(
+        f"default synthetic shop (1,500 customers), shop and log from seed {SEED} (test data); DP noise from "
+        f"OS entropy; delta {runs[0].delta:.2e}; each run charged on its own throw-away ledger"
+    )
+    section.data = {"reference": reference, "dp": [asdict(r) for r in runs]}
+    return section
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0])
+    parser.add_argument("--epsilons", type=float, nargs="+", default=list(EPSILONS))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--decisions", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     population = simulator.build_population(rng)
-    features = population.features()
     log = simulator.draw_decisions(population, simulator.uniform(population), args.decisions, rng)
-    ridge = policy.fit_offer_policy(features[log.users], log.actions, log.rewards, population.n_actions)
-    for name, probs in (
-        ("uniform (logging)", simulator.uniform(population)),
-        ("nobody", simulator.nobody(population)),
-        ("non-private ridge", ridge.probabilities(features)),
-        ("oracle", simulator.oracle(population)),
-    ):
-        print(f"true value {name:24s} {simulator.true_value(population, probs):7.3f} per customer")
-    config = dp_reward.DpRewardConfig()
-    examples = dp_reward.group_by_user(
-        population.user_id[log.users], features[log.users], log.actions, log.rewards, config.cap_k
-    )
+    for name, value in reference_values(population, log).items():
+        print(f"true value {name:24s} {value:7.3f} per customer")
     for epsilon in args.epsilons:
-        values, spent = [], []
-        for repeat in range(args.repeats):
-            with tempfile.TemporaryDirectory() as tmp:
-                settings = Settings(home=Path(tmp), privacy_epsilon_cap=max(epsilon * 2, 10.0))
-                trained = dp_reward.train_charged(
-                    settings,
-                    run_key=f"bench-{epsilon}-{repeat}",
-                    examples=examples,
-                    n_actions=population.n_actions,
-                    data_window=WINDOW,
-                    epsilon=epsilon,
-                    config=config,
-                )
-            probs = policy.OfferPolicy(trained.model, epsilon=0.1).probabilities(features)
-            values.append(simulator.true_value(population, probs))
-            spent.append(trained.epsilon)
+        r = dp_runs(population, log, epsilon, args.repeats)
         print(
-            f"true value DP-SGD epsilon {epsilon:<5g}        mean {np.mean(values):7.3f} per customer "
-            f"(runs: {', '.join(f'{v:.3f}' for v in values)}; ledger epsilon {max(spent):.3f} at delta "
-            f"{trained.delta:.2e}, noise multiplier {trained.noise_multiplier:.3f}, {trained.steps} steps)"
+            f"true value DP-SGD epsilon {epsilon:<5g}        mean {np.mean(r.values):7.3f} per customer "
+            f"(runs: {', '.join(f'{v:.3f}' for v in r.values)}; ledger epsilon {r.spent:.3f} at delta "
+            f"{r.delta:.2e}, noise multiplier {r.noise_multiplier:.3f}, {r.steps} steps)"
         )
 
 

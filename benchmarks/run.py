@@ -35,6 +35,8 @@ BENCHMARKS: dict[str, str] = {
     "quality": "benchmarks.quality",
     "pipeline": "benchmarks.pipeline",
     "ingest": "benchmarks.ingest_backfill",
+    "campaigns_ope": "benchmarks.campaigns_ope",
+    "campaigns_dp_policy": "benchmarks.campaigns_dp_policy",
 }
 
 

@@ -13,7 +13,8 @@ MLflow (alias `challenger`) and promotes it to `champion` only when the lower bo
 incremental profit beats the running policy's and its expected redemption cost fits
 `SHOPREC_OFFER_DAILY_COST_BUDGET`; the decision and its reasons are the version's `gate.*` tags. `publish_offers` writes a promoted
 policy's offer per customer to the Feast view `user_offers` (service `offers_v1`, read by
-`shoprec offer USER`).
+`shoprec offer USER`) and releases the decision set's exposure by country and recency band with DP
+(`SHOPREC_OFFER_EXPOSURE_EPSILON`, its own ledger charge; the MLflow run's `exposure/exposure.json`).
 """
 
 from __future__ import annotations

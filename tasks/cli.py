@@ -195,7 +195,7 @@ def recommend(
 
 @app.command()
 def offer(
-    user: Annotated[str, typer.Argument(help="Customer id as in the exposures (pseudonym).")],
+    user: Annotated[str, typer.Argument(help="Customer id (raw ids are pseudonymised) or pseudonym.")],
 ) -> None:
     """Print the offer the champion offer policy published for a customer, with its expected gain."""
     from tasks.campaigns.serving import offer_for

@@ -206,6 +206,12 @@ class Settings(BaseSettings):
         gt=0,
         description="User-level epsilon of one DP release of off-policy estimates (ledger).",
     )
+    offer_exposure_epsilon: float = Field(
+        default=0.5,
+        gt=0,
+        description="User-level epsilon of the exposure report (by country and recency) released with "
+        "each published decision set (ledger).",
+    )
     offer_release_clip: float = Field(
         default=30.0,
         gt=0,

@@ -28,7 +28,7 @@ from tasks.contracts import ExpectedError
 from tasks.embeddings import TextEncoder, load_pretrained_encoder
 from tasks.feast_store import get_online_user_features, get_store, item_vectors, search_items
 from tasks.features import item_features_path
-from tasks.pseudonymize import is_pseudonym, load_key, pseudonymize
+from tasks.pseudonymize import resolve_user as pseudonymize_user
 from tasks.publishing import GLOBAL, POPULAR_PREFIX, SERVICE_NAME_DEFAULT
 
 PERSONAL_WEIGHT: Final = 0.3
@@ -50,10 +50,8 @@ class Recommendations:
 
 
 def resolve_user(settings: Settings, user: str) -> str:
-    """The pseudonym of ``user``: raw ids are pseudonymised with the ingest key, pseudonyms kept."""
-    if is_pseudonym(user) or user.startswith(POPULAR_PREFIX):
-        return user
-    return pseudonymize(user, load_key(settings))
+    """The pseudonym of ``user`` (:func:`tasks.pseudonymize.resolve_user`); popularity rows kept."""
+    return user if user.startswith(POPULAR_PREFIX) else pseudonymize_user(settings, user)
 
 
 def _titles(settings: Settings, item_ids: Sequence[str]) -> list[str]:

@@ -3,7 +3,9 @@
 Lands a data set, then runs each DAG with ``dag.test()`` in the order the Assets link them:
 ``ingest_events`` once for all landed days (a backfill run: the conf names the days, which are validated
 in order, each as its own daily run would judge it), then ``build_features``,
-``train_recommender``, ``publish_recommendations`` and ``privacy_audit``, and prints what happened.
+``train_recommender``, ``publish_recommendations`` and ``privacy_audit``; then, on the synthetic shop,
+one campaign round (a uniformly logged campaign simulated on the shop's customers, then
+``train_offer_policy``), and prints what happened.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class DemoOptions:
     seed: int = 42
     start: dt.date | None = None
     end: dt.date | None = None
+    campaign_decisions: int = 20_000
 
 
 @dataclass
@@ -194,9 +197,50 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console | None =
         summary.runs.append(result)
         mark = "[green]ok[/]" if result.succeeded else "[red]FAILED[/]"
         console.print(f"{dag_id}: {mark} in {result.seconds:.1f}s")
+    if summary.ok and "train_offer_policy" in dags:
+        campaign_round(settings, options, dags["train_offer_policy"], summary, console, log_path)
     summary.seconds = time.perf_counter() - started
     print_summary(settings, summary, console)
     return summary
+
+
+def campaign_round(
+    settings: Settings,
+    options: DemoOptions,
+    offer_dag: Any,
+    summary: DemoSummary,
+    console: Console,
+    log_path: Path,
+) -> None:
+    """Land one day of a uniformly logged campaign on the synthetic shop's customers (the day after the
+    last landed one) and run ``train_offer_policy`` over it; other sources have no campaign log."""
+    from tasks.campaigns.demo import land_campaign
+    from tasks.orchestration import interval_end_for_day
+    from tasks.sources.synthetic import SyntheticConfig
+
+    if options.source != "synthetic":
+        console.print("[yellow]train_offer_policy: no campaign log for this source, skipped[/]")
+        return
+    day = summary.days[-1] + dt.timedelta(days=1)
+    with console.status(f"simulating a campaign of {options.campaign_decisions:,} decisions"):
+        landing = time.perf_counter()
+        land_campaign(
+            settings,
+            shop=SyntheticConfig(
+                n_users=options.users, n_items=options.items, days=options.days, seed=options.seed
+            ),
+            day=dt.datetime.combine(day, dt.time(), dt.UTC),
+            n_decisions=options.campaign_decisions,
+            seed=options.seed,
+        )
+        landing = time.perf_counter() - landing
+    with console.status("running train_offer_policy"), airflow_output_to(log_path):
+        result = run_dag(offer_dag, logical_date=interval_end_for_day(day))
+    summary.runs.append(result)
+    mark = "[green]ok[/]" if result.succeeded else "[red]FAILED[/]"
+    console.print(
+        f"train_offer_policy: {mark} in {result.seconds:.1f}s (campaign of {day} landed in {landing:.1f}s)"
+    )
 
 
 def ingest_backfill(
@@ -231,7 +275,7 @@ def print_summary(settings: Settings, summary: DemoSummary, console: Console) ->
         )
     console.print(table)
     for line in stage_report(settings, summary.accepted_days or summary.days):
-        console.print(line)
+        console.print(line, emoji=False)  # names such as "dr:running:" are no emoji codes
     if summary.rejected_days:
         console.print(
             f"[yellow]rejected days[/] (quarantined with their reports, left out of features and "
@@ -255,7 +299,16 @@ def stage_report(settings: Settings, days: list[dt.date] | None = None) -> list[
     lines += _privacy_lines(settings, days)
     lines += _model_lines(settings)
     lines += _recommendation_lines(settings, days)
+    lines += _offer_lines(settings)
     return lines
+
+
+def _offer_lines(settings: Settings) -> list[str]:
+    from tasks.campaigns.demo import round_lines
+
+    if not (settings.models_dir / "offers").exists():
+        return []
+    return [escape(line) if not line.startswith("[bold]") else line for line in round_lines(settings)]
 
 
 def _ingest_lines(settings: Settings) -> list[str]:

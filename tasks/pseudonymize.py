@@ -209,3 +209,9 @@ def record_key_fingerprint(settings: Settings, key: bytes) -> None:
             f"the lake {settings.lake_dir} records a different pseudonymisation key (fingerprint "
             f"{(recorded or '')[:12]}); refusing to write with key fingerprint {key_fingerprint(key)[:12]}"
         )
+
+
+def resolve_user(settings: Settings, user: str) -> str:
+    """The pseudonym of ``user``: a raw customer id is pseudonymised with the ingest key, a pseudonym is
+    kept (what a consumer types into ``shoprec recommend`` / ``shoprec offer``)."""
+    return user if is_pseudonym(user) else pseudonymize(user, load_key(settings))

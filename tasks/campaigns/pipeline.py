@@ -371,4 +371,32 @@ def publish_if_promoted(
         return 0
     from tasks.campaigns.serving import publish_offers
 
-    return publish_offers(settings, run_key, str(registration["version"]), at)
+    published = publish_offers(settings, run_key, str(registration["version"]), at)
+    report_exposure(settings, run_key, str(registration["version"]), at)
+    return published
+
+
+def report_exposure(settings: Settings, run_key: str, version: str, at: dt.datetime) -> dict[str, Any]:
+    """The DP exposure report of the published decision set (:mod:`tasks.campaigns.exposure`), logged
+    as the artifact ``exposure/exposure.json`` of the version's MLflow run.  Idempotent on ``run_key``."""
+    from tasks.campaigns.exposure import exposure_report
+    from tasks.code_version import code_version
+    from tasks.registry import client as mlflow_client
+
+    folder = run_folder(settings, run_key)
+    report = exposure_report(
+        settings,
+        run_key=run_key,
+        candidate=pd.read_parquet(folder / "candidate.parquet"),
+        customers=pd.read_parquet(settings.campaigns_dir / "customers.parquet"),
+        offers=pd.read_parquet(folder / "offers.parquet"),
+        data_window=(at - dt.timedelta(days=settings.offer_log_days), at),
+        code_version=code_version(),
+    )
+    client = mlflow_client(settings)
+    run_id = client.get_model_version(settings.offer_registered_model_name, version).run_id
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "exposure.json"
+        path.write_text(json.dumps(report, sort_keys=True, indent=1))
+        client.log_artifact(run_id, str(path), "exposure")
+    return report

@@ -21,15 +21,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 
 from tasks.campaigns.contracts import run_folder
 from tasks.config import Settings
+from tasks.io import atomic_write_json
 from tasks.permissions import private_dir
 from tasks.privacy.accounting import LEDGER_ACCOUNTANT, DiscreteGaussianCountMechanism, compose_epsilon
 
@@ -149,6 +150,55 @@ def release_means(
     )
 
 
+def charged_draw(
+    settings: Settings,
+    *,
+    run_key: str,
+    purpose: str,
+    mechanism_at: Callable[[float], DiscreteGaussianCountMechanism],
+    n_users: int,
+    data_window: tuple[dt.datetime, dt.datetime],
+    data_hash: str,
+    code_version: str,
+    draw: Callable[[DiscreteGaussianCountMechanism, float, float], Any],
+) -> Any:
+    """Reserve ``mechanism_at(delta)`` on the ledger (the scope's delta) under ``purpose``, call
+    ``draw(mechanism, epsilon, delta)`` once, store its JSON result in the run's folder and commit the
+    charge with that file; a retried attempt reads the file back instead of drawing again under the
+    same charge."""
+    from tasks.privacy.ledger_key import open_ledger
+    from tasks.privacy.policy import budget_for_run, require_delta_within_users
+
+    folder = run_folder(settings, run_key)
+    ledger = open_ledger(settings)
+    try:
+        delta = budget_for_run(ledger, settings, n_users=n_users).delta
+        require_delta_within_users(delta, n_users, purpose=purpose)
+        charge = ledger.reserve(
+            scope=settings.privacy_scope,
+            run_id=run_key,
+            mechanism=mechanism_at(delta),
+            data_window=data_window,
+            n_users=n_users,
+            code_version=code_version,
+            data_hash=data_hash,
+            purpose=purpose,
+        )
+        path = folder / f"{purpose}-charge{int(charge.id)}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        mechanism = charge.mechanism
+        assert isinstance(mechanism, DiscreteGaussianCountMechanism)
+        result = draw(mechanism, float(charge.epsilon), float(charge.delta))
+        private_dir(folder)
+        atomic_write_json(path, result, private=True, indent=None)
+        if str(charge.status) == "reserved":
+            ledger.commit(int(charge.id), model_version=None, artifact_uri=str(path))
+    finally:
+        ledger.close()
+    return result
+
+
 def release_charged(
     settings: Settings,
     *,
@@ -161,48 +211,32 @@ def release_charged(
     data_hash: str,
     code_version: str = "unknown",
 ) -> list[ReleasedEstimate]:
-    """Reserve the release on the ledger (purpose :data:`PURPOSE`, the scope's delta), draw it once and
-    commit the charge with the file holding it; a retried attempt reads that file back instead of
-    drawing again under the same charge."""
-    from tasks.privacy.ledger_key import open_ledger
-    from tasks.privacy.policy import budget_for_run, require_delta_within_users
-
+    """The release of ``terms`` at ``epsilon`` through :func:`charged_draw` (purpose :data:`PURPOSE`)."""
     n_users = len(np.unique(np.asarray(user_ids).astype(str)))
-    folder = run_folder(settings, run_key)
-    ledger = open_ledger(settings)
-    try:
-        delta = budget_for_run(ledger, settings, n_users=n_users).delta
-        require_delta_within_users(delta, n_users, purpose=PURPOSE)
-        noise = noise_for_epsilon(len(terms), epsilon, delta)
-        charge = ledger.reserve(
-            scope=settings.privacy_scope,
-            run_id=run_key,
-            mechanism=release_mechanism(len(terms), noise),
-            data_window=data_window,
-            n_users=n_users,
-            code_version=code_version,
-            data_hash=data_hash,
-            purpose=PURPOSE,
-        )
-        path = folder / f"ope_release-charge{int(charge.id)}.json"
-        if path.exists():
-            return [ReleasedEstimate(**row) for row in json.loads(path.read_text())]
-        mechanism = charge.mechanism
-        assert isinstance(mechanism, DiscreteGaussianCountMechanism)
+
+    def mechanism_at(delta: float) -> DiscreteGaussianCountMechanism:
+        return release_mechanism(len(terms), noise_for_epsilon(len(terms), epsilon, delta))
+
+    def draw(mechanism: DiscreteGaussianCountMechanism, spent: float, delta: float) -> list[dict[str, Any]]:
         released = release_means(
             user_ids,
             terms,
             clip=clip,
             noise_multiplier=mechanism.scale / mechanism.l2_sensitivity,
-            epsilon=float(charge.epsilon),
-            delta=float(charge.delta),
+            epsilon=spent,
+            delta=delta,
         )
-        private_dir(folder)
-        staging = path.with_suffix(".tmp")
-        staging.write_text(json.dumps([asdict(r) for r in released], sort_keys=True))
-        staging.replace(path)
-        if str(charge.status) == "reserved":
-            ledger.commit(int(charge.id), model_version=None, artifact_uri=str(path))
-    finally:
-        ledger.close()
-    return released
+        return [asdict(r) for r in released]
+
+    rows = charged_draw(
+        settings,
+        run_key=run_key,
+        purpose=PURPOSE,
+        mechanism_at=mechanism_at,
+        n_users=n_users,
+        data_window=data_window,
+        data_hash=data_hash,
+        code_version=code_version,
+        draw=draw,
+    )
+    return [ReleasedEstimate(**row) for row in rows]

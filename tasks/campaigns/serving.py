@@ -4,7 +4,7 @@ When the gate promotes a policy, :func:`publish_offers` writes each customer's o
 likely action, its probability, the DP reward model's expected profit of it and its gain over no offer,
 the registered version) to ``features/user_offers/<run>.parquet`` and to the online store.  Everything
 published is the output of the user-level DP model on the customer's own features.  ``shoprec offer
-USER`` reads it back through ``offers_v1`` (:func:`offer_for`).
+USER`` (raw customer id or pseudonym) reads it back through ``offers_v1`` (:func:`offer_for`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from tasks.campaigns.contracts import run_folder
 from tasks.campaigns.simulator import FEATURE_NAMES
 from tasks.config import Settings
 from tasks.contracts import ExpectedError
+from tasks.pseudonymize import resolve_user
 
 VIEW_NAME: Final = "user_offers"
 SERVICE_NAME: Final = "offers_v1"
@@ -124,12 +125,14 @@ class Offer:
         )
 
 
-def offer_for(settings: Settings, user_id: str) -> Offer:
-    """The published offer of ``user_id`` from the online store, through ``offers_v1``."""
+def offer_for(settings: Settings, user: str) -> Offer:
+    """The published offer of ``user`` (raw customer id, pseudonymised with the ingest key like
+    ``shoprec recommend`` does, or pseudonym) from the online store, through ``offers_v1``."""
     from feast.errors import FeatureServiceNotFoundException
 
     from tasks.feast_store import get_store
 
+    user_id = resolve_user(settings, user)
     store = get_store(settings)
     try:
         service = store.get_feature_service(SERVICE_NAME)
@@ -138,7 +141,7 @@ def offer_for(settings: Settings, user_id: str) -> Offer:
     response = store.get_online_features(features=service, entity_rows=[{"user_id": user_id}])
     row = {name: values[0] for name, values in response.to_dict().items()}
     if row.get("offer_id") is None:
-        raise NoOffer(f"no offer published for customer {user_id!r}")
+        raise NoOffer(f"no offer published for customer {user!r}")
     return Offer(
         user_id=user_id,
         offer_id=str(row["offer_id"]),

@@ -17,46 +17,18 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pytest
 from helpers_settings import only_shoprec_env
 
+from tasks.campaigns.demo import land_campaign
 from tasks.config import Settings, get_settings
+from tasks.sources.synthetic import SyntheticConfig
 
 pytestmark = pytest.mark.integration
 
 DAG_FILE = Path(__file__).resolve().parents[2] / "dags" / "train_offer_policy.py"
 DAY = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
-
-
-def _write_campaign(settings: Settings, logging: str) -> float:
-    """Offers, customers' features and one day of exposures logged by ``logging``; returns the
-    logging policy's true value per customer."""
-    from tasks.campaigns import simulator
-    from tasks.campaigns.policy import explore
-
-    population = simulator.build_population(np.random.default_rng(1))
-    probs = (
-        simulator.uniform(population) if logging == "uniform" else explore(simulator.oracle(population), 0.2)
-    )
-    decisions = simulator.draw_decisions(population, probs, 40_000, np.random.default_rng(5))
-    exposures = simulator.exposures_frame(
-        population,
-        decisions,
-        policy_name=logging,
-        policy_version="1",
-        start=DAY,
-        rng=np.random.default_rng(6),
-    )
-    folder = settings.campaigns_dir
-    (folder / "exposures").mkdir(parents=True)
-    population.offers_frame().to_parquet(folder / "offers.parquet", index=False)
-    customers = pd.DataFrame(population.features(), columns=list(simulator.FEATURE_NAMES))
-    customers.insert(0, "user_id", population.user_id)
-    customers.to_parquet(folder / "customers.parquet", index=False)
-    exposures.to_parquet(folder / "exposures" / "2026-11-28.parquet", index=False)
-    return simulator.true_value(population, probs)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +46,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory, airflow_home: Path) -> dict[s
         with pytest.MonkeyPatch.context() as mp:
             only_shoprec_env(mp, env)
             settings = get_settings()
-            truth = _write_campaign(settings, logging)
+            # the demo's own landing (tasks.campaigns.demo): ids pseudonymised with the ingest key
+            truth = land_campaign(
+                settings, shop=SyntheticConfig(), day=DAY, n_decisions=40_000, logging=logging, seed=1
+            )
             bag = DagBag(dag_folder=str(DAG_FILE))
             assert bag.import_errors == {}
             run = bag.get_dag("train_offer_policy").test(logical_date=DAY + dt.timedelta(days=1))
@@ -145,10 +120,10 @@ def test_training_and_release_are_each_charged_once_and_the_ledger_verifies(
         charges = ledger.charges(settings.privacy_scope)
     finally:
         ledger.close()
-    assert sorted((c.purpose, str(c.status)) for c in charges) == [
-        ("offer_ope_release", "committed"),
-        ("offer_reward_dp_sgd", "committed"),
-    ]
+    published = [("offer_exposure_report", "committed")] if logging == "uniform" else []
+    assert sorted((c.purpose, str(c.status)) for c in charges) == sorted(
+        [("offer_ope_release", "committed"), ("offer_reward_dp_sgd", "committed"), *published]
+    )
     epsilons = {c.purpose: c.epsilon for c in charges}
     assert 7.5 < epsilons["offer_reward_dp_sgd"] <= 8.0 + 1e-6
     assert epsilons["offer_ope_release"] == pytest.approx(4.0, rel=1e-3)
@@ -160,15 +135,21 @@ def test_training_and_release_are_each_charged_once_and_the_ledger_verifies(
 
 def test_promoted_policy_is_published_and_shoprec_offer_reads_it(runs: dict[str, Any]) -> None:
     """Every customer of the uniform campaign gets an offer under version 1 through ``offers_v1``; the
-    CLI prints it; the refused policy published nothing."""
+    CLI prints it for the raw customer id (pseudonymised as ``shoprec recommend`` does) and for the
+    pseudonym; the refused policy published nothing."""
     from typer.testing import CliRunner
 
     from tasks.campaigns.serving import NoOffer, offer_for
     from tasks.cli import app
+    from tasks.sources.synthetic import shop_customers
 
     settings = runs["uniform"]["settings"]
     customers = pd.read_parquet(settings.campaigns_dir / "customers.parquet")["user_id"]
-    offer = offer_for(settings, str(customers.iloc[0]))
+    raw = str(shop_customers(SyntheticConfig()).user_id[0])
+    assert raw not in set(customers)  # the campaign's tables hold pseudonyms only
+    offer = offer_for(settings, raw)
+    assert offer.user_id == customers.iloc[0]
+    assert offer_for(settings, str(customers.iloc[0])) == offer
     assert offer.model_version == "1"
     assert offer.offer_id in {"no_offer", "pct10", "amt5", "free_ship", "promo_home"}
     assert 0.9 < offer.probability <= 1.0  # greedy with 10% exploration over 5 actions: 0.92
@@ -176,10 +157,68 @@ def test_promoted_policy_is_published_and_shoprec_offer_reads_it(runs: dict[str,
     assert len(published) == len(customers)
     with pytest.MonkeyPatch.context() as mp:
         only_shoprec_env(mp, {"SHOPREC_HOME": str(settings.home)})
-        result = CliRunner().invoke(app, ["offer", str(customers.iloc[0])])
+        result = CliRunner().invoke(app, ["offer", raw])
         unknown = CliRunner().invoke(app, ["offer", "nobody-like-this"])
     assert result.exit_code == 0, result.output
     assert f"{offer.offer_id} (policy probability 0.92" in result.output
     assert unknown.exit_code == 1
     with pytest.raises(NoOffer, match="not registered"):
         offer_for(runs["near_oracle"]["settings"], str(customers.iloc[0]))
+
+
+def test_exposure_report_is_released_with_the_published_decisions(
+    runs: dict[str, Any], tmp_path: Path
+) -> None:
+    """The promoted run's DP exposure report (country and recency band) is the artifact of its MLflow
+    run; its customer counts add up to about the 1,500 customers; shares per group sum to about 1."""
+    import json
+
+    from tasks.campaigns import exposure
+    from tasks.registry import client
+
+    settings = runs["uniform"]["settings"]
+    version = _version(settings)
+    local = client(settings).download_artifacts(version.run_id, "exposure/exposure.json", str(tmp_path))
+    report = json.loads(Path(local).read_text())
+    assert [r["group"] for r in report["by"]["country"]] == ["United Kingdom", "other"]
+    assert [r["group"] for r in report["by"]["recency"]] == list(exposure.RECENCY_BANDS)
+    noise = report["noise_scale_customers"]
+    for grouping in exposure.GROUPINGS:
+        rows = report["by"][grouping]
+        assert abs(sum(r["customers"] for r in rows) - 1500) <= 5 * noise * len(rows) ** 0.5 + len(rows)
+        for row in rows:
+            if row["customers"] > 100:
+                # k noisy share sums over a noisy count: within 5 noise scales of 1 (relative to the group)
+                k = len(row["actions"])
+                shares = sum(a["share"] for a in row["actions"].values())
+                assert abs(shares - 1.0) <= 5 * noise * (k**0.5 + 1) / row["customers"], (grouping, row)
+    assert report["epsilon"] == pytest.approx(settings.offer_exposure_epsilon, rel=1e-3)
+    assert not list(run_folder_of(runs["near_oracle"]["settings"]).glob("offer_exposure_report-*"))
+
+
+def test_demo_prints_the_round(runs: dict[str, Any]) -> None:
+    """What ``make run`` prints about the round, read back from the stores: the gate's decision, the
+    released estimates with their guarantee, customers' action probabilities, the exposure report."""
+    from tasks.campaigns.demo import round_lines
+
+    text = "\n".join(round_lines(runs["uniform"]["settings"]))
+    assert "version 1, gate promoted" in text
+    assert "released estimates per customer, (4, " in text
+    assert "accountant opacus-rdp" in text
+    assert "dr:candidate-nobody: " in text
+    assert text.count("no_offer 0.") >= 3  # three customers' probabilities
+    assert "exposure of the published decisions (0.5, " in text
+    assert "country United Kingdom (~" in text
+    assert "recency under 1 month (~" in text
+    refused = "\n".join(round_lines(runs["near_oracle"]["settings"]))
+    assert "gate rejected" in refused
+    assert "no exposure report" in refused
+
+
+def run_folder_of(settings: Settings) -> Path:
+    from tasks.campaigns.contracts import run_folder
+    from tasks.campaigns.demo import latest_version
+
+    version = latest_version(settings)
+    assert version is not None
+    return run_folder(settings, version.tags["shoprec.run_key"])

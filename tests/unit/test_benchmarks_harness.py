@@ -108,3 +108,29 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile(samples, 50) == pytest.approx(51.0)
     assert percentile(samples, 99) == pytest.approx(99.0)
     assert percentile([3.0], 99) == pytest.approx(3.0)
+
+
+def test_every_registered_benchmark_has_a_run_function() -> None:
+    import importlib
+
+    assert {"campaigns_ope", "campaigns_dp_policy"} <= set(bench_run.BENCHMARKS)
+    for name, module in bench_run.BENCHMARKS.items():
+        assert callable(getattr(importlib.import_module(module), "run", None)), name
+
+
+def test_campaign_estimator_benchmark_reports_error_by_log_size(tmp_path: Path) -> None:
+    """The quick run: the simulator's true values, rmse/bias/coverage per size and estimator; its
+    coverage goal is judged on the full run only."""
+    sections, ok = bench_run.run_benchmarks(["campaigns_ope"], quick=True, out_dir=tmp_path)
+    assert ok
+    (section,) = sections
+    truth = {row[0]: row[1] for row in section.tables[0].rows}
+    assert truth["uniform"] == pytest.approx(2.778, abs=1e-3)
+    assert truth["oracle"] == pytest.approx(6.074, abs=1e-3)
+    errors = section.tables[1].rows
+    assert sorted({(row[0], row[1]) for row in errors}) == sorted(
+        (size, est) for size in (1_000, 5_000) for est in ("ips", "snips", "dr")
+    )
+    rmse = {(row[0], row[1]): row[2] for row in errors}
+    assert all(rmse[5_000, est] < rmse[1_000, est] for est in ("ips", "snips", "dr"))
+    assert section.goals[0].met is None

@@ -197,3 +197,12 @@ def test_events_file_refused_through_load(
     assert_one_line(err, f"{path}: {expected}")
     assert "wrote" not in out
     assert not shoprec_home.landing_dir.exists() or not any(shoprec_home.landing_dir.iterdir())
+
+
+def test_offer_before_any_policy_is_published(
+    shoprec_home: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A raw customer id is pseudonymised (as ``shoprec recommend`` does) and answered in one line."""
+    code, _, err = run(["offer", "12345"], capsys)
+    assert code == 1
+    assert_one_line(err, "no offers published yet (offers_v1 is not registered)")
