@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from tasks.config import Settings
-from tasks.dataset import feature_state, holdout_mask, per_user_cuts, purchases_after_cuts
+from tasks.dataset import holdout_mask, training_candidates
 from tasks.model import TwoTower
 from tasks.privacy import write_membership_losses
 from tasks.registry import load_version
@@ -130,8 +130,9 @@ def record_membership_losses(
     """Per-user losses of the registered DP model for its members and held-out users, stored with
     :func:`tasks.privacy.write_membership_losses` (delta: the run's, privacy unit: user).
 
-    Candidates are rebuilt as ``run_training`` builds them (each user's own cut before the validation
-    cut, Feast features at the cut, purchases after it). Members are the run's training users
+    Candidates are ``run_training``'s own (:func:`tasks.dataset.training_candidates`, here with the
+    held-out users: each user's own cut before the validation cut, Feast features at the cut,
+    interactions after it). Members are the run's training users
     (``training_users_file``; where that file is not on this worker: the candidates not held out).
     """
     version = str(registration["version"])
@@ -141,12 +142,10 @@ def record_membership_losses(
     data = load_training_data(Path(manifest["training_data"]))  # the data the run trained on
     events = data.events(settings)
     catalog = data.catalog()
-    user_cuts = per_user_cuts(events, validation)
-    state = feature_state(settings, user_cuts["user_id"].tolist(), list(user_cuts["cut"]))
-    labels = purchases_after_cuts(events, user_cuts, validation)
+    candidates = training_candidates(settings, events, validation, with_held_out=True)
     examples, users = build_examples(
-        state,
-        labels,
+        candidates.state,
+        candidates.labels,
         catalog,
         history_length=settings.history_length,
         cap_k=int(manifest["cap_k"]),

@@ -56,10 +56,8 @@ from tasks.config import Settings
 from tasks.dataset import (
     INTERACTIONS,
     Cuts,
-    drop_held_out,
     feature_state,
-    per_user_cuts,
-    purchases_after_cuts,
+    training_candidates,
 )
 from tasks.evaluation import temporal_split_from_state, tune_blend
 from tasks.ingest import rejected_days
@@ -596,9 +594,8 @@ def run_training(
     all_users = sorted(events["user_id"].astype(str).unique())
     # Held-out users (a keyed hash split decided before training) never enter DP-SGD: they are the
     # non-members of the membership-inference audit (tasks.membership).
-    user_cuts = drop_held_out(settings, per_user_cuts(events, cuts.validation))
-    state = feature_state(settings, user_cuts["user_id"].tolist(), list(user_cuts["cut"]))
-    labels = purchases_after_cuts(events, user_cuts, cuts.validation)
+    candidates = training_candidates(settings, events, cuts.validation)
+    state, labels = candidates.state, candidates.labels
     config, popularity = train_config(settings), dp_popularity(settings)
     examples, train_users = build_examples(
         state,
