@@ -227,8 +227,8 @@ def test_registration_rerun_after_a_new_day_and_item_reads_the_runs_pinned_data(
     after a new day and a new item landed evaluates on the run's pinned days and catalog: the same
     version, decision and NDCG@10; a retry of the training task would pin the same data again.
     (Last in this module: it grows the module's lake.)"""
+    from tasks.dataset import load_catalog
     from tasks.registry import register_and_gate
-    from tasks.training import load_catalog
     from tasks.training_data import load_training_data, pin_training_data
 
     settings = runs["settings"]
