@@ -15,14 +15,13 @@ Full ranking over the catalog, variant A (repeats included) and B (only items ne
   (:func:`tasks.privacy.accounting.noise_for_budget` calibrates the noise multiplier for the whole run); the own-history blend uses only the user's own
   purchases (no privacy cost), so the DP rows' epsilon covers everything they release;
 * the DP popularity baseline is one release of OpenDP's discrete Gaussian (noise multiplier
-  ``DP_POPULARITY.noise_multiplier``, at most ``DP_POPULARITY.cap_per_user`` items per user; fresh CSPRNG noise, so it varies
+  ``Settings.popularity_noise_multiplier``, at most ``Settings.popularity_cap_per_user`` items per user; fresh CSPRNG noise, so it varies
   between runs whatever the seed), reported with its own epsilon.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks.harness import REPO_ROOT, Context, Goal, Section, line_plot, online_retail_file, stopwatch
+from benchmarks.harness import Context, Goal, Section, line_plot, online_retail_file, stopwatch
 
 
 @dataclass(frozen=True)
@@ -43,21 +42,18 @@ class Plan:
     batch_size: int
     window_days: int = 28
     max_eval_users: int | None = None  # evaluate on a seeded sample of the split's users
-    lr: float = 1e-2  # the pipeline's DP-SGD settings (tasks.training.TRAIN_*)
-    n_negatives: int = 32
     # total epsilons of the whole DP system (DP two-tower + own history + DP popularity), composed
     system_epsilons: tuple[float, ...] = (8.0,)
     sweep: bool = False  # one-at-a-time sweep of batch, epochs, model size, clipping at max(epsilons)
 
     def train_config(self, seed: int) -> Any:
-        from tasks.training import TrainConfig
+        """The pipeline's DP-SGD settings (``Settings.train_*``) with this plan's epochs and batch."""
+        from tasks.config import get_settings
+        from tasks.training import train_config
 
-        return TrainConfig(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            seed=seed,
-            n_negatives=self.n_negatives,
+        base = train_config(get_settings())
+        return dataclasses.replace(
+            base, epochs=self.epochs, batch_size=self.batch_size, seed=seed, noise_seed=None
         )
 
 
@@ -122,8 +118,9 @@ def sample_split(split: Any, limit: int | None, seed: int = 0) -> Any:
 
 def persistent_cache() -> Path:
     """Embedding cache kept across benchmark runs (the encoder is deterministic; titles are public)."""
-    home = Path(os.environ.get("SHOPREC_HOME", REPO_ROOT / ".shoprec"))
-    return home / "benchmarks" / "cache"
+    from tasks.config import get_settings
+
+    return get_settings().home / "benchmarks" / "cache"
 
 
 def read_landing(landing: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -169,21 +166,24 @@ def evaluate_dataset(name: str, events: pd.DataFrame, items: pd.DataFrame, plan:
         history_positions,
         own_purchase_matrix,
     )
+    from tasks.config import get_settings
     from tasks.dataset import INTERACTIONS, Cuts
     from tasks.embeddings import embed_items, load_pretrained_encoder
     from tasks.evaluation import evaluate_scores, temporal_split, tune_blend
     from tasks.model import Recommender, content_affinity, text_neighbours
     from tasks.privacy.accounting import noise_for_budget, rdp_epsilon
     from tasks.training import (
-        DP_POPULARITY,
         TrainConfig,
         build_examples,
+        dp_popularity,
         popularity_release,
         train,
     )
 
-    history = 20
-    encoder = load_pretrained_encoder(device="cpu")
+    settings = get_settings()
+    pop_policy = dp_popularity(settings)  # the pipeline's release (Settings.popularity_*)
+    history = settings.history_length
+    encoder = load_pretrained_encoder(device="cpu", package=settings.encoder_package)
     embedded = embed_items(items[["item_id", "title"]], persistent_cache(), encoder)
     catalog = build_item_catalog(items, embedded.frame, encoder_id=encoder.model_id)
     as_of = events["event_timestamp"].max().normalize() + pd.Timedelta(days=1)
@@ -220,15 +220,15 @@ def evaluate_dataset(name: str, events: pd.DataFrame, items: pd.DataFrame, plan:
             interactions.assign(event_type="purchase"),
             catalog,
             end,
-            end - pd.Timedelta(days=DP_POPULARITY.days),
+            end - pd.Timedelta(days=pop_policy.days),
         )
         for end in (cuts.validation, cuts.test)
     }
-    record(f"popularity ({DP_POPULARITY.days} d, no privacy)", broadcast(recent[cuts.test], test))
+    record(f"popularity ({pop_policy.days} d, no privacy)", broadcast(recent[cuts.test], test))
     # what the user's own history adds to popularity without any model: text neighbours and repeats
     own_w, _ = tune_blend(no_model_val, own_val, recent[cuts.validation], val, catalog, content=content_val)
     record(
-        f"own history (repeats + text neighbours) + {DP_POPULARITY.days} d popularity, no model (no privacy)",
+        f"own history (repeats + text neighbours) + {pop_policy.days} d popularity, no model (no privacy)",
         blend_scores(no_model_test, own_test, recent[cuts.test], own_w, content_test),
     )
     record("item-to-item co-occurrence (no privacy)", cooccurrence_scores(events, catalog, test, cuts.test))
@@ -287,7 +287,7 @@ def evaluate_dataset(name: str, events: pd.DataFrame, items: pd.DataFrame, plan:
         )
 
     for seed in plan.seeds:
-        record("DP popularity", broadcast(popularity_release(events, catalog, cuts.test), test))
+        record("DP popularity", broadcast(popularity_release(events, catalog, cuts.test, pop_policy), test))
         base = plan.train_config(seed)
         variants: list[tuple[str, TrainConfig, float | None]] = [
             ("two-tower, no DP", TrainConfig(**{**base.__dict__, "private": False}), None)
@@ -330,7 +330,7 @@ def evaluate_dataset(name: str, events: pd.DataFrame, items: pd.DataFrame, plan:
             pop_mech = [(pop_noise, 1.0, 2)]
             config = calibrated(base, eps, pop_mech)
             bare, result, seconds = fit(config, seed)
-            policy = dataclasses.replace(DP_POPULARITY, noise_multiplier=pop_noise)
+            policy = dataclasses.replace(pop_policy, noise_multiplier=pop_noise)
             pop_v = popularity_release(events, catalog, cuts.validation, policy)
             pop_t = popularity_release(events, catalog, cuts.test, policy)
             weights, _ = tune_blend(
@@ -388,7 +388,7 @@ def evaluate_dataset(name: str, events: pd.DataFrame, items: pd.DataFrame, plan:
                     "seconds": seconds,
                 }
             )
-    pop_eps = rdp_epsilon([(DP_POPULARITY.noise_multiplier, 1.0, 1)], delta)
+    pop_eps = rdp_epsilon([(pop_policy.noise_multiplier, 1.0, 1)], delta)
     return {
         "dataset": name,
         "events": len(events),
@@ -403,8 +403,8 @@ def evaluate_dataset(name: str, events: pd.DataFrame, items: pd.DataFrame, plan:
         "sweep": sweep,
         "oracle_blend_b": oracle,
         "dp_popularity_epsilon": pop_eps,
-        "popularity_cap": DP_POPULARITY.cap_per_user,
-        "popularity_days": DP_POPULARITY.days,
+        "popularity_cap": pop_policy.cap_per_user,
+        "popularity_days": pop_policy.days,
     }
 
 
@@ -449,8 +449,10 @@ def tables_for(section: Section, result: dict[str, Any]) -> dict[str, tuple[floa
 
 
 def run(ctx: Context) -> Section:
-    from tasks.training import DP_POPULARITY
+    from tasks.config import get_settings
+    from tasks.training import dp_popularity
 
+    pop_policy = dp_popularity(get_settings())
     section = Section(key="quality", title="1. Quality under privacy")
     if ctx.quick:
         datasets = [
@@ -632,9 +634,11 @@ def run(ctx: Context) -> Section:
             },
         )
         section.figures.append(link)
+        config = plan.train_config(plan.seeds[0])
         section.notes.append(
-            f"{name}: {plan.epochs} epochs, {plan.batch_size} expected users per step (Poisson), lr {plan.lr:g}, "
-            f"clip 1.0, cap 20 positives and {plan.n_negatives} sampled negatives per user, model dim 64; "
+            f"{name}: {plan.epochs} epochs, {plan.batch_size} expected users per step (Poisson), lr {config.lr:g}, "
+            f"clip {config.max_grad_norm:g}, cap {config.cap_k} positives and {config.n_negatives} sampled "
+            "negatives per user, model dim 64; "
             f"seeds {list(plan.seeds)}; evaluation users capped at {plan.max_eval_users or 'none'}"
         )
     section.notes += [
@@ -645,8 +649,8 @@ def run(ctx: Context) -> Section:
         "'own history ... no model' and 'DP system ... without the two-tower' are ablations: the same blend "
         "with the model's score left out, to show what the two-tower adds",
         "DP system (what the pipeline serves): the DP two-tower blended with the user's own purchases and a DP "
-        f"popularity release (distinct users per item in the last {DP_POPULARITY.days} days, at most "
-        f"{DP_POPULARITY.cap_per_user} items per user; one release at the validation cut to tune the weights, one at the "
+        f"popularity release (distinct users per item in the last {pop_policy.days} days, at most "
+        f"{pop_policy.cap_per_user} items per user; one release at the validation cut to tune the weights, one at the "
         "test cut). The two releases get half of the total epsilon, DP-SGD the rest; the epsilon in the runs "
         "table is the composition of all three (RDP accountant). 'system, no DP' is the same blend with the "
         "non-private twin and exact popularity",

@@ -43,8 +43,9 @@ BENCHMARKS: dict[str, str] = {
 def default_out(quick: bool) -> Path:
     if not quick:
         return REPO_ROOT / "docs"
-    home = Path(os.environ.get("SHOPREC_HOME", REPO_ROOT / ".shoprec"))
-    return home / "benchmarks" / "quick"
+    from tasks.config import get_settings
+
+    return get_settings().home / "benchmarks" / "quick"
 
 
 def run_benchmarks(names: Sequence[str], *, quick: bool, out_dir: Path) -> tuple[list[Section], bool]:

@@ -1,26 +1,25 @@
 """What the DAG files share: the Assets that link them, their default_args and the GPU task's executor_config.
 
 Imported by ``dags/`` only (it is part of the package, so Airflow never parses it as a DAG file). It
-imports nothing beyond ``airflow.sdk`` and pendulum, which every DAG file loads anyway, and builds
+imports nothing beyond ``airflow.sdk``, pendulum and :mod:`tasks.config` (pydantic), and builds
 nothing heavy: the Kubernetes pod of the training task exists only where a KubernetesExecutor runs
 it (:func:`gpu_executor_config`).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pendulum
 from airflow.sdk import Asset, conf
+
+from tasks.config import Settings, get_settings
 
 EVENTS_CLEAN = Asset(name="events_clean", uri="shoprec://lake/events")
 ITEM_CATALOG = Asset(name="item_catalog", uri="shoprec://lake/items")
 FEATURES = Asset(name="features", uri="shoprec://feast/features")
 MODEL_CHAMPION = Asset(name="model_champion", uri="shoprec://mlflow/champion")
 RECOMMENDATIONS = Asset(name="recommendations", uri="shoprec://feast/user_recommendations")
-
-TRAINER_IMAGE_DEFAULT = "shoprec-trainer:latest"
 
 
 def default_args(retry_delay: pendulum.Duration | None = None) -> dict[str, Any]:
@@ -33,10 +32,10 @@ def default_args(retry_delay: pendulum.Duration | None = None) -> dict[str, Any]
     }
 
 
-def training_retry_delay() -> pendulum.Duration:
-    """The training DAG's first retry delay: ``SHOPREC_TRAIN_RETRY_DELAY_S`` seconds (default 60); the
-    fault tests shorten it."""
-    return pendulum.duration(seconds=int(os.environ.get("SHOPREC_TRAIN_RETRY_DELAY_S", "60")))
+def training_retry_delay(settings: Settings | None = None) -> pendulum.Duration:
+    """The training DAG's first retry delay: ``Settings.train_retry_delay_s`` (``SHOPREC_TRAIN_RETRY_DELAY_S``,
+    default 60 seconds); the fault tests shorten it."""
+    return pendulum.duration(seconds=(settings or get_settings()).train_retry_delay_s)
 
 
 def kubernetes_executor_configured(executors: str) -> bool:
@@ -47,7 +46,7 @@ def kubernetes_executor_configured(executors: str) -> bool:
     )
 
 
-def gpu_executor_config() -> dict[str, Any]:
+def gpu_executor_config(settings: Settings | None = None) -> dict[str, Any]:
     """``executor_config`` of a GPU task: under the KubernetesExecutor a ``pod_override`` that runs it in
     the CUDA trainer image (``SHOPREC_TRAINER_IMAGE``) with one ``nvidia.com/gpu``; otherwise empty (the
     CeleryExecutor routes the task to the ``gpu`` queue instead), so no Kubernetes object is built."""
@@ -60,7 +59,7 @@ def gpu_executor_config() -> dict[str, Any]:
             containers=[
                 k8s.V1Container(
                     name="base",
-                    image=os.environ.get("SHOPREC_TRAINER_IMAGE", TRAINER_IMAGE_DEFAULT),
+                    image=(settings or get_settings()).trainer_image,
                     resources=k8s.V1ResourceRequirements(limits={"nvidia.com/gpu": "1"}),
                 )
             ]

@@ -8,7 +8,6 @@ or ``SHOPREC_VERBOSE=1``.
 
 from __future__ import annotations
 
-import os
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from tasks.config import get_settings
+from tasks.config import get_settings, verbose_requested
 from tasks.consumers import recommend_command, search_command
 from tasks.contracts import ExpectedError, parse_day
 from tasks.demo import DemoOptions, run_demo
@@ -33,7 +32,7 @@ _FILE_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirec
 
 
 def _verbose(args: list[str]) -> bool:
-    return "--verbose" in args or os.environ.get("SHOPREC_VERBOSE", "").lower() in {"1", "true", "yes"}
+    return "--verbose" in args or verbose_requested()
 
 
 class ShopRecApp(typer.Typer):

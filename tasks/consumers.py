@@ -135,7 +135,7 @@ def search(
     encoder: TextEncoder | None = None,
 ) -> list[tuple[str, str, float]]:
     """Semantic product search: (item_id, title, score), best first; personalised when ``user`` is given."""
-    encoder = encoder or load_pretrained_encoder()
+    encoder = encoder or load_pretrained_encoder(package=settings.encoder_package)  # the items' encoder
     query_vector = encoder.encode([query])[0]
     hits = search_items(settings, query_vector, k if user is None else max(k, CANDIDATES))
     if user is not None:

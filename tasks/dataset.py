@@ -133,3 +133,32 @@ def drop_held_out(settings: Settings, user_cuts: pd.DataFrame) -> pd.DataFrame:
         user_cuts["user_id"].astype(str), settings.membership_holdout_share, seed=settings.seed
     )
     return user_cuts[keep].reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class TrainingCandidates:
+    """The users of one training run as of its validation cut: each user's own ``cut``
+    (:func:`per_user_cuts`), their Feast ``state`` at the cut and their ``labels`` after it."""
+
+    user_cuts: pd.DataFrame  # user_id, cut
+    state: pd.DataFrame
+    labels: dict[str, list[str]]
+
+
+def training_user_cuts(
+    settings: Settings, events: pd.DataFrame, validation: pd.Timestamp, *, with_held_out: bool = False
+) -> pd.DataFrame:
+    """Each candidate user's own cut before ``validation``: without the held-out users
+    (:func:`drop_held_out`) what DP-SGD trains on, with them what the membership audit scores."""
+    user_cuts = per_user_cuts(events, validation)
+    return user_cuts if with_held_out else drop_held_out(settings, user_cuts)
+
+
+def training_candidates(
+    settings: Settings, events: pd.DataFrame, validation: pd.Timestamp, *, with_held_out: bool = False
+) -> TrainingCandidates:
+    """The one definition of a run's training users, shared by ``run_training`` (``with_held_out``
+    False) and the membership audit (True: the held-out users are its non-members)."""
+    user_cuts = training_user_cuts(settings, events, validation, with_held_out=with_held_out)
+    state = feature_state(settings, user_cuts["user_id"].tolist(), list(user_cuts["cut"]))
+    return TrainingCandidates(user_cuts, state, purchases_after_cuts(events, user_cuts, validation))

@@ -97,9 +97,23 @@ def _masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
 
 
+class EncoderPackageMissing(ValueError):
+    """``SHOPREC_ENCODER_PACKAGE`` names no installed encoder package."""
+
+
 def pretrained_model_dir(package: str = PRETRAINED_PACKAGE) -> Path:
-    """Folder holding the packaged model's config, tokenizer and ``model.safetensors``."""
-    module = importlib.import_module(package)
+    """Folder holding the packaged model's config, tokenizer and ``model.safetensors``: ``package``
+    (``Settings.encoder_package``) is an installed module with ``get_model_path()``."""
+    try:
+        module = importlib.import_module(package)
+    except ImportError as exc:
+        raise EncoderPackageMissing(
+            f"encoder package {package!r} (SHOPREC_ENCODER_PACKAGE) is not installed: {exc}"
+        ) from exc
+    if not callable(getattr(module, "get_model_path", None)):
+        raise EncoderPackageMissing(
+            f"encoder package {package!r} (SHOPREC_ENCODER_PACKAGE) has no get_model_path(): not a packaged model"
+        )
     return Path(module.get_model_path())
 
 
@@ -112,7 +126,8 @@ def file_sha256(path: Path) -> str:
 
 
 def load_pretrained_encoder(device: str | None = None, package: str = PRETRAINED_PACKAGE) -> TextEncoder:
-    """The packaged all-MiniLM-L6-v2 (dim 384), loaded offline; ``model_id`` names the weights' hash."""
+    """The packaged encoder ``package`` (``Settings.encoder_package``; default all-MiniLM-L6-v2, dim 384),
+    loaded offline; ``model_id`` is its name and the weights' hash, so another package gets its own cache."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -125,7 +140,7 @@ def load_pretrained_encoder(device: str | None = None, package: str = PRETRAINED
     model.eval()
     model.requires_grad_(False)
     return TextEncoder(
-        model_id=f"{PRETRAINED_NAME}@{weights_hash[:12]}",
+        model_id=f"{PRETRAINED_NAME if package == PRETRAINED_PACKAGE else package}@{weights_hash[:12]}",
         dim=int(model.config.hidden_size),
         tokenizer=tokenizer,
         model=model,

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -213,10 +212,10 @@ def build_definitions(features_dir: Path) -> FeastDefinitions:
 def repo_settings() -> Settings:
     """Settings for the ``feature_repo/`` files run by the Feast CLI: ``SHOPREC_HOME`` when set, else
     the checkout's ``.shoprec`` (the Makefile's default, which ``feature_store.yaml`` points at)."""
-    if os.environ.get("SHOPREC_HOME"):
-        return get_settings()
-    root = Path(__file__).resolve().parent.parent
-    return get_settings(home=root / ".shoprec")
+    settings = get_settings()
+    if "home" in settings.model_fields_set:  # SHOPREC_HOME (environment or .env)
+        return settings
+    return settings.model_copy(update={"home": settings.project_root / ".shoprec"})
 
 
 # --- configuration -------------------------------------------------------------------------------

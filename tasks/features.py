@@ -304,7 +304,9 @@ def compute_features(
         popularity_rows += len(popularity)
 
     result = embed_items(
-        items[["item_id", "title"]], settings.cache_dir, encoder or load_pretrained_encoder()
+        items[["item_id", "title"]],
+        settings.cache_dir,
+        encoder or load_pretrained_encoder(package=settings.encoder_package),
     )
     item_rows = item_feature_rows(items, result.frame)
     path = item_features_path(settings)

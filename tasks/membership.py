@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 
 from tasks.artifacts import fetch
 from tasks.config import Settings
-from tasks.dataset import feature_state, holdout_mask, per_user_cuts, purchases_after_cuts
+from tasks.dataset import holdout_mask, training_candidates
 from tasks.model import TwoTower
 from tasks.privacy import write_membership_losses
 from tasks.registry import load_version
@@ -123,10 +123,11 @@ def record_membership_losses(
     """Per-user losses of the registered DP model for its members and held-out users, stored with
     :func:`tasks.privacy.write_membership_losses` (delta: the run's, privacy unit: user).
 
-    Candidates are rebuilt as ``run_training`` builds them (each user's own cut before the validation
-    cut, Feast features at the cut, purchases after it) from the run's pinned data; members are the
-    run's training users. Both are fetched by URI from the artifact store (``training_data_uri``,
-    ``training_users_uri``), on whichever machine this runs.
+    Candidates are ``run_training``'s own (:func:`tasks.dataset.training_candidates`, here with the
+    held-out users: each user's own cut before the validation cut, Feast features at the cut,
+    interactions after it) from the run's pinned data; members are the run's training users. Both are
+    fetched by URI from the artifact store (``training_data_uri``, ``training_users_uri``), on whichever
+    machine this runs.
     """
     version = str(registration["version"])
     delta = float(manifest["delta"])
@@ -135,12 +136,10 @@ def record_membership_losses(
     data = fetch_training_data(settings, manifest["training_data_uri"])  # the data the run trained on
     events = data.events()
     catalog = data.catalog()
-    user_cuts = per_user_cuts(events, validation)
-    state = feature_state(settings, user_cuts["user_id"].tolist(), list(user_cuts["cut"]))
-    labels = purchases_after_cuts(events, user_cuts, validation)
+    candidates = training_candidates(settings, events, validation, with_held_out=True)
     examples, users = build_examples(
-        state,
-        labels,
+        candidates.state,
+        candidates.labels,
         catalog,
         history_length=settings.history_length,
         cap_k=int(manifest["cap_k"]),

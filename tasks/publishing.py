@@ -614,11 +614,18 @@ def offline_root(settings: Settings) -> Path:
 
 # --- per-country DP popularity for cold start (one ledger-charged release per champion) ---------------
 COUNTRY_POPULARITY_PURPOSE: Final = "publish_popularity_by_country"
-# The per-country DP popularity release of a publish: purchases of the 30 days before the scoring time,
-# at most 20 distinct (country, item) keys per user, noise multiplier 4 (as training's global release).
-COUNTRY_POPULARITY: Final = PopularityRelease(
-    noise_multiplier=4.0, cap_per_user=20, days=30, event_types=(PURCHASE,), by_country=True
-)
+
+
+def country_popularity_release(settings: Settings) -> PopularityRelease:
+    """The per-country DP popularity release of a publish (``SHOPREC_COUNTRY_POPULARITY_*``): purchases
+    of the days before the scoring time, at most ``cap_per_user`` distinct (country, item) keys per user."""
+    return PopularityRelease(
+        noise_multiplier=settings.country_popularity_noise_multiplier,
+        cap_per_user=settings.country_popularity_cap_per_user,
+        days=settings.country_popularity_days,
+        event_types=(PURCHASE,),
+        by_country=True,
+    )
 
 
 def user_countries(events: pd.DataFrame) -> dict[str, str]:
@@ -639,7 +646,7 @@ def country_popularity(
     """DP distinct-buyer counts per (country, item) over ``settings.publish_countries``, ``[N]`` each.
 
     Released once per champion version (cached beside the audit copies) and charged to the ledger
-    before it runs: :data:`COUNTRY_POPULARITY` (OpenDP's discrete Gaussian of scale noise multiplier *
+    before it runs: :func:`country_popularity_release` (OpenDP's discrete Gaussian of scale noise multiplier *
     sqrt(cap), L2 sensitivity sqrt(cap)), rho-zCDP composed by the ledger accountant (opacus-rdp) at the
     scope's delta, privacy unit = user.  Every release has its own charge: when the cache is missing
     a new charge is reserved (:func:`_release_country_popularity`), never an earlier one reused.
@@ -683,15 +690,16 @@ def _release_country_popularity(
     reserve and commit) has no release on disk; on an exception before the commit it is released.
     """
     end = pd.Timestamp(scoring_time).tz_convert("UTC")
-    window = COUNTRY_POPULARITY.window(events, end)
+    policy = country_popularity_release(settings)
+    window = policy.window(events, end)
     n_users = int(events["user_id"].nunique())
     budget_for_run(ledger, settings, n_users=n_users)  # refuses a configuration that disagrees
     known = {c.id for c in ledger.charges(settings.privacy_scope)}
     charge = ledger.reserve(
         scope=settings.privacy_scope,
         run_id=f"publish:{model_version}:{secrets.token_hex(8)}",
-        mechanism=COUNTRY_POPULARITY.mechanism(),
-        data_window=(COUNTRY_POPULARITY.start(end).to_pydatetime(), end.to_pydatetime()),
+        mechanism=policy.mechanism(),
+        data_window=(policy.start(end).to_pydatetime(), end.to_pydatetime()),
         n_users=n_users,
         code_version=code_version(),
         data_hash=hashlib.sha256(f"{len(window)}|{end.isoformat()}".encode()).hexdigest(),
@@ -703,7 +711,7 @@ def _release_country_popularity(
             f"({charge.status}), which another release holds; refusing a second release under it"
         )
     try:
-        released = COUNTRY_POPULARITY.release(events, end, item_ids=list(item_ids), countries=list(countries))
+        released = policy.release(events, end, item_ids=list(item_ids), countries=list(countries))
         ledger.commit(charge.id, model_version=model_version, artifact_uri=cache.as_uri())
         write_anchor_file(settings, f"commit-{charge.id}", ledger.anchor())
     except BaseException:

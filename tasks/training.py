@@ -57,10 +57,8 @@ from tasks.config import Settings
 from tasks.dataset import (
     INTERACTIONS,
     Cuts,
-    drop_held_out,
     feature_state,
-    per_user_cuts,
-    purchases_after_cuts,
+    training_candidates,
 )
 from tasks.evaluation import temporal_split_from_state, tune_blend
 from tasks.ingest import rejected_days
@@ -440,17 +438,32 @@ def _load_checkpoint(path: Path, model: TwoTower, optimizer: Any, engine: Any) -
 # --- the train_recommender pipeline step --------------------------------------------------------------
 TRAIN_PURPOSE: Final = "train_recommender"
 POPULARITY_PURPOSE: Final = "dp_popularity"
-# The global DP popularity release of a training run (three of them: validation, test and serving
-# cuts, under one charge): noise multiplier 4, at most 50 distinct items per user (measured on both
-# data sets), the 14 days before the cut (measured better than 30 days on Online Retail II, variant B).
-DP_POPULARITY: Final = PopularityRelease(
-    noise_multiplier=4.0, cap_per_user=50, days=14, event_types=INTERACTIONS
-)
-# DP-SGD: on the default synthetic shop (~940 training users) batch 128 and lr 1e-2 (40 steps) beat
-# batch 64 and lr 3e-3 (75 steps) at the same epsilon: NDCG@10 of the bare DP model 0.32/0.25 vs 0.22/0.18.
-TRAIN_BATCH_SIZE: Final = 128
-TRAIN_LR: Final = 1e-2
-TRAIN_NEGATIVES: Final = 32
+
+
+def dp_popularity(settings: Settings) -> PopularityRelease:
+    """The global DP popularity release of a training run (``SHOPREC_POPULARITY_*``): three of them
+    (validation, test and serving cuts) under one charge."""
+    return PopularityRelease(
+        noise_multiplier=settings.popularity_noise_multiplier,
+        cap_per_user=settings.popularity_cap_per_user,
+        days=settings.popularity_days,
+        event_types=INTERACTIONS,
+    )
+
+
+def train_config(settings: Settings) -> TrainConfig:
+    """The pipeline's DP-SGD hyper-parameters (``SHOPREC_TRAIN_*``); the noise multiplier is calibrated
+    to the ledger's grant later, the noise seed set only under the tests-only switch."""
+    return TrainConfig(
+        epochs=settings.train_epochs,
+        batch_size=settings.train_batch_size,
+        lr=settings.train_lr,
+        max_grad_norm=settings.train_clip_norm,
+        cap_k=settings.train_cap_k,
+        seed=settings.seed,
+        n_negatives=settings.train_negatives,
+        noise_seed=settings.test_noise_seed(),
+    )
 
 
 @dataclass(frozen=True)
@@ -515,10 +528,10 @@ def refuse_if_too_many_rejected(settings: Settings, lake_days: Sequence[dt.date]
 
 
 def popularity_release(
-    events: pd.DataFrame, catalog: ItemCatalog, end: pd.Timestamp, policy: PopularityRelease = DP_POPULARITY
+    events: pd.DataFrame, catalog: ItemCatalog, end: pd.Timestamp, policy: PopularityRelease
 ) -> np.ndarray:
-    """``[N]`` DP distinct-user interaction counts over the catalog before ``end`` (``policy``, by
-    default :data:`DP_POPULARITY`), fresh CSPRNG noise every call (ledger-charged by the caller)."""
+    """``[N]`` DP distinct-user interaction counts over the catalog before ``end`` (``policy``: the
+    pipeline's is :func:`dp_popularity`), fresh CSPRNG noise every call (ledger-charged by the caller)."""
     released = policy.release(events, end, item_ids=list(catalog.item_ids))
     return counts_to_catalog(released.rename(columns={"noisy_count": "count"}), catalog)
 
@@ -602,17 +615,9 @@ def run_training(
     all_users = sorted(events["user_id"].astype(str).unique())
     # Held-out users (a keyed hash split decided before training) never enter DP-SGD: they are the
     # non-members of the membership-inference audit (tasks.membership).
-    user_cuts = drop_held_out(settings, per_user_cuts(events, cuts.validation))
-    state = feature_state(settings, user_cuts["user_id"].tolist(), list(user_cuts["cut"]))
-    labels = purchases_after_cuts(events, user_cuts, cuts.validation)
-    config = TrainConfig(
-        epochs=settings.train_epochs,
-        batch_size=TRAIN_BATCH_SIZE,
-        lr=TRAIN_LR,
-        seed=settings.seed,
-        n_negatives=TRAIN_NEGATIVES,
-        noise_seed=settings.test_noise_seed(),
-    )
+    candidates = training_candidates(settings, events, cuts.validation)
+    state, labels = candidates.state, candidates.labels
+    config, popularity = train_config(settings), dp_popularity(settings)
     examples, train_users = build_examples(
         state,
         labels,
@@ -643,8 +648,8 @@ def run_training(
         pop_charge = _active_charge(
             ledger, settings.privacy_scope, run_key, POPULARITY_PURPOSE
         ) or ledger.reserve(
-            mechanism=DP_POPULARITY.mechanism(releases=3),
-            data_window=(DP_POPULARITY.start(cuts.validation), cuts.as_of),
+            mechanism=popularity.mechanism(releases=3),
+            data_window=(popularity.start(cuts.validation), cuts.as_of),
             purpose=POPULARITY_PURPOSE,
             **common,
         )
@@ -697,7 +702,8 @@ def run_training(
         f"{prefix}/{releases}",
         run_dir / releases,
         lambda: [
-            popularity_release(events, catalog, end) for end in (cuts.validation, cuts.test, cuts.as_of)
+            popularity_release(events, catalog, end, popularity)
+            for end in (cuts.validation, cuts.test, cuts.as_of)
         ],
     )
     val_state = feature_state(settings, all_users, cuts.validation)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -31,3 +33,17 @@ def test_pretrained_encoder_embeds_similar_titles_closer(monkeypatch: pytest.Mon
     mug_cup = float(vectors[0] @ vectors[1])
     mug_scarf = float(vectors[0] @ vectors[2])
     assert mug_cup > mug_scarf + 0.1
+
+
+def test_the_configured_encoder_package_is_the_pinned_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tasks.config import get_settings
+
+    monkeypatch.setenv("SHOPREC_HOME", str(tmp_path))
+    monkeypatch.delenv("SHOPREC_ENCODER_PACKAGE", raising=False)
+    package = get_settings().encoder_package
+    assert file_sha256(pretrained_model_dir(package) / "model.safetensors") == PRETRAINED_SHA256
+    assert load_pretrained_encoder(device="cpu", package=package).model_id == (
+        f"all-MiniLM-L6-v2@{PRETRAINED_SHA256[:12]}"
+    )

@@ -136,17 +136,16 @@ def test_stored_losses_are_audited_by_the_privacy_audit_step(
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One training of the synthetic shop of the train_recommender DAG test (400 users, 35 days),
-    with the trainer's one-line hook (``drop_held_out`` on ``per_user_cuts``) applied, registered in
-    MLflow; then ``record_membership_losses`` for the registered version."""
+    whose held-out users ``run_training`` leaves out (``tasks.dataset.training_candidates``), registered
+    in MLflow; then ``record_membership_losses`` for the registered version."""
 
-    from tasks import training
     from tasks.config import get_settings
-    from tasks.dataset import drop_held_out
     from tasks.embeddings import tiny_random_encoder
     from tasks.feast_store import apply_definitions
     from tasks.features import compute_features
     from tasks.membership import record_membership_losses
     from tasks.registry import register_and_gate
+    from tasks.training import run_training
     from tests.integration.test_train_recommender_dag import _write_lake
 
     env = {
@@ -159,12 +158,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         settings = get_settings()
         compute_features(settings, _write_lake(settings), encoder=tiny_random_encoder(seed=0, dim=32))
         apply_definitions(settings)
-        with pytest.MonkeyPatch.context() as hook:  # the trainer change proposed to the lead
-            cuts = training.per_user_cuts
-            hook.setattr(
-                training, "per_user_cuts", lambda *args, **kw: drop_held_out(settings, cuts(*args, **kw))
-            )
-            manifest = training.run_training(settings, run_key="membership-run-1").to_dict()
+        manifest = run_training(settings, run_key="membership-run-1").to_dict()
         registration = register_and_gate(settings, manifest).to_dict()
         recorded = record_membership_losses(settings, manifest, registration)
         return {

@@ -85,3 +85,35 @@ def test_cache_lives_under_cache_dir_embeddings(encoder: TextEncoder, tmp_path: 
 def test_embed_items_rejects_frame_without_title(encoder: TextEncoder, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="title"):
         embed_items(pd.DataFrame({"item_id": ["i0"]}), tmp_path, encoder)
+
+
+@pytest.mark.parametrize("package", ["no_such_encoder_package", "json"])
+def test_an_encoder_package_that_holds_no_model_is_one_clear_error(package: str) -> None:
+    from tasks.embeddings import EncoderPackageMissing, load_pretrained_encoder
+
+    with pytest.raises(
+        EncoderPackageMissing, match=rf"encoder package '{package}' \(SHOPREC_ENCODER_PACKAGE\)"
+    ):
+        load_pretrained_encoder(device="cpu", package=package)
+
+
+def test_features_and_search_load_the_configured_encoder_package() -> None:
+    import ast
+    import inspect
+
+    import tasks.consumers
+    import tasks.features
+
+    for module in (tasks.features, tasks.consumers):
+        calls = [
+            node
+            for node in ast.walk(ast.parse(inspect.getsource(module)))
+            if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "load_pretrained_encoder"
+        ]
+        assert calls, module.__name__
+        for call in calls:
+            assert [ast.unparse(k.value) for k in call.keywords if k.arg == "package"] == [
+                "settings.encoder_package"
+            ], module.__name__

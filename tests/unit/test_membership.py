@@ -12,7 +12,7 @@ from helpers_settings import tiny_catalog
 
 from tasks.catalog import ItemCatalog
 from tasks.config import Settings
-from tasks.dataset import drop_held_out, holdout_mask
+from tasks.dataset import drop_held_out, holdout_mask, purchases_after_cuts, training_user_cuts
 from tasks.membership import per_user_losses, split_members
 from tasks.model import build_model
 from tasks.training import TrainConfig, UserExamples, UserSoftmaxLoss, train
@@ -69,6 +69,61 @@ def test_drop_held_out_keeps_exactly_the_users_the_mask_does_not_hold_out(tmp_pa
     held = holdout_mask(cuts["user_id"], 0.4, seed=3)
     assert kept["user_id"].tolist() == cuts.loc[~held, "user_id"].tolist()
     assert 0 < len(kept) < len(cuts)
+
+
+def _events(n_users: int) -> pd.DataFrame:
+    rng = np.random.default_rng(5)
+    rows = []
+    for u in range(n_users):
+        for day in rng.choice(20, size=int(rng.integers(1, 6)), replace=False):
+            ts = pd.Timestamp("2026-01-01", tz="UTC") + pd.Timedelta(
+                days=int(day), hours=int(rng.integers(24))
+            )
+            rows.append(
+                (f"u{u:03d}", f"i{int(rng.integers(10)):02d}", str(rng.choice(["view", "purchase"])), ts)
+            )
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "event_type", "event_timestamp"])
+
+
+def test_training_and_the_membership_audit_agree_on_the_training_users(tmp_path) -> None:
+    """run_training's users (no held-out) are exactly the audit's candidates minus the held-out ones,
+    with the same cut and the same labels per user (one function: tasks.dataset.training_user_cuts)."""
+    settings = Settings(home=tmp_path, membership_holdout_share=0.3, seed=3)
+    events, validation = _events(120), pd.Timestamp("2026-01-18", tz="UTC")
+    trained = training_user_cuts(settings, events, validation)
+    audited = training_user_cuts(settings, events, validation, with_held_out=True)
+    held = holdout_mask(audited["user_id"], 0.3, seed=3)
+    assert 0 < held.sum() < len(audited)
+    assert len(trained) > 20
+    pd.testing.assert_frame_equal(trained, audited[~held].reset_index(drop=True))
+    trained_labels = purchases_after_cuts(events, trained, validation)
+    audited_labels = purchases_after_cuts(events, audited, validation)
+    assert trained_labels == {u: audited_labels[u] for u in trained["user_id"] if u in audited_labels}
+    assert set(trained_labels) <= set(trained["user_id"])
+
+
+def test_run_training_and_the_audit_build_candidates_with_the_same_function() -> None:
+    import ast
+    import inspect
+
+    from tasks.membership import record_membership_losses
+    from tasks.training import run_training
+
+    def calls(function: object) -> list[str]:
+        tree = ast.parse(inspect.getsource(function))  # type: ignore[arg-type]
+        return [
+            ast.unparse(node)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id
+            in {"training_candidates", "per_user_cuts", "drop_held_out", "purchases_after_cuts"}
+        ]
+
+    assert calls(run_training) == ["training_candidates(settings, events, cuts.validation)"]
+    assert calls(record_membership_losses) == [
+        "training_candidates(settings, events, validation, with_held_out=True)"
+    ]
 
 
 def test_split_members_never_counts_a_user_who_trained_as_a_non_member() -> None:
