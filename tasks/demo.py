@@ -25,10 +25,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from tasks.campaigns.demo import land_campaign, round_lines
 from tasks.config import Settings
 from tasks.consumers import NothingPublished, get_recommendations
 from tasks.contracts import OptionError, landing_files, list_partitions
-from tasks.orchestration import DagRunResult, configure_airflow, load_dags, run_dag
+from tasks.ingest import rejected_days
+from tasks.orchestration import DagRunResult, configure_airflow, interval_end_for_day, load_dags, run_dag
 from tasks.permissions import PRIVATE_FILE_MODE
 from tasks.privacy import Ledger
 from tasks.sources.loader import load_contract_files
@@ -214,9 +216,6 @@ def campaign_round(
 ) -> None:
     """Land one day of a uniformly logged campaign on the synthetic shop's customers (the day after the
     last landed one) and run ``train_offer_policy`` over it; other sources have no campaign log."""
-    from tasks.campaigns.demo import land_campaign
-    from tasks.orchestration import interval_end_for_day
-    from tasks.sources.synthetic import SyntheticConfig
 
     if options.source != "synthetic":
         console.print("[yellow]train_offer_policy: no campaign log for this source, skipped[/]")
@@ -251,7 +250,6 @@ def ingest_backfill(
     The days are validated in order in one task, each judged as its own daily run would judge it, and
     the run builds one Data Docs site (see dags/ingest_events.py).
     """
-    from tasks.ingest import rejected_days
 
     result = run_dag(ingest_dag, run_conf={"days": [d.isoformat() for d in days]})
     chosen = set(days)
@@ -304,7 +302,6 @@ def stage_report(settings: Settings, days: list[dt.date] | None = None) -> list[
 
 
 def _offer_lines(settings: Settings) -> list[str]:
-    from tasks.campaigns.demo import round_lines
 
     if not (settings.models_dir / "offers").exists():
         return []

@@ -78,7 +78,7 @@ from tasks.privacy import (
 )
 from tasks.privacy.accounting import LEDGER_ACCOUNTANT, rdp_epsilon
 from tasks.privacy.ledger_key import open_ledger
-from tasks.privacy.policy import budget_for_run
+from tasks.privacy.policy import active_charge, budget_for_run
 from tasks.training_data import pin_training_data
 
 log = logging.getLogger(__name__)
@@ -561,25 +561,6 @@ def released_once(
         return [stored[f"release_{i}"] for i in range(len(stored.files))]
 
 
-def _active_charge(ledger: Any, scope: str, run_key: str, purpose: str) -> Any:
-    """The run's reserved charge for ``purpose`` (a retried attempt resumes under it), or None.
-
-    A committed charge means the run already produced its artifact: running it again would release
-    and train again under a spent charge, so it is refused (a new run gets a new run key).
-    """
-    for charge in ledger.charges(scope):
-        if charge.run_id != run_key or charge.purpose != purpose or str(charge.status) == "released":
-            continue
-        if str(charge.status) == "committed":
-            raise RuntimeError(
-                f"run {run_key!r}: its {purpose} charge {charge.id} is already committed (model version "
-                f"{charge.model_version}); running it again would release again under a spent charge. "
-                "Start a new run instead of clearing this one"
-            )
-        return charge
-    return None
-
-
 def run_training(
     settings: Settings,
     *,
@@ -645,7 +626,7 @@ def run_training(
             code_version=code_version or current_code_version(),
             data_hash=data_hash,
         )
-        pop_charge = _active_charge(
+        pop_charge = active_charge(
             ledger, settings.privacy_scope, run_key, POPULARITY_PURPOSE
         ) or ledger.reserve(
             mechanism=popularity.mechanism(releases=3),
@@ -653,7 +634,7 @@ def run_training(
             purpose=POPULARITY_PURPOSE,
             **common,
         )
-        charge = _active_charge(ledger, settings.privacy_scope, run_key, TRAIN_PURPOSE)
+        charge = active_charge(ledger, settings.privacy_scope, run_key, TRAIN_PURPOSE)
         if charge is None:
             noise = calibrate_noise_multiplier(
                 ledger,

@@ -19,7 +19,9 @@ import pandas as pd
 
 from tasks.campaigns import exposure, release, simulator
 from tasks.campaigns.contracts import run_folder
+from tasks.campaigns.policy import explore
 from tasks.config import Settings
+from tasks.pseudonymize import load_key, pseudonymize
 from tasks.sources.synthetic import SyntheticConfig
 
 SHOWN_ESTIMATES = (
@@ -43,8 +45,6 @@ def land_campaign(
 ) -> float:
     """Write one day of ``logging``'s decisions (``uniform`` or ``near_oracle``) on ``shop``'s customers;
     return the logging policy's true value per customer (the simulator's truth)."""
-    from tasks.campaigns.policy import explore
-    from tasks.pseudonymize import load_key, pseudonymize
 
     if logging not in ("uniform", "near_oracle"):
         raise ValueError(f"logging must be 'uniform' or 'near_oracle', not {logging!r}")

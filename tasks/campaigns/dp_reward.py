@@ -34,6 +34,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from tasks.campaigns.contracts import run_folder
 from tasks.config import Settings
 from tasks.permissions import private_dir
+from tasks.privacy import DpSgdMechanism, calibrate_noise_multiplier
+from tasks.privacy.ledger_key import open_ledger
+from tasks.privacy.policy import active_charge, budget_for_run, require_delta_within_users
 
 log = logging.getLogger(__name__)
 
@@ -230,9 +233,6 @@ def train_charged(
     A retried attempt of the same ``run_key`` reuses its reserved charge (same mechanism); a committed
     one is refused: training again would spend again under a charge already spent.
     """
-    from tasks.privacy import DpSgdMechanism, calibrate_noise_multiplier
-    from tasks.privacy.ledger_key import open_ledger
-    from tasks.privacy.policy import budget_for_run, require_delta_within_users
 
     config = config or DpRewardConfig()
     n_users = len(examples.user_ids)
@@ -241,16 +241,7 @@ def train_charged(
     try:
         delta = budget_for_run(ledger, settings, n_users=n_users).delta
         require_delta_within_users(delta, n_users, purpose=PURPOSE)
-        active = [
-            c
-            for c in ledger.charges(settings.privacy_scope)
-            if c.run_id == run_key and c.purpose == PURPOSE and str(c.status) != "released"
-        ]
-        if active and str(active[0].status) == "committed":
-            raise RuntimeError(
-                f"run {run_key!r}: its {PURPOSE} charge {active[0].id} is already committed; start a new run"
-            )
-        charge = active[0] if active else None
+        charge = active_charge(ledger, settings.privacy_scope, run_key, PURPOSE)
         if charge is None:
             noise = calibrate_noise_multiplier(
                 ledger,

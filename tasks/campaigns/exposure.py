@@ -28,6 +28,7 @@ import pandas as pd
 from tasks.campaigns import release, simulator
 from tasks.config import Settings
 from tasks.privacy.accounting import LEDGER_ACCOUNTANT, DiscreteGaussianCountMechanism
+from tasks.privacy.popularity import discrete_gaussian
 
 PURPOSE: Final = "offer_exposure_report"
 UNIT: Final = 1000
@@ -115,7 +116,6 @@ def exposure_report(
 ) -> dict[str, Any]:
     """The DP exposure report of the decision set ``candidate`` (user_id + one probability column per
     action), charged on the ledger at ``offer_exposure_epsilon``; drawn once per run."""
-    from tasks.privacy.popularity import discrete_gaussian
 
     actions = [c for c in candidate.columns if c != "user_id"]
     rows = customers.set_index("user_id").loc[candidate["user_id"]]

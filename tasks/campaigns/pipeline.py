@@ -23,10 +23,15 @@ from typing import Any, Final
 import numpy as np
 import pandas as pd
 
-from tasks.campaigns import ope, release
+from tasks.campaigns import dp_reward, ope, release
 from tasks.campaigns.contracts import NO_OFFER, run_folder
+from tasks.campaigns.exposure import exposure_report
+from tasks.campaigns.policy import OfferPolicy
 from tasks.campaigns.reward import RewardModel
+from tasks.campaigns.serving import publish_offers
 from tasks.campaigns.simulator import FEATURE_NAMES
+from tasks.campaigns.validation import validate_exposures, validate_offers
+from tasks.code_version import code_version
 from tasks.config import Settings
 from tasks.permissions import private_dir
 
@@ -49,7 +54,6 @@ def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
 # --- validate -----------------------------------------------------------------------------------------
 def validate_log(settings: Settings, run_key: str, end: dt.datetime) -> dict[str, Any]:
     """Gate the exposures of ``[end - offer_log_days, end)``; clean rows go to the run's folder."""
-    from tasks.campaigns.validation import validate_exposures, validate_offers
 
     source = settings.campaigns_dir
     offers = validate_offers(pd.read_parquet(source / "offers.parquet"), settings=settings)
@@ -116,8 +120,6 @@ def _window(validated: dict[str, Any]) -> tuple[dt.datetime, dt.datetime]:
 # --- train and build -------------------------------------------------------------------------------
 def train_reward(settings: Settings, run_key: str, validated: dict[str, Any]) -> dict[str, Any]:
     """The DP-SGD reward model at ``offer_training_epsilon`` (user level, ledger-charged)."""
-    from tasks.campaigns import dp_reward
-    from tasks.code_version import code_version
 
     run = read_run_log(settings, run_key)
     config = dp_reward.DpRewardConfig()
@@ -140,7 +142,6 @@ def train_reward(settings: Settings, run_key: str, validated: dict[str, Any]) ->
 def build_candidate(settings: Settings, run_key: str, trained: dict[str, Any]) -> dict[str, Any]:
     """The candidate policy's exact action probabilities for every customer (``candidate.parquet``)."""
     from tasks.campaigns.dp_reward import load_model
-    from tasks.campaigns.policy import OfferPolicy
 
     run = read_run_log(settings, run_key)
     policy = OfferPolicy(load_model(Path(trained["model_path"])), epsilon=settings.offer_exploration)
@@ -221,7 +222,6 @@ def release_estimates(
     settings: Settings, run_key: str, validated: dict[str, Any], evaluated: dict[str, Any]
 ) -> list[dict[str, Any]]:
     """The estimates as they may leave the trust boundary: DP at ``offer_release_epsilon`` (user level)."""
-    from tasks.code_version import code_version
 
     with np.load(evaluated["path"], allow_pickle=False) as stored:
         user_ids = stored["user_ids"]
@@ -369,7 +369,6 @@ def publish_if_promoted(
     if not registration["promoted"]:
         log.info("offer policy version %s not promoted: nothing published", registration["version"])
         return 0
-    from tasks.campaigns.serving import publish_offers
 
     published = publish_offers(settings, run_key, str(registration["version"]), at)
     report_exposure(settings, run_key, str(registration["version"]), at)
@@ -379,8 +378,6 @@ def publish_if_promoted(
 def report_exposure(settings: Settings, run_key: str, version: str, at: dt.datetime) -> dict[str, Any]:
     """The DP exposure report of the published decision set (:mod:`tasks.campaigns.exposure`), logged
     as the artifact ``exposure/exposure.json`` of the version's MLflow run.  Idempotent on ``run_key``."""
-    from tasks.campaigns.exposure import exposure_report
-    from tasks.code_version import code_version
     from tasks.registry import client as mlflow_client
 
     folder = run_folder(settings, run_key)

@@ -33,6 +33,9 @@ from tasks.config import Settings
 from tasks.io import atomic_write_json
 from tasks.permissions import private_dir
 from tasks.privacy.accounting import LEDGER_ACCOUNTANT, DiscreteGaussianCountMechanism, compose_epsilon
+from tasks.privacy.ledger_key import open_ledger
+from tasks.privacy.policy import budget_for_run, require_delta_within_users
+from tasks.privacy.popularity import discrete_gaussian
 
 PURPOSE: Final = "offer_ope_release"
 UNIT: Final = 1000  # fixed-point units one user may add to any coordinate
@@ -140,7 +143,6 @@ def release_means(
 ) -> list[ReleasedEstimate]:
     """Draw the release (fresh CSPRNG noise every call): the caller has reserved
     :func:`release_mechanism` on the ledger, whose epsilon at delta it passes for the report."""
-    from tasks.privacy.popularity import discrete_gaussian
 
     mechanism = release_mechanism(len(terms), noise_multiplier)
     exact = fixed_point_vector(user_ids, terms, clip)
@@ -166,8 +168,6 @@ def charged_draw(
     ``draw(mechanism, epsilon, delta)`` once, store its JSON result in the run's folder and commit the
     charge with that file; a retried attempt reads the file back instead of drawing again under the
     same charge."""
-    from tasks.privacy.ledger_key import open_ledger
-    from tasks.privacy.policy import budget_for_run, require_delta_within_users
 
     folder = run_folder(settings, run_key)
     ledger = open_ledger(settings)

@@ -21,6 +21,8 @@ from tasks.campaigns.contracts import run_folder
 from tasks.campaigns.simulator import FEATURE_NAMES
 from tasks.config import Settings
 from tasks.contracts import ExpectedError
+from tasks.feast_store import apply_definitions, build_definitions, get_store
+from tasks.permissions import private_dir
 from tasks.pseudonymize import resolve_user
 
 VIEW_NAME: Final = "user_offers"
@@ -40,8 +42,6 @@ def offer_definitions(settings: Settings) -> list[Any]:
     from feast import FeatureService, FeatureView, Field, FileSource
     from feast.data_format import ParquetFormat
     from feast.types import Float64, String
-
-    from tasks.feast_store import build_definitions
 
     user = build_definitions(settings.features_dir).user
     source = FileSource(
@@ -75,8 +75,6 @@ def offer_definitions(settings: Settings) -> list[Any]:
 def publish_offers(settings: Settings, run_key: str, version: str, at: dt.datetime) -> int:
     """Write every customer's offer under the promoted ``version`` (offline file, then online store)."""
     from tasks.campaigns.dp_reward import load_model
-    from tasks.feast_store import apply_definitions, get_store
-    from tasks.permissions import private_dir
 
     folder = run_folder(settings, run_key)
     candidate = pd.read_parquet(folder / "candidate.parquet")
@@ -129,8 +127,6 @@ def offer_for(settings: Settings, user: str) -> Offer:
     """The published offer of ``user`` (raw customer id, pseudonymised with the ingest key like
     ``shoprec recommend`` does, or pseudonym) from the online store, through ``offers_v1``."""
     from feast.errors import FeatureServiceNotFoundException
-
-    from tasks.feast_store import get_store
 
     user_id = resolve_user(settings, user)
     store = get_store(settings)

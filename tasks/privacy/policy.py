@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import getpass
 import math
-from typing import Final
+from typing import Any, Final
 
 from tasks.config import Settings
 from tasks.privacy.ledger import Budget, Ledger
@@ -101,3 +101,22 @@ def require_delta_within_users(delta: float, n_users: int, *, purpose: str) -> N
             f"{purpose}: the privacy policy's delta {delta:.3g} exceeds 1/n_users = {1.0 / n_users:.3g} "
             f"for {n_users} users; set a smaller delta with `{BUDGET_SET_COMMAND}` (a new policy)"
         )
+
+
+def active_charge(ledger: Any, scope: str, run_key: str, purpose: str) -> Any:
+    """The run's reserved charge for ``purpose`` (a retried attempt resumes under it), or None.
+
+    A committed charge means the run already produced its artifact: running it again would release
+    and train again under a spent charge, so it is refused (a new run gets a new run key).
+    """
+    for charge in ledger.charges(scope):
+        if charge.run_id != run_key or charge.purpose != purpose or str(charge.status) == "released":
+            continue
+        if str(charge.status) == "committed":
+            raise RuntimeError(
+                f"run {run_key!r}: its {purpose} charge {charge.id} is already committed (model version "
+                f"{charge.model_version}); running it again would release again under a spent charge. "
+                "Start a new run instead of clearing this one"
+            )
+        return charge
+    return None

@@ -547,12 +547,12 @@ def test_a_new_scope_from_the_configuration_is_refused_where_the_ledger_budgets_
 
 def test_a_committed_training_run_is_not_trained_and_released_again(target: Target) -> None:
     """A cleared and re-run train task must not release and train again under its spent charge."""
-    from tasks.training import _active_charge
+    from tasks.privacy.policy import active_charge
 
     ledger = open_ledger(target.settings)
     try:
         with pytest.raises(RuntimeError, match="charge 1 is already committed"):
-            _active_charge(ledger, "events", "scheduled__0", "train_recommender")
-        assert _active_charge(ledger, "events", "scheduled__never", "train_recommender") is None
+            active_charge(ledger, "events", "scheduled__0", "train_recommender")
+        assert active_charge(ledger, "events", "scheduled__never", "train_recommender") is None
     finally:
         ledger.close()
