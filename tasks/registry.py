@@ -3,9 +3,10 @@
 A training run logs parameters, metrics (evaluation of the challenger and the baselines), the
 evaluation report, the privacy statement (tags ``privacy.*`` and an artifact, via
 ``tasks.privacy.attach_to_model_version``) and the model. The registered version gets the alias
-``challenger``; :func:`decide_promotion` compares it with the ``champion`` on the same evaluation data
-and :func:`apply_decision` moves ``champion`` (aliases only, never the deprecated stages) and writes the
-decision and its reasons to the version's tags.
+``challenger``; :func:`decide_promotion` compares it with the ``champion`` and with the strongest
+non-private baseline (``GATE_BASELINES``) on the same evaluation data, and :func:`apply_decision`
+moves ``champion`` (aliases only, never the deprecated stages) and writes the decision and its reasons
+to the version's tags.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ CHALLENGER: Final = "challenger"
 CHAMPION: Final = "champion"
 GATE_METRIC: Final = "ndcg@10"
 MODEL_ARTIFACT: Final = "model"
+# The gate's baselines: the non-private rankers evaluation_reports computes on the run's test split,
+# what the shop would ship instead of the private model (DP popularity is part of the model's blend).
+GATE_BASELINES: Final = ("popularity_all", "popularity_recent", "buy_again", "cooccurrence")
 
 
 # --- the MLflow pyfunc ----------------------------------------------------------------------------
@@ -252,13 +256,19 @@ class GateDecision:
     reasons: tuple[str, ...]
     challenger_version: str
     champion_version: str | None
+    # (variant, name, NDCG@10) of the strongest baseline the challenger was compared with
+    baselines: tuple[tuple[str, str, float], ...] = ()
 
     def to_tags(self) -> dict[str, str]:
-        return {
+        tags = {
             "gate.decision": "promoted" if self.promote else "rejected",
             "gate.reasons": "; ".join(self.reasons),
             "gate.compared_with": self.champion_version or "none",
         }
+        for variant, name, value in self.baselines:
+            tags[f"gate.baseline_{variant}"] = name
+            tags[f"gate.baseline_{variant}_{GATE_METRIC.replace('@', '_at_')}"] = f"{value:.6g}"
+        return tags
 
 
 def privacy_within_policy(settings: Settings, tags: dict[str, str], n_users: int) -> list[str]:
@@ -281,29 +291,41 @@ def privacy_within_policy(settings: Settings, tags: dict[str, str], n_users: int
     return problems
 
 
+def strongest_baseline(baselines: dict[str, dict[str, float]], variant: str) -> tuple[str, float]:
+    """The name and value of the best baseline on ``variant`` (``baselines``: name -> variant -> value)."""
+    name = max(sorted(baselines), key=lambda b: baselines[b][variant])
+    return name, baselines[name][variant]
+
+
 def decide_promotion(
     *,
     challenger_version: str,
     challenger: dict[str, float],
     champion_version: str | None,
     champion: dict[str, float] | None,
-    popularity: dict[str, float],
+    baselines: dict[str, dict[str, float]],
     privacy_problems: list[str],
     tolerance: float,
 ) -> GateDecision:
     """The gate, on the same evaluation data: NDCG@10 per variant (``{"A": x, "B": y}``).
 
-    Promote only if, in every variant, the challenger is not worse than the champion by more than
-    ``tolerance`` and beats popularity, and its privacy statement is within policy.
+    Promote only if, in every variant, the challenger beats the strongest of ``baselines`` (name ->
+    ``{"A": x, "B": y}``: what the shop would ship instead, e.g. buy again or recent popularity), is
+    not worse than the champion by more than ``tolerance`` (the tolerance is for the champion only),
+    and its privacy statement is within policy.
     """
     reasons, ok = [], True
+    best_baselines = {}
     for variant, value in sorted(challenger.items()):
-        pop = popularity[variant]
-        if value > pop:
-            reasons.append(f"{variant}: {GATE_METRIC} {value:.4f} beats popularity {pop:.4f}")
+        name, base = strongest_baseline(baselines, variant)
+        best_baselines[variant] = (name, base)
+        if value > base:
+            reasons.append(f"{variant}: {GATE_METRIC} {value:.4f} beats the best baseline {name} {base:.4f}")
         else:
             ok = False
-            reasons.append(f"{variant}: {GATE_METRIC} {value:.4f} does not beat popularity {pop:.4f}")
+            reasons.append(
+                f"{variant}: {GATE_METRIC} {value:.4f} does not beat the best baseline {name} {base:.4f}"
+            )
         if champion is not None:
             best = champion[variant]
             if value >= best - tolerance:
@@ -325,6 +347,7 @@ def decide_promotion(
         reasons=tuple(reasons),
         challenger_version=challenger_version,
         champion_version=champion_version,
+        baselines=tuple((v, name, base) for v, (name, base) in sorted(best_baselines.items())),
     )
 
 
@@ -473,9 +496,8 @@ def register_and_gate(settings: Settings, manifest: dict[str, Any]) -> Registrat
             if "champion" in reports
             else None
         )
-    popularity = {
-        v: max(reports[p].metric(v, GATE_METRIC) for p in ("popularity_all", "popularity_recent"))
-        for v in ("A", "B")
+    baselines = {
+        name: {v: reports[name].metric(v, GATE_METRIC) for v in ("A", "B")} for name in GATE_BASELINES
     }
     challenger = {v: reports["challenger"].metric(v, GATE_METRIC) for v in ("A", "B")}
     decision = decide_promotion(
@@ -483,7 +505,7 @@ def register_and_gate(settings: Settings, manifest: dict[str, Any]) -> Registrat
         challenger=challenger,
         champion_version=champion_version,
         champion=champion_ndcg,
-        popularity=popularity,
+        baselines=baselines,
         privacy_problems=privacy_within_policy(settings, tags, int(manifest["n_users"])),
         tolerance=settings.promotion_tolerance,
     )

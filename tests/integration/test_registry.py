@@ -68,7 +68,7 @@ def registered(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Reco
         challenger={"A": 0.3},
         champion_version=None,
         champion=None,
-        popularity={"A": 0.1},
+        baselines={"buy_again": {"A": 0.1}},
         privacy_problems=[],
         tolerance=0.01,
     )

@@ -79,18 +79,59 @@ def test_tune_blend_prefers_the_repeat_signal_when_users_rebuy() -> None:
     assert value > 0.4
 
 
+# The issue's shop: buy again is the strongest baseline in A, recent popularity in B.
+BASELINES = {
+    "popularity_recent": {"A": 0.10, "B": 0.05},
+    "buy_again": {"A": 0.321, "B": 0.04},
+}
+
+
 def _decide(
-    challenger: dict[str, float], champion: dict[str, float] | None, problems: list[str] | None = None
+    challenger: dict[str, float],
+    champion: dict[str, float] | None,
+    problems: list[str] | None = None,
+    baselines: dict[str, dict[str, float]] | None = None,
 ):
     return decide_promotion(
         challenger_version="2",
         challenger=challenger,
         champion_version="1" if champion else None,
         champion=champion,
-        popularity={"A": 0.10, "B": 0.05},
+        baselines=baselines or {"popularity_recent": {"A": 0.10, "B": 0.05}},
         privacy_problems=problems or [],
         tolerance=0.01,
     )
+
+
+def test_gate_promotes_a_challenger_that_beats_every_baseline_in_both_variants() -> None:
+    decision = _decide({"A": 0.33, "B": 0.06}, None, baselines=BASELINES)
+    assert decision.promote
+    assert "A: ndcg@10 0.3300 beats the best baseline buy_again 0.3210" in decision.reasons
+    assert "B: ndcg@10 0.0600 beats the best baseline popularity_recent 0.0500" in decision.reasons
+    tags = decision.to_tags()
+    assert (tags["gate.baseline_A"], tags["gate.baseline_A_ndcg_at_10"]) == ("buy_again", "0.321")
+    assert (tags["gate.baseline_B"], tags["gate.baseline_B_ndcg_at_10"]) == ("popularity_recent", "0.05")
+
+
+def test_gate_refuses_a_challenger_that_beats_popularity_but_not_buy_again() -> None:
+    """The issue's case: A 0.315 beats popularity but not buy again's 0.321."""
+    decision = _decide({"A": 0.315, "B": 0.06}, None, baselines=BASELINES)
+    assert not decision.promote
+    assert "A: ndcg@10 0.3150 does not beat the best baseline buy_again 0.3210" in decision.reasons
+    assert decision.to_tags()["gate.decision"] == "rejected"
+
+
+def test_gate_refuses_a_tie_with_the_best_baseline() -> None:
+    decision = _decide({"A": 0.321, "B": 0.06}, None, baselines=BASELINES)
+    assert not decision.promote
+
+
+def test_gate_tolerance_applies_to_the_champion_only_never_to_the_baselines() -> None:
+    """Within 0.01 of buy again is still refused; within 0.01 of the champion is accepted."""
+    decision = _decide({"A": 0.318, "B": 0.06}, {"A": 0.325, "B": 0.06}, baselines=BASELINES)
+    assert not decision.promote
+    assert "A: 0.3180 within 0.01 of champion 0.3250" in decision.reasons
+    assert any("does not beat the best baseline buy_again" in r for r in decision.reasons)
 
 
 def test_gate_promotes_a_challenger_within_tolerance_of_the_champion() -> None:
@@ -108,7 +149,7 @@ def test_gate_rejects_a_challenger_worse_than_the_champion_by_more_than_toleranc
 def test_gate_rejects_a_challenger_that_does_not_beat_popularity() -> None:
     decision = _decide({"A": 0.30, "B": 0.04}, None)
     assert not decision.promote
-    assert any("does not beat popularity" in r for r in decision.reasons)
+    assert "B: ndcg@10 0.0400 does not beat the best baseline popularity_recent 0.0500" in decision.reasons
 
 
 def test_gate_rejects_a_privacy_statement_out_of_policy() -> None:
