@@ -110,7 +110,7 @@ def test_registration_on_a_third_machine_registers_and_commits_both_charges(
 
     registration, manifest = machines["registration"], machines["retry"]
     assert registration["version"] == "1"
-    assert registration["promoted"] is True  # no champion yet, beats popularity, privacy within policy
+    assert registration["promoted"] is True  # no champion yet, beats the best baseline, privacy within policy
     ledger = open_ledger(machines["b"])
     try:
         charges = [ledger.charge(int(manifest[k])) for k in ("charge_id", "popularity_charge_id")]
