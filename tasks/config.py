@@ -218,6 +218,12 @@ class Settings(BaseSettings):
         default=1.0, gt=0, description="DP-SGD bound on one user's gradient norm (Opacus max_grad_norm)."
     )
     train_cap_k: int = Field(default=20, ge=1, description="Most positives (labels) of one user in training.")
+    train_temperature: float = Field(
+        default=0.05,
+        gt=0,
+        le=1.0,
+        description="Two-tower score = cosine of the L2-normalised user and item vectors / this temperature.",
+    )
     train_retry_delay_s: int = Field(
         default=60,
         ge=0,
