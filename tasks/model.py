@@ -149,7 +149,7 @@ class TwoTower(nn.Module):
         return (vectors[:, n_hist:] * user.unsqueeze(1)).sum(dim=-1)
 
 
-DEFAULT_TEMPERATURE = 0.05  # Settings.train_temperature's default
+DEFAULT_TEMPERATURE = 0.2  # Settings.train_temperature's default
 
 
 def build_model(
