@@ -86,20 +86,20 @@ def popularity_noise_for(epsilon: float, delta: float, releases: int) -> float:
 
 
 def per_user_training_set(
-    events: pd.DataFrame, end: pd.Timestamp, history: int
+    events: pd.DataFrame, end: pd.Timestamp, history: int, horizon_days: int
 ) -> tuple[pd.DataFrame, dict[str, list[str]]]:
     """(state, labels) as ``run_training`` builds them, each user's state at their own cut."""
     from tasks.dataset import per_user_cuts, purchases_after_cuts
     from tasks.features import user_state_at
 
-    user_cuts = per_user_cuts(events, end)
+    user_cuts = per_user_cuts(events, end, horizon_days)
     parts = []
     for cut, group in user_cuts.groupby("cut"):
         mine = events[events["user_id"].isin(set(group["user_id"]))]
         parts.append(user_state_at(mine, pd.Timestamp(cut), history))
     state = pd.concat(parts, ignore_index=True).sort_values("user_id", kind="stable")
     state = state[state["recent_items"].map(len) > 0].reset_index(drop=True)
-    return state, purchases_after_cuts(events, user_cuts, end)
+    return state, purchases_after_cuts(events, user_cuts, end, horizon_days)
 
 
 def sample_split(split: Any, limit: int | None, seed: int = 0) -> Any:
@@ -191,7 +191,7 @@ def evaluate_dataset(name: str, events: pd.DataFrame, items: pd.DataFrame, plan:
     cuts = Cuts.from_end(as_of, window)
     n_users = events["user_id"].nunique()
     delta = 1.0 / (10 * n_users)
-    state, labels = per_user_training_set(events, cuts.validation, history)
+    state, labels = per_user_training_set(events, cuts.validation, history, window)
     val = sample_split(temporal_split(events, catalog, cuts.validation, window, history), plan.max_eval_users)
     test = sample_split(temporal_split(events, catalog, cuts.test, window, history), plan.max_eval_users)
     own_val, own_test = own_purchase_matrix(val.state, catalog), own_purchase_matrix(test.state, catalog)
@@ -252,7 +252,7 @@ def evaluate_dataset(name: str, events: pd.DataFrame, items: pd.DataFrame, plan:
         if config.private and config.noise_multiplier <= 0:
             raise ValueError("a private config needs its noise multiplier")
         torch.manual_seed(seed)
-        model = build_model(catalog, dim=dim)
+        model = build_model(catalog, dim=dim, temperature=settings.train_temperature)
         with stopwatch() as elapsed:
             result = train(model, examples, config, delta=delta if config.private else None)
         bare = Recommender(model, catalog, weights=BlendWeights(), popularity=None, history_length=history)

@@ -43,31 +43,46 @@ def purchases_between(events: pd.DataFrame, start: pd.Timestamp, end: pd.Timesta
 
 
 def per_user_cuts(
-    events: pd.DataFrame, end: pd.Timestamp, event_types: Sequence[str] = INTERACTIONS
+    events: pd.DataFrame, end: pd.Timestamp, horizon_days: int, event_types: Sequence[str] = INTERACTIONS
 ) -> pd.DataFrame:
-    """Each user's own training cut: the start of the middle one of their distinct days with an event
-    of ``event_types`` before ``end`` (users with at least two such days). Their state is taken at the
-    cut and their interactions in ``[cut, end)`` are the labels, so every user is one sample and the
-    labels of one user never leak into the state of the same sample."""
+    """Each user's own training cut before ``end``, for the task "what will this user buy in the next
+    ``horizon_days``": the start of the window of ``horizon_days`` days that ends with the user's last
+    day with an event of ``event_types`` before ``end``. A user whose every such day falls inside that
+    window (no history before it) is cut at the start of the middle one of their distinct days instead.
+    Users with fewer than two such days have no example.
+
+    Their state is taken at the cut and their interactions in ``[cut, cut + horizon_days)`` are the
+    labels (:func:`purchases_after_cuts`), so every user is one sample and the labels of one user never
+    leak into the state of the same sample."""
+    if horizon_days < 1:
+        raise ValueError(f"the label window must be at least one day, got {horizon_days}")
     buys = events[events["event_type"].isin(list(event_types)) & (events["event_timestamp"] < end)]
     days = buys.assign(day=buys["event_timestamp"].dt.floor("D")).drop_duplicates(["user_id", "day"])
     days = days.sort_values(["user_id", "day"], kind="stable")
-    n_days = days.groupby("user_id")["day"].transform("size")
-    rank = days.groupby("user_id").cumcount()
-    chosen = days[(n_days >= 2) & (rank == n_days // 2)]
-    return pd.DataFrame(
-        {"user_id": chosen["user_id"].astype(str).to_numpy(), "cut": chosen["day"].to_numpy()}
-    )
+    grouped = days.groupby("user_id")["day"]
+    n_days = grouped.transform("size")
+    window_start = grouped.transform("max") + pd.Timedelta(days=1 - horizon_days)
+    history_before = grouped.transform("min") < window_start
+    middle = days[(n_days >= 2) & (days.groupby("user_id").cumcount() == n_days // 2)]
+    cut = window_start.where(history_before, days["day"]).loc[middle.index]
+    return pd.DataFrame({"user_id": middle["user_id"].astype(str).to_numpy(), "cut": cut.to_numpy()})
 
 
 def purchases_after_cuts(
-    events: pd.DataFrame, cuts: pd.DataFrame, end: pd.Timestamp, event_types: Sequence[str] = INTERACTIONS
+    events: pd.DataFrame,
+    cuts: pd.DataFrame,
+    end: pd.Timestamp,
+    horizon_days: int,
+    event_types: Sequence[str] = INTERACTIONS,
 ) -> dict[str, list[str]]:
-    """Each user's distinct items with an event of ``event_types`` in ``[their cut, end)`` (the
-    training labels), most frequent first."""
+    """Each user's distinct items with an event of ``event_types`` in ``[their cut, cut +
+    horizon_days)`` and before ``end`` (the training labels), most frequent first."""
     buys = events[events["event_type"].isin(list(event_types)) & (events["event_timestamp"] < end)]
     merged = buys.assign(user_id=buys["user_id"].astype(str)).merge(cuts, on="user_id")
-    merged = merged[merged["event_timestamp"] >= merged["cut"]].assign(event_type=PURCHASE)
+    in_window = (merged["event_timestamp"] >= merged["cut"]) & (
+        merged["event_timestamp"] < merged["cut"] + pd.Timedelta(days=horizon_days)
+    )
+    merged = merged[in_window].assign(event_type=PURCHASE)
     return purchases_between(merged, merged["event_timestamp"].min(), end) if len(merged) else {}
 
 
@@ -150,7 +165,7 @@ def training_user_cuts(
 ) -> pd.DataFrame:
     """Each candidate user's own cut before ``validation``: without the held-out users
     (:func:`drop_held_out`) what DP-SGD trains on, with them what the membership audit scores."""
-    user_cuts = per_user_cuts(events, validation)
+    user_cuts = per_user_cuts(events, validation, settings.eval_days)
     return user_cuts if with_held_out else drop_held_out(settings, user_cuts)
 
 
@@ -161,4 +176,5 @@ def training_candidates(
     False) and the membership audit (True: the held-out users are its non-members)."""
     user_cuts = training_user_cuts(settings, events, validation, with_held_out=with_held_out)
     state = feature_state(settings, user_cuts["user_id"].tolist(), list(user_cuts["cut"]))
-    return TrainingCandidates(user_cuts, state, purchases_after_cuts(events, user_cuts, validation))
+    labels = purchases_after_cuts(events, user_cuts, validation, settings.eval_days)
+    return TrainingCandidates(user_cuts, state, labels)

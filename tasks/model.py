@@ -55,10 +55,16 @@ class ModelConfig:
     price_dim: int = 8
     item_id_dim: int = 0  # 0: no learned item-id embedding
     n_user_features: int = N_USER_FEATURES
+    # score = cosine(user, item) / temperature; None: a raw dot product (models saved before the towers
+    # were normalised, which still load and score as they were trained)
+    temperature: float | None = None
 
 
 class TwoTower(nn.Module):
     """Item and user towers; ``forward`` scores candidate items for each user in the batch.
+
+    With ``config.temperature`` set, item vectors have unit norm and user vectors norm ``1 /
+    temperature``, so every user-item product is the cosine divided by the temperature.
 
     Everything a batch row needs is in that row (features, history, candidates), so with Opacus one
     sample is one user and one clipped gradient is one user's whole contribution.
@@ -109,7 +115,8 @@ class TwoTower(nn.Module):
         if self.item_id is not None:
             parts.append(self.item_id(index))
         hidden = self.act(self.item_fc1(torch.cat(parts, dim=-1)))
-        return self.item_fc2(hidden)
+        out = self.item_fc2(hidden)
+        return out if self.config.temperature is None else nn.functional.normalize(out, dim=-1)
 
     def user_from_history(
         self, features: torch.Tensor, history_vectors: torch.Tensor, history: torch.Tensor
@@ -118,7 +125,12 @@ class TwoTower(nn.Module):
         mask = (history != PAD).unsqueeze(-1).to(history_vectors.dtype)
         pooled = (history_vectors * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
         hidden = self.act(self.user_fc1(torch.cat([features, pooled], dim=-1)))
-        return pooled + self.user_fc2(hidden)  # skip: an untrained model already ranks by similarity
+        user = pooled + self.user_fc2(hidden)  # skip: an untrained model already ranks by similarity
+        if self.config.temperature is None:
+            return user
+        # unit norm / temperature: any product with item_vectors (training, Recommender, publishing)
+        # is the cosine / temperature, in [-1/T, 1/T]
+        return nn.functional.normalize(user, dim=-1) / self.config.temperature
 
     def user_vectors(self, features: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         """User vectors from user features ``[B, F]`` and history model indices ``[B, H]``."""
@@ -137,8 +149,19 @@ class TwoTower(nn.Module):
         return (vectors[:, n_hist:] * user.unsqueeze(1)).sum(dim=-1)
 
 
-def build_model(catalog: ItemCatalog, *, dim: int = 64, hidden: int = 128, item_id_dim: int = 0) -> TwoTower:
-    """A fresh :class:`TwoTower` sized for the catalog, its buffers filled."""
+DEFAULT_TEMPERATURE = 0.2  # Settings.train_temperature's default
+
+
+def build_model(
+    catalog: ItemCatalog,
+    *,
+    dim: int = 64,
+    hidden: int = 128,
+    item_id_dim: int = 0,
+    temperature: float | None = DEFAULT_TEMPERATURE,
+) -> TwoTower:
+    """A fresh :class:`TwoTower` sized for the catalog, its buffers filled (``temperature`` None: the
+    unnormalised dot product of models saved before normalisation)."""
     config = ModelConfig(
         text_dim=int(catalog.text.shape[1]),
         n_items=catalog.n_items,
@@ -147,6 +170,7 @@ def build_model(catalog: ItemCatalog, *, dim: int = 64, hidden: int = 128, item_
         dim=dim,
         hidden=hidden,
         item_id_dim=item_id_dim,
+        temperature=temperature,
     )
     return TwoTower(config, catalog)
 

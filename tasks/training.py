@@ -92,8 +92,12 @@ ACCOUNTANT: Final = "rdp"
 class UserExamples(Dataset[tuple[torch.Tensor, ...]]):
     """One sample per user: (features ``[F]``, history ``[H]``, candidates ``[k+n]``, target ``[k+n]``).
 
-    Candidates are the user's positives (capped at ``cap_k``, padded with 0) followed by ``n_negatives``
-    items drawn uniformly from the catalog; target is 1 for a positive, 0 for a negative, -1 for padding.
+    Candidates are up to ``cap_k`` of the user's positives, drawn at random without replacement every
+    time the user is sampled (so every epoch draws afresh, and no positive is favoured by its order in
+    the labels), padded with 0, followed by ``n_negatives`` items drawn uniformly from the catalog.
+    Target is 1 for a drawn positive, 0 for a negative and -1 for padding and for a drawn negative that
+    is one of the user's positives (drawn or not): the loss never pushes a positive down as a negative.
+    The draws come from the training generator (``seed``), never from the DP noise's.
     """
 
     def __init__(
@@ -107,13 +111,13 @@ class UserExamples(Dataset[tuple[torch.Tensor, ...]]):
         n_negatives: int,
         seed: int,
     ) -> None:
+        if cap_k < 1:
+            raise ValueError(f"cap_k must be at least 1, got {cap_k}")
         self.features = torch.from_numpy(features)
         self.history = torch.from_numpy(history)
-        pos = np.zeros((len(positives), cap_k), dtype=np.int64)
-        for row, items in enumerate(positives):
-            items = np.asarray(items, dtype=np.int64)[:cap_k]
-            pos[row, : len(items)] = items
-        self.positives = torch.from_numpy(pos)
+        unique = (np.unique(np.asarray(p, dtype=np.int64)) for p in positives)
+        self.positives = [torch.from_numpy(p[p != PAD]) for p in unique]
+        self.cap_k = cap_k
         self.n_items = n_items
         self.n_negatives = n_negatives
         self.generator = torch.Generator().manual_seed(seed)
@@ -122,9 +126,12 @@ class UserExamples(Dataset[tuple[torch.Tensor, ...]]):
         return int(self.features.shape[0])
 
     def __getitem__(self, row: int) -> tuple[torch.Tensor, ...]:
-        pos = self.positives[row]
+        every = self.positives[row]
+        drawn = every[torch.randperm(len(every), generator=self.generator)[: self.cap_k]]
+        pos = torch.cat([drawn, torch.full((self.cap_k - len(drawn),), PAD, dtype=torch.int64)])
         neg = torch.randint(1, self.n_items + 1, (self.n_negatives,), generator=self.generator)
-        target = torch.cat([torch.where(pos != PAD, 1.0, -1.0), torch.zeros(self.n_negatives)])
+        neg_target = torch.where(torch.isin(neg, every), -1.0, 0.0)
+        target = torch.cat([torch.where(pos != PAD, 1.0, -1.0), neg_target])
         return self.features[row], self.history[row], torch.cat([pos, neg]), target
 
 
@@ -664,7 +671,7 @@ def run_training(
     if store.exists(store.uri(checkpoint_key)):
         store.get(store.uri(checkpoint_key), checkpoint)
     torch.manual_seed(settings.seed)
-    model = build_model(catalog)
+    model = build_model(catalog, temperature=settings.train_temperature)
     result = train(
         model,
         examples,
@@ -674,7 +681,7 @@ def run_training(
         checkpoint_saved=lambda path: store.put(path, checkpoint_key),
     )
     torch.manual_seed(settings.seed)
-    twin = build_model(catalog)
+    twin = build_model(catalog, temperature=settings.train_temperature)
     twin_result = train(twin, examples, TrainConfig(**{**asdict(config), "private": False}))
 
     releases = f"dp_popularity-charge{int(pop_charge.id)}.npz"

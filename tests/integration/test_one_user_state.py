@@ -155,7 +155,7 @@ def test_a_user_quiet_for_30_days_is_served_their_last_snapshot_by_feast(shop) -
 def test_feast_and_the_lake_agree_at_each_users_own_training_cut(shop) -> None:
     """Training reads each user's state at their own cut (:func:`tasks.dataset.per_user_cuts`)."""
     settings, events = shop
-    cuts = per_user_cuts(events, snapshot_time(START + dt.timedelta(days=N_DAYS - 1)))
+    cuts = per_user_cuts(events, snapshot_time(START + dt.timedelta(days=N_DAYS - 1)), horizon_days=3)
     assert len(cuts) > 20
     feast = feature_state(settings, cuts["user_id"].tolist(), list(cuts["cut"]))
     lake = pd.concat(

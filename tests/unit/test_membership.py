@@ -96,8 +96,8 @@ def test_training_and_the_membership_audit_agree_on_the_training_users(tmp_path)
     assert 0 < held.sum() < len(audited)
     assert len(trained) > 20
     pd.testing.assert_frame_equal(trained, audited[~held].reset_index(drop=True))
-    trained_labels = purchases_after_cuts(events, trained, validation)
-    audited_labels = purchases_after_cuts(events, audited, validation)
+    trained_labels = purchases_after_cuts(events, trained, validation, settings.eval_days)
+    audited_labels = purchases_after_cuts(events, audited, validation, settings.eval_days)
     assert trained_labels == {u: audited_labels[u] for u in trained["user_id"] if u in audited_labels}
     assert set(trained_labels) <= set(trained["user_id"])
 

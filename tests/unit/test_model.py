@@ -144,3 +144,55 @@ def test_blend_with_a_content_weight_lifts_items_like_the_users_history() -> Non
     scores = liked.scores(frame)[0]
     assert set(np.argsort(-scores)[:2].tolist()) == {2, 3}
     assert not np.allclose(plain.scores(frame), liked.scores(frame))
+
+
+def test_normalised_towers_score_the_cosine_over_the_temperature_everywhere(tmp_path) -> None:
+    """Item vectors have unit norm, user vectors norm 1/T: training's forward, the Recommender and
+    anything else multiplying the two (publishing) score cosine / T, in [-1/T, 1/T]."""
+    from tasks.model import load_recommender, save_recommender
+
+    torch.manual_seed(0)
+    catalog = _catalog()
+    model = build_model(catalog, dim=8, hidden=16, temperature=0.05)
+    rec = Recommender(model, catalog, weights=BlendWeights(), popularity=None, history_length=3)
+    frame = _frame([["i0"], ["i1", "i2"], ["i3", "i4", "i5"]])
+    items, users = rec.item_vectors(), rec.user_vectors(frame)
+    torch.testing.assert_close(items.norm(dim=1), torch.ones(6))
+    torch.testing.assert_close(users.norm(dim=1), torch.full((3,), 20.0))
+    scores = rec.model_scores(frame)
+    assert np.abs(scores).max() <= 20.0 + 1e-4
+    cosine = torch.nn.functional.cosine_similarity(users.unsqueeze(1), items.unsqueeze(0), dim=-1)
+    np.testing.assert_allclose(scores, (cosine / 0.05).numpy(), rtol=1e-5, atol=1e-4)
+    features = torch.from_numpy(user_feature_matrix(frame))
+    history = torch.tensor([[1, 0, 0], [2, 3, 0], [4, 5, 6]])
+    with torch.no_grad():
+        forward = model(features, history, torch.arange(1, 7).repeat(3, 1))
+    np.testing.assert_allclose(forward.numpy(), scores, rtol=1e-5, atol=1e-4)
+    loaded = load_recommender(save_recommender(rec, tmp_path / "rec"))
+    assert loaded.model.config.temperature == pytest.approx(0.05)
+    np.testing.assert_allclose(loaded.model_scores(frame), scores, rtol=1e-6)
+
+
+def test_a_model_saved_before_normalisation_loads_and_scores_as_it_was_trained(tmp_path) -> None:
+    import json
+
+    from tasks.model import load_recommender, save_recommender
+
+    torch.manual_seed(0)
+    catalog = _catalog()
+    old = Recommender(
+        build_model(catalog, dim=8, hidden=16, temperature=None),
+        catalog,
+        weights=BlendWeights(),
+        popularity=None,
+        history_length=3,
+    )
+    path = save_recommender(old, tmp_path / "old")
+    meta = json.loads((path / "recommender.json").read_text())
+    del meta["model_config"]["temperature"]  # what a model registered before this field wrote
+    (path / "recommender.json").write_text(json.dumps(meta))
+    loaded = load_recommender(path)
+    assert loaded.model.config.temperature is None
+    frame = _frame([["i0"], ["i1", "i2"]])
+    np.testing.assert_allclose(loaded.model_scores(frame), old.model_scores(frame), rtol=1e-6)
+    assert float(loaded.item_vectors().norm(dim=1).std()) > 0  # raw dot product, not normalised

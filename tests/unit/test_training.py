@@ -172,23 +172,145 @@ def test_user_state_at_uses_only_events_before_the_cut() -> None:
     assert state["days_since_last_purchase"] == 1
 
 
-def test_per_user_cut_splits_each_users_purchase_days_and_labels_come_after_it() -> None:
-    ts = pd.to_datetime(
-        ["2024-01-01 10:00", "2024-01-03 10:00", "2024-01-05 10:00", "2024-01-02 09:00", "2024-01-09 09:00"],
-        utc=True,
-    )
-    events = pd.DataFrame(
+def _purchases(rows: list[tuple[str, str, str]]) -> pd.DataFrame:
+    return pd.DataFrame(
         {
-            "user_id": ["a", "a", "a", "b", "b"],
-            "item_id": ["x", "y", "z", "x", "late"],
+            "user_id": [u for u, _, _ in rows],
+            "item_id": [i for _, i, _ in rows],
             "event_type": "purchase",
-            "event_timestamp": ts,
+            "event_timestamp": pd.to_datetime([t for _, _, t in rows], utc=True),
         }
     )
+
+
+def test_each_users_cut_starts_the_horizon_that_ends_with_their_last_day_before_the_end() -> None:
+    events = _purchases(
+        [
+            ("a", "old", "2024-01-01 10:00"),
+            ("a", "y", "2024-01-05 10:00"),
+            ("a", "z", "2024-01-06 10:00"),
+            ("b", "x", "2024-01-02 09:00"),
+            ("b", "late", "2024-01-09 09:00"),  # after the end: b has one day before it, no example
+            ("c", "p", "2024-01-05 08:00"),  # all of c's days in one horizon: cut at the middle day
+            ("c", "q", "2024-01-06 08:00"),
+            ("c", "r", "2024-01-07 08:00"),
+        ]
+    )
     end = pd.Timestamp("2024-01-08", tz="UTC")
-    cuts = per_user_cuts(events, end)
-    assert cuts.set_index("user_id")["cut"].to_dict() == {"a": pd.Timestamp("2024-01-03", tz="UTC")}
-    assert purchases_after_cuts(events, cuts, end) == {"a": ["y", "z"]}
+    cuts = per_user_cuts(events, end, horizon_days=3)
+    assert cuts.set_index("user_id")["cut"].to_dict() == {
+        "a": pd.Timestamp("2024-01-04", tz="UTC"),  # last day 01-06, horizon 01-04..01-06
+        "c": pd.Timestamp("2024-01-06", tz="UTC"),
+    }
+    assert purchases_after_cuts(events, cuts, end, horizon_days=3) == {"a": ["y", "z"], "c": ["q", "r"]}
+    with pytest.raises(ValueError, match="at least one day"):
+        per_user_cuts(events, end, horizon_days=0)
+
+
+def test_labels_are_only_the_items_in_cut_to_cut_plus_horizon() -> None:
+    """A user's labels are what they bought in ``[cut, cut + horizon)``: not before the cut (their
+    state), not after the horizon (a later window), not at or after the end (validation)."""
+    events = _purchases(
+        [
+            ("a", "before", "2024-01-01 23:59"),
+            ("a", "first", "2024-01-02 00:00"),
+            ("a", "inside", "2024-01-04 23:59"),
+            ("a", "after", "2024-01-05 00:00"),
+            ("b", "in", "2024-01-03 12:00"),
+            ("b", "at_end", "2024-01-04 00:00"),
+        ]
+    )
+    cuts = pd.DataFrame(
+        {"user_id": ["a", "b"], "cut": pd.to_datetime(["2024-01-02", "2024-01-03"], utc=True)}
+    )
+    labels = purchases_after_cuts(events, cuts, pd.Timestamp("2024-01-04", tz="UTC"), horizon_days=3)
+    assert labels == {"a": ["first"], "b": ["in"]}
+    labels = purchases_after_cuts(events, cuts, pd.Timestamp("2024-02-01", tz="UTC"), horizon_days=3)
+    assert labels == {"a": ["first", "inside"], "b": ["at_end", "in"]}
+
+
+def test_on_random_histories_every_label_lies_in_its_users_window_and_every_user_has_a_history() -> None:
+    rng = np.random.default_rng(4)
+    start, end, horizon = pd.Timestamp("2024-01-01", tz="UTC"), pd.Timestamp("2024-03-01", tz="UTC"), 7
+    rows = [
+        (f"u{u}", f"i{rng.integers(40)}", str(start + pd.Timedelta(minutes=int(m))))
+        for u in range(60)
+        for m in rng.integers(0, 70 * 24 * 60, rng.integers(1, 15))
+    ]
+    events = _purchases(rows)
+    cuts = per_user_cuts(events, end, horizon)
+    labels = purchases_after_cuts(events, cuts, end, horizon)
+    assert len(cuts) > 30
+    assert set(labels) == set(cuts["user_id"])  # every cut user has a label: their last day is in the window
+    before_end = events[events["event_timestamp"] < end]
+    for user, cut in cuts.itertuples(index=False):
+        mine = before_end[before_end["user_id"] == user]
+        assert (mine["event_timestamp"] < cut).any()  # a history to learn from
+        window = mine[
+            (mine["event_timestamp"] >= cut) & (mine["event_timestamp"] < cut + pd.Timedelta(days=7))
+        ]
+        assert sorted(labels[user]) == sorted(set(window["item_id"]))
+        if (mine["event_timestamp"] < mine["event_timestamp"].max().floor("D") - pd.Timedelta(days=6)).any():
+            assert cut == mine["event_timestamp"].max().floor("D") - pd.Timedelta(days=6)
+
+
+def test_each_epoch_draws_the_kept_positives_afresh_without_favouring_any_by_order() -> None:
+    """cap_k of a user's 12 positives, drawn every time the user is sampled: over many draws every
+    positive is kept about equally often (chi-square), not the first cap_k of the label order."""
+    positives = np.arange(1, 13)
+    examples = UserExamples(
+        np.zeros((1, 2), np.float32),
+        np.zeros((1, 3), np.int64),
+        [positives],
+        n_items=N_ITEMS,
+        cap_k=3,
+        n_negatives=4,
+        seed=11,
+    )
+    draws = [examples[0][2][:3] for _ in range(4000)]
+    assert any(not torch.equal(draws[0], d) for d in draws[1:3])  # redrawn every epoch
+    assert all(len(set(d.tolist())) == 3 and set(d.tolist()) <= set(positives) for d in draws)
+    counts = np.bincount(torch.cat(draws).numpy(), minlength=13)[1:]
+    expected = 4000 * 3 / 12
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 45.0, counts  # 11 degrees of freedom: P(chi2 > 45) < 1e-5 for a uniform draw
+    # a user with fewer positives than cap_k keeps all of them, padded
+    few = UserExamples(
+        np.zeros((1, 2), np.float32),
+        np.zeros((1, 3), np.int64),
+        [np.array([5, 2])],
+        n_items=N_ITEMS,
+        cap_k=4,
+        n_negatives=2,
+        seed=0,
+    )[0]
+    assert sorted(few[2][:4].tolist()) == [0, 0, 2, 5]
+    assert sorted(few[3][:4].tolist()) == pytest.approx([-1.0, -1.0, 1.0, 1.0])
+
+
+def test_a_sampled_negative_that_is_one_of_the_users_positives_is_masked() -> None:
+    """Negatives are drawn from the whole catalog; one that the user bought in the window (kept in this
+    draw or not) gets target -1, so the loss never counts it as a negative."""
+    examples = UserExamples(
+        np.zeros((1, 2), np.float32),
+        np.zeros((1, 3), np.int64),
+        [np.array([1, 2, 3])],
+        n_items=5,
+        cap_k=1,
+        n_negatives=200,
+        seed=0,
+    )
+    _, _, candidates, target = examples[0]
+    neg, neg_target = candidates[1:], target[1:]
+    assert target[0].item() == pytest.approx(1.0)
+    assert set(neg[neg_target == -1].tolist()) == {1, 2, 3}
+    assert set(neg[neg_target == 0].tolist()) == {4, 5}
+    # the loss ignores the masked candidates whatever their score
+    scores = torch.randn(1, len(candidates))
+    loss = UserSoftmaxLoss()(scores, target.unsqueeze(0))
+    pushed = scores.clone()
+    pushed[0, 1:][neg_target == -1] = 1e4
+    assert torch.allclose(UserSoftmaxLoss()(pushed, target.unsqueeze(0)), loss)
 
 
 def test_a_retried_run_reads_its_popularity_releases_back_instead_of_releasing_again(tmp_path: Path) -> None:
