@@ -2,7 +2,7 @@
 ``feast serve`` on 127.0.0.1.
 
 * ``chain``: ingest_events (last day) -> build_features -> train_recommender -> publish_recommendations on
-  a small synthetic shop (300 users, 60 items, 35 days, personal taste stronger than popularity; the days before the last are copied into the lake
+  a small synthetic shop (300 users, 150 items, 35 days, personal taste stronger than popularity; the days before the last are copied into the lake
   as landed: ingest has its own DAG tests).  It needs train_recommender's gate to promote a champion.
 * ``published``: publish_recommendations alone, against a champion registered in MLflow with
   ``tasks.registry.log_training`` and given the ``champion`` alias by hand (the gate's own action), on
@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from helpers_settings import only_shoprec_env
-from helpers_shops import personal_taste_shop
+from helpers_shops import CHAIN_SHOP
 
 from tasks.config import get_settings
 from tasks.contracts import EVENTS_SCHEMA, ITEMS_SCHEMA, landing_files, list_partitions, partition_dir
@@ -35,7 +35,7 @@ DAGS = Path(__file__).resolve().parents[2] / "dags"
 def _land(settings: Any) -> list[dt.date]:
     from tasks.sources.synthetic import generate
 
-    generate(personal_taste_shop(300, 60), settings.landing_dir)
+    generate(CHAIN_SHOP, settings.landing_dir)
     days = list_partitions(settings.landing_dir)
     items = []
     for day in days[:-1]:

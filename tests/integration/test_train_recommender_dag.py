@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from helpers_settings import only_shoprec_env
-from helpers_shops import personal_taste_shop
+from helpers_shops import DAG_TEST_SHOP
 
 from tasks.code_version import code_version
 from tasks.config import Settings, get_settings
@@ -33,7 +33,7 @@ def _write_lake(settings: Settings) -> list[Any]:
     """Synthetic landing days copied into the lake as they are (this test is not about ingest)."""
     from tasks.sources.synthetic import generate
 
-    generate(personal_taste_shop(400, 80), settings.landing_dir)
+    generate(DAG_TEST_SHOP, settings.landing_dir)
     items = []
     for day in list_partitions(settings.landing_dir):
         folder = partition_dir(settings.landing_dir, day)

@@ -1,8 +1,8 @@
 """The whole chain on the production profile, through the native stack (scripts/stack.sh).
 
 One REST call (``/api/v2``, token from the configured password file) triggers ``ingest_events`` for
-the last day of a small synthetic shop (300 users, 60 items, 35 days, personal taste stronger than popularity:
-``helpers_shops.personal_taste_shop``, the chain tests' shop); the scheduler then runs
+the last day of a small synthetic shop (300 users, 150 items, 35 days, personal taste stronger than popularity:
+``helpers_shops.CHAIN_SHOP``, the chain tests' shop); the scheduler then runs
 ``build_features``, ``train_recommender``, ``publish_recommendations`` and ``privacy_audit`` through
 asset-driven scheduling on the Celery workers.  The days before the last are put into the lake and the
 feature snapshots directly (ingest and features have their own DAG tests; 34 more ingest runs would
@@ -11,6 +11,7 @@ cost minutes on two cores), with the stack's own pseudonymisation key.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import time
@@ -23,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from helpers_settings import only_shoprec_env
-from helpers_shops import personal_taste_shop
+from helpers_shops import CHAIN_SHOP
 from stack_client import REPO_ROOT, Stack, require_services, start_stack, verify_ledger
 
 from tasks.config import Settings, get_settings
@@ -53,7 +54,7 @@ def _prepare_history(settings: Settings) -> list[dt.date]:
     # The shop's last day is yesterday: the run the REST call triggers is the one the scheduler would
     # create for the latest daily interval once ingest_events is unpaused (it then skips creating it).
     start = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=DAYS)
-    generate(personal_taste_shop(300, 60, days=DAYS, start=start), settings.landing_dir)
+    generate(dataclasses.replace(CHAIN_SHOP, days=DAYS, start=start), settings.landing_dir)
     days = list_partitions(settings.landing_dir)
     key = load_key(settings)
     items = []
