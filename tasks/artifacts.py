@@ -290,14 +290,20 @@ class ArtifactStore:
 
 def artifact_store(settings: Settings) -> ArtifactStore:
     """The store of ``settings`` (:attr:`Settings.resolved_artifact_store_url`, its S3 endpoint and
-    credentials when set)."""
+    credentials when set; without credentials s3fs takes botocore's chain: ``AWS_*`` variables, the
+    shared credentials file, an instance or pod role). Raises ValueError when only one of the key id
+    and the secret is set."""
     options: dict[str, Any] = {}
+    key = settings.artifact_store_key_id or None
+    secret = settings.artifact_store_secret.get_secret_value() if settings.artifact_store_secret else None
+    if bool(key) != bool(secret):
+        raise ValueError(
+            "SHOPREC_ARTIFACT_STORE_KEY_ID and SHOPREC_ARTIFACT_STORE_SECRET go together: set both or neither"
+        )
     if settings.artifact_store_endpoint_url:
         options["endpoint_url"] = settings.artifact_store_endpoint_url
-    if settings.artifact_store_key_id:
-        options["key"] = settings.artifact_store_key_id
-    if settings.artifact_store_secret is not None:
-        options["secret"] = settings.artifact_store_secret.get_secret_value()
+    if key and secret:
+        options["key"], options["secret"] = key, secret
     return ArtifactStore(settings.resolved_artifact_store_url, options)
 
 

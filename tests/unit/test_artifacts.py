@@ -309,3 +309,30 @@ def test_settings_with_an_s3_url_endpoint_and_credentials_reach_the_bucket(
     uri = store.put(local, "runs/r1/training_users.json", once=True)
     assert uri == f"s3://{bucket}/shoprec/runs/r1/training_users.json"
     assert fetch(settings, uri).read_text() == '["u1"]'
+
+
+@pytest.mark.parametrize(
+    ("key_id", "secret"), [("shoprec", None), (None, "s3cret"), ("shoprec", ""), ("", "s3cret")]
+)
+def test_a_key_id_without_a_secret_or_the_reverse_is_one_clear_error(
+    tmp_path: Path, key_id: str | None, secret: str | None
+) -> None:
+    settings = get_settings(
+        home=tmp_path / "home",
+        artifact_store_url="s3://shoprec-artifacts/shoprec",
+        artifact_store_key_id=key_id,
+        artifact_store_secret=secret,
+    )
+    with pytest.raises(ValueError, match="KEY_ID and SHOPREC_ARTIFACT_STORE_SECRET go together"):
+        artifact_store(settings)
+
+
+def test_empty_credentials_leave_s3fs_to_the_default_credential_chain(tmp_path: Path) -> None:
+    settings = get_settings(
+        home=tmp_path / "home",
+        artifact_store_url="s3://shoprec-artifacts/shoprec",
+        artifact_store_endpoint_url="",
+        artifact_store_key_id="",
+        artifact_store_secret="",
+    )
+    assert artifact_store(settings).storage_options == {}
