@@ -18,7 +18,7 @@ torchcsprng, which is not installed).  Only ``TrainConfig.noise_seed``, set by `
 reproducible.
 
 The noise multiplier is an input: it is calibrated against the budget the privacy ledger grants
-(``tasks.privacy.calibrate_noise_multiplier``), or by :func:`tasks.privacy.accounting.noise_for_budget`
+(:func:`tasks.privacy.policy.dp_sgd_charge`, which reserves it), or by :func:`tasks.privacy.accounting.noise_for_budget`
 when the composition is known up front (benchmarks), never by ``make_private_with_epsilon``, which
 ignores budget already spent.
 """
@@ -71,14 +71,10 @@ from tasks.model import (
     save_recommender,
     text_neighbours,
 )
-from tasks.privacy import (
-    DpSgdMechanism,
-    PopularityRelease,
-    calibrate_noise_multiplier,
-)
+from tasks.privacy import PopularityRelease
 from tasks.privacy.accounting import LEDGER_ACCOUNTANT, rdp_epsilon
 from tasks.privacy.ledger_key import open_ledger
-from tasks.privacy.policy import active_charge, budget_for_run
+from tasks.privacy.policy import active_charge, budget_for_run, dp_sgd_charge
 from tasks.training_data import pin_training_data
 
 log = logging.getLogger(__name__)
@@ -626,12 +622,8 @@ def run_training(
         data_hash = hashlib.sha256(
             "|".join(f"{d}" for d in days).encode() + str(len(events)).encode()
         ).hexdigest()
-        common: dict[str, Any] = dict(
-            scope=settings.privacy_scope,
-            run_id=run_key,
-            n_users=len(all_users),
-            code_version=code_version or current_code_version(),
-            data_hash=data_hash,
+        provenance: dict[str, Any] = dict(
+            n_users=len(all_users), code_version=code_version or current_code_version(), data_hash=data_hash
         )
         pop_charge = active_charge(
             ledger, settings.privacy_scope, run_key, POPULARITY_PURPOSE
@@ -639,31 +631,27 @@ def run_training(
             mechanism=popularity.mechanism(releases=3),
             data_window=(popularity.start(cuts.validation), cuts.as_of),
             purpose=POPULARITY_PURPOSE,
-            **common,
+            scope=settings.privacy_scope,
+            run_id=run_key,
+            **provenance,
         )
-        charge = active_charge(ledger, settings.privacy_scope, run_key, TRAIN_PURPOSE)
-        if charge is None:
-            noise = calibrate_noise_multiplier(
-                ledger,
-                scope=settings.privacy_scope,
-                sample_rate=q,
-                steps=steps,
-                delta=delta,
-                epsilon_target=settings.training_epsilon,
-                at=cuts.as_of.to_pydatetime(),
-            )
-            charge = ledger.reserve(
-                mechanism=DpSgdMechanism(noise, q, steps, clip_norm=config.max_grad_norm, cap_k=config.cap_k),
-                data_window=(
-                    events["event_timestamp"].min().to_pydatetime(),
-                    cuts.validation.to_pydatetime(),
-                ),
-                purpose=TRAIN_PURPOSE,
-                **common,
-            )
+        charge, mechanism = dp_sgd_charge(
+            ledger,
+            settings,
+            run_key=run_key,
+            purpose=TRAIN_PURPOSE,
+            sample_rate=q,
+            steps=steps,
+            delta=delta,
+            epsilon_target=settings.training_epsilon,
+            clip_norm=config.max_grad_norm,
+            cap_k=config.cap_k,
+            data_window=(events["event_timestamp"].min().to_pydatetime(), cuts.validation.to_pydatetime()),
+            at=cuts.as_of.to_pydatetime(),
+            **provenance,
+        )
     finally:
         ledger.close()
-    mechanism = charge.mechanism
     config = TrainConfig(**{**asdict(config), "noise_multiplier": mechanism.noise_multiplier})
 
     # resume from the checkpoint an earlier attempt left in the store, whichever machine it ran on
