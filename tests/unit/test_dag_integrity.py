@@ -171,6 +171,19 @@ def test_parsing_the_dag_files_builds_no_settings_and_survives_an_invalid_one(
     assert json.loads(probe.stdout.strip().splitlines()[-1]) == 1
 
 
+def test_train_recommender_pins_its_data_on_the_default_queue_before_the_gpu_task(dag_bag: Any) -> None:
+    """pin_training_data (lake and Feast: a default worker) hands train_model (queue gpu) only its
+    output; registration follows the training task."""
+    from airflow.configuration import conf
+
+    dag = dag_bag.get_dag("train_recommender")
+    pin, train = dag.get_task("pin_training_data"), dag.get_task("train_model")
+    assert (pin.queue, train.queue) == (conf.get("operators", "default_queue"), "gpu")
+    assert pin.upstream_task_ids == {"check_training_due"}
+    assert train.upstream_task_ids == {"pin_training_data"}
+    assert dag.get_task("register_and_gate").upstream_task_ids == {"train_model"}
+
+
 def test_no_task_carries_a_pod_override_outside_the_kubernetes_executor(dag_bag: Any) -> None:
     assert [
         f"{dag_id}.{task.task_id}"
