@@ -26,16 +26,18 @@ MLflow's backend to PostgreSQL, the Feast online store to Redis and tracking to 
 every such URL can also be set one by one.
 
 Importing this module has no side effects: nothing is created until :meth:`Settings.ensure_dirs`.
+What a DAG file needs while Airflow parses it is read field by field with :func:`one_setting`, so
+parsing builds no Settings.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, create_model, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -471,6 +473,40 @@ class Settings(BaseSettings):
 def get_settings(**overrides: object) -> Settings:
     """Read settings from the environment, with explicit overrides taking precedence."""
     return Settings(**overrides)  # type: ignore[arg-type]
+
+
+class _OneSetting(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SHOPREC_", env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+
+@cache
+def _one_field_model(name: str) -> type[_OneSetting]:
+    field = Settings.model_fields[name]  # KeyError: no such setting
+    if any(name in v.info.fields for v in Settings.__pydantic_decorators__.field_validators.values()):
+        raise ValueError(f"Settings.{name} has a field validator that one_setting() would not apply")
+    definition: dict[str, Any] = {name: (field.annotation, field)}
+    return create_model(f"_Setting_{name}", __base__=_OneSetting, **definition)
+
+
+def one_setting(name: str) -> Any:
+    """The value :class:`Settings` would give field ``name`` (its ``SHOPREC_*`` variable or the ``.env``
+    file, else its default, with the field's type and constraints), read without building Settings:
+    no other field is read or validated.
+
+    For what Airflow needs while it parses a DAG file (a task's retry delay, the GPU pod's image): a
+    bad value of a task-time setting then fails the tasks that read it, not the parsing of every DAG.
+    An invalid value of this field raises ``ValueError`` in one line naming the variable.
+    """
+    model = _one_field_model(name)
+    try:
+        return getattr(model(), name)
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        raise ValueError(
+            f"SHOPREC_{name.upper()}={problem.get('input')!r}: {problem['msg']}".replace("\n", " ")
+        ) from None
 
 
 class _CliFlags(BaseSettings):

@@ -25,7 +25,7 @@ from tasks.baselines import broadcast, buy_again_scores, cooccurrence_scores, po
 from tasks.catalog import USER_FEATURE_COLUMNS
 from tasks.config import Settings
 from tasks.contracts import list_partitions
-from tasks.dataset import feature_state
+from tasks.dataset import feature_state, users_before
 from tasks.evaluation import evaluate_scores, retention, temporal_split_from_state
 from tasks.features import snapshot_time
 from tasks.model import Recommender, load_recommender, save_recommender
@@ -394,8 +394,8 @@ def evaluation_reports(
     data = fetch_training_data(settings, manifest["training_data_uri"])
     events = data.events()
     catalog = data.catalog()
-    users = sorted(events.loc[events["event_timestamp"] < cut, "user_id"].astype(str).unique())
-    split = temporal_split_from_state(events, catalog, feature_state(settings, users, cut), cut, end)
+    state = feature_state(settings, users_before(events, cut), cut, source=data.state_rows)
+    split = temporal_split_from_state(events, catalog, state, cut, end)
     if split.n_users == 0:
         raise ValueError(f"no user with history bought a catalog item in the test window {cut}..{end}")
     dp_dir = fetch(settings, manifest["model_uri"])

@@ -18,14 +18,13 @@ torchcsprng, which is not installed).  Only ``TrainConfig.noise_seed``, set by `
 reproducible.
 
 The noise multiplier is an input: it is calibrated against the budget the privacy ledger grants
-(``tasks.privacy.calibrate_noise_multiplier``), or by :func:`tasks.privacy.accounting.noise_for_budget`
+(:func:`tasks.privacy.policy.dp_sgd_charge`, which reserves it), or by :func:`tasks.privacy.accounting.noise_for_budget`
 when the composition is known up front (benchmarks), never by ``make_private_with_epsilon``, which
 ignores budget already spent.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import logging
 import secrets
@@ -61,7 +60,6 @@ from tasks.dataset import (
     training_candidates,
 )
 from tasks.evaluation import temporal_split_from_state, tune_blend
-from tasks.ingest import rejected_days
 from tasks.io import atomic_write, atomic_write_json, replace_dir
 from tasks.model import (
     Recommender,
@@ -71,15 +69,11 @@ from tasks.model import (
     save_recommender,
     text_neighbours,
 )
-from tasks.privacy import (
-    DpSgdMechanism,
-    PopularityRelease,
-    calibrate_noise_multiplier,
-)
+from tasks.privacy import PopularityRelease
 from tasks.privacy.accounting import LEDGER_ACCOUNTANT, rdp_epsilon
 from tasks.privacy.ledger_key import open_ledger
-from tasks.privacy.policy import active_charge, budget_for_run
-from tasks.training_data import pin_training_data
+from tasks.privacy.policy import active_charge, budget_for_run, dp_sgd_charge
+from tasks.training_data import fetch_training_data
 
 log = logging.getLogger(__name__)
 
@@ -508,32 +502,6 @@ class TrainingManifest:
         return asdict(self)
 
 
-class TrainingRefused(ValueError):
-    """Training will not run on this data; the message says why."""
-
-
-def refuse_if_too_many_rejected(settings: Settings, lake_days: Sequence[dt.date]) -> list[dt.date]:
-    """The days of the training window (first to last lake day) that ingest rejected.
-
-    Raises :class:`TrainingRefused` when they are more than ``max_rejected_day_share`` of the window's
-    days with data (lake days plus rejected days): a model trained on what is left would not describe
-    the shop.
-    """
-    rejected = rejected_days(settings, lake_days[0], lake_days[-1])
-    share = len(rejected) / (len(lake_days) + len(rejected))
-    if share > settings.max_rejected_day_share:
-        shown = ", ".join(d.isoformat() for d in rejected[:10]) + (" ..." if len(rejected) > 10 else "")
-        raise TrainingRefused(
-            f"training refused: {len(rejected)} of {len(lake_days) + len(rejected)} days in its window "
-            f"{lake_days[0]}..{lake_days[-1]} were rejected by ingest ({share:.1%} > "
-            f"SHOPREC_MAX_REJECTED_DAY_SHARE {settings.max_rejected_day_share:.1%}): {shown}; "
-            f"see {settings.quarantine_dir}/date=D/report.json"
-        )
-    if rejected:
-        log.warning("training window has %d rejected days: %s", len(rejected), rejected)
-    return rejected
-
-
 def popularity_release(
     events: pd.DataFrame, catalog: ItemCatalog, end: pd.Timestamp, policy: PopularityRelease
 ) -> np.ndarray:
@@ -572,15 +540,15 @@ def run_training(
     settings: Settings,
     *,
     run_key: str,
+    training_data_uri: str,
     code_version: str | None = None,
-    data_days: Sequence[dt.date] = (),
 ) -> TrainingManifest:
-    """Train the DP challenger (and its non-private twin) on the lake and Feast as of the data's end.
+    """Train the DP challenger (and its non-private twin) on the run's pinned data.
 
-    The data is pinned at the run's first try (:func:`tasks.training_data.pin_training_data`): the lake
-    days up to the last of ``data_days`` (the days of the triggering asset events; none: the latest
-    partition), their events and the catalog as of then. A retry reads the same data however the lake
-    grew since.
+    ``training_data_uri``: what :func:`tasks.training_data.pin_training_data` pinned for the run (the
+    lake days up to its data end, their events, the catalog and the Feast user state as of then, the
+    rejected days) in the artifact store; nothing else of the lake or Feast is read, so this runs on a
+    machine that has neither, and a retry reads the same data however the lake grew since.
 
     Everything the run hands on (the pinned data, the two models, the training users) and everything a
     retry resumes from (the checkpoint, the popularity releases, written once) is put in the shared
@@ -594,16 +562,15 @@ def run_training(
     store = artifact_store(settings)
     prefix = f"runs/{run_key_path(run_key)}"  # the run's artifacts in the shared store
     run_dir = settings.models_dir / run_key_path(run_key)  # this machine's working copies
-    data = pin_training_data(settings, run_key, data_days)
-    days = list(data.days)
-    rejected = refuse_if_too_many_rejected(settings, days)
+    data = fetch_training_data(settings, training_data_uri)
+    days, rejected = list(data.days), list(data.rejected)
     cuts = Cuts.from_end(data.as_of, settings.eval_days)
     events = data.events()
     catalog = data.catalog()
     all_users = sorted(events["user_id"].astype(str).unique())
     # Held-out users (a keyed hash split decided before training) never enter DP-SGD: they are the
     # non-members of the membership-inference audit (tasks.membership).
-    candidates = training_candidates(settings, events, cuts.validation)
+    candidates = training_candidates(settings, events, cuts.validation, source=data.state_rows)
     state, labels = candidates.state, candidates.labels
     config, popularity = train_config(settings), dp_popularity(settings)
     examples, train_users = build_examples(
@@ -626,12 +593,8 @@ def run_training(
         data_hash = hashlib.sha256(
             "|".join(f"{d}" for d in days).encode() + str(len(events)).encode()
         ).hexdigest()
-        common: dict[str, Any] = dict(
-            scope=settings.privacy_scope,
-            run_id=run_key,
-            n_users=len(all_users),
-            code_version=code_version or current_code_version(),
-            data_hash=data_hash,
+        provenance: dict[str, Any] = dict(
+            n_users=len(all_users), code_version=code_version or current_code_version(), data_hash=data_hash
         )
         pop_charge = active_charge(
             ledger, settings.privacy_scope, run_key, POPULARITY_PURPOSE
@@ -639,31 +602,27 @@ def run_training(
             mechanism=popularity.mechanism(releases=3),
             data_window=(popularity.start(cuts.validation), cuts.as_of),
             purpose=POPULARITY_PURPOSE,
-            **common,
+            scope=settings.privacy_scope,
+            run_id=run_key,
+            **provenance,
         )
-        charge = active_charge(ledger, settings.privacy_scope, run_key, TRAIN_PURPOSE)
-        if charge is None:
-            noise = calibrate_noise_multiplier(
-                ledger,
-                scope=settings.privacy_scope,
-                sample_rate=q,
-                steps=steps,
-                delta=delta,
-                epsilon_target=settings.training_epsilon,
-                at=cuts.as_of.to_pydatetime(),
-            )
-            charge = ledger.reserve(
-                mechanism=DpSgdMechanism(noise, q, steps, clip_norm=config.max_grad_norm, cap_k=config.cap_k),
-                data_window=(
-                    events["event_timestamp"].min().to_pydatetime(),
-                    cuts.validation.to_pydatetime(),
-                ),
-                purpose=TRAIN_PURPOSE,
-                **common,
-            )
+        charge, mechanism = dp_sgd_charge(
+            ledger,
+            settings,
+            run_key=run_key,
+            purpose=TRAIN_PURPOSE,
+            sample_rate=q,
+            steps=steps,
+            delta=delta,
+            epsilon_target=settings.training_epsilon,
+            clip_norm=config.max_grad_norm,
+            cap_k=config.cap_k,
+            data_window=(events["event_timestamp"].min().to_pydatetime(), cuts.validation.to_pydatetime()),
+            at=cuts.as_of.to_pydatetime(),
+            **provenance,
+        )
     finally:
         ledger.close()
-    mechanism = charge.mechanism
     config = TrainConfig(**{**asdict(config), "noise_multiplier": mechanism.noise_multiplier})
 
     # resume from the checkpoint an earlier attempt left in the store, whichever machine it ran on
@@ -694,7 +653,7 @@ def run_training(
             for end in (cuts.validation, cuts.test, cuts.as_of)
         ],
     )
-    val_state = feature_state(settings, all_users, cuts.validation)
+    val_state = feature_state(settings, all_users, cuts.validation, source=data.state_rows)
     val = temporal_split_from_state(events, catalog, val_state, cuts.validation, cuts.test)
     blends = {}
     histories = history_positions(val.state["recent_items"].tolist(), catalog, settings.history_length)

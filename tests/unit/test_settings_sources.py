@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from helpers_settings import only_shoprec_env
 
-from tasks.config import Settings
+from tasks.config import Settings, one_setting
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCANNED = ("tasks", "dags", "feature_repo", "benchmarks")
@@ -162,6 +162,31 @@ def test_training_retry_delay_follows_settings(tmp_path: Path, monkeypatch: pyte
     only_shoprec_env(monkeypatch, {"SHOPREC_HOME": str(tmp_path), "SHOPREC_TRAIN_RETRY_DELAY_S": "3"})
     assert training_retry_delay().total_seconds() == 3
     assert training_retry_delay(Settings(train_retry_delay_s=90)).total_seconds() == 90
+
+
+def test_one_setting_reads_one_field_as_settings_would_and_nothing_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """For DAG files: one field from its SHOPREC_* variable (else its default), with the field's type
+    and constraints; an invalid value of another field is not read, so it breaks nothing here."""
+
+    only_shoprec_env(monkeypatch, {"SHOPREC_HOME": str(tmp_path), "SHOPREC_TRAIN_BATCH_SIZE": "many"})
+    monkeypatch.chdir(tmp_path)  # no .env here
+    with pytest.raises(ValueError, match="train_batch_size"):
+        Settings()
+    assert one_setting("train_retry_delay_s") == 60
+    assert one_setting("trainer_image") == "shoprec-trainer:latest"
+    monkeypatch.setenv("SHOPREC_TRAIN_RETRY_DELAY_S", "7")
+    assert one_setting("train_retry_delay_s") == 7
+    (tmp_path / ".env").write_text("SHOPREC_TRAINER_IMAGE=registry.example/trainer:3\n")
+    assert one_setting("trainer_image") == "registry.example/trainer:3"  # the .env file, as Settings
+    for bad in ("-1", "soon"):  # ge=0, int: the field's own validation, one line naming the variable
+        monkeypatch.setenv("SHOPREC_TRAIN_RETRY_DELAY_S", bad)
+        with pytest.raises(ValueError, match=r"^SHOPREC_TRAIN_RETRY_DELAY_S=.*: ") as refused:
+            one_setting("train_retry_delay_s")
+        assert "\n" not in str(refused.value)
+    with pytest.raises(KeyError, match="no_such_field"):
+        one_setting("no_such_field")
 
 
 @pytest.mark.parametrize(("value", "expected"), [("1", True), ("yes", True), ("0", False), ("maybe", False)])
