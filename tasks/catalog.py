@@ -44,6 +44,15 @@ class ItemCatalog:
     def n_items(self) -> int:
         return len(self.item_ids)
 
+    @property
+    def item_features(self) -> np.ndarray:
+        """``float32 [n_items, d]``: THE item tower's input matrix, row ``i`` for ``item_ids[i]``.
+
+        Today the frozen title embedding; per-item vectors from another public source or a DP release
+        (ledger-charged) plug in here, concatenated as columns, and every tower reads them.
+        """
+        return np.asarray(self.text, dtype=np.float32)
+
     def index_of(self, item_ids: Sequence[str]) -> np.ndarray:
         """Model indices of item ids; unknown ids map to padding (0)."""
         return np.fromiter((self._index.get(i, PAD) for i in item_ids), dtype=np.int64, count=len(item_ids))

@@ -80,7 +80,7 @@ def machines(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         "SHOPREC_MLFLOW_TRACKING_URI": f"sqlite:///{servers / 'mlflow.db'}",
         "SHOPREC_LEDGER_URL": f"sqlite:///{servers / 'ledger.db'}",
         "SHOPREC_LEDGER_KEY": "two-machines-test-ledger-key",
-        "SHOPREC_TRAIN_EPOCHS": "2",
+        "SHOPREC_TRAIN_STEPS": "8",
     }
     homes = {name: root / name / "shoprec" for name in ("d", "a", "b", "c")}
     out: dict[str, Any] = {"homes": homes, "store_url": store["SHOPREC_ARTIFACT_STORE_URL"]}
