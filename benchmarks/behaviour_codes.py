@@ -47,28 +47,27 @@ def _metrics(report: Any) -> dict[str, float]:
 
 
 def run(seeds: Sequence[int], epsilon: float, sweep: bool, work: Path) -> dict[str, Any]:
-    import torch
-
     from tasks.baselines import broadcast, cooccurrence_scores, popularity_counts
     from tasks.catalog import BlendWeights, build_item_catalog
     from tasks.config import get_settings
     from tasks.dataset import Cuts
     from tasks.embeddings import embed_items, load_pretrained_encoder
     from tasks.evaluation import evaluate_scores, temporal_split
-    from tasks.model import Recommender, build_model
+    from tasks.model import Recommender
     from tasks.privacy.accounting import noise_for_budget, rdp_epsilon
     from tasks.privacy.cooccurrence import CooccurrenceCounts, behaviour_vectors, exact_cooccurrence
     from tasks.sources import SyntheticConfig, generate
     from tasks.training import (
         behaviour_for_catalog,
-        build_examples,
         cooccurrence_domain,
         cooccurrence_release,
         dp_cooccurrence,
         dp_popularity,
+        fit_model,
         popularity_release,
-        train,
         train_config,
+        training_examples,
+        twin_config,
     )
 
     settings = get_settings().model_copy(update={"cooc_enabled": True})
@@ -119,34 +118,24 @@ def run(seeds: Sequence[int], epsilon: float, sweep: bool, work: Path) -> dict[s
                 epsilon=pop_epsilon,
             )
 
-    base = train_config(settings)
-    n_train = len(
-        build_examples(
-            state, labels, catalog, history_length=history, cap_k=base.cap_k, n_negatives=1, seed=0
-        )[0]
-    )
+    n_train = len(training_examples(settings, state, labels, catalog)[0])
+    base = train_config(settings, n_users=n_train)  # the pipeline's schedule for these users
     q, steps = base.sample_rate(n_train), base.steps(n_train)
 
     def fit(vectors: np.ndarray | None, seed: int, private: bool, cooc_noise: float | None) -> Any:
+        """The pipeline's fit (tasks.training.fit_model: model_for + train) on the catalog with
+        ``vectors`` as behaviour columns; the private run's noise fits ``epsilon`` with the release."""
         joined = catalog.with_behaviour(vectors)
-        examples, _ = build_examples(
-            state,
-            labels,
-            joined,
-            history_length=history,
-            cap_k=base.cap_k,
-            n_negatives=base.n_negatives,
-            seed=seed,
-        )
+        examples, _ = training_examples(settings.model_copy(update={"seed": seed}), state, labels, joined)
         also = [] if cooc_noise is None else [(cooc_noise, 1.0, 1)]
-        config = dataclasses.replace(base, seed=seed, noise_seed=None, private=private)
+        config = dataclasses.replace(base, seed=seed, noise_seed=None)
         if private:
             config = dataclasses.replace(
                 config, noise_multiplier=noise_for_budget(epsilon, delta, q, steps, also=also)
             )
-        torch.manual_seed(seed)
-        model = build_model(joined, temperature=settings.train_temperature)
-        result = train(model, examples, config, delta=delta if private else None)
+        else:
+            config = twin_config(settings, config)
+        model, result = fit_model(settings, joined, examples, config, delta=delta if private else None)
         total = (
             rdp_epsilon([*also, (result.noise_multiplier, result.sample_rate, result.steps)], delta)
             if private

@@ -27,11 +27,11 @@ from helpers_shops import CHAIN_SHOP, DAG_TEST_SHOP
 
 from tasks.sources.synthetic import generate
 
-E2E = {"SHOPREC_TRAIN_EPOCHS": "5", "SHOPREC_TRAINING_EPSILON": "8.0", "SHOPREC_TOP_K": "20"}
+E2E = {"SHOPREC_TRAIN_STEPS": "20", "SHOPREC_TRAINING_EPSILON": "8.0", "SHOPREC_TOP_K": "20"}
 SHOPS = {  # name: (shop, settings, tiny text encoder as the DAG test uses)
     "chain": (CHAIN_SHOP, E2E, False),  # test_publish_chain and the production e2e
-    "dag": (DAG_TEST_SHOP, {"SHOPREC_TRAIN_EPOCHS": "4"}, True),  # test_train_recommender_dag
-    "two-machines": (DAG_TEST_SHOP, {"SHOPREC_TRAIN_EPOCHS": "2"}, True),  # test_train_register_two_machines
+    "dag": (DAG_TEST_SHOP, {"SHOPREC_TRAIN_STEPS": "16"}, True),  # test_train_recommender_dag
+    "two-machines": (DAG_TEST_SHOP, {"SHOPREC_TRAIN_STEPS": "8"}, True),  # test_train_register_two_machines
 }
 RANKERS = ("challenger", "popularity_all", "popularity_recent", "buy_again", "cooccurrence")
 

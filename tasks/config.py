@@ -202,30 +202,59 @@ class Settings(BaseSettings):
     training_epsilon: float = Field(
         default=3.0, gt=0, description="User-level epsilon one DP-SGD training may add (ledger-calibrated)."
     )
-    train_epochs: int = Field(default=5, ge=1)
-    # DP-SGD: on the default synthetic shop (~940 training users) batch 128 and lr 1e-2 (40 steps) beat
-    # batch 64 and lr 3e-3 (75 steps) at the same epsilon: NDCG@10 of the bare DP model 0.32/0.25 vs 0.22/0.18.
-    train_batch_size: int = Field(
-        default=128,
-        ge=1,
-        description="Expected users per DP-SGD step (Poisson sampling rate: batch / users).",
+    # DP-SGD schedule, as the privacy mechanism sees it: each step Poisson-samples every training user
+    # with probability train_sample_rate (expected batch = rate x training users), train_steps steps;
+    # the non-private twin runs the same schedule (same model and loop) at its own learning rate.
+    # Defaults: the issue-17 reference design (Poisson rate 0.25, 160 steps, lr 5e-3 / 2e-3, clip 1,
+    # 100 masked negatives, 10 positives), compared on the VALIDATION window only
+    # (benchmarks/model_sweep.py; numbers in docs/model.md).
+    train_sample_rate: float = Field(
+        default=0.25,
+        gt=0,
+        le=1.0,
+        description="Poisson sampling rate of users per DP-SGD step (expected batch = rate x training users).",
     )
-    train_lr: float = Field(default=1e-2, gt=0, description="Adam learning rate of the two-tower training.")
+    train_steps: int = Field(
+        default=160,
+        ge=1,
+        description="DP-SGD steps of one training (rounded to whole passes of 1/rate steps).",
+    )
+    train_lr: float = Field(default=5e-3, gt=0, description="Adam learning rate of the DP-SGD training.")
+    train_lr_nonprivate: float = Field(
+        default=2e-3, gt=0, description="Adam learning rate of the non-private twin (same schedule)."
+    )
     train_negatives: int = Field(
-        default=32, ge=1, description="Catalog items drawn uniformly as negatives per user and step."
+        default=100, ge=1, description="Catalog items drawn uniformly as negatives per user and step."
     )
     train_clip_norm: float = Field(
         default=1.0, gt=0, description="DP-SGD bound on one user's gradient norm (Opacus max_grad_norm)."
     )
-    train_cap_k: int = Field(default=20, ge=1, description="Most positives (labels) of one user in training.")
-    # chosen on the validation window of the quick quality benchmark (Online Retail II, 1 epoch, 1 seed)
-    # among 0.05, 0.1 and 0.2: the bare DP and non-private models both scored best at 0.2
+    train_cap_k: int = Field(
+        default=10,
+        ge=1,
+        description="Positives (labels) of one user drawn afresh at every step it is sampled.",
+    )
     train_temperature: float = Field(
-        default=0.2,
+        default=0.05,
         gt=0,
         le=1.0,
         description="Two-tower score = cosine of the L2-normalised user and item vectors / this temperature.",
     )
+    train_item_tower: Literal["text", "residual", "mlp"] = Field(
+        default="text",
+        description="Item tower: 'text' (the frozen item input, normalised; no item parameters), 'residual' "
+        "(plus a small MLP with a skip), 'mlp' (input, category and price embeddings through two layers).",
+    )
+    train_user_tower: Literal["mean", "attention"] = Field(
+        default="mean",
+        description="Pooling of the user's recent distinct items: masked mean, or attention over the ordered "
+        "items (item vector + recency position), before the user MLP with a skip.",
+    )
+    train_user_features: bool = Field(
+        default=False,
+        description="Feed the user's Feast count/recency features into the user MLP (off: history only).",
+    )
+    train_hidden: int = Field(default=128, ge=1, description="Hidden width of the towers' MLPs.")
     train_retry_delay_s: int = Field(
         default=60,
         ge=0,

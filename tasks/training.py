@@ -25,9 +25,11 @@ ignores budget already spent.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -507,12 +509,26 @@ def behaviour_for_catalog(catalog: ItemCatalog, released: Sequence[np.ndarray], 
     return out
 
 
-def train_config(settings: Settings) -> TrainConfig:
-    """The pipeline's DP-SGD hyper-parameters (``SHOPREC_TRAIN_*``); the noise multiplier is calibrated
-    to the ledger's grant later, the noise seed set only under the tests-only switch."""
+def dp_schedule(n_users: int, sample_rate: float, steps: int) -> tuple[int, int]:
+    """(batch size, epochs) of :class:`TrainConfig` that Poisson-sample ``n_users`` at ``sample_rate``
+    for about ``steps`` steps: Opacus samples at ``1 / ceil(n / batch)`` and an epoch is ``ceil(n /
+    batch)`` steps, so the steps are rounded to whole epochs (the ledger is charged the exact ones,
+    :meth:`TrainConfig.sample_rate` and :meth:`TrainConfig.steps`)."""
+    if not 0 < sample_rate <= 1 or steps < 1 or n_users < 1:
+        raise ValueError(f"no DP-SGD schedule for {n_users} users at rate {sample_rate} for {steps} steps")
+    batch = max(1, math.ceil(n_users * sample_rate))
+    per_epoch = -(-n_users // batch)
+    return batch, max(1, round(steps / per_epoch))
+
+
+def train_config(settings: Settings, *, n_users: int) -> TrainConfig:
+    """The pipeline's DP-SGD hyper-parameters (``SHOPREC_TRAIN_*``) for ``n_users`` training users; the
+    noise multiplier is calibrated to the ledger's grant later, the noise seed set only under the
+    tests-only switch. The non-private twin's is :func:`twin_config`."""
+    batch, epochs = dp_schedule(n_users, settings.train_sample_rate, settings.train_steps)
     return TrainConfig(
-        epochs=settings.train_epochs,
-        batch_size=settings.train_batch_size,
+        epochs=epochs,
+        batch_size=batch,
         lr=settings.train_lr,
         max_grad_norm=settings.train_clip_norm,
         cap_k=settings.train_cap_k,
@@ -520,6 +536,64 @@ def train_config(settings: Settings) -> TrainConfig:
         n_negatives=settings.train_negatives,
         noise_seed=settings.test_noise_seed(),
     )
+
+
+def twin_config(settings: Settings, config: TrainConfig) -> TrainConfig:
+    """The non-private twin of ``config``: the same schedule, no noise or clipping, its own lr."""
+    return dataclasses.replace(config, private=False, lr=settings.train_lr_nonprivate)
+
+
+def model_for(settings: Settings, catalog: ItemCatalog) -> TwoTower:
+    """A fresh two-tower model with the pipeline's architecture (``SHOPREC_TRAIN_*`` towers)."""
+    return build_model(
+        catalog,
+        hidden=settings.train_hidden,
+        temperature=settings.train_temperature,
+        item_tower=settings.train_item_tower,
+        user_tower=settings.train_user_tower,
+        user_features=settings.train_user_features,
+        max_history=settings.history_length,
+    )
+
+
+def training_examples(
+    settings: Settings, state: pd.DataFrame, labels: dict[str, list[str]], catalog: ItemCatalog
+) -> tuple[UserExamples, list[str]]:
+    """The pipeline's examples (:func:`build_examples` with ``SHOPREC_TRAIN_*`` and the history length)."""
+    return build_examples(
+        state,
+        labels,
+        catalog,
+        history_length=settings.history_length,
+        cap_k=settings.train_cap_k,
+        n_negatives=settings.train_negatives,
+        seed=settings.seed,
+    )
+
+
+def fit_model(
+    settings: Settings,
+    catalog: ItemCatalog,
+    examples: UserExamples,
+    config: TrainConfig,
+    *,
+    delta: float | None = None,
+    checkpoint_path: Path | None = None,
+    checkpoint_saved: Callable[[Path], Any] | None = None,
+) -> tuple[TwoTower, TrainResult]:
+    """THE model fit of ``train_recommender`` (and of the quality benchmark): a fresh
+    :func:`model_for` (initialised from ``config.seed``) trained by :func:`train`."""
+    torch.manual_seed(config.seed)
+    model = model_for(settings, catalog)
+    result = train(
+        model,
+        examples,
+        config,
+        delta=delta,
+        checkpoint_path=checkpoint_path,
+        checkpoint_saved=checkpoint_saved,
+    )
+    return model, result
 
 
 @dataclass(frozen=True)
@@ -655,19 +729,11 @@ def run_training(
     # non-members of the membership-inference audit (tasks.membership).
     candidates = training_candidates(settings, events, cuts.validation)
     state, labels = candidates.state, candidates.labels
-    config, popularity = train_config(settings), dp_popularity(settings)
-    cooccurrence = dp_cooccurrence(settings)
-    examples, train_users = build_examples(
-        state,
-        labels,
-        catalog,
-        history_length=settings.history_length,
-        cap_k=config.cap_k,
-        n_negatives=config.n_negatives,
-        seed=settings.seed,
-    )
+    popularity, cooccurrence = dp_popularity(settings), dp_cooccurrence(settings)
+    examples, train_users = training_examples(settings, state, labels, catalog)
     if len(examples) < 2:
         raise ValueError(f"only {len(examples)} users with events on two days before {cuts.validation}")
+    config = train_config(settings, n_users=len(examples))
     q, steps = config.sample_rate(len(examples)), config.steps(len(examples))
 
     ledger = open_ledger(settings)
@@ -752,19 +818,16 @@ def run_training(
     checkpoint, checkpoint_key = run_dir / "checkpoint.pt", f"{prefix}/checkpoint.pt"
     if store.exists(store.uri(checkpoint_key)):
         store.get(store.uri(checkpoint_key), checkpoint)
-    torch.manual_seed(settings.seed)
-    model = build_model(catalog, temperature=settings.train_temperature)
-    result = train(
-        model,
+    model, result = fit_model(
+        settings,
+        catalog,
         examples,
         config,
         delta=delta,
         checkpoint_path=checkpoint,
         checkpoint_saved=lambda path: store.put(path, checkpoint_key),
     )
-    torch.manual_seed(settings.seed)
-    twin = build_model(catalog, temperature=settings.train_temperature)
-    twin_result = train(twin, examples, TrainConfig(**{**asdict(config), "private": False}))
+    twin, twin_result = fit_model(settings, catalog, examples, twin_config(settings, config))
 
     val_state = feature_state(settings, all_users, cuts.validation)
     val = temporal_split_from_state(events, catalog, val_state, cuts.validation, cuts.test)

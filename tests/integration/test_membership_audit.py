@@ -150,7 +150,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
     env = {
         "SHOPREC_HOME": str(tmp_path_factory.mktemp("membership") / "shoprec"),
-        "SHOPREC_TRAIN_EPOCHS": "2",
+        "SHOPREC_TRAIN_STEPS": "8",
         "SHOPREC_MEMBERSHIP_HOLDOUT_SHARE": "0.3",
     }
     with pytest.MonkeyPatch.context() as mp:

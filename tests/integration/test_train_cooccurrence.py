@@ -124,3 +124,10 @@ def test_the_privacy_statement_lists_the_release(machines: dict[str, Any]) -> No
     assert len(listed) == 2
     assert any("(dp_cooccurrence)" in line and "OpenDP discrete Gaussian" in line for line in listed)
     assert any("(dp_popularity)" in line for line in listed)
+
+
+def test_the_ledger_with_the_cooccurrence_charge_verifies_independently(machines: dict[str, Any]) -> None:
+    from tasks.privacy.verify import verify_settings
+
+    result = verify_settings(machines["b"])
+    assert result.ok, result.problems

@@ -60,7 +60,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, airflow_home: Path) -> dict[s
     env = {
         "SHOPREC_HOME": str(tmp_path_factory.mktemp("train") / "shoprec"),
         "SHOPREC_MIN_TRAINING_INTERVAL_HOURS": "0",
-        "SHOPREC_TRAIN_EPOCHS": "4",
+        "SHOPREC_TRAIN_STEPS": "16",
         "SHOPREC_PROMOTION_TOLERANCE": "0.0",
     }
     with pytest.MonkeyPatch.context() as mp:

@@ -46,7 +46,7 @@ def machines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "SHOPREC_LEDGER_URL": f"sqlite:///{home_a / 'privacy' / 'ledger.db'}",
         "SHOPREC_LEDGER_KEY": "two-machines-test-ledger-key",
         "SHOPREC_FEAST_REGISTRY_URL": f"sqlite:///{home_a / 'feast' / 'registry.db'}",
-        "SHOPREC_TRAIN_EPOCHS": "2",
+        "SHOPREC_TRAIN_STEPS": "8",
     }
     homes = {name: root / name / "shoprec" for name in ("a", "b", "c")}
     out: dict[str, Any] = {"homes": homes}

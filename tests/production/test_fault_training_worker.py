@@ -109,7 +109,7 @@ def killed_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
         REPO_ROOT / "dags",
         {
             "SHOPREC_MIN_TRAINING_INTERVAL_HOURS": "0",
-            "SHOPREC_TRAIN_EPOCHS": str(EPOCHS),
+            "SHOPREC_TRAIN_STEPS": str(4 * EPOCHS),
             "SHOPREC_TRAINING_EPSILON": "8.0",
             "SHOPREC_PROMOTION_TOLERANCE": "0.0",
             "SHOPREC_TRAIN_RETRY_DELAY_S": "3",

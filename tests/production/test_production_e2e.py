@@ -115,7 +115,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         REPO_ROOT / "dags",
         {
             "SHOPREC_MIN_TRAINING_INTERVAL_HOURS": "0",
-            "SHOPREC_TRAIN_EPOCHS": "5",
+            "SHOPREC_TRAIN_STEPS": "20",
             # A small shop: a larger per-training epsilon (user level, RDP, ledger-calibrated, within
             # the 10.0 cap) keeps the DP noise low enough for the model to beat popularity at the gate.
             "SHOPREC_TRAINING_EPSILON": "8.0",

@@ -107,19 +107,20 @@ def test_training_and_popularity_settings_come_from_the_environment(
     only_shoprec_env(monkeypatch, {"SHOPREC_HOME": str(tmp_path)})
     defaults = Settings()
     config, pop, country = (
-        train_config(defaults),
+        train_config(defaults, n_users=4_000),
         dp_popularity(defaults),
         country_popularity_release(defaults),
     )
-    # the values the pipeline had as module constants before they became settings
+    # the issue-17 reference design: Poisson rate 0.25 (1,000 expected users of 4,000), 160 steps
     assert (config.batch_size, config.lr, config.n_negatives, config.max_grad_norm, config.cap_k) == (
-        128,
-        1e-2,
-        32,
+        1_000,
+        5e-3,
+        100,
         1.0,
-        20,
+        10,
     )
-    assert (config.epochs, config.seed, config.noise_seed, config.private) == (5, 7, None, True)
+    assert (config.sample_rate(4_000), config.steps(4_000)) == (0.25, 160)
+    assert (config.seed, config.noise_seed, config.private) == (7, None, True)
     assert (pop.noise_multiplier, pop.cap_per_user, pop.days, pop.by_country) == (4.0, 50, 14, False)
     assert (country.noise_multiplier, country.cap_per_user, country.days, country.event_types) == (
         4.0,
@@ -131,7 +132,8 @@ def test_training_and_popularity_settings_come_from_the_environment(
     assert (defaults.train_retry_delay_s, defaults.trainer_image) == (60, "shoprec-trainer:latest")
 
     for key, value in {
-        "SHOPREC_TRAIN_BATCH_SIZE": "64",
+        "SHOPREC_TRAIN_SAMPLE_RATE": "0.1",
+        "SHOPREC_TRAIN_STEPS": "50",
         "SHOPREC_TRAIN_LR": "0.003",
         "SHOPREC_TRAIN_NEGATIVES": "16",
         "SHOPREC_TRAIN_CLIP_NORM": "0.5",
@@ -143,9 +145,10 @@ def test_training_and_popularity_settings_come_from_the_environment(
     }.items():
         monkeypatch.setenv(key, value)
     changed = Settings()
-    config, pop = train_config(changed), dp_popularity(changed)
+    config, pop = train_config(changed, n_users=4_000), dp_popularity(changed)
+    assert (config.sample_rate(4_000), config.steps(4_000)) == (0.1, 50)
     assert (config.batch_size, config.lr, config.n_negatives, config.max_grad_norm, config.cap_k) == (
-        64,
+        400,
         0.003,
         16,
         0.5,
