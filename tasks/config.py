@@ -278,6 +278,31 @@ class Settings(BaseSettings):
     popularity_days: int = Field(
         default=14, ge=1, description="Training's DP popularity: days of events before the cut."
     )
+    # The DP co-occurrence release of a training run (issue 17 item 2; tasks.privacy.cooccurrence): one
+    # release at the validation cut under its own ledger charge (purpose dp_cooccurrence), turned into
+    # behaviour vectors that the item tower reads beside the title vectors. Off by default.
+    cooc_enabled: bool = Field(
+        default=False,
+        description="Train the item tower on DP co-occurrence behaviour vectors too (own ledger charge).",
+    )
+    cooc_noise_multiplier: float = Field(
+        default=2.0,
+        gt=0,
+        description="DP co-occurrence: noise scale / L2 sensitivity; rho = 1 / (2 x^2) zCDP per user.",
+    )
+    cooc_cap_per_user: int = Field(
+        default=20,
+        ge=2,
+        description="DP co-occurrence: most distinct items counted per user (random subset).",
+    )
+    cooc_days: int = Field(default=365, ge=1, description="DP co-occurrence: days of events before the cut.")
+    cooc_dim: int = Field(default=128, ge=1, description="Behaviour vector dimensions fed to the item tower.")
+    cooc_max_items: int = Field(
+        default=2000,
+        ge=2,
+        description="DP co-occurrence domain: the catalog, or its this many items of highest DP popularity "
+        "(OpenDP draws ~30k counts/s; n items are n (n + 1) / 2 counts). Other items get zero vectors.",
+    )
     # The per-country DP popularity release of a publish: purchases of the 30 days before the scoring
     # time, at most 20 distinct (country, item) keys per user, noise multiplier 4 (as training's release).
     country_popularity_noise_multiplier: float = Field(

@@ -377,7 +377,8 @@ class Recommender:
 
 # --- saving and loading a Recommender -------------------------------------------------------------
 def save_recommender(recommender: Recommender, path: Path) -> Path:
-    """Write weights, architecture, public catalog inputs, blend weights and DP popularity to ``path``."""
+    """Write weights, architecture, public catalog inputs, blend weights, DP popularity and the DP
+    behaviour vectors (when the item tower reads them) to ``path``: enough to score without the lake."""
     path.mkdir(parents=True, exist_ok=True)
     torch.save(recommender.model.state_dict(), path / "weights.pt")
     catalog = recommender.catalog
@@ -387,6 +388,7 @@ def save_recommender(recommender: Recommender, path: Path) -> Path:
         category_index=catalog.category_index,
         price_bucket=catalog.price_bucket,
         popularity=recommender.popularity if recommender.popularity is not None else np.zeros(0),
+        behaviour=catalog.behaviour if catalog.behaviour is not None else np.zeros((0, 0), np.float32),
     )
     meta = {
         "model_config": asdict(recommender.model.config),
@@ -397,6 +399,7 @@ def save_recommender(recommender: Recommender, path: Path) -> Path:
         "weights": asdict(recommender.weights),
         "history_length": recommender.history_length,
         "has_popularity": recommender.popularity is not None,
+        "has_behaviour": catalog.behaviour is not None,
     }
     (path / "recommender.json").write_text(json.dumps(meta, indent=2))
     return path
@@ -414,6 +417,7 @@ def load_recommender(path: Path, device: str = "cpu") -> Recommender:
         categories=tuple(meta["categories"]),
         price_edges=tuple(meta["price_edges"]),
         encoder_id=meta["encoder_id"],
+        behaviour=arrays["behaviour"] if meta.get("has_behaviour") else None,
     )
     model = TwoTower(ModelConfig(**meta["model_config"]))
     model.load_state_dict(torch.load(path / "weights.pt", map_location=device, weights_only=True))

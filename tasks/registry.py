@@ -465,7 +465,11 @@ def register_and_gate(settings: Settings, manifest: dict[str, Any]) -> Registrat
     )
     ledger = open_ledger(settings)
     try:
-        for charge_id in (manifest["charge_id"], manifest["popularity_charge_id"]):
+        # the count releases the model ships: DP popularity, and the DP co-occurrence its item tower reads
+        count_ids = [int(manifest["popularity_charge_id"])]
+        if manifest.get("cooccurrence_charge_id") is not None:
+            count_ids.append(int(manifest["cooccurrence_charge_id"]))
+        for charge_id in (int(manifest["charge_id"]), *count_ids):
             if str(ledger.charge(int(charge_id)).status) != "committed":
                 ledger.commit(
                     int(charge_id), model_version=registered.version, artifact_uri=registered.model_uri
@@ -474,7 +478,7 @@ def register_and_gate(settings: Settings, manifest: dict[str, Any]) -> Registrat
             ledger.charge(int(manifest["charge_id"])),
             secure_rng=False,
             noise_generator=manifest["noise_generator"],
-            count_charges=[ledger.charge(int(manifest["popularity_charge_id"]))],
+            count_charges=[ledger.charge(charge_id) for charge_id in count_ids],
         )
         # the ledger's head after this version's commits, anchored on the version beside its statement
         attach_to_model_version(

@@ -71,7 +71,12 @@ from tasks.model import (
     save_recommender,
     text_neighbours,
 )
-from tasks.privacy import PopularityRelease
+from tasks.privacy import (
+    CooccurrenceCounts,
+    CooccurrenceRelease,
+    PopularityRelease,
+    behaviour_vectors,
+)
 from tasks.privacy.accounting import LEDGER_ACCOUNTANT, rdp_epsilon
 from tasks.privacy.ledger_key import open_ledger
 from tasks.privacy.policy import active_charge, budget_for_run, dp_sgd_charge
@@ -441,6 +446,7 @@ def _load_checkpoint(path: Path, model: TwoTower, optimizer: Any, engine: Any) -
 # --- the train_recommender pipeline step --------------------------------------------------------------
 TRAIN_PURPOSE: Final = "train_recommender"
 POPULARITY_PURPOSE: Final = "dp_popularity"
+COOCCURRENCE_PURPOSE: Final = "dp_cooccurrence"
 
 
 def dp_popularity(settings: Settings) -> PopularityRelease:
@@ -452,6 +458,51 @@ def dp_popularity(settings: Settings) -> PopularityRelease:
         days=settings.popularity_days,
         event_types=INTERACTIONS,
     )
+
+
+def dp_cooccurrence(settings: Settings) -> CooccurrenceRelease | None:
+    """The DP co-occurrence release of a training run (``SHOPREC_COOC_*``; one release at the
+    validation cut under its own charge), or None when ``SHOPREC_COOC_ENABLED`` is off."""
+    if not settings.cooc_enabled:
+        return None
+    return CooccurrenceRelease(
+        noise_multiplier=settings.cooc_noise_multiplier,
+        cap_per_user=settings.cooc_cap_per_user,
+        days=settings.cooc_days,
+        event_types=INTERACTIONS,
+    )
+
+
+def cooccurrence_domain(popularity: np.ndarray, max_items: int) -> np.ndarray:
+    """Catalog positions a co-occurrence release covers: all of them, or the ``max_items`` of highest
+    DP popularity (``popularity``: a ledger-charged release, so the domain is public), in catalog order."""
+    if len(popularity) <= max_items:
+        return np.arange(len(popularity), dtype=np.int64)
+    order = np.lexsort((np.arange(len(popularity)), -np.asarray(popularity, dtype=np.float64)))
+    return np.sort(order[:max_items]).astype(np.int64)
+
+
+def cooccurrence_release(
+    events: pd.DataFrame,
+    catalog: ItemCatalog,
+    end: pd.Timestamp,
+    policy: CooccurrenceRelease,
+    domain: np.ndarray,
+) -> list[np.ndarray]:
+    """``[domain positions, noisy counts]`` of one DP co-occurrence release before ``end`` over the
+    catalog items at ``domain``; fresh CSPRNG noise every call (ledger-charged by the caller)."""
+    items = [catalog.item_ids[int(p)] for p in domain]
+    return [np.asarray(domain, dtype=np.int64), policy.release(events, end, item_ids=items).counts]
+
+
+def behaviour_for_catalog(catalog: ItemCatalog, released: Sequence[np.ndarray], dim: int) -> np.ndarray:
+    """``[N, dim]`` behaviour vectors over the catalog from a :func:`cooccurrence_release` (zero rows
+    for items outside its domain); post-processing of the release."""
+    domain, counts = released
+    ids = tuple(catalog.item_ids[int(p)] for p in domain)
+    out = np.zeros((catalog.n_items, dim), dtype=np.float32)
+    out[np.asarray(domain, dtype=np.int64)] = behaviour_vectors(CooccurrenceCounts(ids, counts), dim)
+    return out
 
 
 def dp_schedule(n_users: int, sample_rate: float, steps: int) -> tuple[int, int]:
@@ -571,6 +622,7 @@ class TrainingManifest:
     noise_generator: str
     rejected_days: str = ""  # comma-separated days of the window that ingest rejected (quarantined)
     training_data_uri: str = ""  # the run's pinned data (tasks.training_data), read by registration and audit
+    cooccurrence_charge_id: int | None = None  # the DP co-occurrence release the item tower reads, if any
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -646,7 +698,7 @@ def run_training(
     # non-members of the membership-inference audit (tasks.membership).
     candidates = training_candidates(settings, events, cuts.validation, source=data.state_rows)
     state, labels = candidates.state, candidates.labels
-    popularity = dp_popularity(settings)
+    popularity, cooccurrence = dp_popularity(settings), dp_cooccurrence(settings)
     examples, train_users = training_examples(settings, state, labels, catalog)
     if len(examples) < 2:
         raise ValueError(f"only {len(examples)} users with events on two days before {cuts.validation}")
@@ -673,6 +725,18 @@ def run_training(
             run_id=run_key,
             **provenance,
         )
+        cooc_charge = None
+        if cooccurrence is not None:
+            cooc_charge = active_charge(
+                ledger, settings.privacy_scope, run_key, COOCCURRENCE_PURPOSE
+            ) or ledger.reserve(
+                mechanism=cooccurrence.mechanism(releases=1),
+                data_window=(cooccurrence.start(cuts.validation), cuts.validation),
+                purpose=COOCCURRENCE_PURPOSE,
+                scope=settings.privacy_scope,
+                run_id=run_key,
+                **provenance,
+            )
         charge, mechanism = dp_sgd_charge(
             ledger,
             settings,
@@ -692,6 +756,27 @@ def run_training(
         ledger.close()
     config = TrainConfig(**{**asdict(config), "noise_multiplier": mechanism.noise_multiplier})
 
+    releases = f"dp_popularity-charge{int(pop_charge.id)}.npz"
+    pop_val, pop_test, pop_serve = released_once(
+        store,
+        f"{prefix}/{releases}",
+        run_dir / releases,
+        lambda: [
+            popularity_release(events, catalog, end, popularity)
+            for end in (cuts.validation, cuts.test, cuts.as_of)
+        ],
+    )
+    if cooccurrence is not None and cooc_charge is not None:
+        # one release per charge, read again by a retry; the item tower reads its behaviour vectors
+        domain = cooccurrence_domain(pop_val, settings.cooc_max_items)
+        cooc_file = f"dp_cooccurrence-charge{int(cooc_charge.id)}.npz"
+        released = released_once(
+            store,
+            f"{prefix}/{cooc_file}",
+            run_dir / cooc_file,
+            lambda: cooccurrence_release(events, catalog, cuts.validation, cooccurrence, domain),
+        )
+        catalog = catalog.with_behaviour(behaviour_for_catalog(catalog, released, settings.cooc_dim))
     # resume from the checkpoint an earlier attempt left in the store, whichever machine it ran on
     checkpoint, checkpoint_key = run_dir / "checkpoint.pt", f"{prefix}/checkpoint.pt"
     if store.exists(store.uri(checkpoint_key)):
@@ -707,16 +792,6 @@ def run_training(
     )
     twin, twin_result = fit_model(settings, catalog, examples, twin_config(settings, config))
 
-    releases = f"dp_popularity-charge{int(pop_charge.id)}.npz"
-    pop_val, pop_test, pop_serve = released_once(
-        store,
-        f"{prefix}/{releases}",
-        run_dir / releases,
-        lambda: [
-            popularity_release(events, catalog, end, popularity)
-            for end in (cuts.validation, cuts.test, cuts.as_of)
-        ],
-    )
     val_state = feature_state(settings, all_users, cuts.validation, source=data.state_rows)
     val = temporal_split_from_state(events, catalog, val_state, cuts.validation, cuts.test)
     blends = {}
@@ -782,4 +857,5 @@ def run_training(
         noise_generator=noise_generator_name(result.device, noise_seed=config.noise_seed),
         rejected_days=",".join(d.isoformat() for d in rejected),
         training_data_uri=data.uri,
+        cooccurrence_charge_id=None if cooc_charge is None else int(cooc_charge.id),
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,7 +17,15 @@ from tasks.catalog import (
     history_positions,
     user_feature_matrix,
 )
-from tasks.model import Recommender, build_model, content_affinity, text_neighbours
+from tasks.model import (
+    Recommender,
+    build_model,
+    content_affinity,
+    load_recommender,
+    save_recommender,
+    text_neighbours,
+)
+from tasks.publishing import scoring_catalog
 
 
 def _catalog(n: int = 6, dim: int = 4) -> ItemCatalog:
@@ -196,6 +206,48 @@ def test_a_model_saved_before_normalisation_loads_and_scores_as_it_was_trained(t
     frame = _frame([["i0"], ["i1", "i2"]])
     np.testing.assert_allclose(loaded.model_scores(frame), old.model_scores(frame), rtol=1e-6)
     assert float(loaded.item_vectors().norm(dim=1).std()) > 0  # raw dot product, not normalised
+
+
+def test_behaviour_vectors_join_the_item_input_and_travel_with_the_saved_model(tmp_path) -> None:
+    """DP behaviour vectors are further columns of the item tower's input; the saved model carries
+    them (it scores without the lake), and publishing's scoring catalog keeps them for known items
+    and gives new items zero rows."""
+    torch.manual_seed(0)
+    catalog = _catalog()
+    behaviour = np.random.default_rng(1).normal(size=(6, 3)).astype(np.float32)
+    joined = catalog.with_behaviour(behaviour)
+    assert joined.item_features.shape == (6, 4 + 3)
+    np.testing.assert_array_equal(joined.item_features[:, 4:], behaviour)
+    np.testing.assert_array_equal(joined.behaviour_for(["i2", "unknown"]), [behaviour[2], np.zeros(3)])
+    with pytest.raises(ValueError, match="2 behaviour vectors for 6 items"):
+        catalog.with_behaviour(behaviour[:2])
+    model = build_model(joined, dim=8, hidden=16)
+    assert model.config.text_dim == 7
+    rec = Recommender(model, joined, weights=BlendWeights(), popularity=None, history_length=3)
+    frame = _frame([["i0"], ["i1", "i2"]])
+    loaded = load_recommender(save_recommender(rec, tmp_path / "rec"))
+    assert loaded.catalog.behaviour is not None
+    np.testing.assert_array_equal(loaded.catalog.behaviour, behaviour)
+    np.testing.assert_allclose(loaded.model_scores(frame), rec.model_scores(frame), rtol=1e-6)
+
+    # "new": i0's title, category and price, but never seen by the release
+    current = pd.DataFrame(
+        {
+            "item_id": [*joined.item_ids, "new"],
+            "category": ["a", "b"] * 3 + ["a"],
+            "price": [*(np.arange(6) * 3.0), 0.0],
+            "embedding": [*catalog.text, catalog.text[0]],
+        }
+    )
+    scored = scoring_catalog(loaded, current)
+    assert scored.n_new == 1
+    torch.testing.assert_close(scored.vectors[:6], loaded.item_vectors())
+    zeroed = copy.deepcopy(loaded.model)
+    with torch.no_grad():
+        zeroed.item_text[1, 4:] = 0.0  # i0 without behaviour vector
+        expected = zeroed.item_vectors(torch.tensor([1]))[0]
+    torch.testing.assert_close(scored.vectors[6], expected)
+    assert not torch.allclose(scored.vectors[6], scored.vectors[0])
 
 
 # --- the towers the pipeline chooses among (Settings.train_item_tower / train_user_tower) ----------
