@@ -22,6 +22,7 @@ ITEM_CATALOG = Asset(name="item_catalog", uri="shoprec://lake/items")
 FEATURES = Asset(name="features", uri="shoprec://feast/features")
 MODEL_CHAMPION = Asset(name="model_champion", uri="shoprec://mlflow/champion")
 RECOMMENDATIONS = Asset(name="recommendations", uri="shoprec://feast/user_recommendations")
+EXPOSURES = Asset(name="exposures", uri="shoprec://lake/campaigns/exposures")
 
 
 def default_args(retry_delay: pendulum.Duration | None = None) -> dict[str, Any]:
