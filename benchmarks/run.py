@@ -30,6 +30,7 @@ from benchmarks.harness import REPO_ROOT, Context, Section, machine_info, write_
 BENCHMARKS: dict[str, str] = {
     "text": "benchmarks.text",
     "scoring": "benchmarks.scoring_rate",
+    "features_scale": "benchmarks.features_scale",
     "dp_speed": "benchmarks.dp_speed",
     "serving": "benchmarks.serving",
     "quality": "benchmarks.quality",

@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = None
     mlflow_registry_uri: str | None = None
     feast_registry_url: str | None = None
+    feature_server_url: str | None = Field(
+        default=None,
+        description="Base URL of a running Feast feature server (`feast serve`); when set, "
+        "`shoprec recommend` / `offer` read through it over HTTP and never import the Feast SDK.",
+    )
     artifact_store_url: str | None = Field(
         default=None,
         description="fsspec URL of the store tasks hand artifacts over in (tasks.artifacts): "

@@ -26,7 +26,13 @@ from rich.table import Table
 from tasks.config import Settings, get_settings
 from tasks.contracts import ExpectedError
 from tasks.embeddings import TextEncoder, load_pretrained_encoder
-from tasks.feast_store import get_online_user_features, get_store, item_vectors, search_items
+from tasks.feast_store import (
+    ServiceNotRegistered,
+    get_online_user_features,
+    item_vectors,
+    read_online_service,
+    search_items,
+)
 from tasks.features import item_features_path
 from tasks.pseudonymize import resolve_user as pseudonymize_user
 from tasks.publishing import GLOBAL, POPULAR_PREFIX, SERVICE_NAME_DEFAULT
@@ -69,18 +75,13 @@ class NothingPublished(ExpectedError):
 
 
 def _read(settings: Settings, user_ids: Sequence[str]) -> dict[str, list[Any]]:
-    from feast.errors import FeatureServiceNotFoundException
-
-    store = get_store(settings)
     try:
-        service = store.get_feature_service(SERVICE_NAME_DEFAULT, allow_cache=False)
-    except FeatureServiceNotFoundException as missing:
+        return read_online_service(settings, SERVICE_NAME_DEFAULT, user_ids)
+    except ServiceNotRegistered as missing:
         raise NothingPublished(
             f"nothing is published yet: feature service {SERVICE_NAME_DEFAULT} does not exist, so no model "
             "has been promoted (the gate kept no champion; its decision is on the model version in MLflow)"
         ) from missing
-    rows = [{"user_id": u} for u in user_ids]
-    return dict(store.get_online_features(features=service, entity_rows=rows).to_dict())
 
 
 def get_recommendations(settings: Settings, user: str, k: int | None = None) -> Recommendations:

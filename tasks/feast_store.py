@@ -40,7 +40,10 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import json
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +56,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from tasks.config import Profile, Settings, get_settings
+from tasks.contracts import ExpectedError
 from tasks.features import (
     COUNT_COLUMNS,
     USER_FEATURES_SCHEMA,
@@ -381,6 +385,70 @@ def get_training_frame(settings: Settings, entity_df: pd.DataFrame) -> pd.DataFr
     service = store.get_feature_service(RECOMMENDER_SERVICE)
     job = store.get_historical_features(entity_df=frame, features=service)
     return job.to_df()
+
+
+class ServiceNotRegistered(ExpectedError):
+    """The feature service a consumer asked for is not in the Feast registry (nothing published)."""
+
+
+class FeatureServerError(ExpectedError):
+    """The configured feature server (``SHOPREC_FEATURE_SERVER_URL``) did not answer a lookup."""
+
+
+# One FeatureStore per store configuration and process: building one parses the config and opens the
+# registry; a consumer process (a server, a benchmark, a notebook) reuses it for every lookup.
+_STORES: dict[str, FeatureStore] = {}
+
+
+def cached_store(settings: Settings) -> FeatureStore:
+    """The process's FeatureStore for ``settings``' store configuration (built once, then reused)."""
+    key = json.dumps([str(settings.feast_dir), repo_config_dict(settings)], sort_keys=True, default=str)
+    if key not in _STORES:
+        _STORES[key] = get_store(settings)
+    return _STORES[key]
+
+
+def read_online_service(settings: Settings, service: str, user_ids: Sequence[str]) -> dict[str, list[Any]]:
+    """Online values of feature service ``service`` for ``user_ids``: column name -> one value per user
+    (None where a user has no row).
+
+    With ``settings.feature_server_url`` the lookup is one HTTP request to that ``feast serve`` (the
+    Feast SDK is not imported); else through the SDK with the process's cached FeatureStore, the
+    service definition from the registry cache (``cache_ttl_seconds``: a blue/green switch shows
+    within that time), not re-read from the registry database per lookup.  Raises
+    :class:`ServiceNotRegistered` when the service does not exist.
+    """
+    if settings.feature_server_url:
+        return _read_through_server(settings.feature_server_url, service, user_ids)
+    from feast.errors import FeatureServiceNotFoundException
+
+    store = cached_store(settings)
+    try:
+        definition = store.get_feature_service(service)
+    except FeatureServiceNotFoundException as missing:
+        raise ServiceNotRegistered(f"feature service {service} is not registered") from missing
+    rows = [{"user_id": u} for u in user_ids]
+    return dict(store.get_online_features(features=definition, entity_rows=rows).to_dict())
+
+
+def _read_through_server(url: str, service: str, user_ids: Sequence[str]) -> dict[str, list[Any]]:
+    if urlparse(url).scheme not in ("http", "https"):
+        raise FeatureServerError(f"feature server URL {url!r} is not http(s)://")
+    body = json.dumps({"feature_service": service, "entities": {"user_id": list(user_ids)}}).encode()
+    endpoint = f"{url.rstrip('/')}/get-online-features"
+    request = urllib.request.Request(endpoint, data=body, headers={"Content-Type": "application/json"})  # ruff: ignore[suspicious-url-open-usage] (http(s) only, checked above)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # ruff: ignore[suspicious-url-open-usage] (http(s) only)
+            payload = json.loads(response.read())
+    except urllib.error.HTTPError as failed:
+        detail = failed.read().decode(errors="replace")
+        if "FeatureServiceNotFound" in detail or "not found" in detail.lower():
+            raise ServiceNotRegistered(f"feature service {service} is not registered") from failed
+        raise FeatureServerError(f"feature server {url}: HTTP {failed.code}: {detail[:200]}") from failed
+    except (urllib.error.URLError, OSError) as failed:
+        raise FeatureServerError(f"feature server {url} does not answer: {failed}") from failed
+    names = payload["metadata"]["feature_names"]
+    return {name: list(column["values"]) for name, column in zip(names, payload["results"], strict=True)}
 
 
 def get_online_user_features(settings: Settings, user_ids: Sequence[str]) -> dict[str, list[Any]]:

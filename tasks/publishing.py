@@ -1,19 +1,21 @@
 """Batch scoring of every active user with the champion model, and publishing the top-K to Feast.
 
-Scoring (:func:`score_top_k`): user vectors ``[U, d]`` times the catalog's item vectors ``[N, d]`` in
-batches of users (one matrix product per batch, no Python loop over items), blended as the model was
-tuned (:func:`tasks.model.blend_scores`: z-scored model score, the user's own repeat-purchase signal,
-the text neighbours of the user's recent items (:func:`tasks.model.content_affinity`, over the
-current catalog, so new items take part through their titles), DP popularity), then the business
-rules, each in :class:`PublishRules`:
+Scoring (:func:`score_top_k`): user vectors ``[U, d]`` times the catalog's item vectors ``[N, d]`` on
+chunks of users sized to the cache (one matrix product per chunk, no Python loop over users or
+items), blended as the model was tuned (:class:`ScoreBlend`, the formula of
+:func:`tasks.catalog.blend_scores`: z-scored model score, the user's own repeat-purchase signal, the
+text neighbours of the user's recent items (as :func:`tasks.model.content_affinity`, over the current
+catalog, so new items take part through their titles), DP popularity), then the business rules, each
+in :class:`PublishRules`:
 
 * items no longer in the catalog are never recommended (``allowed`` mask);
 * items the user already bought are included by default (``include_purchased=True``: repeat purchases
   are real in retail, and the model's repeat signal ranks them); ``False`` removes them;
 * at most ``max_per_category`` items of one category per list (diversity); ``None`` lifts the cap.
 
-Top-K uses ``torch.topk`` over a per-row candidate pool; the category cap ranks candidates within their
-category with one stable sort per batch (:func:`_rank_within_group`).
+Top-K: ``argpartition`` to a pool of the best ``4k``, ordered by (score, catalog position); the
+category cap takes items greedily in that order (:func:`_rank_within_group`), over the whole row where
+the pool runs short.  The same selection makes the cold-start lists (:func:`popularity_top_k`).
 
 Reasons (:func:`explain`): for each recommended item, the item of the user's own history (purchases
 first, else recent items) with the highest text-embedding cosine similarity: ``bought:<item_id>`` or
@@ -44,7 +46,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.catalog import ItemCatalog, blend_scores
+from tasks.catalog import BlendWeights, ItemCatalog
 from tasks.code_version import code_version
 from tasks.config import Settings
 from tasks.contracts import PURCHASE
@@ -60,7 +62,7 @@ if TYPE_CHECKING:
     import torch
     from feast import FeatureStore
 
-    from tasks.model import Recommender
+    from tasks.model import Recommender, TextNeighbours
 
 GLOBAL: Final = "global"
 SERVICE_NAME_DEFAULT: Final = "recommendations_v1"
@@ -126,65 +128,110 @@ def _rank_within_group(groups: torch.Tensor) -> torch.Tensor:
     return rank
 
 
-def _capped_top_k(
-    scores: torch.Tensor, k: int, category: torch.Tensor, cap: int, pool: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top ``k`` with at most ``cap`` per category, looking at the best ``pool`` items of each row."""
+# Floats in one chunk's [rows, N] score buffer (2 MiB; the content buffer is as large): 2**17 to 2**21
+# measured within 10% of each other on 4,000 items, 2**19 the fastest.
+CHUNK_FLOATS: Final = 2**19
+
+
+@dataclass(frozen=True)
+class ScoreBlend:
+    """The blend :func:`score_top_k` applies, as the model was tuned (:func:`tasks.catalog.blend_scores`):
+    ``model * z(model score) + repeat * log1p(own purchases) + popularity * z(log1p(DP popularity))
+    + content * z(content affinity)``, with the content affinity of :func:`tasks.model.content_affinity`
+    over ``neighbours`` of each user's ``recents`` (catalog positions)."""
+
+    weights: BlendWeights
+    popularity: np.ndarray | None = None
+    recents: Sequence[np.ndarray] | None = None
+    neighbours: TextNeighbours | None = None
+
+    @property
+    def uses_content(self) -> bool:
+        return bool(self.weights.content) and self.neighbours is not None and self.recents is not None
+
+
+def _flat(parts: Sequence[np.ndarray], dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets [U+1], values) of per-user arrays concatenated once."""
+    lengths = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
+    offsets = np.zeros(len(parts) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    values = np.concatenate([np.asarray(p, dtype=dtype) for p in parts]) if len(parts) else np.zeros(0, dtype)
+    return offsets, values.astype(dtype, copy=False)
+
+
+def _z_popularity(popularity: np.ndarray) -> np.ndarray:
+    pop = np.log1p(np.clip(popularity, 0, None))
+    return np.asarray((pop - pop.mean()) / (pop.std() + 1e-6), dtype=np.float64)
+
+
+def _select(scores: np.ndarray, m: int) -> np.ndarray:
+    """Per row, the positions of the ``m`` best scores, best first, ties by position: ``[B, m]``."""
+    n = scores.shape[1]
+    if m < n:
+        pool = np.sort(np.argpartition(scores, n - m, axis=1)[:, n - m :], axis=1)
+    else:
+        pool = np.broadcast_to(np.arange(n), scores.shape)
+    order = np.argsort(-np.take_along_axis(scores, pool, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(pool, order, axis=1)
+
+
+def _capped(scores: np.ndarray, ranked: np.ndarray, k: int, category: np.ndarray, cap: int) -> np.ndarray:
+    """From ``ranked`` positions (best first), the first ``k`` with at most ``cap`` per category; -1 pads."""
     import torch
 
-    pool_values, pool_idx = torch.topk(scores, pool, dim=1, sorted=True)
-    rank = _rank_within_group(category[pool_idx])
-    pool_values = pool_values.masked_fill(rank >= cap, float("-inf"))
-    values, pos = torch.topk(pool_values, k, dim=1, sorted=True)
-    return values, torch.gather(pool_idx, 1, pos)
+    rank = _rank_within_group(torch.from_numpy(np.ascontiguousarray(category[ranked]))).numpy()
+    ok = (rank < cap) & np.isfinite(np.take_along_axis(scores, ranked, axis=1))
+    take = np.argsort(~ok, axis=1, kind="stable")[:, :k]
+    return np.where(np.take_along_axis(ok, take, axis=1), np.take_along_axis(ranked, take, axis=1), -1)
+
+
+def _top_positions(scores: np.ndarray, k: int, category: np.ndarray | None, cap: int | None) -> np.ndarray:
+    """Top-``k`` positions per row of ``scores [B, N]`` with at most ``cap`` per ``category`` (-1: no
+    item): greedy in score order (ties by position) over a pool of the best ``4k``, over the whole row
+    where the pool runs short."""
+    n = scores.shape[1]
+    k = min(k, n)
+    if category is None or cap is None:
+        top = _select(scores, k)
+        return np.where(np.isfinite(np.take_along_axis(scores, top, axis=1)), top, -1)
+    pool = min(n, 4 * k)
+    top = _capped(scores, _select(scores, pool), k, category, cap)
+    found = (top >= 0).sum(axis=1)
+    short = np.flatnonzero((found < k) & (np.isfinite(scores).sum(axis=1) > found))
+    if len(short) and pool < n:
+        full = scores[short]
+        top[short] = _capped(full, _select(full, n), k, category, cap)
+    return top
+
+
+def _numpy(values: np.ndarray | torch.Tensor) -> np.ndarray:
+    return values.detach().cpu().numpy() if hasattr(values, "detach") else np.asarray(values)
 
 
 def top_k_with_rules(
-    scores: torch.Tensor,
+    scores: np.ndarray | torch.Tensor,
     *,
     k: int,
-    allowed: torch.Tensor | None = None,
-    excluded: torch.Tensor | None = None,
-    category: torch.Tensor | None = None,
+    allowed: np.ndarray | torch.Tensor | None = None,
+    excluded: np.ndarray | torch.Tensor | None = None,
+    category: np.ndarray | torch.Tensor | None = None,
     max_per_category: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[np.ndarray, np.ndarray]:
     """Top ``k`` of ``scores [B, N]`` under the rules; returns (values, indices), each ``[B, min(k, N)]``.
 
     ``allowed [N]``: items still in the catalog. ``excluded [B, N]``: per-row items to drop (purchases
     when they are excluded). ``category [N]`` (int labels) with ``max_per_category``: the diversity cap.
-    Slots that no item can fill hold ``-inf`` and index ``-1``.
+    Equal scores rank by catalog position. Slots that no item can fill hold ``-inf`` and index ``-1``.
     """
-    import torch
-
-    masked = scores.clone().float()
+    masked = np.array(_numpy(scores), dtype=np.float32, ndmin=2)
     if allowed is not None:
-        masked[:, ~allowed] = float("-inf")
+        masked[:, ~_numpy(allowed).astype(bool)] = -np.inf
     if excluded is not None:
-        masked = masked.masked_fill(excluded, float("-inf"))
-    n = masked.shape[1]
-    k_out = min(k, n)
-    if category is not None and max_per_category is not None:
-        values, indices = _capped_top_k(masked, k_out, category, max_per_category, pool=min(n, 4 * k_out))
-        short = torch.isinf(values).any(dim=1) & ~torch.isinf(masked).all(dim=1)
-        if bool(short.any()) and 4 * k_out < n:  # the pool ran dry under the cap: those rows in full
-            values[short], indices[short] = _capped_top_k(
-                masked[short], k_out, category, max_per_category, pool=n
-            )
-    else:
-        values, indices = torch.topk(masked, k_out, dim=1, sorted=True)
-    indices = indices.masked_fill(torch.isinf(values), -1)
-    return values, indices
-
-
-def dense_counts(histories: Sequence[tuple[np.ndarray, np.ndarray]], n_items: int) -> np.ndarray:
-    """``[B, N]`` matrix of own purchase counts from per-user (catalog positions, counts) pairs."""
-    out = np.zeros((len(histories), n_items), dtype=np.float32)
-    rows = np.concatenate([np.full(len(idx), r) for r, (idx, _) in enumerate(histories)] or [np.zeros(0)])
-    cols = np.concatenate([idx for idx, _ in histories] or [np.zeros(0)])
-    vals = np.concatenate([c for _, c in histories] or [np.zeros(0)])
-    if len(rows):
-        np.add.at(out, (rows.astype(np.int64), cols.astype(np.int64)), vals.astype(np.float32))
-    return out
+        masked[_numpy(excluded).astype(bool)] = -np.inf
+    groups = _numpy(category).astype(np.int64) if category is not None else None
+    indices = _top_positions(masked, k, groups, max_per_category)
+    values = np.take_along_axis(masked, np.where(indices >= 0, indices, 0), axis=1)
+    return np.where(indices >= 0, values, -np.inf).astype(np.float32), indices
 
 
 def score_top_k(
@@ -195,42 +242,126 @@ def score_top_k(
     purchases: Sequence[tuple[np.ndarray, np.ndarray]],
     allowed: np.ndarray | None = None,
     category: np.ndarray | None = None,
-    blend: Callable[[np.ndarray, np.ndarray, slice], np.ndarray] | None = None,
+    blend: ScoreBlend | None = None,
 ) -> TopK:
-    """Top-K catalog positions per user: batched ``user @ items.T``, blend, rules, ``torch.topk``.
+    """Top-K catalog positions per user and their blended scores, vectorised on chunks of users.
 
-    ``purchases[u]``: (catalog positions, counts) of user u's own purchases. ``blend(model_scores,
-    own_counts, rows) -> scores`` adds the model's repeat/popularity/content signals for the users
-    ``rows`` (a slice of the inputs; identity when None).
+    ``purchases[u]``: (catalog positions, counts) of user u's own purchases; ``blend``: the
+    :class:`ScoreBlend` (None: the bare model score).  Per chunk of users (sized so its score rows stay
+    in the cache), one matrix product gives each row's ranking score: the model score times
+    ``model / (row std + 1e-6)`` plus the weighted z-scored popularity (one more row of the item
+    matrix); the repeat term is added at the user's purchases and the content affinity (a scatter-max
+    of the text neighbours of the recent items) times ``content / (its row std + 1e-6)``.  Row means
+    only shift a row, so the ranking leaves them out.  The model scores' row mean and std come from the
+    item vectors' mean and covariance (``u . mean``, ``u' cov u``, float64), the content's from its
+    row sums.  Top-K: ``argpartition`` to a pool ordered by (score, position), the category cap
+    greedily over the pool (over the whole row where the pool runs short).  The chosen items' scores
+    are then computed in float64 term by term as :func:`tasks.catalog.blend_scores` computes them.
+    tests/unit/test_scoring_kernel.py pins equal top-K to that NumPy blend and ``top_k_with_rules``.
     """
     import torch
 
     n_users, n_items = user_vectors.shape[0], item_vectors.shape[0]
     if len(purchases) != n_users:
         raise ValueError(f"{len(purchases)} purchase histories for {n_users} users")
-    allowed_t = torch.from_numpy(np.asarray(allowed, dtype=bool)) if allowed is not None else None
-    category_t = torch.from_numpy(np.asarray(category, dtype=np.int64)) if category is not None else None
+    content = blend is not None and blend.uses_content
+    if content and blend is not None and blend.recents is not None and len(blend.recents) != n_users:
+        raise ValueError(f"{len(blend.recents)} recent-item lists for {n_users} users")
     k_out = min(rules.k, n_items)
     out_idx = np.full((n_users, k_out), -1, dtype=np.int64)
     out_val = np.full((n_users, k_out), -np.inf, dtype=np.float32)
-    items_t = item_vectors.detach().float().t().contiguous()
+    if n_users == 0 or n_items == 0:
+        return TopK(indices=out_idx, scores=out_val)
+    weights = blend.weights if blend is not None else None
+    cat = np.asarray(category, dtype=np.int64) if category is not None else None
+    items64 = item_vectors.detach().double()
+    item_mean = items64.mean(0)
+    item_cov = (items64 - item_mean).T @ (items64 - item_mean) / n_items
+    pop_z = np.zeros(n_items, dtype=np.float64)
+    if weights is not None and weights.popularity and blend is not None and blend.popularity is not None:
+        pop_z = _z_popularity(np.asarray(blend.popularity, dtype=np.float64))
+    pop_term = pop_z * (weights.popularity if weights is not None else 0.0)
+    design = torch.cat(
+        [item_vectors.detach().float().t(), torch.from_numpy(pop_term.astype(np.float32))[None, :]]
+    ).contiguous()
+    barred = (
+        torch.from_numpy(np.flatnonzero(~np.asarray(allowed, dtype=bool))) if allowed is not None else None
+    )
+    buy_offsets, buy_items = _flat([p for p, _ in purchases], np.int64)
+    _, buy_counts = _flat([c for _, c in purchases], np.float64)
+    if content:
+        assert blend is not None
+        assert blend.neighbours is not None
+        assert blend.recents is not None
+        recent_offsets, recent_items = _flat(blend.recents, np.int64)
+        neighbour_index = torch.from_numpy(np.ascontiguousarray(blend.neighbours.index, dtype=np.int64))
+        neighbour_sim = torch.from_numpy(np.ascontiguousarray(blend.neighbours.similarity, dtype=np.float32))
+        neighbour_sim = neighbour_sim.clamp(min=0.0)
+    rows = max(8, min(rules.batch_size, CHUNK_FLOATS // n_items))
     with torch.inference_mode():
-        for start in range(0, n_users, rules.batch_size):
-            stop = min(start + rules.batch_size, n_users)
-            raw = (user_vectors[start:stop].detach().float() @ items_t).numpy()
-            counts = dense_counts(purchases[start:stop], n_items)
-            blended = blend(raw, counts, slice(start, stop)) if blend is not None else raw
-            excluded = torch.from_numpy(counts > 0) if not rules.include_purchased else None
-            values, indices = top_k_with_rules(
-                torch.from_numpy(np.ascontiguousarray(blended, dtype=np.float32)),
-                k=k_out,
-                allowed=allowed_t,
-                excluded=excluded,
-                category=category_t,
-                max_per_category=rules.max_per_category,
+        for start in range(0, n_users, rows):
+            stop = min(start + rows, n_users)
+            b = stop - start
+            users = user_vectors[start:stop].detach().float()
+            users64 = users.double()
+            row_mean = (users64 @ item_mean).numpy()
+            row_std = ((users64 @ item_cov) * users64).sum(1).clamp(min=0.0).sqrt().numpy()
+            scale = np.ones(b) if weights is None else weights.model / (row_std + 1e-6)
+            lhs = torch.cat(
+                [users * torch.from_numpy(scale.astype(np.float32))[:, None], torch.ones(b, 1)], 1
             )
-            out_idx[start:stop] = indices.numpy()
-            out_val[start:stop] = values.numpy()
+            scores = lhs @ design  # [b, N]: the ranking scores
+            flat = scores.view(-1)
+            # own purchases as (row, item) keys, duplicate counts summed
+            lo, hi = buy_offsets[start], buy_offsets[stop]
+            owner = np.repeat(np.arange(b, dtype=np.int64), np.diff(buy_offsets[start : stop + 1]))
+            bought, inverse = np.unique(owner * n_items + buy_items[lo:hi], return_inverse=True)
+            counts = np.bincount(inverse, weights=buy_counts[lo:hi], minlength=len(bought))
+            repeat = np.zeros(len(bought))
+            if weights is not None and weights.repeat:
+                repeat = weights.repeat * np.log1p(np.clip(counts, 0, None))
+                flat.index_add_(0, torch.from_numpy(bought), torch.from_numpy(repeat.astype(np.float32)))
+            if not rules.include_purchased:
+                flat[torch.from_numpy(bought[counts > 0])] = float("-inf")
+            if barred is not None and len(barred):
+                scores.index_fill_(1, barred, float("-inf"))
+            affinity, c_mean, c_std = None, np.zeros(b), np.zeros(b)
+            if content:
+                assert weights is not None
+                r_lo, r_hi = recent_offsets[start], recent_offsets[stop]
+                holder = np.repeat(np.arange(b, dtype=np.int64), np.diff(recent_offsets[start : stop + 1]))
+                mine = torch.from_numpy(recent_items[r_lo:r_hi])
+                targets = (torch.from_numpy(holder)[:, None] * n_items + neighbour_index[mine]).view(-1)
+                affinity = torch.zeros(b, n_items)
+                affinity.view(-1).scatter_reduce_(
+                    0, targets, neighbour_sim[mine].reshape(-1), reduce="amax", include_self=True
+                )
+                c_mean = affinity.sum(1, dtype=torch.float64).numpy() / n_items
+                squares = torch.linalg.vector_norm(affinity, dim=1).double().numpy() ** 2 / n_items
+                c_std = np.sqrt(np.clip(squares - c_mean**2, 0, None))
+                gain = weights.content / (c_std + 1e-6)
+                scores.addcmul_(affinity, torch.from_numpy(gain.astype(np.float32))[:, None])
+            ranked = scores.numpy()
+            top = _top_positions(ranked, rules.k, cat, rules.max_per_category)
+            valid = top >= 0
+            safe = np.where(valid, top, 0)
+            if weights is None:
+                value = np.take_along_axis(ranked, safe, axis=1).astype(np.float64)
+            else:  # the chosen items' scores, term by term as blend_scores computes them
+                raw = torch.einsum("bd,bkd->bk", users64, items64[torch.from_numpy(safe)]).numpy()
+                value = weights.model * ((raw - row_mean[:, None]) / (row_std[:, None] + 1e-6))
+                if weights.repeat:
+                    keys = np.arange(b, dtype=np.int64)[:, None] * n_items + safe
+                    at = np.clip(np.searchsorted(bought, keys), 0, max(len(bought) - 1, 0))
+                    hit = bought[at] == keys if len(bought) else np.zeros(keys.shape, dtype=bool)
+                    value = value + np.where(hit, repeat[at] if len(bought) else 0.0, 0.0)
+                if weights.popularity:
+                    value = value + pop_term[safe]
+                if affinity is not None:
+                    near = np.take_along_axis(affinity.numpy(), safe, axis=1).astype(np.float64)
+                    value = value + weights.content * ((near - c_mean[:, None]) / (c_std[:, None] + 1e-6))
+            out_idx[start:stop] = top
+            out_val[start:stop] = np.where(valid, value, -np.inf).astype(np.float32)
     return TopK(indices=out_idx, scores=out_val)
 
 
@@ -242,16 +373,14 @@ def popularity_top_k(
     category: np.ndarray | None = None,
 ) -> TopK:
     """The top-K of one DP popularity vector ``[N]`` under the same rules (cold-start lists)."""
-    import torch
-
     values, indices = top_k_with_rules(
-        torch.from_numpy(np.asarray(popularity, dtype=np.float32))[None, :],
+        np.asarray(popularity, dtype=np.float32)[None, :],
         k=rules.k,
-        allowed=torch.from_numpy(np.asarray(allowed, dtype=bool)) if allowed is not None else None,
-        category=torch.from_numpy(np.asarray(category, dtype=np.int64)) if category is not None else None,
+        allowed=allowed,
+        category=category,
         max_per_category=rules.max_per_category,
     )
-    return TopK(indices=indices.numpy(), scores=values.numpy())
+    return TopK(indices=indices, scores=values)
 
 
 # --- reasons -----------------------------------------------------------------------------------------
@@ -779,7 +908,7 @@ def run_publish(
     """
     import torch
 
-    from tasks.model import content_affinity, text_neighbours
+    from tasks.model import text_neighbours
 
     rules = rules or PublishRules(k=settings.top_k)
     if scoring_time.tzinfo is None:
@@ -817,12 +946,6 @@ def run_publish(
 
     neighbours = text_neighbours(catalog.text) if model.weights.content else None
 
-    def blend(raw: np.ndarray, counts: np.ndarray, rows: slice) -> np.ndarray:
-        content = None
-        if neighbours is not None:
-            content = content_affinity(warm_recents[rows], neighbours, len(catalog.item_ids))
-        return blend_scores(raw, counts, catalog.popularity, model.weights, content)
-
     warm_idx = np.flatnonzero(~cold)
     k = min(rules.k, len(catalog.item_ids))
     top = TopK(indices=np.full((len(users), k), -1, np.int64), scores=np.full((len(users), k), -np.inf))
@@ -836,7 +959,7 @@ def run_publish(
             rules=rules,
             purchases=[purchases[i] for i in warm_idx],
             category=catalog.category,
-            blend=blend,
+            blend=ScoreBlend(model.weights, catalog.popularity, warm_recents, neighbours),
         )
         top.indices[warm_idx], top.scores[warm_idx] = warm_top.indices, warm_top.scores
         explained = explain(warm_top.indices, [histories[i] for i in warm_idx], catalog.text)

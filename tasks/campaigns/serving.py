@@ -21,7 +21,13 @@ from tasks.campaigns.contracts import run_folder
 from tasks.campaigns.simulator import FEATURE_NAMES
 from tasks.config import Settings
 from tasks.contracts import ExpectedError
-from tasks.feast_store import apply_definitions, build_definitions, get_store
+from tasks.feast_store import (
+    ServiceNotRegistered,
+    apply_definitions,
+    build_definitions,
+    get_store,
+    read_online_service,
+)
 from tasks.permissions import private_dir
 from tasks.pseudonymize import resolve_user
 
@@ -126,16 +132,12 @@ class Offer:
 def offer_for(settings: Settings, user: str) -> Offer:
     """The published offer of ``user`` (raw customer id, pseudonymised with the ingest key like
     ``shoprec recommend`` does, or pseudonym) from the online store, through ``offers_v1``."""
-    from feast.errors import FeatureServiceNotFoundException
-
     user_id = resolve_user(settings, user)
-    store = get_store(settings)
     try:
-        service = store.get_feature_service(SERVICE_NAME)
-    except FeatureServiceNotFoundException as missing:
+        columns = read_online_service(settings, SERVICE_NAME, [user_id])
+    except ServiceNotRegistered as missing:
         raise NoOffer(f"no offers published yet ({SERVICE_NAME} is not registered)") from missing
-    response = store.get_online_features(features=service, entity_rows=[{"user_id": user_id}])
-    row = {name: values[0] for name, values in response.to_dict().items()}
+    row = {name: values[0] for name, values in columns.items()}
     if row.get("offer_id") is None:
         raise NoOffer(f"no offer published for customer {user!r}")
     return Offer(

@@ -11,12 +11,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from tasks.catalog import BlendWeights
 from tasks.config import Settings
 from tasks.publishing import (
     PublishRules,
+    ScoreBlend,
     TopK,
     build_rows,
-    dense_counts,
     explain,
     offline_path,
     popularity_top_k,
@@ -63,11 +64,6 @@ def test_category_cap_ranks_within_category_per_row() -> None:
     assert indices.tolist() == [[0, 2], [3, 1]]
 
 
-def test_dense_counts_places_each_users_purchases() -> None:
-    counts = dense_counts([(np.array([2]), np.array([3.0])), (np.array([0, 2]), np.array([1.0, 2.0]))], 3)
-    assert counts.tolist() == [[0, 0, 3], [1, 0, 2]]
-
-
 def test_scoring_matches_a_full_matrix_product_across_batches() -> None:
     gen = torch.Generator().manual_seed(0)
     users, items = torch.randn(7, 4, generator=gen), torch.randn(9, 4, generator=gen)
@@ -97,10 +93,13 @@ def test_purchased_items_can_be_excluded() -> None:
 
 
 def test_blend_receives_own_purchase_counts() -> None:
+    """z-scored model scores [1, -1]; the repeat term 2 * log1p(4) = 3.22 lifts the bought item."""
     users, items = torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 0.0], [0.5, 0.0]])
     bought = [(np.array([1]), np.array([4.0]))]
-    top = score_top_k(users, items, rules=PublishRules(k=1), purchases=bought, blend=lambda s, c, r: s + c)
-    assert top.indices.tolist() == [[1]]
+    blend = ScoreBlend(BlendWeights(repeat=2.0))
+    top = score_top_k(users, items, rules=PublishRules(k=2), purchases=bought, blend=blend)
+    assert top.indices.tolist() == [[1, 0]]
+    assert top.scores[0].tolist() == pytest.approx([-1.0 + 2.0 * np.log1p(4.0), 1.0], abs=1e-5)
 
 
 def test_a_new_item_is_recommended_through_its_text_vector() -> None:
