@@ -32,6 +32,7 @@ def machines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from tasks.model import load_recommender
     from tasks.registry import register_and_gate
     from tasks.training import run_training
+    from tasks.training_data import pin_training_data
     from tests.integration.test_train_recommender_dag import _write_lake
 
     root = tmp_path_factory.mktemp("cooc")
@@ -42,7 +43,7 @@ def machines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "SHOPREC_LEDGER_URL": f"sqlite:///{home_a / 'privacy' / 'ledger.db'}",
         "SHOPREC_LEDGER_KEY": "cooccurrence-test-ledger-key",
         "SHOPREC_FEAST_REGISTRY_URL": f"sqlite:///{home_a / 'feast' / 'registry.db'}",
-        "SHOPREC_TRAIN_EPOCHS": "2",
+        "SHOPREC_TRAIN_STEPS": "8",
         "SHOPREC_COOC_ENABLED": "1",
         "SHOPREC_COOC_DIM": "16",
         "SHOPREC_COOC_CAP_PER_USER": "10",
@@ -55,13 +56,14 @@ def machines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         a = get_settings()
         compute_features(a, _write_lake(a), encoder=tiny_random_encoder(seed=0, dim=32))
         apply_definitions(a)
-        out["first"] = run_training(a, run_key=RUN_KEY).to_dict()
+        pinned = pin_training_data(a, RUN_KEY)  # the pin_training_data task
+        out["first"] = run_training(a, run_key=RUN_KEY, training_data_uri=pinned.uri).to_dict()
         out["first_model"] = load_recommender(fetch(a, out["first"]["model_uri"]))
         shutil.rmtree(a.models_dir)
 
         only_shoprec_env(mp, {**shared, "SHOPREC_HOME": str(homes["c"])})
         c = get_settings()
-        out["retry"] = run_training(c, run_key=RUN_KEY).to_dict()
+        out["retry"] = run_training(c, run_key=RUN_KEY, training_data_uri=pinned.uri).to_dict()
         out["retry_model"] = load_recommender(fetch(c, out["retry"]["model_uri"]))
 
         only_shoprec_env(mp, {**shared, "SHOPREC_HOME": str(homes["b"])})
