@@ -9,6 +9,10 @@ folder. A, B and C have no lake, no catalog, no Feast repository or offline stor
 deleted after training, so a task that opened a worker-local path of another task, or read the lake or
 Feast instead of the run's pinned data, fails.
 
+The flow runs twice: with the artifact store a folder (``file://``) and a bucket (``s3://``) of a real
+S3 protocol server (moto on 127.0.0.1, reached through s3fs with SHOPREC_ARTIFACT_STORE_ENDPOINT_URL and
+credentials from the environment, as a worker reaches MinIO or AWS S3).
+
 The shop is the train_recommender DAG test's (400 users, 80 items, 35 days), trained for 2 epochs.
 """
 
@@ -21,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from helpers_s3 import new_bucket, s3_options
 from helpers_settings import only_shoprec_env
 
 from tasks.config import Settings
@@ -43,8 +48,8 @@ def _has_no_lake_or_feast(settings: Settings) -> list[str]:
     return [str(p) for p in places if p.exists()]
 
 
-@pytest.fixture(scope="module")
-def machines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+@pytest.fixture(scope="module", params=["file", "s3"])
+def machines(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from tasks.artifacts import run_key_path
     from tasks.config import get_settings
     from tasks.embeddings import tiny_random_encoder
@@ -59,15 +64,26 @@ def machines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("machines")
     servers = root / "servers"
     servers.mkdir()
+    if request.param == "file":
+        store = {"SHOPREC_ARTIFACT_STORE_URL": (root / "store").as_uri()}
+    else:
+        endpoint = request.getfixturevalue("s3_endpoint")
+        options = s3_options(endpoint)
+        store = {
+            "SHOPREC_ARTIFACT_STORE_URL": f"s3://{new_bucket(endpoint)}/shoprec",
+            "SHOPREC_ARTIFACT_STORE_ENDPOINT_URL": endpoint,
+            "SHOPREC_ARTIFACT_STORE_KEY_ID": options["key"],
+            "SHOPREC_ARTIFACT_STORE_SECRET": options["secret"],
+        }
     shared = {
-        "SHOPREC_ARTIFACT_STORE_URL": (root / "store").as_uri(),
+        **store,
         "SHOPREC_MLFLOW_TRACKING_URI": f"sqlite:///{servers / 'mlflow.db'}",
         "SHOPREC_LEDGER_URL": f"sqlite:///{servers / 'ledger.db'}",
         "SHOPREC_LEDGER_KEY": "two-machines-test-ledger-key",
         "SHOPREC_TRAIN_EPOCHS": "2",
     }
     homes = {name: root / name / "shoprec" for name in ("d", "a", "b", "c")}
-    out: dict[str, Any] = {"homes": homes, "store": root / "store"}
+    out: dict[str, Any] = {"homes": homes, "store_url": store["SHOPREC_ARTIFACT_STORE_URL"]}
     with pytest.MonkeyPatch.context() as mp:
         only_shoprec_env(mp, {**shared, "SHOPREC_HOME": str(homes["d"])})
         d = get_settings()
@@ -145,10 +161,9 @@ def _checkpoint_epoch(run_dir: Path) -> int:
 
 
 def test_the_manifest_carries_artifact_store_uris_never_worker_paths(machines: dict[str, Any]) -> None:
-    store = machines["store"]
     manifest = machines["first"]
     for field in ("model_uri", "nonprivate_uri", "training_users_uri", "training_data_uri"):
-        assert manifest[field].startswith(store.as_uri() + "/runs/"), field
+        assert manifest[field].startswith(machines["store_url"] + "/runs/"), field
     assert manifest["training_data_uri"] == machines["pinned"].uri
     assert not any(str(home) in str(v) for v in manifest.values() for home in machines["homes"].values())
 
