@@ -175,8 +175,17 @@ def test_a_rerun_is_byte_identical(shoprec_home: Settings, population: simulator
             r"propensity",
         ),
         (lambda folder: (folder / "exposures.parquet").write_bytes(b""), r"empty file"),
+        (
+            # the contract's own policy_name passes the personal-data check; an extra name column does not
+            lambda folder: (
+                pd.read_parquet(folder / "exposures.parquet")
+                .assign(customer_name="Jane Doe")
+                .to_parquet(folder / "exposures.parquet")
+            ),
+            r"personal-data columns are refused: customer_name$",
+        ),
     ],
-    ids=["not-parquet", "missing-column", "empty"],
+    ids=["not-parquet", "missing-column", "empty", "personal-data-column"],
 )
 def test_a_malformed_file_is_refused_in_one_line(
     shoprec_home: Settings, population: simulator.Population, write: object, message: str
