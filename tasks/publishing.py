@@ -291,7 +291,8 @@ def score_top_k(
         return TopK(indices=out_idx, scores=out_val)
     weights = blend.weights if blend is not None else None
     cat = np.asarray(category, dtype=np.int64) if category is not None else None
-    items64 = item_vectors.detach().double()
+    items32 = item_vectors.detach().float()
+    items64 = items32.double()
     item_mean = items64.mean(0)
     item_cov = (items64 - item_mean).T @ (items64 - item_mean) / n_items
     pop_z = np.zeros(n_items, dtype=np.float64)
@@ -353,7 +354,7 @@ def score_top_k(
                 affinity.view(-1).scatter_reduce_(
                     0, targets, neighbour_sim[mine].reshape(-1), reduce="amax", include_self=True
                 )
-                c_mean = affinity.sum(1, dtype=torch.float64).numpy() / n_items
+                c_mean = affinity.sum(1).double().numpy() / n_items
                 squares = torch.linalg.vector_norm(affinity, dim=1).double().numpy() ** 2 / n_items
                 c_std = np.sqrt(np.clip(squares - c_mean**2, 0, None))
                 gain = weights.content / (c_std + 1e-6)
@@ -365,7 +366,8 @@ def score_top_k(
             if weights is None:
                 value = np.take_along_axis(ranked, safe, axis=1).astype(np.float64)
             else:  # the chosen items' scores, term by term as blend_scores computes them
-                raw = torch.einsum("bd,bkd->bk", users64, items64[torch.from_numpy(safe)]).numpy()
+                chosen = items32[torch.from_numpy(safe)]  # float32, as the reference's product
+                raw = torch.einsum("bd,bkd->bk", users, chosen).double().numpy()
                 value = weights.model * ((raw - row_mean[:, None]) / (row_std[:, None] + 1e-6))
                 if weights.repeat:
                     keys = np.arange(b, dtype=np.int64)[:, None] * n_items + safe
