@@ -8,6 +8,11 @@ non-private per-action ridge policy, the logging policy and the oracle for refer
 fixes the simulated shop and log (test data); the DP noise always comes from OS entropy.
 
     python -m benchmarks.campaigns_dp_policy --epsilons 1 2 4 8 --repeats 3 --seed 1
+
+The non-private reference Vowpal Wabbit ``--cb_explore_adf`` (:mod:`tasks.campaigns.vw_reference`,
+epsilon-greedy 0.1) is trained on the same log; its true value is in the reference table, and its
+IPS / SNIPS / DR estimates on a second, independent log of the same logging policy are set against
+that truth.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ import numpy as np
 
 from benchmarks.campaigns_ope import true_values
 from benchmarks.harness import Context, Goal, Section
-from tasks.campaigns import dp_reward, policy, simulator
+from tasks.campaigns import dp_reward, policy, simulator, study
+from tasks.campaigns.vw_reference import fit_vw_reference
 from tasks.config import Settings
 
 SEED = 1
@@ -48,7 +54,41 @@ def reference_values(population: simulator.Population, log: simulator.Decisions)
     features = population.features()
     ridge = policy.fit_offer_policy(features[log.users], log.actions, log.rewards, population.n_actions)
     return true_values(population) | {
-        "non-private ridge": simulator.true_value(population, ridge.probabilities(features))
+        "non-private ridge": simulator.true_value(population, ridge.probabilities(features)),
+        VW: simulator.true_value(population, vw_probabilities(population, log)),
+    }
+
+
+VW = "non-private VW cb_explore_adf"
+
+
+def vw_probabilities(population: simulator.Population, log: simulator.Decisions) -> np.ndarray:
+    """The VW reference trained on ``log``: its action probabilities per customer (example order and
+    exploration draws from a fixed generator: test data, no privacy mechanism)."""
+    features = population.features()
+    vw = fit_vw_reference(
+        features[log.users],
+        log.actions,
+        log.rewards,
+        log.propensities,
+        population.n_actions,
+        np.random.default_rng(SEED + 1),
+    )
+    try:
+        return vw.probabilities(features)
+    finally:
+        vw.close()
+
+
+def vw_estimates(
+    population: simulator.Population, log: simulator.Decisions, rng: np.random.Generator
+) -> dict[str, dict[str, float]]:
+    """IPS / SNIPS / DR of the VW reference on a fresh log of the same size and logging policy."""
+    probs = vw_probabilities(population, log)
+    held = simulator.draw_decisions(population, simulator.uniform(population), len(log.users), rng)
+    estimates = study.estimate_all(population, held, probs, rng)
+    return {name: {"value": e.value, "low": e.low, "high": e.high} for name, e in estimates.items()} | {
+        "truth": {"value": simulator.true_value(population, probs)}
     }
 
 
@@ -104,6 +144,14 @@ def run(ctx: Context) -> Section:
             float(np.mean(r.values)),
             ", ".join(f"{v:.3f}" for v in r.values),
         )
+    estimates = vw_estimates(population, log, rng)
+    ope_table = section.table(
+        "Vowpal Wabbit reference judged off-policy on a second uniform log of the same size",
+        ["estimator", "estimate", "95% interval", "true value"],
+    )
+    for name in ("ips", "snips", "dr"):
+        e = estimates[name]
+        ope_table.add(name, e["value"], f"[{e['low']:.3f}, {e['high']:.3f}]", estimates["truth"]["value"])
     at_eight = runs[EPSILONS.index(8.0)]
     section.goals.append(
         Goal(
@@ -116,7 +164,7 @@ def run(ctx: Context) -> Section:
         f"default synthetic shop (1,500 customers), shop and log from seed {SEED} (test data); DP noise from "
         f"OS entropy; delta {runs[0].delta:.2e}; each run charged on its own throw-away ledger"
     )
-    section.data = {"reference": reference, "dp": [asdict(r) for r in runs]}
+    section.data = {"reference": reference, "dp": [asdict(r) for r in runs], "vw_ope": estimates}
     return section
 
 
@@ -132,6 +180,10 @@ def main() -> None:
     log = simulator.draw_decisions(population, simulator.uniform(population), args.decisions, rng)
     for name, value in reference_values(population, log).items():
         print(f"true value {name:24s} {value:7.3f} per customer")
+    for name, e in vw_estimates(population, log, rng).items():
+        print(
+            f"VW reference on a second log: {name:6s} {e['value']:7.3f} {e.get('low', '')} {e.get('high', '')}"
+        )
     for epsilon in args.epsilons:
         r = dp_runs(population, log, epsilon, args.repeats)
         print(

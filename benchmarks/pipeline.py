@@ -70,6 +70,7 @@ def run_chain(settings: Any, land: Callable[[Path], list[dt.date]], notes: list[
     from tasks.publishing import run_publish, scoring_time_for_days
     from tasks.registry import register_and_gate
     from tasks.training import run_training
+    from tasks.training_data import pin_training_data
 
     settings.ensure_dirs()
     seconds: dict[str, float] = {}
@@ -93,7 +94,8 @@ def run_chain(settings: Any, land: Callable[[Path], list[dt.date]], notes: list[
         )
     seconds["Feast apply + materialize"] = elapsed()
     with stopwatch() as elapsed:
-        manifest = run_training(settings, run_key="bench")
+        pinned = pin_training_data(settings, "bench")  # the lake days, catalog and Feast state it reads
+        manifest = run_training(settings, run_key="bench", training_data_uri=pinned.uri)
     seconds["training (DP + twin + blend)"] = elapsed()
     with stopwatch() as elapsed:
         registration = register_and_gate(settings, manifest.to_dict())

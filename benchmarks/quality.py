@@ -154,6 +154,109 @@ def synthetic(ctx: Context, n_users: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     return read_landing(landing)
 
 
+@dataclass
+class Prepared:
+    """One data set made ready once: catalog, cuts, the training set (``run_training``'s
+    construction), the validation and test splits and what every ranker shares on them."""
+
+    catalog: Any
+    cuts: Any
+    delta: float
+    n_users: int
+    state: pd.DataFrame
+    labels: dict[str, list[str]]
+    val: Any
+    test: Any
+    own_val: np.ndarray
+    own_test: np.ndarray
+    content_val: np.ndarray
+    content_test: np.ndarray
+
+
+def prepare(events: pd.DataFrame, items: pd.DataFrame, window: int, max_eval_users: int | None) -> Prepared:
+    """Embed the titles (cached), cut at the data's end and build the training set and both splits."""
+    from tasks.catalog import build_item_catalog, history_positions, own_purchase_matrix
+    from tasks.config import get_settings
+    from tasks.dataset import Cuts
+    from tasks.embeddings import embed_items, load_pretrained_encoder
+    from tasks.evaluation import temporal_split
+    from tasks.model import content_affinity, text_neighbours
+
+    settings = get_settings()
+    history = settings.history_length
+    encoder = load_pretrained_encoder(device="cpu", package=settings.encoder_package)
+    embedded = embed_items(items[["item_id", "title"]], persistent_cache(), encoder)
+    catalog = build_item_catalog(items, embedded.frame, encoder_id=encoder.model_id)
+    as_of = events["event_timestamp"].max().normalize() + pd.Timedelta(days=1)
+    cuts = Cuts.from_end(as_of, window)
+    n_users = int(events["user_id"].nunique())
+    state, labels = per_user_training_set(events, cuts.validation, history, window)
+    val = sample_split(temporal_split(events, catalog, cuts.validation, window, history), max_eval_users)
+    test = sample_split(temporal_split(events, catalog, cuts.test, window, history), max_eval_users)
+    neighbours = text_neighbours(catalog.text)
+    content_val, content_test = (
+        content_affinity(
+            history_positions(s.state["recent_items"], catalog, history), neighbours, catalog.n_items
+        )
+        for s in (val, test)
+    )
+    return Prepared(
+        catalog=catalog,
+        cuts=cuts,
+        delta=1.0 / (10 * n_users),
+        n_users=n_users,
+        state=state,
+        labels=labels,
+        val=val,
+        test=test,
+        own_val=own_purchase_matrix(val.state, catalog),
+        own_test=own_purchase_matrix(test.state, catalog),
+        content_val=content_val,
+        content_test=content_test,
+    )
+
+
+def fit_bare(
+    prep: Prepared,
+    settings: Any,
+    *,
+    private: bool,
+    epsilon: float | None = None,
+    also: Sequence[tuple[float, float, int]] = (),
+    seed: int | None = None,
+) -> tuple[Any, Any, float]:
+    """(bare Recommender, TrainResult, seconds) trained exactly as ``run_training`` trains: its
+    examples (:func:`tasks.training.training_examples`), schedule (:func:`tasks.training.train_config`,
+    :func:`tasks.training.twin_config`) and fit (:func:`tasks.training.fit_model`), from ``settings``.
+    A private run's noise multiplier spends ``epsilon`` together with ``also`` (RDP accountant, at the
+    benchmark's delta), as the ledger's calibration would."""
+    from tasks.catalog import BlendWeights
+    from tasks.model import Recommender
+    from tasks.privacy.accounting import noise_for_budget
+    from tasks.training import fit_model, train_config, training_examples, twin_config
+
+    if seed is not None:
+        settings = settings.model_copy(update={"seed": seed})
+    examples, _ = training_examples(settings, prep.state, prep.labels, prep.catalog)
+    config = dataclasses.replace(train_config(settings, n_users=len(examples)), noise_seed=None)
+    if private:
+        if epsilon is None:
+            raise ValueError("a private fit needs its epsilon")
+        n = len(examples)
+        noise = noise_for_budget(epsilon, prep.delta, config.sample_rate(n), config.steps(n), also=also)
+        config = dataclasses.replace(config, noise_multiplier=noise)
+    else:
+        config = twin_config(settings, config)
+    with stopwatch() as elapsed:
+        model, result = fit_model(
+            settings, prep.catalog, examples, config, delta=prep.delta if private else None
+        )
+    bare = Recommender(
+        model, prep.catalog, weights=BlendWeights(), popularity=None, history_length=settings.history_length
+    )
+    return bare, result, elapsed()
+
+
 def evaluate_dataset(name: str, events: pd.DataFrame, items: pd.DataFrame, plan: Plan) -> dict[str, Any]:
     """Every ranker's metrics on the test window, per seed; plus what the DP runs spent."""
     import torch

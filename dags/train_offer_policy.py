@@ -1,7 +1,9 @@
 """Learn which customer gets which offer from logged campaigns, check it off-policy, gate, register.
 
-Daily. `validate_exposures` gates the exposures of the `SHOPREC_OFFER_LOG_DAYS` before the data
-interval's end (propensity in (0, 1], known actions; bad rows quarantined with counted reasons).
+On the Asset `exposures` (emitted by `ingest_campaigns`). `validate_exposures` gates the lake's
+exposures of the `SHOPREC_OFFER_LOG_DAYS` up to the end of the last day the triggering events (or the
+run conf `{"days": [...]}`) name (propensity in (0, 1], known actions; bad rows quarantined with
+counted reasons).
 `train_reward_model` trains the user-level DP-SGD reward model (Opacus, one example per user, Poisson
 sampling, noise from OS entropy), reserving `SHOPREC_OFFER_TRAINING_EPSILON` on the privacy ledger
 (RDP accountant, the budget's delta) and committing it with the model file. `build_candidate` turns
@@ -19,28 +21,37 @@ policy's offer per customer to the Feast view `user_offers` (service `offers_v1`
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pendulum
 from airflow.sdk import dag, task
 
+from tasks.assets import EXPOSURES, default_args
+
 
 @dag(
-    schedule="@daily",
+    schedule=[EXPOSURES],
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
     tags=["shoprec", "campaigns", "opacus", "mlflow"],
-    default_args={"retries": 2, "retry_delay": pendulum.duration(minutes=1)},
+    default_args=default_args(),
     doc_md=__doc__,
 )
 def train_offer_policy() -> None:
     """exposures -> DP reward model -> candidate -> OPE -> DP release -> gate -> MLflow."""
 
     @task(multiple_outputs=False)
-    def validate_exposures(*, run_id=None, data_interval_end=None) -> dict:  # type: ignore[no-untyped-def]
-        from tasks.campaigns.pipeline import validate_log
+    def validate_exposures(
+        *, run_id=None, dag_run=None, triggering_asset_events=None, data_interval_end=None
+    ) -> dict:  # type: ignore[no-untyped-def]
+        from tasks.campaigns.pipeline import validate_log, window_end
         from tasks.config import get_settings
+        from tasks.io import asset_event_extras
 
-        return validate_log(get_settings(), run_id, data_interval_end)
+        conf = dag_run.conf if dag_run else None
+        end = window_end(conf, asset_event_extras(triggering_asset_events), data_interval_end)
+        return validate_log(get_settings(), run_id, end)
 
     @task(multiple_outputs=False, execution_timeout=pendulum.duration(hours=1))
     def train_reward_model(validated: dict, *, run_id=None) -> dict:  # type: ignore[no-untyped-def]
@@ -78,16 +89,17 @@ def train_offer_policy() -> None:
         return register(get_settings(), run_id, trained, released)
 
     @task(multiple_outputs=False)
-    def publish_offers(registration: dict, *, run_id=None, data_interval_end=None) -> int:  # type: ignore[no-untyped-def]
+    def publish_offers(validated: dict, registration: dict, *, run_id=None) -> int:  # type: ignore[no-untyped-def]
         from tasks.campaigns.pipeline import publish_if_promoted
         from tasks.config import get_settings
 
-        return publish_if_promoted(get_settings(), run_id, registration, data_interval_end)
+        at = dt.datetime.fromisoformat(validated["window_end"])
+        return publish_if_promoted(get_settings(), run_id, registration, at)
 
     validated = validate_exposures()
     trained = train_reward_model(validated)
     evaluated = evaluate_policies(build_candidate(trained))
-    publish_offers(register_policy(trained, release_estimates(validated, evaluated)))
+    publish_offers(validated, register_policy(trained, release_estimates(validated, evaluated)))
 
 
 train_offer_policy()

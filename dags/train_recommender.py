@@ -4,14 +4,17 @@ Runs when the Asset `features` is updated, unless the data is less than
 `SHOPREC_MIN_TRAINING_INTERVAL_HOURS` newer than the data of the last registered version
 (`check_training_due`, compared on data time, not the clock).
 
-`train_model` (queue `gpu`, pool `gpu`) pins its data at the first try: the lake days up to the last
-day its triggering `features` events name (or the run conf's `days`; a manual run without them: the
-latest partition), their events and the item catalog as of then (`tasks.training_data`); every retry,
-`register_and_gate` and `record_membership_losses` read that same data however the lake grew since.
+`pin_training_data` (default queue: the worker with the lake and Feast's offline store) pins the run's
+data once: the lake days up to the last day its triggering `features` events name (or the run conf's
+`days`; a manual run without them: the latest partition), their events, the item catalog, the Feast user
+state the run reads and the rejected days, as of then (`tasks.training_data`); it refuses, without retry,
+when more than `SHOPREC_MAX_REJECTED_DAY_SHARE` of the window's days were rejected by ingest.
+`train_model` (queue `gpu`, pool `gpu`), its retries, `register_and_gate` and `record_membership_losses`
+read only that pin, however the lake grew since, and need neither the lake nor Feast.
 The tasks hand each other URIs in the shared artifact store (`tasks.artifacts`,
 `SHOPREC_ARTIFACT_STORE_URL`), never worker paths: the pinned data, both models, the training users, and
-for a retry on any worker the checkpoint and the DP popularity releases (written once). It refuses, without retry, when more than
-`SHOPREC_MAX_REJECTED_DAY_SHARE` of its window's days were rejected by ingest; otherwise it reserves the DP popularity releases and the DP-SGD run on the
+for a retry on any worker the checkpoint and the DP popularity releases (written once). `train_model`
+reserves the DP popularity releases and the DP-SGD run on the
 privacy ledger, calibrates the noise multiplier to the budget the ledger grants
 (`SHOPREC_TRAINING_EPSILON` per training, user level, RDP accountant, the budget's delta), trains with
 Opacus (ghost clipping, Poisson sampling of users; CUDA when present) and its non-private twin, and tunes
@@ -52,6 +55,24 @@ def train_recommender() -> None:
 
         return training_due(get_settings())
 
+    @task(multiple_outputs=False, execution_timeout=pendulum.duration(hours=1))
+    def pin_training_data(*, run_id=None, dag_run=None, triggering_asset_events=None) -> dict:  # type: ignore[no-untyped-def]
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from tasks.config import get_settings
+        from tasks.io import asset_event_extras, run_days
+        from tasks.training_data import TrainingRefused
+        from tasks.training_data import pin_training_data as pin
+
+        # the days of the triggering `features` events (or the run conf): the run's data end, pinned
+        # once so that every try of train_model and register_and_gate read the same data
+        days = run_days(dag_run.conf if dag_run else None, asset_event_extras(triggering_asset_events))
+        try:
+            data = pin(get_settings(), run_id, days)
+        except TrainingRefused as exc:  # too much of the window rejected: a retry would not help
+            raise AirflowFailException(str(exc)) from exc
+        return {"training_data_uri": data.uri, "days": len(data.days), "data_end": data.days[-1].isoformat()}
+
     @task(
         multiple_outputs=False,
         queue="gpu",
@@ -61,20 +82,13 @@ def train_recommender() -> None:
         # the task to the `gpu` queue's workers instead.
         executor_config=gpu_executor_config(),
     )
-    def train_model(*, run_id=None, dag_run=None, triggering_asset_events=None) -> dict:  # type: ignore[no-untyped-def]
-        from airflow.sdk.exceptions import AirflowFailException
-
+    def train_model(pinned: dict, *, run_id=None) -> dict:  # type: ignore[no-untyped-def]
         from tasks.config import get_settings
-        from tasks.io import asset_event_extras, run_days
-        from tasks.training import TrainingRefused, run_training
+        from tasks.training import run_training
 
-        # the days of the triggering `features` events (or the run conf): the run's data end, pinned
-        # at the first try so that retries and register_and_gate read the same data
-        days = run_days(dag_run.conf if dag_run else None, asset_event_extras(triggering_asset_events))
-        try:
-            return run_training(get_settings(), run_key=run_id, data_days=days).to_dict()
-        except TrainingRefused as exc:  # too much of the window rejected: a retry would not help
-            raise AirflowFailException(str(exc)) from exc
+        # the pin's URI only: this worker needs neither the lake nor Feast
+        uri = pinned["training_data_uri"]
+        return run_training(get_settings(), run_key=run_id, training_data_uri=uri).to_dict()
 
     @task(multiple_outputs=False, execution_timeout=pendulum.duration(hours=1))
     def register_and_gate(manifest: dict) -> dict:
@@ -99,8 +113,9 @@ def train_recommender() -> None:
         outlet_events[MODEL_CHAMPION].extra = {"version": registration["version"]}
         return str(registration["version"])
 
-    manifest = train_model()
-    check_training_due() >> manifest
+    pinned = pin_training_data()
+    check_training_due() >> pinned
+    manifest = train_model(pinned)
     registration = register_and_gate(manifest)
     losses = record_membership_losses(manifest, registration)  # before the asset wakes privacy_audit
     losses >> check_champion_changed(registration) >> announce_champion(registration)

@@ -27,11 +27,11 @@ from helpers_shops import CHAIN_SHOP, DAG_TEST_SHOP
 
 from tasks.sources.synthetic import generate
 
-E2E = {"SHOPREC_TRAIN_EPOCHS": "5", "SHOPREC_TRAINING_EPSILON": "8.0", "SHOPREC_TOP_K": "20"}
+E2E = {"SHOPREC_TRAIN_STEPS": "20", "SHOPREC_TRAINING_EPSILON": "8.0", "SHOPREC_TOP_K": "20"}
 SHOPS = {  # name: (shop, settings, tiny text encoder as the DAG test uses)
     "chain": (CHAIN_SHOP, E2E, False),  # test_publish_chain and the production e2e
-    "dag": (DAG_TEST_SHOP, {"SHOPREC_TRAIN_EPOCHS": "4"}, True),  # test_train_recommender_dag
-    "two-machines": (DAG_TEST_SHOP, {"SHOPREC_TRAIN_EPOCHS": "2"}, True),  # test_train_register_two_machines
+    "dag": (DAG_TEST_SHOP, {"SHOPREC_TRAIN_STEPS": "16"}, True),  # test_train_recommender_dag
+    "two-machines": (DAG_TEST_SHOP, {"SHOPREC_TRAIN_STEPS": "8"}, True),  # test_train_register_two_machines
 }
 RANKERS = ("challenger", "popularity_all", "popularity_recent", "buy_again", "cooccurrence")
 
@@ -44,6 +44,7 @@ def trial(name: str, number: int, root: Path) -> dict[str, object]:
     from tasks.features import compute_features
     from tasks.registry import client, register_and_gate
     from tasks.training import run_training
+    from tasks.training_data import pin_training_data
 
     shop, extra, tiny = SHOPS[name]
     for key in [k for k in os.environ if k.startswith("SHOPREC_")]:
@@ -67,7 +68,10 @@ def trial(name: str, number: int, root: Path) -> dict[str, object]:
     compute_features(settings, days[:-1], encoder=tiny_random_encoder(seed=0, dim=32) if tiny else None)
     apply_definitions(settings)
     started = time.monotonic()
-    registration = register_and_gate(settings, run_training(settings, run_key=f"trial{number}").to_dict())
+    run_key = f"trial{number}"
+    data_uri = pin_training_data(settings, run_key).uri
+    manifest = run_training(settings, run_key=run_key, training_data_uri=data_uri).to_dict()
+    registration = register_and_gate(settings, manifest)
     metrics = client(settings).get_run(registration.run_id).data.metrics
     ndcg = {r: [round(metrics[f"{r}.{v}_ndcg_at_10"], 4) for v in "AB"] for r in RANKERS}
     margin = [round(ndcg["challenger"][i] - max(ndcg[r][i] for r in RANKERS[1:]), 4) for i in (0, 1)]

@@ -13,6 +13,10 @@
 # Configuration (environment; committed defaults in conf/airflow-production.env.example, local overrides
 # in conf/local/airflow-production.env, never committed):
 #   SHOPREC_HOME              state root (default ./.shoprec); the stack keeps its state in $SHOPREC_HOME/stack
+#   SHOPREC_STACK_GPU_HOME    SHOPREC_HOME of the "gpu" worker (default $SHOPREC_HOME/stack/gpu-worker): another
+#                             folder than the other services', as on its own machine (no lake, no Feast files)
+#   SHOPREC_ARTIFACT_STORE_URL the artifact store every service shares (default file://$SHOPREC_HOME/artifacts):
+#                             the only files the gpu worker and the others exchange (tasks.artifacts)
 #   SHOPREC_STACK_NAME        database name prefix (default shoprec): <name>, <name>_airflow, _mlflow, _feast, _ledger;
 #                             the ledger's tables belong to role <name>_ledger_owner and the services connect to
 #                             <name>_ledger as <name>_ledger_app, which may only read, append and commit/release
@@ -48,6 +52,8 @@ load_conf
 
 HOME_DIR="$(realpath -m "${SHOPREC_HOME:-$ROOT/.shoprec}")"
 STATE="$HOME_DIR/stack"
+GPU_HOME="$(realpath -m "${SHOPREC_STACK_GPU_HOME:-$STATE/gpu-worker}")"
+ARTIFACT_STORE="${SHOPREC_ARTIFACT_STORE_URL:-file://$HOME_DIR/artifacts}"
 NAME="${SHOPREC_STACK_NAME:-shoprec}"
 PG="${SHOPREC_STACK_PG:-postgresql+psycopg2://postgres@127.0.0.1:5432}"
 PG="${PG%/}"
@@ -114,6 +120,8 @@ export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL='30'
 export PYTHONPATH='$ROOT:$ROOT/scripts'
 export SHOPREC_PROFILE='production'
 export SHOPREC_HOME='$HOME_DIR'
+export SHOPREC_STACK_GPU_HOME='$GPU_HOME'
+export SHOPREC_ARTIFACT_STORE_URL='$ARTIFACT_STORE'
 export SHOPREC_PROJECT_ROOT='$ROOT'
 export SHOPREC_POSTGRES_URL='$pg_url'
 export SHOPREC_LEDGER_URL='$ledger_url'
@@ -165,7 +173,9 @@ supervise() {
     start_one worker-default env SHOPREC_WORKER_NAME=default \
         "$airflow" celery worker --queues default --celery-hostname "default@%h" --concurrency 2 \
         --skip-serve-logs
-    start_one worker-gpu env SHOPREC_WORKER_NAME=gpu \
+    # the gpu worker has its own SHOPREC_HOME (as on its own machine): it reads the run's pinned data
+    # from the shared artifact store, the ledger and MLflow from their servers, never the lake or Feast
+    start_one worker-gpu env SHOPREC_WORKER_NAME=gpu SHOPREC_HOME="$SHOPREC_STACK_GPU_HOME" \
         "$airflow" celery worker --queues gpu --celery-hostname "gpu@%h" --concurrency 1 --skip-serve-logs
     start_one mlflow "$BIN/mlflow" server \
         --backend-store-uri "$PG/${NAME}_mlflow" \
@@ -182,7 +192,8 @@ start() {
     group_alive && die "already running (process group $(pgid)); run: $0 stop"
     "${HELPER[@]}" create-dbs "$PG" "$NAME" || die "could not create the databases on $PG"
     "${HELPER[@]}" prepare-ledger "$PG" "$NAME" || die "could not set up the append-only ledger on $PG"
-    mkdir -p "$STATE/pids" "$STATE/logs" "$STATE/airflow" "$HOME_DIR/mlflow/artifacts"
+    [[ "$GPU_HOME" != "$HOME_DIR" ]] || die "SHOPREC_STACK_GPU_HOME must differ from SHOPREC_HOME ($HOME_DIR)"
+    mkdir -p "$STATE/pids" "$STATE/logs" "$STATE/airflow" "$HOME_DIR/mlflow/artifacts" "$GPU_HOME"
     rm -f "$STATE/pids/"* "$STATE/pgid"
     "${HELPER[@]}" write-secrets "$STATE/secrets" "$ADMIN_USER"
     write_env

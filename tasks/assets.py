@@ -3,7 +3,9 @@
 Imported by ``dags/`` only (it is part of the package, so Airflow never parses it as a DAG file). It
 imports nothing beyond ``airflow.sdk``, pendulum and :mod:`tasks.config` (pydantic), and builds
 nothing heavy: the Kubernetes pod of the training task exists only where a KubernetesExecutor runs
-it (:func:`gpu_executor_config`).
+it (:func:`gpu_executor_config`). What it reads while a DAG file is parsed, it reads field by field
+(:func:`tasks.config.one_setting`), never a whole :class:`~tasks.config.Settings`: a bad task-time
+setting then fails the tasks that read it, not the parsing of every DAG file.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from typing import Any
 import pendulum
 from airflow.sdk import Asset, conf
 
-from tasks.config import Settings, get_settings
+from tasks.config import Settings, one_setting
 
 EVENTS_CLEAN = Asset(name="events_clean", uri="shoprec://lake/events")
 ITEM_CATALOG = Asset(name="item_catalog", uri="shoprec://lake/items")
 FEATURES = Asset(name="features", uri="shoprec://feast/features")
 MODEL_CHAMPION = Asset(name="model_champion", uri="shoprec://mlflow/champion")
 RECOMMENDATIONS = Asset(name="recommendations", uri="shoprec://feast/user_recommendations")
+EXPOSURES = Asset(name="exposures", uri="shoprec://lake/campaigns/exposures")
 
 
 def default_args(retry_delay: pendulum.Duration | None = None) -> dict[str, Any]:
@@ -35,7 +38,8 @@ def default_args(retry_delay: pendulum.Duration | None = None) -> dict[str, Any]
 def training_retry_delay(settings: Settings | None = None) -> pendulum.Duration:
     """The training DAG's first retry delay: ``Settings.train_retry_delay_s`` (``SHOPREC_TRAIN_RETRY_DELAY_S``,
     default 60 seconds); the fault tests shorten it."""
-    return pendulum.duration(seconds=(settings or get_settings()).train_retry_delay_s)
+    seconds = settings.train_retry_delay_s if settings else one_setting("train_retry_delay_s")
+    return pendulum.duration(seconds=seconds)
 
 
 def kubernetes_executor_configured(executors: str) -> bool:
@@ -59,7 +63,7 @@ def gpu_executor_config(settings: Settings | None = None) -> dict[str, Any]:
             containers=[
                 k8s.V1Container(
                     name="base",
-                    image=(settings or get_settings()).trainer_image,
+                    image=settings.trainer_image if settings else one_setting("trainer_image"),
                     resources=k8s.V1ResourceRequirements(limits={"nvidia.com/gpu": "1"}),
                 )
             ]

@@ -8,7 +8,7 @@ Index 0 of every item table is padding; catalog item ``i`` (0-based) has model i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 import numpy as np
@@ -35,14 +35,39 @@ class ItemCatalog:
     categories: tuple[str, ...]
     price_edges: tuple[float, ...]
     encoder_id: str = "unknown"
+    # float32 [n_items, b] behaviour vectors from a DP co-occurrence release (ledger-charged,
+    # tasks.privacy.cooccurrence.behaviour_vectors), or None; zero rows for items outside the release
+    behaviour: np.ndarray | None = None
     _index: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._index.update({item: i + 1 for i, item in enumerate(self.item_ids)})
+        if self.behaviour is not None and self.behaviour.shape[0] != len(self.item_ids):
+            raise ValueError(f"{self.behaviour.shape[0]} behaviour vectors for {len(self.item_ids)} items")
 
     @property
     def n_items(self) -> int:
         return len(self.item_ids)
+
+    @property
+    def item_features(self) -> np.ndarray:
+        """``float32 [n_items, d]``: THE item tower's input matrix, row ``i`` for ``item_ids[i]``: the
+        frozen title embedding, with the DP behaviour vectors as further columns when there are some."""
+        text = np.asarray(self.text, dtype=np.float32)
+        if self.behaviour is None:
+            return text
+        return np.concatenate([text, np.asarray(self.behaviour, dtype=np.float32)], axis=1)
+
+    def with_behaviour(self, behaviour: np.ndarray | None) -> ItemCatalog:
+        """This catalog with ``behaviour`` vectors (rows in catalog order) beside the titles."""
+        return replace(self, behaviour=None if behaviour is None else np.asarray(behaviour, np.float32))
+
+    def behaviour_for(self, item_ids: Sequence[str]) -> np.ndarray | None:
+        """This catalog's behaviour vectors of ``item_ids`` (zero rows for items it does not know)."""
+        if self.behaviour is None:
+            return None
+        padded = np.concatenate([np.zeros((1, self.behaviour.shape[1]), np.float32), self.behaviour])
+        return padded[self.index_of(item_ids)]
 
     def index_of(self, item_ids: Sequence[str]) -> np.ndarray:
         """Model indices of item ids; unknown ids map to padding (0)."""

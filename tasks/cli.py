@@ -80,6 +80,11 @@ class Source(StrEnum):
     FILES = "files"
 
 
+class Titles(StrEnum):
+    WORDS = "words"
+    CODES = "codes"
+
+
 @app.command()
 def demo(
     source: Annotated[Source, typer.Option(help="Where the landing data comes from.")] = Source.SYNTHETIC,
@@ -121,6 +126,9 @@ def generate(
     days: Annotated[int, typer.Option(help="Number of days.")] = 40,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes).")] = 42,
     start: Annotated[str, typer.Option(help="First day (YYYY-MM-DD).")] = "2026-09-01",
+    titles: Annotated[
+        Titles, typer.Option(help="words: English titles and categories; codes: item codes, no category.")
+    ] = Titles.WORDS,
     landing: Annotated[
         Path | None, typer.Option(help="Landing folder; default: SHOPREC_HOME/landing.")
     ] = None,
@@ -129,7 +137,12 @@ def generate(
     settings = get_settings()
     target = landing or settings.landing_dir
     config = SyntheticConfig(
-        n_users=users, n_items=items, days=days, seed=seed, start=parse_day(start, "--start")
+        n_users=users,
+        n_items=items,
+        days=days,
+        seed=seed,
+        start=parse_day(start, "--start"),
+        titles=titles.value,
     )
     with console.status("generating synthetic events"):
         manifest = generate_source(config, target)

@@ -26,16 +26,18 @@ MLflow's backend to PostgreSQL, the Feast online store to Redis and tracking to 
 every such URL can also be set one by one.
 
 Importing this module has no side effects: nothing is created until :meth:`Settings.ensure_dirs`.
+What a DAG file needs while Airflow parses it is read field by field with :func:`one_setting`, so
+parsing builds no Settings.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, create_model, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -207,30 +209,59 @@ class Settings(BaseSettings):
     training_epsilon: float = Field(
         default=3.0, gt=0, description="User-level epsilon one DP-SGD training may add (ledger-calibrated)."
     )
-    train_epochs: int = Field(default=5, ge=1)
-    # DP-SGD: on the default synthetic shop (~940 training users) batch 128 and lr 1e-2 (40 steps) beat
-    # batch 64 and lr 3e-3 (75 steps) at the same epsilon: NDCG@10 of the bare DP model 0.32/0.25 vs 0.22/0.18.
-    train_batch_size: int = Field(
-        default=128,
-        ge=1,
-        description="Expected users per DP-SGD step (Poisson sampling rate: batch / users).",
+    # DP-SGD schedule, as the privacy mechanism sees it: each step Poisson-samples every training user
+    # with probability train_sample_rate (expected batch = rate x training users), train_steps steps;
+    # the non-private twin runs the same schedule (same model and loop) at its own learning rate.
+    # Defaults: the issue-17 reference design (Poisson rate 0.25, 160 steps, lr 5e-3 / 2e-3, clip 1,
+    # 100 masked negatives, 10 positives), compared on the VALIDATION window only
+    # (benchmarks/model_sweep.py; numbers in docs/model.md).
+    train_sample_rate: float = Field(
+        default=0.25,
+        gt=0,
+        le=1.0,
+        description="Poisson sampling rate of users per DP-SGD step (expected batch = rate x training users).",
     )
-    train_lr: float = Field(default=1e-2, gt=0, description="Adam learning rate of the two-tower training.")
+    train_steps: int = Field(
+        default=160,
+        ge=1,
+        description="DP-SGD steps of one training (rounded to whole passes of 1/rate steps).",
+    )
+    train_lr: float = Field(default=5e-3, gt=0, description="Adam learning rate of the DP-SGD training.")
+    train_lr_nonprivate: float = Field(
+        default=2e-3, gt=0, description="Adam learning rate of the non-private twin (same schedule)."
+    )
     train_negatives: int = Field(
-        default=32, ge=1, description="Catalog items drawn uniformly as negatives per user and step."
+        default=100, ge=1, description="Catalog items drawn uniformly as negatives per user and step."
     )
     train_clip_norm: float = Field(
         default=1.0, gt=0, description="DP-SGD bound on one user's gradient norm (Opacus max_grad_norm)."
     )
-    train_cap_k: int = Field(default=20, ge=1, description="Most positives (labels) of one user in training.")
-    # chosen on the validation window of the quick quality benchmark (Online Retail II, 1 epoch, 1 seed)
-    # among 0.05, 0.1 and 0.2: the bare DP and non-private models both scored best at 0.2
+    train_cap_k: int = Field(
+        default=10,
+        ge=1,
+        description="Positives (labels) of one user drawn afresh at every step it is sampled.",
+    )
     train_temperature: float = Field(
-        default=0.2,
+        default=0.05,
         gt=0,
         le=1.0,
         description="Two-tower score = cosine of the L2-normalised user and item vectors / this temperature.",
     )
+    train_item_tower: Literal["text", "residual", "mlp"] = Field(
+        default="text",
+        description="Item tower: 'text' (the frozen item input, normalised; no item parameters), 'residual' "
+        "(plus a small MLP with a skip), 'mlp' (input, category and price embeddings through two layers).",
+    )
+    train_user_tower: Literal["mean", "attention"] = Field(
+        default="mean",
+        description="Pooling of the user's recent distinct items: masked mean, or attention over the ordered "
+        "items (item vector + recency position), before the user MLP with a skip.",
+    )
+    train_user_features: bool = Field(
+        default=False,
+        description="Feed the user's Feast count/recency features into the user MLP (off: history only).",
+    )
+    train_hidden: int = Field(default=128, ge=1, description="Hidden width of the towers' MLPs.")
     train_retry_delay_s: int = Field(
         default=60,
         ge=0,
@@ -251,6 +282,31 @@ class Settings(BaseSettings):
     )
     popularity_days: int = Field(
         default=14, ge=1, description="Training's DP popularity: days of events before the cut."
+    )
+    # The DP co-occurrence release of a training run (issue 17 item 2; tasks.privacy.cooccurrence): one
+    # release at the validation cut under its own ledger charge (purpose dp_cooccurrence), turned into
+    # behaviour vectors that the item tower reads beside the title vectors. Off by default.
+    cooc_enabled: bool = Field(
+        default=False,
+        description="Train the item tower on DP co-occurrence behaviour vectors too (own ledger charge).",
+    )
+    cooc_noise_multiplier: float = Field(
+        default=2.0,
+        gt=0,
+        description="DP co-occurrence: noise scale / L2 sensitivity; rho = 1 / (2 x^2) zCDP per user.",
+    )
+    cooc_cap_per_user: int = Field(
+        default=20,
+        ge=2,
+        description="DP co-occurrence: most distinct items counted per user (random subset).",
+    )
+    cooc_days: int = Field(default=365, ge=1, description="DP co-occurrence: days of events before the cut.")
+    cooc_dim: int = Field(default=128, ge=1, description="Behaviour vector dimensions fed to the item tower.")
+    cooc_max_items: int = Field(
+        default=2000,
+        ge=2,
+        description="DP co-occurrence domain: the catalog, or its this many items of highest DP popularity "
+        "(OpenDP draws ~30k counts/s; n items are n (n + 1) / 2 counts). Other items get zero vectors.",
     )
     # The per-country DP popularity release of a publish: purchases of the 30 days before the scoring
     # time, at most 20 distinct (country, item) keys per user, noise multiplier 4 (as training's release).
@@ -476,6 +532,40 @@ class Settings(BaseSettings):
 def get_settings(**overrides: object) -> Settings:
     """Read settings from the environment, with explicit overrides taking precedence."""
     return Settings(**overrides)  # type: ignore[arg-type]
+
+
+class _OneSetting(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SHOPREC_", env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+
+@cache
+def _one_field_model(name: str) -> type[_OneSetting]:
+    field = Settings.model_fields[name]  # KeyError: no such setting
+    if any(name in v.info.fields for v in Settings.__pydantic_decorators__.field_validators.values()):
+        raise ValueError(f"Settings.{name} has a field validator that one_setting() would not apply")
+    definition: dict[str, Any] = {name: (field.annotation, field)}
+    return create_model(f"_Setting_{name}", __base__=_OneSetting, **definition)
+
+
+def one_setting(name: str) -> Any:
+    """The value :class:`Settings` would give field ``name`` (its ``SHOPREC_*`` variable or the ``.env``
+    file, else its default, with the field's type and constraints), read without building Settings:
+    no other field is read or validated.
+
+    For what Airflow needs while it parses a DAG file (a task's retry delay, the GPU pod's image): a
+    bad value of a task-time setting then fails the tasks that read it, not the parsing of every DAG.
+    An invalid value of this field raises ``ValueError`` in one line naming the variable.
+    """
+    model = _one_field_model(name)
+    try:
+        return getattr(model(), name)
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        raise ValueError(
+            f"SHOPREC_{name.upper()}={problem.get('input')!r}: {problem['msg']}".replace("\n", " ")
+        ) from None
 
 
 class _CliFlags(BaseSettings):

@@ -2,15 +2,16 @@
 time, their labels after it, and the public item catalog.
 
 Every state here is the Feast user-feature definition (:func:`tasks.features.user_state_at`), read
-either through Feast's point-in-time join (:func:`feature_state`) or computed from the lake at the same
-time (:func:`user_state_at` in :mod:`tasks.features`): training, evaluation, the membership audit and
-what Feast serves see one definition. The torch side (``UserExamples``) is in :mod:`tasks.training`.
+either through Feast's point-in-time join (:func:`feature_state`; a training run reads the rows its
+pin took from Feast, :meth:`tasks.training_data.TrainingData.state_rows`) or computed from the lake at
+the same time (:func:`user_state_at` in :mod:`tasks.features`): training, evaluation, the membership
+audit and what Feast serves see one definition. The torch side (``UserExamples``) is in :mod:`tasks.training`.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -28,6 +29,11 @@ from tasks.features import read_items
 # 40 days), so learning from every interaction gives DP-SGD ~5x more users and the popularity release
 # ~40x more signal at the same noise. Purchase-only data (Online Retail II) is unaffected.
 INTERACTIONS: Final[tuple[str, ...]] = EVENT_TYPES
+
+StateSource = Callable[[pd.DataFrame], pd.DataFrame]
+"""Point-in-time ``recommender_v1`` rows for an entity frame (``user_id``, ``event_timestamp``): one row
+per entity row, nulls where the user has no snapshot yet (:func:`tasks.feast_store.get_training_frame`,
+or the rows a training run pinned from it)."""
 
 
 def purchases_between(events: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp) -> dict[str, list[str]]:
@@ -102,15 +108,25 @@ class Cuts:
         return cls(as_of=as_of, test=test, validation=validation)
 
 
+def users_before(events: pd.DataFrame, cut: pd.Timestamp) -> list[str]:
+    """The users with an event before ``cut``, sorted: those an evaluation at ``cut`` can score."""
+    return sorted(events.loc[events["event_timestamp"] < cut, "user_id"].astype(str).unique())
+
+
 def feature_state(
-    settings: Settings, user_ids: Sequence[str], at: pd.Timestamp | Sequence[pd.Timestamp]
+    settings: Settings,
+    user_ids: Sequence[str],
+    at: pd.Timestamp | Sequence[pd.Timestamp],
+    *,
+    source: StateSource | None = None,
 ) -> pd.DataFrame:
-    """``recommender_v1`` features of users as of ``at`` (one time, or one per user) from Feast
-    (point-in-time); users without a snapshot with history before their time are dropped."""
+    """``recommender_v1`` features of users as of ``at`` (one time, or one per user), point-in-time,
+    from ``source`` (default: Feast); users without a snapshot with history before their time are
+    dropped."""
     entity = pd.DataFrame({"user_id": list(user_ids), "event_timestamp": at})
     if entity.empty:
         return entity
-    frame = get_training_frame(settings, entity)
+    frame = source(entity) if source is not None else get_training_frame(settings, entity)
     frame = frame[frame["recent_items"].map(lambda v: v is not None and len(v) > 0)].copy()
     for col in ("recent_items", "purchased_items", "purchased_counts"):
         frame[col] = frame[col].map(lambda v: list(v) if v is not None else [])
@@ -170,11 +186,17 @@ def training_user_cuts(
 
 
 def training_candidates(
-    settings: Settings, events: pd.DataFrame, validation: pd.Timestamp, *, with_held_out: bool = False
+    settings: Settings,
+    events: pd.DataFrame,
+    validation: pd.Timestamp,
+    *,
+    with_held_out: bool = False,
+    source: StateSource | None = None,
 ) -> TrainingCandidates:
     """The one definition of a run's training users, shared by ``run_training`` (``with_held_out``
-    False) and the membership audit (True: the held-out users are its non-members)."""
+    False) and the membership audit (True: the held-out users are its non-members); their state from
+    ``source`` (:func:`feature_state`)."""
     user_cuts = training_user_cuts(settings, events, validation, with_held_out=with_held_out)
-    state = feature_state(settings, user_cuts["user_id"].tolist(), list(user_cuts["cut"]))
+    state = feature_state(settings, user_cuts["user_id"].tolist(), list(user_cuts["cut"]), source=source)
     labels = purchases_after_cuts(events, user_cuts, validation, settings.eval_days)
     return TrainingCandidates(user_cuts, state, labels)

@@ -30,7 +30,7 @@ from tasks.config import Settings
 from tasks.consumers import NothingPublished, get_recommendations
 from tasks.contracts import OptionError, landing_files, list_partitions
 from tasks.ingest import rejected_days
-from tasks.orchestration import DagRunResult, configure_airflow, interval_end_for_day, load_dags, run_dag
+from tasks.orchestration import DagRunResult, configure_airflow, load_dags, run_dag
 from tasks.permissions import PRIVATE_FILE_MODE
 from tasks.privacy import Ledger
 from tasks.sources.loader import load_contract_files
@@ -200,7 +200,7 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console | None =
         mark = "[green]ok[/]" if result.succeeded else "[red]FAILED[/]"
         console.print(f"{dag_id}: {mark} in {result.seconds:.1f}s")
     if summary.ok and "train_offer_policy" in dags:
-        campaign_round(settings, options, dags["train_offer_policy"], summary, console, log_path)
+        campaign_round(settings, options, dags, summary, console, log_path)
     summary.seconds = time.perf_counter() - started
     print_summary(settings, summary, console)
     return summary
@@ -209,13 +209,14 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console | None =
 def campaign_round(
     settings: Settings,
     options: DemoOptions,
-    offer_dag: Any,
+    dags: dict[str, Any],
     summary: DemoSummary,
     console: Console,
     log_path: Path,
 ) -> None:
     """Land one day of a uniformly logged campaign on the synthetic shop's customers (the day after the
-    last landed one) and run ``train_offer_policy`` over it; other sources have no campaign log."""
+    last landed one), ingest it with ``ingest_campaigns`` and run ``train_offer_policy`` over it; other
+    sources have no campaign log."""
 
     if options.source != "synthetic":
         console.print("[yellow]train_offer_policy: no campaign log for this source, skipped[/]")
@@ -233,13 +234,17 @@ def campaign_round(
             seed=options.seed,
         )
         landing = time.perf_counter() - landing
-    with console.status("running train_offer_policy"), airflow_output_to(log_path):
-        result = run_dag(offer_dag, logical_date=interval_end_for_day(day))
-    summary.runs.append(result)
-    mark = "[green]ok[/]" if result.succeeded else "[red]FAILED[/]"
-    console.print(
-        f"train_offer_policy: {mark} in {result.seconds:.1f}s (campaign of {day} landed in {landing:.1f}s)"
-    )
+    conf = {"days": [day.isoformat()]}
+    for dag_id in ("ingest_campaigns", "train_offer_policy"):
+        with console.status(f"running {dag_id}"), airflow_output_to(log_path):
+            result = run_dag(dags[dag_id], run_conf=conf)
+        summary.runs.append(result)
+        mark = "[green]ok[/]" if result.succeeded else "[red]FAILED[/]"
+        console.print(
+            f"{dag_id}: {mark} in {result.seconds:.1f}s (campaign of {day} landed in {landing:.1f}s)"
+        )
+        if not result.succeeded:
+            return
 
 
 def ingest_backfill(

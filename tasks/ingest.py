@@ -74,6 +74,9 @@ DOMINANT_USER: Final = "user_share_within_limit"  # meta.name of the dominant-us
 
 _SOURCE_FILE: Final = "_source_file"
 _SOURCE_ROW: Final = "_source_row"
+# the names of these columns for other readers of read_landing_table
+SOURCE_FILE: Final = _SOURCE_FILE
+SOURCE_ROW: Final = _SOURCE_ROW
 _PARSE_FAILURES: Final = "_parse_failures"
 
 
@@ -244,6 +247,18 @@ def _normalise_events(frame: pd.DataFrame, where: str) -> pd.DataFrame:
     out["unit_price"] = out["unit_price"].astype("float64")
     out[_PARSE_FAILURES] = [tuple(f) for f in failures]
     return out
+
+
+def read_landing_table(day_dir: Path, table: str, schema: pa.Schema) -> pd.DataFrame:
+    """Every ``table*.parquet|csv`` file of one landing day as one frame of ``schema``'s columns.
+
+    Refuses (:class:`IngestError`, one line) what the contract refuses: a missing folder, no file, an
+    empty, oversized or unreadable file, missing or unexpected columns, parquet columns of another type.
+    Parquet columns arrive in the contract's types, CSV columns as strings (the caller parses them).
+    Each row carries :data:`SOURCE_FILE` and :data:`SOURCE_ROW`.  Shared with the campaign-log ingest
+    (:mod:`tasks.campaigns.ingest`).
+    """
+    return _read_day(day_dir, table, schema)
 
 
 def _read_day(day_dir: Path, table: str, schema: pa.Schema) -> pd.DataFrame:

@@ -136,7 +136,7 @@ def record_membership_losses(
     data = fetch_training_data(settings, manifest["training_data_uri"])  # the data the run trained on
     events = data.events()
     catalog = data.catalog()
-    candidates = training_candidates(settings, events, validation, with_held_out=True)
+    candidates = training_candidates(settings, events, validation, with_held_out=True, source=data.state_rows)
     examples, users = build_examples(
         candidates.state,
         candidates.labels,

@@ -1,11 +1,22 @@
 """The two-tower recommender: an item tower over public catalog data, a user tower over a user's own data.
 
-Item tower: frozen text embedding of the title (public, from a pretrained encoder), category, price
-bucket and optionally a learned item-id embedding whose vocabulary is the public catalog.
-User tower: the user's Feast features (fixed ``log1p`` transforms, no statistics computed from other
-users) and a masked mean of the item-tower vectors of the user's recent items, which also reaches the
-output through a skip connection (so the model starts from "items like the ones you looked at" and
-DP-SGD only has to refine it).
+Item tower (``ModelConfig.item_tower``), over the catalog's one item-input matrix
+(:attr:`tasks.catalog.ItemCatalog.item_features`: the frozen title embedding today, any public or
+DP-released per-item vectors concatenated to it later):
+
+* ``"text"``: the item input itself, L2-normalised; no trainable item parameters, so a new item is
+  served exactly like a trained one;
+* ``"residual"``: the normalised input plus a small MLP of it (a skip), normalised again;
+* ``"mlp"``: the original tower (input, category and price-bucket embeddings, optionally a learned
+  item-id embedding whose vocabulary is the public catalog, through two layers).
+
+User tower: the user's recent DISTINCT items (most recent first, from the Feast state) pooled into one
+vector, either by a masked mean (``user_tower="mean"``) or by attention pooling over the ordered items
+(``"attention"``: a learned score per item from its vector and its recency position, softmax over the
+user's items; initialised uniform, so it starts as the mean), then a small MLP with a skip (so the
+model starts from "items like the ones you bought" and DP-SGD only has to refine it). The user's Feast
+features (fixed ``log1p`` transforms, no statistics computed from other users) enter the MLP only with
+``user_features=True``.
 
 There are no per-user parameters: a user's vector is computed at serving time from that user's own
 features and history, so the released weights are all the DP guarantee has to cover, and a new user is
@@ -21,6 +32,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Final, Literal
 
 import numpy as np
 import pandas as pd
@@ -58,6 +70,19 @@ class ModelConfig:
     # score = cosine(user, item) / temperature; None: a raw dot product (models saved before the towers
     # were normalised, which still load and score as they were trained)
     temperature: float | None = None
+    # The defaults below are the architecture of models saved before these fields existed (so they
+    # load as they were trained); the pipeline's choice is in Settings (train_item_tower, ...).
+    item_tower: str = "mlp"  # ITEM_TOWERS
+    user_tower: str = "mean"  # USER_TOWERS
+    user_features: bool = True  # the Feast user features enter the user MLP
+    max_history: int = 20  # recency positions of the attention pooling
+    attention_dim: int = 64
+
+
+ItemTower = Literal["text", "residual", "mlp"]
+UserTower = Literal["mean", "attention"]
+ITEM_TOWERS: Final[tuple[str, ...]] = ("text", "residual", "mlp")
+USER_TOWERS: Final[tuple[str, ...]] = ("mean", "attention")
 
 
 class TwoTower(nn.Module):
@@ -76,6 +101,13 @@ class TwoTower(nn.Module):
 
     def __init__(self, config: ModelConfig, catalog: ItemCatalog | None = None) -> None:
         super().__init__()
+        if config.item_tower not in ITEM_TOWERS or config.user_tower not in USER_TOWERS:
+            raise ValueError(
+                f"unknown tower ({config.item_tower!r}, {config.user_tower!r}): "
+                f"item tower one of {ITEM_TOWERS}, user tower one of {USER_TOWERS}"
+            )
+        if config.item_tower != "mlp" and config.dim != config.text_dim:
+            raise ValueError(f"the {config.item_tower!r} item tower has the input's width {config.text_dim}")
         self.config = config
         n = config.n_items + 1
         self.register_buffer("item_text", torch.zeros(n, config.text_dim))
@@ -83,20 +115,35 @@ class TwoTower(nn.Module):
         self.register_buffer("item_price", torch.zeros(n, dtype=torch.long))
         if catalog is not None:
             self.load_catalog(catalog)
-        self.category = nn.Embedding(config.n_categories + 1, config.cat_dim)
-        self.price = nn.Embedding(config.n_price_buckets + 1, config.price_dim)
-        self.item_id = nn.Embedding(n, config.item_id_dim) if config.item_id_dim > 0 else None
-        item_in = config.text_dim + config.cat_dim + config.price_dim + config.item_id_dim
-        self.item_fc1 = nn.Linear(item_in, config.hidden)
-        self.item_fc2 = nn.Linear(config.hidden, config.dim)
-        self.user_fc1 = nn.Linear(config.n_user_features + config.dim, config.hidden)
-        self.user_fc2 = nn.Linear(config.hidden, config.dim)
         self.act = nn.ReLU()
+        # only the layers the chosen towers use exist: Opacus needs a gradient for every parameter
+        self.category: nn.Embedding | None = None
+        self.price: nn.Embedding | None = None
+        self.item_id: nn.Embedding | None = None
+        if config.item_tower == "mlp":
+            self.category = nn.Embedding(config.n_categories + 1, config.cat_dim)
+            self.price = nn.Embedding(config.n_price_buckets + 1, config.price_dim)
+            self.item_id = nn.Embedding(n, config.item_id_dim) if config.item_id_dim > 0 else None
+            item_in = config.text_dim + config.cat_dim + config.price_dim + config.item_id_dim
+            self.item_fc1 = nn.Linear(item_in, config.hidden)
+            self.item_fc2 = nn.Linear(config.hidden, config.dim)
+        elif config.item_tower == "residual":
+            self.item_fc1 = nn.Linear(config.text_dim, config.hidden)
+            self.item_fc2 = nn.Linear(config.hidden, config.dim)
+        if config.user_tower == "attention":
+            self.attn_key = nn.Linear(config.dim, config.attention_dim)
+            self.attn_position = nn.Embedding(config.max_history, config.attention_dim)
+            self.attn_score = nn.Linear(config.attention_dim, 1)
+            nn.init.zeros_(self.attn_score.weight)  # uniform weights at the start: the mean
+            nn.init.zeros_(self.attn_score.bias)
+        user_in = config.dim + (config.n_user_features if config.user_features else 0)
+        self.user_fc1 = nn.Linear(user_in, config.hidden)
+        self.user_fc2 = nn.Linear(config.hidden, config.dim)
 
     def load_catalog(self, catalog: ItemCatalog) -> None:
         """Copy the public item inputs into the (non-trainable) buffers."""
         text = torch.zeros_like(self.item_text)
-        text[1:] = torch.from_numpy(catalog.text)
+        text[1:] = torch.from_numpy(catalog.item_features)
         cat = torch.zeros_like(self.item_category)
         cat[1:] = torch.from_numpy(catalog.category_index + 1)
         price = torch.zeros_like(self.item_price)
@@ -107,25 +154,44 @@ class TwoTower(nn.Module):
 
     def item_vectors(self, index: torch.Tensor) -> torch.Tensor:
         """Item-tower vectors for model indices of any shape ``[...]`` -> ``[..., dim]``."""
-        parts = [
-            self.item_text[index],
-            self.category(self.item_category[index]),
-            self.price(self.item_price[index]),
-        ]
+        text = self.item_text[index]
+        if self.config.item_tower == "text":
+            return nn.functional.normalize(text, dim=-1)
+        if self.config.item_tower == "residual":
+            text = nn.functional.normalize(text, dim=-1)
+            out = text + self.item_fc2(self.act(self.item_fc1(text)))
+            return nn.functional.normalize(out, dim=-1)
+        assert self.category is not None
+        assert self.price is not None
+        parts = [text, self.category(self.item_category[index]), self.price(self.item_price[index])]
         if self.item_id is not None:
             parts.append(self.item_id(index))
         hidden = self.act(self.item_fc1(torch.cat(parts, dim=-1)))
         out = self.item_fc2(hidden)
         return out if self.config.temperature is None else nn.functional.normalize(out, dim=-1)
 
+    def pool_history(self, history_vectors: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        """``[B, dim]``: the user's history item vectors ``[B, H, dim]`` (0 = padding) pooled by the
+        masked mean, or by attention over (vector, recency position); a user without history gets 0."""
+        mask = (history != PAD).unsqueeze(-1).to(history_vectors.dtype)
+        if self.config.user_tower == "mean":
+            return (history_vectors * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        positions = torch.arange(history.shape[1], device=history.device).clamp(
+            max=self.config.max_history - 1
+        )
+        # contiguous: Opacus' embedding norm sampler views its input
+        keys = self.attn_key(history_vectors) + self.attn_position(positions.expand_as(history).contiguous())
+        logits = self.attn_score(torch.tanh(keys)).masked_fill(mask == 0, -1e9)
+        weights = torch.softmax(logits, dim=1) * mask  # an all-padding row: weights 0, pooled 0
+        return (weights * history_vectors).sum(dim=1)
+
     def user_from_history(
         self, features: torch.Tensor, history_vectors: torch.Tensor, history: torch.Tensor
     ) -> torch.Tensor:
         """User vectors from features ``[B, F]`` and history item vectors ``[B, H, dim]`` (0 = padding)."""
-        mask = (history != PAD).unsqueeze(-1).to(history_vectors.dtype)
-        pooled = (history_vectors * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-        hidden = self.act(self.user_fc1(torch.cat([features, pooled], dim=-1)))
-        user = pooled + self.user_fc2(hidden)  # skip: an untrained model already ranks by similarity
+        pooled = self.pool_history(history_vectors, history)
+        user_in = torch.cat([features, pooled], dim=-1) if self.config.user_features else pooled
+        user = pooled + self.user_fc2(self.act(self.user_fc1(user_in)))  # skip: untrained ranks by similarity
         if self.config.temperature is None:
             return user
         # unit norm / temperature: any product with item_vectors (training, Recommender, publishing)
@@ -142,7 +208,13 @@ class TwoTower(nn.Module):
         """Scores ``[B, C]`` of candidate items ``[B, C]`` for users given by features and history.
 
         The item tower runs once on history and candidates together (one call per module and batch).
+        The ``"text"`` tower has no parameters: its whole table is normalised once and the candidates'
+        scores are read from the user-by-catalog product (the same numbers, far less memory traffic).
         """
+        if self.config.item_tower == "text":
+            table = nn.functional.normalize(self.item_text, dim=-1)
+            user = self.user_from_history(features, table[history], history)
+            return torch.gather(user @ table.T, 1, candidates)
         n_hist = history.shape[1]
         vectors = self.item_vectors(torch.cat([history, candidates], dim=1))
         user = self.user_from_history(features, vectors[:, :n_hist], history)
@@ -159,18 +231,29 @@ def build_model(
     hidden: int = 128,
     item_id_dim: int = 0,
     temperature: float | None = DEFAULT_TEMPERATURE,
+    item_tower: ItemTower = "mlp",
+    user_tower: UserTower = "mean",
+    user_features: bool = True,
+    max_history: int = 20,
 ) -> TwoTower:
     """A fresh :class:`TwoTower` sized for the catalog, its buffers filled (``temperature`` None: the
-    unnormalised dot product of models saved before normalisation)."""
+    unnormalised dot product of models saved before normalisation). The ``"text"`` and ``"residual"``
+    item towers have the width of the item input (``dim`` is ignored); the pipeline builds its model
+    through :func:`tasks.training.model_for`, from Settings."""
+    width = int(catalog.item_features.shape[1])
     config = ModelConfig(
-        text_dim=int(catalog.text.shape[1]),
+        text_dim=width,
         n_items=catalog.n_items,
         n_categories=len(catalog.categories),
         n_price_buckets=len(catalog.price_edges) + 1,
-        dim=dim,
+        dim=dim if item_tower == "mlp" else width,
         hidden=hidden,
         item_id_dim=item_id_dim,
         temperature=temperature,
+        item_tower=item_tower,
+        user_tower=user_tower,
+        user_features=user_features,
+        max_history=max_history,
     )
     return TwoTower(config, catalog)
 
@@ -294,7 +377,8 @@ class Recommender:
 
 # --- saving and loading a Recommender -------------------------------------------------------------
 def save_recommender(recommender: Recommender, path: Path) -> Path:
-    """Write weights, architecture, public catalog inputs, blend weights and DP popularity to ``path``."""
+    """Write weights, architecture, public catalog inputs, blend weights, DP popularity and the DP
+    behaviour vectors (when the item tower reads them) to ``path``: enough to score without the lake."""
     path.mkdir(parents=True, exist_ok=True)
     torch.save(recommender.model.state_dict(), path / "weights.pt")
     catalog = recommender.catalog
@@ -304,6 +388,7 @@ def save_recommender(recommender: Recommender, path: Path) -> Path:
         category_index=catalog.category_index,
         price_bucket=catalog.price_bucket,
         popularity=recommender.popularity if recommender.popularity is not None else np.zeros(0),
+        behaviour=catalog.behaviour if catalog.behaviour is not None else np.zeros((0, 0), np.float32),
     )
     meta = {
         "model_config": asdict(recommender.model.config),
@@ -314,6 +399,7 @@ def save_recommender(recommender: Recommender, path: Path) -> Path:
         "weights": asdict(recommender.weights),
         "history_length": recommender.history_length,
         "has_popularity": recommender.popularity is not None,
+        "has_behaviour": catalog.behaviour is not None,
     }
     (path / "recommender.json").write_text(json.dumps(meta, indent=2))
     return path
@@ -331,6 +417,7 @@ def load_recommender(path: Path, device: str = "cpu") -> Recommender:
         categories=tuple(meta["categories"]),
         price_edges=tuple(meta["price_edges"]),
         encoder_id=meta["encoder_id"],
+        behaviour=arrays["behaviour"] if meta.get("has_behaviour") else None,
     )
     model = TwoTower(ModelConfig(**meta["model_config"]))
     model.load_state_dict(torch.load(path / "weights.pt", map_location=device, weights_only=True))

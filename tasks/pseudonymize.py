@@ -40,6 +40,9 @@ PSEUDONYM_PREFIX: Final = "u_"
 PSEUDONYM_HEX_CHARS: Final = 32
 # Source-id columns keyed at ingest, with the prefix of their pseudonyms.
 SOURCE_ID_PREFIXES: Final = {"event_id": "e_", "session_id": "s_"}
+# The same for the campaign logs (tasks.campaigns.ingest): a decision id links back to the campaign
+# system's raw records of the customer.
+CAMPAIGN_ID_PREFIXES: Final = {"decision_id": "d_"}
 KEY_CONNECTION_ID: Final = "shoprec_pseudonym_key"
 KEY_FILE_NAME: Final = "pseudonym.key"
 FINGERPRINT_FILE_NAME: Final = "pseudonym_key.fingerprint"
@@ -60,7 +63,8 @@ def pseudonymize(raw_id: str, key: bytes) -> str:
 
 
 def pseudonymize_source_id(raw_id: str, key: bytes, column: str) -> str:
-    """The pseudonym of a source id in ``column`` (``event_id``/``session_id``): prefix + 32 hex chars.
+    """The pseudonym of a source id in ``column`` (``event_id``/``session_id``/``decision_id``): prefix +
+    32 hex chars.
 
     HMAC-SHA256(key, column + "\\x1f" + raw_id): the column name keeps an invoice number from hashing to
     the same digest as a customer id with the same digits.
@@ -69,7 +73,7 @@ def pseudonymize_source_id(raw_id: str, key: bytes, column: str) -> str:
         raise PseudonymKeyError("empty pseudonymisation key")
     message = f"{column}\x1f{raw_id}".encode()
     digest = hmac.new(key, message, hashlib.sha256).hexdigest()
-    return SOURCE_ID_PREFIXES[column] + digest[:PSEUDONYM_HEX_CHARS]
+    return (SOURCE_ID_PREFIXES | CAMPAIGN_ID_PREFIXES)[column] + digest[:PSEUDONYM_HEX_CHARS]
 
 
 def is_pseudonym(value: str) -> bool:

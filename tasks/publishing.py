@@ -525,7 +525,7 @@ def scoring_catalog(recommender: Recommender, items: pd.DataFrame) -> ScoringCat
     Items that left the catalog are gone from the result, so they are never recommended; items the
     champion never saw get item-tower vectors from their title embedding, category and price (the
     tower has no per-item parameters unless ``item_id_dim > 0``, in which case unseen items are
-    dropped).
+    dropped). Known items keep the champion's DP behaviour vectors; new items get zero ones.
     """
     import torch
 
@@ -551,6 +551,8 @@ def scoring_catalog(recommender: Recommender, items: pd.DataFrame) -> ScoringCat
         categories=known.categories,
         price_edges=known.price_edges,
         encoder_id=known.encoder_id,
+        # the champion's DP behaviour vectors (its ledger-charged release); zero rows for new items
+        behaviour=known.behaviour_for(ids),
     )
     config = recommender.model.config
     tower = TwoTower(dataclasses.replace(config, n_items=len(ids)))

@@ -25,7 +25,7 @@ from tasks.baselines import broadcast, buy_again_scores, cooccurrence_scores, po
 from tasks.catalog import USER_FEATURE_COLUMNS
 from tasks.config import Settings
 from tasks.contracts import list_partitions
-from tasks.dataset import feature_state
+from tasks.dataset import feature_state, users_before
 from tasks.evaluation import evaluate_scores, retention, temporal_split_from_state
 from tasks.features import snapshot_time
 from tasks.model import Recommender, load_recommender, save_recommender
@@ -394,8 +394,8 @@ def evaluation_reports(
     data = fetch_training_data(settings, manifest["training_data_uri"])
     events = data.events()
     catalog = data.catalog()
-    users = sorted(events.loc[events["event_timestamp"] < cut, "user_id"].astype(str).unique())
-    split = temporal_split_from_state(events, catalog, feature_state(settings, users, cut), cut, end)
+    state = feature_state(settings, users_before(events, cut), cut, source=data.state_rows)
+    split = temporal_split_from_state(events, catalog, state, cut, end)
     if split.n_users == 0:
         raise ValueError(f"no user with history bought a catalog item in the test window {cut}..{end}")
     dp_dir = fetch(settings, manifest["model_uri"])
@@ -465,7 +465,11 @@ def register_and_gate(settings: Settings, manifest: dict[str, Any]) -> Registrat
     )
     ledger = open_ledger(settings)
     try:
-        for charge_id in (manifest["charge_id"], manifest["popularity_charge_id"]):
+        # the count releases the model ships: DP popularity, and the DP co-occurrence its item tower reads
+        count_ids = [int(manifest["popularity_charge_id"])]
+        if manifest.get("cooccurrence_charge_id") is not None:
+            count_ids.append(int(manifest["cooccurrence_charge_id"]))
+        for charge_id in (int(manifest["charge_id"]), *count_ids):
             if str(ledger.charge(int(charge_id)).status) != "committed":
                 ledger.commit(
                     int(charge_id), model_version=registered.version, artifact_uri=registered.model_uri
@@ -474,7 +478,7 @@ def register_and_gate(settings: Settings, manifest: dict[str, Any]) -> Registrat
             ledger.charge(int(manifest["charge_id"])),
             secure_rng=False,
             noise_generator=manifest["noise_generator"],
-            count_charges=[ledger.charge(int(manifest["popularity_charge_id"]))],
+            count_charges=[ledger.charge(charge_id) for charge_id in count_ids],
         )
         # the ledger's head after this version's commits, anchored on the version beside its statement
         attach_to_model_version(

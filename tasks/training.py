@@ -18,16 +18,17 @@ torchcsprng, which is not installed).  Only ``TrainConfig.noise_seed``, set by `
 reproducible.
 
 The noise multiplier is an input: it is calibrated against the budget the privacy ledger grants
-(``tasks.privacy.calibrate_noise_multiplier``), or by :func:`tasks.privacy.accounting.noise_for_budget`
+(:func:`tasks.privacy.policy.dp_sgd_charge`, which reserves it), or by :func:`tasks.privacy.accounting.noise_for_budget`
 when the composition is known up front (benchmarks), never by ``make_private_with_epsilon``, which
 ignores budget already spent.
 """
 
 from __future__ import annotations
 
-import datetime as dt
+import dataclasses
 import hashlib
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -61,7 +62,6 @@ from tasks.dataset import (
     training_candidates,
 )
 from tasks.evaluation import temporal_split_from_state, tune_blend
-from tasks.ingest import rejected_days
 from tasks.io import atomic_write, atomic_write_json, replace_dir
 from tasks.model import (
     Recommender,
@@ -72,14 +72,15 @@ from tasks.model import (
     text_neighbours,
 )
 from tasks.privacy import (
-    DpSgdMechanism,
+    CooccurrenceCounts,
+    CooccurrenceRelease,
     PopularityRelease,
-    calibrate_noise_multiplier,
+    behaviour_vectors,
 )
 from tasks.privacy.accounting import LEDGER_ACCOUNTANT, rdp_epsilon
 from tasks.privacy.ledger_key import open_ledger
-from tasks.privacy.policy import active_charge, budget_for_run
-from tasks.training_data import pin_training_data
+from tasks.privacy.policy import active_charge, budget_for_run, dp_sgd_charge
+from tasks.training_data import fetch_training_data
 
 log = logging.getLogger(__name__)
 
@@ -445,6 +446,7 @@ def _load_checkpoint(path: Path, model: TwoTower, optimizer: Any, engine: Any) -
 # --- the train_recommender pipeline step --------------------------------------------------------------
 TRAIN_PURPOSE: Final = "train_recommender"
 POPULARITY_PURPOSE: Final = "dp_popularity"
+COOCCURRENCE_PURPOSE: Final = "dp_cooccurrence"
 
 
 def dp_popularity(settings: Settings) -> PopularityRelease:
@@ -458,12 +460,71 @@ def dp_popularity(settings: Settings) -> PopularityRelease:
     )
 
 
-def train_config(settings: Settings) -> TrainConfig:
-    """The pipeline's DP-SGD hyper-parameters (``SHOPREC_TRAIN_*``); the noise multiplier is calibrated
-    to the ledger's grant later, the noise seed set only under the tests-only switch."""
+def dp_cooccurrence(settings: Settings) -> CooccurrenceRelease | None:
+    """The DP co-occurrence release of a training run (``SHOPREC_COOC_*``; one release at the
+    validation cut under its own charge), or None when ``SHOPREC_COOC_ENABLED`` is off."""
+    if not settings.cooc_enabled:
+        return None
+    return CooccurrenceRelease(
+        noise_multiplier=settings.cooc_noise_multiplier,
+        cap_per_user=settings.cooc_cap_per_user,
+        days=settings.cooc_days,
+        event_types=INTERACTIONS,
+    )
+
+
+def cooccurrence_domain(popularity: np.ndarray, max_items: int) -> np.ndarray:
+    """Catalog positions a co-occurrence release covers: all of them, or the ``max_items`` of highest
+    DP popularity (``popularity``: a ledger-charged release, so the domain is public), in catalog order."""
+    if len(popularity) <= max_items:
+        return np.arange(len(popularity), dtype=np.int64)
+    order = np.lexsort((np.arange(len(popularity)), -np.asarray(popularity, dtype=np.float64)))
+    return np.sort(order[:max_items]).astype(np.int64)
+
+
+def cooccurrence_release(
+    events: pd.DataFrame,
+    catalog: ItemCatalog,
+    end: pd.Timestamp,
+    policy: CooccurrenceRelease,
+    domain: np.ndarray,
+) -> list[np.ndarray]:
+    """``[domain positions, noisy counts]`` of one DP co-occurrence release before ``end`` over the
+    catalog items at ``domain``; fresh CSPRNG noise every call (ledger-charged by the caller)."""
+    items = [catalog.item_ids[int(p)] for p in domain]
+    return [np.asarray(domain, dtype=np.int64), policy.release(events, end, item_ids=items).counts]
+
+
+def behaviour_for_catalog(catalog: ItemCatalog, released: Sequence[np.ndarray], dim: int) -> np.ndarray:
+    """``[N, dim]`` behaviour vectors over the catalog from a :func:`cooccurrence_release` (zero rows
+    for items outside its domain); post-processing of the release."""
+    domain, counts = released
+    ids = tuple(catalog.item_ids[int(p)] for p in domain)
+    out = np.zeros((catalog.n_items, dim), dtype=np.float32)
+    out[np.asarray(domain, dtype=np.int64)] = behaviour_vectors(CooccurrenceCounts(ids, counts), dim)
+    return out
+
+
+def dp_schedule(n_users: int, sample_rate: float, steps: int) -> tuple[int, int]:
+    """(batch size, epochs) of :class:`TrainConfig` that Poisson-sample ``n_users`` at ``sample_rate``
+    for about ``steps`` steps: Opacus samples at ``1 / ceil(n / batch)`` and an epoch is ``ceil(n /
+    batch)`` steps, so the steps are rounded to whole epochs (the ledger is charged the exact ones,
+    :meth:`TrainConfig.sample_rate` and :meth:`TrainConfig.steps`)."""
+    if not 0 < sample_rate <= 1 or steps < 1 or n_users < 1:
+        raise ValueError(f"no DP-SGD schedule for {n_users} users at rate {sample_rate} for {steps} steps")
+    batch = max(1, math.ceil(n_users * sample_rate))
+    per_epoch = -(-n_users // batch)
+    return batch, max(1, round(steps / per_epoch))
+
+
+def train_config(settings: Settings, *, n_users: int) -> TrainConfig:
+    """The pipeline's DP-SGD hyper-parameters (``SHOPREC_TRAIN_*``) for ``n_users`` training users; the
+    noise multiplier is calibrated to the ledger's grant later, the noise seed set only under the
+    tests-only switch. The non-private twin's is :func:`twin_config`."""
+    batch, epochs = dp_schedule(n_users, settings.train_sample_rate, settings.train_steps)
     return TrainConfig(
-        epochs=settings.train_epochs,
-        batch_size=settings.train_batch_size,
+        epochs=epochs,
+        batch_size=batch,
         lr=settings.train_lr,
         max_grad_norm=settings.train_clip_norm,
         cap_k=settings.train_cap_k,
@@ -471,6 +532,64 @@ def train_config(settings: Settings) -> TrainConfig:
         n_negatives=settings.train_negatives,
         noise_seed=settings.test_noise_seed(),
     )
+
+
+def twin_config(settings: Settings, config: TrainConfig) -> TrainConfig:
+    """The non-private twin of ``config``: the same schedule, no noise or clipping, its own lr."""
+    return dataclasses.replace(config, private=False, lr=settings.train_lr_nonprivate)
+
+
+def model_for(settings: Settings, catalog: ItemCatalog) -> TwoTower:
+    """A fresh two-tower model with the pipeline's architecture (``SHOPREC_TRAIN_*`` towers)."""
+    return build_model(
+        catalog,
+        hidden=settings.train_hidden,
+        temperature=settings.train_temperature,
+        item_tower=settings.train_item_tower,
+        user_tower=settings.train_user_tower,
+        user_features=settings.train_user_features,
+        max_history=settings.history_length,
+    )
+
+
+def training_examples(
+    settings: Settings, state: pd.DataFrame, labels: dict[str, list[str]], catalog: ItemCatalog
+) -> tuple[UserExamples, list[str]]:
+    """The pipeline's examples (:func:`build_examples` with ``SHOPREC_TRAIN_*`` and the history length)."""
+    return build_examples(
+        state,
+        labels,
+        catalog,
+        history_length=settings.history_length,
+        cap_k=settings.train_cap_k,
+        n_negatives=settings.train_negatives,
+        seed=settings.seed,
+    )
+
+
+def fit_model(
+    settings: Settings,
+    catalog: ItemCatalog,
+    examples: UserExamples,
+    config: TrainConfig,
+    *,
+    delta: float | None = None,
+    checkpoint_path: Path | None = None,
+    checkpoint_saved: Callable[[Path], Any] | None = None,
+) -> tuple[TwoTower, TrainResult]:
+    """THE model fit of ``train_recommender`` (and of the quality benchmark): a fresh
+    :func:`model_for` (initialised from ``config.seed``) trained by :func:`train`."""
+    torch.manual_seed(config.seed)
+    model = model_for(settings, catalog)
+    result = train(
+        model,
+        examples,
+        config,
+        delta=delta,
+        checkpoint_path=checkpoint_path,
+        checkpoint_saved=checkpoint_saved,
+    )
+    return model, result
 
 
 @dataclass(frozen=True)
@@ -503,35 +622,10 @@ class TrainingManifest:
     noise_generator: str
     rejected_days: str = ""  # comma-separated days of the window that ingest rejected (quarantined)
     training_data_uri: str = ""  # the run's pinned data (tasks.training_data), read by registration and audit
+    cooccurrence_charge_id: int | None = None  # the DP co-occurrence release the item tower reads, if any
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-class TrainingRefused(ValueError):
-    """Training will not run on this data; the message says why."""
-
-
-def refuse_if_too_many_rejected(settings: Settings, lake_days: Sequence[dt.date]) -> list[dt.date]:
-    """The days of the training window (first to last lake day) that ingest rejected.
-
-    Raises :class:`TrainingRefused` when they are more than ``max_rejected_day_share`` of the window's
-    days with data (lake days plus rejected days): a model trained on what is left would not describe
-    the shop.
-    """
-    rejected = rejected_days(settings, lake_days[0], lake_days[-1])
-    share = len(rejected) / (len(lake_days) + len(rejected))
-    if share > settings.max_rejected_day_share:
-        shown = ", ".join(d.isoformat() for d in rejected[:10]) + (" ..." if len(rejected) > 10 else "")
-        raise TrainingRefused(
-            f"training refused: {len(rejected)} of {len(lake_days) + len(rejected)} days in its window "
-            f"{lake_days[0]}..{lake_days[-1]} were rejected by ingest ({share:.1%} > "
-            f"SHOPREC_MAX_REJECTED_DAY_SHARE {settings.max_rejected_day_share:.1%}): {shown}; "
-            f"see {settings.quarantine_dir}/date=D/report.json"
-        )
-    if rejected:
-        log.warning("training window has %d rejected days: %s", len(rejected), rejected)
-    return rejected
 
 
 def popularity_release(
@@ -572,15 +666,15 @@ def run_training(
     settings: Settings,
     *,
     run_key: str,
+    training_data_uri: str,
     code_version: str | None = None,
-    data_days: Sequence[dt.date] = (),
 ) -> TrainingManifest:
-    """Train the DP challenger (and its non-private twin) on the lake and Feast as of the data's end.
+    """Train the DP challenger (and its non-private twin) on the run's pinned data.
 
-    The data is pinned at the run's first try (:func:`tasks.training_data.pin_training_data`): the lake
-    days up to the last of ``data_days`` (the days of the triggering asset events; none: the latest
-    partition), their events and the catalog as of then. A retry reads the same data however the lake
-    grew since.
+    ``training_data_uri``: what :func:`tasks.training_data.pin_training_data` pinned for the run (the
+    lake days up to its data end, their events, the catalog and the Feast user state as of then, the
+    rejected days) in the artifact store; nothing else of the lake or Feast is read, so this runs on a
+    machine that has neither, and a retry reads the same data however the lake grew since.
 
     Everything the run hands on (the pinned data, the two models, the training users) and everything a
     retry resumes from (the checkpoint, the popularity releases, written once) is put in the shared
@@ -594,29 +688,21 @@ def run_training(
     store = artifact_store(settings)
     prefix = f"runs/{run_key_path(run_key)}"  # the run's artifacts in the shared store
     run_dir = settings.models_dir / run_key_path(run_key)  # this machine's working copies
-    data = pin_training_data(settings, run_key, data_days)
-    days = list(data.days)
-    rejected = refuse_if_too_many_rejected(settings, days)
+    data = fetch_training_data(settings, training_data_uri)
+    days, rejected = list(data.days), list(data.rejected)
     cuts = Cuts.from_end(data.as_of, settings.eval_days)
     events = data.events()
     catalog = data.catalog()
     all_users = sorted(events["user_id"].astype(str).unique())
     # Held-out users (a keyed hash split decided before training) never enter DP-SGD: they are the
     # non-members of the membership-inference audit (tasks.membership).
-    candidates = training_candidates(settings, events, cuts.validation)
+    candidates = training_candidates(settings, events, cuts.validation, source=data.state_rows)
     state, labels = candidates.state, candidates.labels
-    config, popularity = train_config(settings), dp_popularity(settings)
-    examples, train_users = build_examples(
-        state,
-        labels,
-        catalog,
-        history_length=settings.history_length,
-        cap_k=config.cap_k,
-        n_negatives=config.n_negatives,
-        seed=settings.seed,
-    )
+    popularity, cooccurrence = dp_popularity(settings), dp_cooccurrence(settings)
+    examples, train_users = training_examples(settings, state, labels, catalog)
     if len(examples) < 2:
         raise ValueError(f"only {len(examples)} users with events on two days before {cuts.validation}")
+    config = train_config(settings, n_users=len(examples))
     q, steps = config.sample_rate(len(examples)), config.steps(len(examples))
 
     ledger = open_ledger(settings)
@@ -626,12 +712,8 @@ def run_training(
         data_hash = hashlib.sha256(
             "|".join(f"{d}" for d in days).encode() + str(len(events)).encode()
         ).hexdigest()
-        common: dict[str, Any] = dict(
-            scope=settings.privacy_scope,
-            run_id=run_key,
-            n_users=len(all_users),
-            code_version=code_version or current_code_version(),
-            data_hash=data_hash,
+        provenance: dict[str, Any] = dict(
+            n_users=len(all_users), code_version=code_version or current_code_version(), data_hash=data_hash
         )
         pop_charge = active_charge(
             ledger, settings.privacy_scope, run_key, POPULARITY_PURPOSE
@@ -639,50 +721,40 @@ def run_training(
             mechanism=popularity.mechanism(releases=3),
             data_window=(popularity.start(cuts.validation), cuts.as_of),
             purpose=POPULARITY_PURPOSE,
-            **common,
+            scope=settings.privacy_scope,
+            run_id=run_key,
+            **provenance,
         )
-        charge = active_charge(ledger, settings.privacy_scope, run_key, TRAIN_PURPOSE)
-        if charge is None:
-            noise = calibrate_noise_multiplier(
-                ledger,
+        cooc_charge = None
+        if cooccurrence is not None:
+            cooc_charge = active_charge(
+                ledger, settings.privacy_scope, run_key, COOCCURRENCE_PURPOSE
+            ) or ledger.reserve(
+                mechanism=cooccurrence.mechanism(releases=1),
+                data_window=(cooccurrence.start(cuts.validation), cuts.validation),
+                purpose=COOCCURRENCE_PURPOSE,
                 scope=settings.privacy_scope,
-                sample_rate=q,
-                steps=steps,
-                delta=delta,
-                epsilon_target=settings.training_epsilon,
-                at=cuts.as_of.to_pydatetime(),
+                run_id=run_key,
+                **provenance,
             )
-            charge = ledger.reserve(
-                mechanism=DpSgdMechanism(noise, q, steps, clip_norm=config.max_grad_norm, cap_k=config.cap_k),
-                data_window=(
-                    events["event_timestamp"].min().to_pydatetime(),
-                    cuts.validation.to_pydatetime(),
-                ),
-                purpose=TRAIN_PURPOSE,
-                **common,
-            )
+        charge, mechanism = dp_sgd_charge(
+            ledger,
+            settings,
+            run_key=run_key,
+            purpose=TRAIN_PURPOSE,
+            sample_rate=q,
+            steps=steps,
+            delta=delta,
+            epsilon_target=settings.training_epsilon,
+            clip_norm=config.max_grad_norm,
+            cap_k=config.cap_k,
+            data_window=(events["event_timestamp"].min().to_pydatetime(), cuts.validation.to_pydatetime()),
+            at=cuts.as_of.to_pydatetime(),
+            **provenance,
+        )
     finally:
         ledger.close()
-    mechanism = charge.mechanism
     config = TrainConfig(**{**asdict(config), "noise_multiplier": mechanism.noise_multiplier})
-
-    # resume from the checkpoint an earlier attempt left in the store, whichever machine it ran on
-    checkpoint, checkpoint_key = run_dir / "checkpoint.pt", f"{prefix}/checkpoint.pt"
-    if store.exists(store.uri(checkpoint_key)):
-        store.get(store.uri(checkpoint_key), checkpoint)
-    torch.manual_seed(settings.seed)
-    model = build_model(catalog, temperature=settings.train_temperature)
-    result = train(
-        model,
-        examples,
-        config,
-        delta=delta,
-        checkpoint_path=checkpoint,
-        checkpoint_saved=lambda path: store.put(path, checkpoint_key),
-    )
-    torch.manual_seed(settings.seed)
-    twin = build_model(catalog, temperature=settings.train_temperature)
-    twin_result = train(twin, examples, TrainConfig(**{**asdict(config), "private": False}))
 
     releases = f"dp_popularity-charge{int(pop_charge.id)}.npz"
     pop_val, pop_test, pop_serve = released_once(
@@ -694,7 +766,33 @@ def run_training(
             for end in (cuts.validation, cuts.test, cuts.as_of)
         ],
     )
-    val_state = feature_state(settings, all_users, cuts.validation)
+    if cooccurrence is not None and cooc_charge is not None:
+        # one release per charge, read again by a retry; the item tower reads its behaviour vectors
+        domain = cooccurrence_domain(pop_val, settings.cooc_max_items)
+        cooc_file = f"dp_cooccurrence-charge{int(cooc_charge.id)}.npz"
+        released = released_once(
+            store,
+            f"{prefix}/{cooc_file}",
+            run_dir / cooc_file,
+            lambda: cooccurrence_release(events, catalog, cuts.validation, cooccurrence, domain),
+        )
+        catalog = catalog.with_behaviour(behaviour_for_catalog(catalog, released, settings.cooc_dim))
+    # resume from the checkpoint an earlier attempt left in the store, whichever machine it ran on
+    checkpoint, checkpoint_key = run_dir / "checkpoint.pt", f"{prefix}/checkpoint.pt"
+    if store.exists(store.uri(checkpoint_key)):
+        store.get(store.uri(checkpoint_key), checkpoint)
+    model, result = fit_model(
+        settings,
+        catalog,
+        examples,
+        config,
+        delta=delta,
+        checkpoint_path=checkpoint,
+        checkpoint_saved=lambda path: store.put(path, checkpoint_key),
+    )
+    twin, twin_result = fit_model(settings, catalog, examples, twin_config(settings, config))
+
+    val_state = feature_state(settings, all_users, cuts.validation, source=data.state_rows)
     val = temporal_split_from_state(events, catalog, val_state, cuts.validation, cuts.test)
     blends = {}
     histories = history_positions(val.state["recent_items"].tolist(), catalog, settings.history_length)
@@ -759,4 +857,5 @@ def run_training(
         noise_generator=noise_generator_name(result.device, noise_seed=config.noise_seed),
         rejected_days=",".join(d.isoformat() for d in rejected),
         training_data_uri=data.uri,
+        cooccurrence_charge_id=None if cooc_charge is None else int(cooc_charge.id),
     )

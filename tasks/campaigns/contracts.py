@@ -4,7 +4,8 @@
 (logging) policy took for one customer, with the probability it gave the chosen action (the propensity
 off-policy evaluation needs) and the outcome within the attribution window.  The action "no offer" is
 logged like any other, with offer id :data:`NO_OFFER`.  Landing batches follow the events layout:
-``landing/date=YYYY-MM-DD/offers*.parquet|csv`` and ``exposures*.parquet|csv``.
+``landing/date=YYYY-MM-DD/offers*.parquet|csv`` and ``exposures*.parquet|csv``; the ingest
+(:mod:`tasks.campaigns.ingest`) writes them to the lake partitions named below.
 """
 
 from __future__ import annotations
@@ -68,6 +69,21 @@ EXPOSURE_COLUMNS: Final[tuple[str, ...]] = tuple(EXPOSURES_SCHEMA.names)
 def profit(exposures: pd.DataFrame) -> np.ndarray:
     """The reward of each decision: margin minus redemption cost within the attribution window."""
     return exposures["margin"].to_numpy(dtype=float) - exposures["redemption_cost"].to_numpy(dtype=float)
+
+
+def offers_lake_dir(settings: Settings) -> Path:
+    """``lake/campaigns/offers/date=D/part-0.parquet``: the offers landed on day D, validated."""
+    return settings.campaigns_dir / "offers"
+
+
+def exposures_lake_dir(settings: Settings) -> Path:
+    """``lake/campaigns/exposures/date=D/part-0.parquet``: day D's exposures, pseudonymised and gated."""
+    return settings.campaigns_dir / "exposures"
+
+
+def campaigns_quarantine_dir(settings: Settings) -> Path:
+    """``quarantine/campaigns/date=D/``: day D's failing exposure rows (``rows.parquet``) and its report."""
+    return settings.quarantine_dir / "campaigns"
 
 
 def run_folder(settings: Settings, run_key: str) -> Path:

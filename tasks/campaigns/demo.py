@@ -1,10 +1,11 @@
 """One campaign round for ``shoprec demo``: land a simulated campaign, then read the round back.
 
 :func:`land_campaign` simulates a campaign on the synthetic shop's own customers (the simulator's
-ground truth, uniform logging by default) and writes it where ``train_offer_policy`` reads it
-(``Settings.campaigns_dir``: ``offers.parquet``, ``customers.parquet``, ``exposures/<day>.parquet``),
-with customer ids pseudonymised by the ingest key like every other per-user table inside the trust
-boundary.  :func:`round_lines` reads the latest offer-policy run back from the stores it wrote (MLflow
+ground truth, uniform logging by default) and lands it as the campaign system would:
+``landing/date=D/offers.parquet`` and ``exposures.parquet`` with raw customer and decision ids, for
+the ``ingest_campaigns`` DAG (:mod:`tasks.campaigns.ingest`) to pseudonymise, gate and put in the lake.
+The per-customer features (``Settings.campaigns_dir/customers.parquet``, pseudonymised by the ingest
+key) are the stand-in ``train_offer_policy`` still reads.  :func:`round_lines` reads the latest offer-policy run back from the stores it wrote (MLflow
 tags, the DP release file, the candidate's probabilities) and returns the lines the demo prints.
 """
 
@@ -21,6 +22,7 @@ from tasks.campaigns import exposure, release, simulator
 from tasks.campaigns.contracts import run_folder
 from tasks.campaigns.policy import explore
 from tasks.config import Settings
+from tasks.contracts import partition_dir
 from tasks.pseudonymize import load_key, pseudonymize
 from tasks.sources.synthetic import SyntheticConfig
 
@@ -43,7 +45,7 @@ def land_campaign(
     logging: str = "uniform",
     seed: int = 1,
 ) -> float:
-    """Write one day of ``logging``'s decisions (``uniform`` or ``near_oracle``) on ``shop``'s customers;
+    """Land one day of ``logging``'s decisions (``uniform`` or ``near_oracle``) on ``shop``'s customers;
     return the logging policy's true value per customer (the simulator's truth)."""
 
     if logging not in ("uniform", "near_oracle"):
@@ -57,17 +59,18 @@ def land_campaign(
     exposures = simulator.exposures_frame(
         population, decisions, policy_name=logging, policy_version="1", start=day, rng=rng
     )
+    landing = partition_dir(settings.landing_dir, day.date())
+    landing.mkdir(parents=True, exist_ok=True)
+    # the campaign system's own tables, raw ids included, as they land (tasks.campaigns.ingest reads them)
+    population.offers_frame().to_parquet(landing / "offers.parquet", index=False)
+    exposures.to_parquet(landing / "exposures.parquet", index=False)
     key = load_key(settings)
     pseudonyms = {raw: pseudonymize(str(raw), key) for raw in population.user_id}
-    exposures["user_id"] = exposures["user_id"].map(pseudonyms)
     customers = pd.DataFrame(population.features(), columns=list(simulator.FEATURE_NAMES))
     customers.insert(0, "user_id", [pseudonyms[raw] for raw in population.user_id])
     customers.insert(1, "country", population.country.astype(str))
-    folder = settings.campaigns_dir
-    (folder / "exposures").mkdir(parents=True, exist_ok=True)
-    population.offers_frame().to_parquet(folder / "offers.parquet", index=False)
-    customers.to_parquet(folder / "customers.parquet", index=False)
-    exposures.to_parquet(folder / "exposures" / f"{day:%Y-%m-%d}.parquet", index=False)
+    settings.campaigns_dir.mkdir(parents=True, exist_ok=True)
+    customers.to_parquet(settings.campaigns_dir / "customers.parquet", index=False)
     return simulator.true_value(population, probs)
 
 

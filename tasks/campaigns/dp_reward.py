@@ -34,9 +34,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from tasks.campaigns.contracts import run_folder
 from tasks.config import Settings
 from tasks.permissions import private_dir
-from tasks.privacy import DpSgdMechanism, calibrate_noise_multiplier
 from tasks.privacy.ledger_key import open_ledger
-from tasks.privacy.policy import active_charge, budget_for_run, require_delta_within_users
+from tasks.privacy.policy import budget_for_run, dp_sgd_charge, require_delta_within_users
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +48,7 @@ class DpRewardConfig:
     """DP-SGD hyper-parameters (public; the noise multiplier comes from the ledger's calibration)."""
 
     hidden: int = 32
-    epochs: int = 30
+    epochs: int = 15  # chosen among 15/30/60 (and 8) on validation logs: benchmarks/campaigns_dp_tuning.py
     expected_batch_users: int = 128
     lr: float = 0.02
     clip_norm: float = 1.0
@@ -241,30 +240,23 @@ def train_charged(
     try:
         delta = budget_for_run(ledger, settings, n_users=n_users).delta
         require_delta_within_users(delta, n_users, purpose=PURPOSE)
-        charge = active_charge(ledger, settings.privacy_scope, run_key, PURPOSE)
-        if charge is None:
-            noise = calibrate_noise_multiplier(
-                ledger,
-                scope=settings.privacy_scope,
-                sample_rate=q,
-                steps=steps,
-                delta=delta,
-                epsilon_target=epsilon,
-                at=data_window[1],
-            )
-            charge = ledger.reserve(
-                scope=settings.privacy_scope,
-                run_id=run_key,
-                mechanism=DpSgdMechanism(noise, q, steps, clip_norm=config.clip_norm, cap_k=config.cap_k),
-                data_window=data_window,
-                n_users=n_users,
-                code_version=code_version,
-                data_hash=data_hash(examples.features, examples.actions, examples.rewards),
-                purpose=PURPOSE,
-            )
-        mechanism = charge.mechanism
-        if not isinstance(mechanism, DpSgdMechanism):
-            raise TypeError(f"charge {charge.id} of {PURPOSE} holds {type(mechanism).__name__}, not DP-SGD")
+        charge, mechanism = dp_sgd_charge(
+            ledger,
+            settings,
+            run_key=run_key,
+            purpose=PURPOSE,
+            sample_rate=q,
+            steps=steps,
+            delta=delta,
+            epsilon_target=epsilon,
+            clip_norm=config.clip_norm,
+            cap_k=config.cap_k,
+            data_window=data_window,
+            at=data_window[1],
+            n_users=n_users,
+            code_version=code_version,
+            data_hash=data_hash(examples.features, examples.actions, examples.rewards),
+        )
         model = train_dp_reward(examples, n_actions, config, mechanism.noise_multiplier)
         path = run_folder(settings, run_key) / "reward_model.pt"
         save_model(model, path, {"charge_id": int(charge.id), "config": asdict(config)})

@@ -5,9 +5,10 @@ build the candidate policy -> off-policy estimates of candidate, running (loggin
 everybody (inside the trust boundary) -> DP release of the estimates (its own ledger charge) -> gate
 on the released values only -> register the policy in MLflow with the decision's tags.
 
-Inputs under ``Settings.campaigns_dir``: ``offers.parquet`` (offers contract), ``customers.parquet``
-(``user_id`` and :data:`~tasks.campaigns.simulator.FEATURE_NAMES` per customer; a stand-in until the
-Feast point-in-time features exist) and ``exposures/*.parquet`` (exposures contract).
+Inputs: the lake's offers and exposures partitions (``lake/campaigns/{offers,exposures}/date=D/``,
+written by :mod:`tasks.campaigns.ingest` from landing) and, under ``Settings.campaigns_dir``,
+``customers.parquet`` (``user_id`` and :data:`~tasks.campaigns.simulator.FEATURE_NAMES` per customer;
+a stand-in until the Feast point-in-time features exist).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import pandas as pd
 from tasks.campaigns import dp_reward, ope, release
 from tasks.campaigns.contracts import NO_OFFER, run_folder
 from tasks.campaigns.exposure import exposure_report
+from tasks.campaigns.ingest import offers_in_force, read_lake_exposures
 from tasks.campaigns.policy import OfferPolicy
 from tasks.campaigns.reward import RewardModel
 from tasks.campaigns.serving import publish_offers
@@ -33,6 +35,7 @@ from tasks.campaigns.simulator import FEATURE_NAMES
 from tasks.campaigns.validation import validate_exposures, validate_offers
 from tasks.code_version import code_version
 from tasks.config import Settings
+from tasks.io import run_days
 from tasks.permissions import private_dir
 
 log = logging.getLogger(__name__)
@@ -52,16 +55,38 @@ def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
 
 
 # --- validate -----------------------------------------------------------------------------------------
-def validate_log(settings: Settings, run_key: str, end: dt.datetime) -> dict[str, Any]:
-    """Gate the exposures of ``[end - offer_log_days, end)``; clean rows go to the run's folder."""
+def window_end(
+    conf: dict[str, Any] | None, asset_extras: list[dict[str, Any]], data_interval_end: dt.datetime | None
+) -> dt.datetime:
+    """The end of a run's exposure window: midnight after the last day the run conf (``{"days": [...]}``)
+    or the triggering ``exposures`` events name (:func:`tasks.io.run_days`), else the data interval's end."""
+    days = run_days(conf, asset_extras)
+    if days:
+        return dt.datetime.combine(days[-1] + dt.timedelta(days=1), dt.time(), dt.UTC)
+    if data_interval_end is None:
+        raise ValueError(
+            "train_offer_policy: no days in the run conf or the triggering events, no data interval"
+        )
+    return dt.datetime.fromtimestamp(data_interval_end.timestamp(), tz=dt.UTC)
 
-    source = settings.campaigns_dir
-    offers = validate_offers(pd.read_parquet(source / "offers.parquet"), settings=settings)
-    files = sorted((source / "exposures").glob("*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"no exposures under {source / 'exposures'}")
+
+def validate_log(settings: Settings, run_key: str, end: dt.datetime) -> dict[str, Any]:
+    """Gate the lake's exposures of ``[end - offer_log_days, end)`` (written by
+    :mod:`tasks.campaigns.ingest`) against the offers in force at the window's last day; clean rows go
+    to the run's folder."""
+
     start = end - dt.timedelta(days=settings.offer_log_days)
-    exposures = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    last = (end - dt.timedelta(microseconds=1)).date()
+    in_force = offers_in_force(settings, last)
+    if in_force is None:
+        raise FileNotFoundError(f"no offers in the lake on or before {last.isoformat()}")
+    offers = validate_offers(in_force, settings=settings)
+    exposures = read_lake_exposures(settings, start.date(), last)
+    if exposures.empty:
+        raise FileNotFoundError(
+            f"no exposures in the lake between {start.isoformat()} and {end.isoformat()} "
+            "(run ingest_campaigns first)"
+        )
     stamps = exposures["decision_timestamp"]
     exposures = exposures[(stamps >= pd.Timestamp(start)) & (stamps < pd.Timestamp(end))]
     gate = validate_exposures(exposures, offers["offer_id"], settings=settings)

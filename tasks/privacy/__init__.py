@@ -33,6 +33,11 @@ API others code against::
     release_dp_popularity(events, sigma=, cap_per_user=, by_country=) -> DataFrame
         # OpenDP discrete Gaussian, CSPRNG noise (no seed); reserve popularity_mechanism(sigma,
         # cap_per_user) (DiscreteGaussianCountMechanism, rho-zCDP) on the ledger first
+    CooccurrenceRelease(noise_multiplier=, cap_per_user=, days=, event_types=).release(events, end,
+                        item_ids=public_domain) -> CooccurrenceCounts
+        # item-item pair counts, at most cap_per_user items per user (L2 sensitivity sqrt(k(k+1)/2)),
+        # the same OpenDP count helper; reserve .mechanism() first; behaviour_vectors(release, dim)
+        # -> [n_items, dim] item vectors (post-processing)
     loss_threshold_audit(member_losses, nonmember_losses, delta) -> AuditResult (auc, eps_lower_bound)
     verify_settings(settings) -> VerifyResult (ok, problems): keyed chains, every anchor, references,
         transitions, every policy; verify_ledger(url, key=, anchors=, dp_versions=) underneath
@@ -42,7 +47,8 @@ CLI: ``shoprec privacy verify|report|status|budget set|budget show|prepare-postg
 
 Modules: ``accounting`` (mechanisms, both accountants), ``ledger`` (tables, reserve/commit/release,
 calibration), ``ledger_key``, ``anchors``, ``policy``, ``pg_guard`` (PostgreSQL append-only triggers
-and roles), ``verify``, ``statement``, ``audit``, ``popularity``, ``report``, ``cli``.  Importing
+and roles), ``verify``, ``statement``, ``audit``, ``popularity`` (and the one DP count helper
+``noisy_counts``), ``cooccurrence``, ``report``, ``cli``.  Importing
 this package imports SQLAlchemy, numpy, pandas and scipy, never torch, opacus, mlflow, opendp or
 dp_accounting (those load inside the functions that need them).
 """
@@ -59,6 +65,7 @@ from tasks.privacy.accounting import (
     independent_epsilon,
 )
 from tasks.privacy.audit import AuditResult, loss_threshold_audit, write_membership_losses
+from tasks.privacy.cooccurrence import CooccurrenceCounts, CooccurrenceRelease, behaviour_vectors
 from tasks.privacy.ledger import (
     Budget,
     BudgetExceeded,
@@ -78,6 +85,8 @@ __all__ = [
     "BudgetExceeded",
     "Charge",
     "ChargeStatus",
+    "CooccurrenceCounts",
+    "CooccurrenceRelease",
     "DiscreteGaussianCountMechanism",
     "DpSgdMechanism",
     "EpsilonReport",
@@ -89,6 +98,7 @@ __all__ = [
     "PrivacyStatement",
     "VerifyResult",
     "attach_to_model_version",
+    "behaviour_vectors",
     "calibrate_noise_multiplier",
     "compose_epsilon",
     "independent_epsilon",

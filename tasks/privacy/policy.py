@@ -12,12 +12,14 @@ derived from the number of users seeds the first policy and the ledger's delta i
 
 from __future__ import annotations
 
+import datetime as dt
 import getpass
 import math
 from typing import Any, Final
 
 from tasks.config import Settings
-from tasks.privacy.ledger import Budget, Ledger
+from tasks.privacy.accounting import DpSgdMechanism
+from tasks.privacy.ledger import Budget, Charge, Ledger, calibrate_noise_multiplier
 
 BUDGET_SET_COMMAND: Final = (
     "shoprec privacy budget set --cap CAP --delta DELTA --period-days DAYS --reason '...'"
@@ -120,3 +122,61 @@ def active_charge(ledger: Any, scope: str, run_key: str, purpose: str) -> Any:
             )
         return charge
     return None
+
+
+def dp_sgd_charge(
+    ledger: Ledger,
+    settings: Settings,
+    *,
+    run_key: str,
+    purpose: str,
+    sample_rate: float,
+    steps: int,
+    delta: float,
+    epsilon_target: float | None,
+    clip_norm: float,
+    cap_k: int,
+    data_window: tuple[dt.datetime, dt.datetime],
+    at: dt.datetime,
+    n_users: int,
+    code_version: str,
+    data_hash: str,
+) -> tuple[Charge, DpSgdMechanism]:
+    """The ledger charge a DP-SGD run of ``run_key`` trains under and its mechanism (privacy unit: one
+    user).
+
+    A retried attempt gets the charge its first attempt reserved back (:func:`active_charge`: train
+    with ``charge.mechanism``, never a recalibration; a committed one is refused). Otherwise the noise
+    multiplier is calibrated with the ledger accountant so that the scope's active charges of the
+    period ending at ``at`` and this run of ``steps`` Poisson-sampled steps at ``sample_rate`` compose
+    to at most min(cap, spent + ``epsilon_target``) at ``delta`` (``None``: up to the cap), and that
+    :class:`~tasks.privacy.accounting.DpSgdMechanism` is reserved. Raises
+    :class:`~tasks.privacy.ledger.BudgetExceeded` when the budget has nothing left.
+    """
+    scope = settings.privacy_scope
+    charge = active_charge(ledger, scope, run_key, purpose)
+    if charge is None:
+        noise = calibrate_noise_multiplier(
+            ledger,
+            scope=scope,
+            sample_rate=sample_rate,
+            steps=steps,
+            delta=delta,
+            epsilon_target=epsilon_target,
+            at=at,
+        )
+        charge = ledger.reserve(
+            scope=scope,
+            run_id=run_key,
+            mechanism=DpSgdMechanism(noise, sample_rate, steps, clip_norm=clip_norm, cap_k=cap_k),
+            data_window=data_window,
+            n_users=n_users,
+            code_version=code_version,
+            data_hash=data_hash,
+            purpose=purpose,
+        )
+    if not isinstance(charge.mechanism, DpSgdMechanism):
+        raise TypeError(
+            f"charge {charge.id} of {purpose} holds {type(charge.mechanism).__name__}, not DP-SGD"
+        )
+    return charge, charge.mechanism

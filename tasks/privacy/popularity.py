@@ -107,6 +107,19 @@ def discrete_gaussian(sigma: float, l2_sensitivity: float) -> Measurement:
     return measurement
 
 
+def noisy_counts(exact: np.ndarray, sigma: float, l2_sensitivity: float) -> np.ndarray:
+    """THE DP count release of the project: ``exact`` integer counts (any shape; one user changes them
+    by at most ``l2_sensitivity`` in L2 norm) plus OpenDP's discrete Gaussian of scale ``sigma``, fresh
+    CSPRNG bits every call (:data:`NOISE_SOURCE`). int64, same shape, not clipped. The caller reserves
+    ``DiscreteGaussianCountMechanism(sigma, l2_sensitivity)`` on the ledger before calling."""
+    values = np.asarray(exact)
+    if not np.issubdtype(values.dtype, np.integer):
+        raise TypeError(f"counts must be integers, got {values.dtype}")
+    measurement = discrete_gaussian(sigma, l2_sensitivity)
+    noisy = measurement([int(c) for c in values.ravel()])
+    return np.asarray(noisy, dtype=np.int64).reshape(values.shape)
+
+
 def capped_pairs(frame: pd.DataFrame, keys: Sequence[str], cap_per_user: int) -> pd.DataFrame:
     """At most ``cap_per_user`` distinct ``keys`` per user, a uniformly random subset of the user's own.
 
@@ -154,8 +167,7 @@ def release_dp_popularity(
     else:
         domain = pd.Index(items, name="item_id")
     exact = counts.reindex(domain, fill_value=0).to_numpy(dtype=np.int64)
-    measurement = discrete_gaussian(sigma, math.sqrt(cap_per_user))
-    noisy = np.asarray(measurement([int(c) for c in exact]), dtype=np.int64)
+    noisy = noisy_counts(exact, sigma, math.sqrt(cap_per_user))
     result = pd.DataFrame({"noisy_count": np.clip(noisy, 0, None).astype(np.float64)}, index=domain)
     return result.reset_index().sort_values(
         ["noisy_count", *keys], ascending=[False, *[True] * len(keys)], ignore_index=True

@@ -3,7 +3,10 @@
 The shape it simulates (every knob is a :class:`SyntheticConfig` field):
 
 * **Catalog.** ``n_items`` products in ten categories, English titles built from each category's
-  vocabulary ("Vintage Teal Teapot"), log-normal prices around a category's typical price.  A share
+  vocabulary ("Vintage Teal Teapot"), log-normal prices around a category's typical price.  With
+  ``titles="codes"`` the catalog says nothing about what an item is, like a shop that lists stock
+  codes only: each title is the item's code (its ``item_id``) and the category is empty; the shop's
+  events are the same as with ``titles="words"`` (same draws), so the two compare like for like.  A share
   ``initial_item_share`` exists on day 0; the rest appear on uniformly drawn later days (cold start) and
   land in ``items.parquet`` of the day they are first seen.
 * **Popularity.** Each item has a Zipf weight ``1 / rank ** zipf_exponent`` (ranks shuffled over items).
@@ -69,6 +72,7 @@ _COUNTRIES: Final[tuple[tuple[str, float], ...]] = (
     ("Ireland", 0.04), ("Spain", 0.04), ("Italy", 0.03), ("Belgium", 0.03), ("Sweden", 0.02),
     ("United States", 0.04), ("Australia", 0.02), ("Poland", 0.01),
 )  # fmt: skip
+TITLE_KINDS: Final = ("words", "codes")
 # Monday .. Sunday
 _WEEKDAY_FACTOR: Final = (1.0, 0.95, 0.95, 1.0, 1.05, 1.15, 1.2)
 # Share of session starts per UTC hour 0 .. 23: quiet nights, a lunch peak and an evening peak.
@@ -96,8 +100,11 @@ class SyntheticConfig:
     affinity_concentration: float = 0.3
     initial_user_share: float = 0.6
     initial_item_share: float = 0.75
+    titles: str = "words"  # "words": English titles and categories; "codes": item codes, no category
 
     def __post_init__(self) -> None:
+        if self.titles not in TITLE_KINDS:
+            raise ValueError(f"titles must be one of {', '.join(TITLE_KINDS)}, got {self.titles!r}")
         if self.n_users < 1 or self.n_items < 1 or self.days < 1:
             raise ValueError("n_users, n_items and days must be at least 1")
         if self.n_users > 999_999:
@@ -285,11 +292,12 @@ def generate(config: SyntheticConfig, landing_dir: Path) -> SourceManifest:
         )
     events = pd.concat(frames, ignore_index=True)
     names = list(_CATEGORIES)
+    codes = config.titles == "codes"
     items = pd.DataFrame(
         {
             "item_id": catalog.item_id,
-            "title": catalog.title,
-            "category": [names[c] for c in catalog.category],
+            "title": catalog.item_id if codes else catalog.title,
+            "category": [None if codes else names[c] for c in catalog.category],
             "price": catalog.price,
             "first_seen": origin + pd.to_timedelta(catalog.first_day, unit="D"),
         }

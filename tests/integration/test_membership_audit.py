@@ -146,11 +146,12 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from tasks.membership import record_membership_losses
     from tasks.registry import register_and_gate
     from tasks.training import run_training
+    from tasks.training_data import pin_training_data
     from tests.integration.test_train_recommender_dag import _write_lake
 
     env = {
         "SHOPREC_HOME": str(tmp_path_factory.mktemp("membership") / "shoprec"),
-        "SHOPREC_TRAIN_EPOCHS": "2",
+        "SHOPREC_TRAIN_STEPS": "8",
         "SHOPREC_MEMBERSHIP_HOLDOUT_SHARE": "0.3",
     }
     with pytest.MonkeyPatch.context() as mp:
@@ -158,7 +159,8 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         settings = get_settings()
         compute_features(settings, _write_lake(settings), encoder=tiny_random_encoder(seed=0, dim=32))
         apply_definitions(settings)
-        manifest = run_training(settings, run_key="membership-run-1").to_dict()
+        pinned = pin_training_data(settings, "membership-run-1")
+        manifest = run_training(settings, run_key="membership-run-1", training_data_uri=pinned.uri).to_dict()
         registration = register_and_gate(settings, manifest).to_dict()
         recorded = record_membership_losses(settings, manifest, registration)
         return {

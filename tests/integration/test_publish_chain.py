@@ -79,7 +79,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory, airflow_home: Path) -> Itera
     env = {
         "SHOPREC_HOME": str(tmp_path_factory.mktemp("chain") / "shoprec"),
         "SHOPREC_MIN_TRAINING_INTERVAL_HOURS": "0",
-        "SHOPREC_TRAIN_EPOCHS": "5",
+        "SHOPREC_TRAIN_STEPS": "20",
         # A 300-user shop (the production e2e's): at the default per-training epsilon of 3 the first
         # model did not beat popularity at the gate; at 8 (user level, RDP, ledger-calibrated, within
         # the 10.0 cap) it does, as in tests/production/test_production_e2e.py.

@@ -28,6 +28,7 @@ from tasks.sources.synthetic import SyntheticConfig
 pytestmark = pytest.mark.integration
 
 DAG_FILE = Path(__file__).resolve().parents[2] / "dags" / "train_offer_policy.py"
+INGEST_DAG_FILE = DAG_FILE.with_name("ingest_campaigns.py")
 DAY = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
 
 
@@ -46,13 +47,18 @@ def runs(tmp_path_factory: pytest.TempPathFactory, airflow_home: Path) -> dict[s
         with pytest.MonkeyPatch.context() as mp:
             only_shoprec_env(mp, env)
             settings = get_settings()
-            # the demo's own landing (tasks.campaigns.demo): ids pseudonymised with the ingest key
+            # the demo's own landing (tasks.campaigns.demo), then ingest_campaigns (pseudonymised lake)
             truth = land_campaign(
                 settings, shop=SyntheticConfig(), day=DAY, n_decisions=40_000, logging=logging, seed=1
             )
+            conf = {"days": [DAY.date().isoformat()]}
+            ingest = DagBag(dag_folder=str(INGEST_DAG_FILE))
+            assert ingest.import_errors == {}
+            ingested = ingest.get_dag("ingest_campaigns").test(run_conf=conf)
+            assert str(ingested.state) == "success"
             bag = DagBag(dag_folder=str(DAG_FILE))
             assert bag.import_errors == {}
-            run = bag.get_dag("train_offer_policy").test(logical_date=DAY + dt.timedelta(days=1))
+            run = bag.get_dag("train_offer_policy").test(run_conf=conf)
             # read now: a later dag.test() of the same logical date replaces this run in Airflow's DB
             states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
             out[logging] = {"settings": settings, "states": states, "truth": truth}

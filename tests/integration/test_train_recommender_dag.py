@@ -60,7 +60,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, airflow_home: Path) -> dict[s
     env = {
         "SHOPREC_HOME": str(tmp_path_factory.mktemp("train") / "shoprec"),
         "SHOPREC_MIN_TRAINING_INTERVAL_HOURS": "0",
-        "SHOPREC_TRAIN_EPOCHS": "4",
+        "SHOPREC_TRAIN_STEPS": "16",
         "SHOPREC_PROMOTION_TOLERANCE": "0.0",
     }
     with pytest.MonkeyPatch.context() as mp:
@@ -236,6 +236,8 @@ def test_registration_rerun_after_a_new_day_and_item_reads_the_runs_pinned_data(
     registered = _return_value(runs["second"], "register_and_gate")
     pinned = fetch_training_data(settings, manifest["training_data_uri"])
     assert pinned.days == tuple(list_partitions(settings.events_dir))
+    # train_model read what the pin_training_data task put in the store, by its URI
+    assert _return_value(runs["second"], "pin_training_data")["training_data_uri"] == pinned.uri
 
     new_day, new_item = _land_next_day_with_a_new_item(settings)
     live = load_catalog(settings)

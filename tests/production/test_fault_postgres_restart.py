@@ -176,7 +176,7 @@ def restarted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
             {
                 "SHOPREC_STACK_PG": cluster.url,
                 "SHOPREC_MIN_TRAINING_INTERVAL_HOURS": "0",
-                "SHOPREC_TRAIN_EPOCHS": "2",
+                "SHOPREC_TRAIN_STEPS": "8",
                 "SHOPREC_TRAINING_EPSILON": "4.0",
                 "SHOPREC_PROMOTION_TOLERANCE": "0.0",
             },

@@ -36,7 +36,7 @@ from typing import Any
 import psutil
 import pytest
 from stack_client import REPO_ROOT, Stack, require_services, start_stack, verify_ledger
-from test_production_e2e import _prepare_history, _stack_settings
+from test_production_e2e import _gpu_worker_settings, _prepare_history, _stack_settings
 
 from tasks.config import Settings
 
@@ -59,7 +59,11 @@ def _start_gpu_worker(stack: Stack) -> subprocess.Popen[bytes]:
     with (stack.state / "logs" / "worker-gpu-restarted.log").open("ab") as log:
         return subprocess.Popen(
             [*command, "--concurrency", "1", "--skip-serve-logs"],
-            env={**stack.env, "SHOPREC_WORKER_NAME": "gpu"},
+            env={
+                **stack.env,
+                "SHOPREC_WORKER_NAME": "gpu",
+                "SHOPREC_HOME": stack.env["SHOPREC_STACK_GPU_HOME"],
+            },
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -109,7 +113,7 @@ def killed_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
         REPO_ROOT / "dags",
         {
             "SHOPREC_MIN_TRAINING_INTERVAL_HOURS": "0",
-            "SHOPREC_TRAIN_EPOCHS": str(EPOCHS),
+            "SHOPREC_TRAIN_STEPS": str(4 * EPOCHS),
             "SHOPREC_TRAINING_EPSILON": "8.0",
             "SHOPREC_PROMOTION_TOLERANCE": "0.0",
             "SHOPREC_TRAIN_RETRY_DELAY_S": "3",
@@ -130,7 +134,8 @@ def killed_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
         assert status == 200, run
         run_id = str(run["dag_run_id"])
         deadline = time.monotonic() + RUN_TIMEOUT_S
-        checkpoint = settings.models_dir / _safe(run_id) / "checkpoint.pt"
+        # written by train_model in the gpu worker's own home
+        checkpoint = _gpu_worker_settings(stack).models_dir / _safe(run_id) / "checkpoint.pt"
         polls = 0
         while not checkpoint.exists():
             assert time.monotonic() < deadline, f"no checkpoint at {checkpoint}"

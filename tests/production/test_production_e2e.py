@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -36,10 +37,17 @@ CHAIN_TIMEOUT_S = 900
 DAYS = 35
 
 
-def _stack_settings(stack: Stack) -> Settings:
+def _stack_settings(stack: Stack, home: str | None = None) -> Settings:
+    """The settings of the stack's services (``home``: another SHOPREC_HOME, e.g. the gpu worker's)."""
+    env = {k: v for k, v in stack.env.items() if k.startswith("SHOPREC_")}
     with pytest.MonkeyPatch.context() as mp:
-        only_shoprec_env(mp, {k: v for k, v in stack.env.items() if k.startswith("SHOPREC_")})
+        only_shoprec_env(mp, {**env, "SHOPREC_HOME": home} if home else env)
         return get_settings()
+
+
+def _gpu_worker_settings(stack: Stack) -> Settings:
+    """The settings the ``gpu`` worker runs with: its own SHOPREC_HOME (SHOPREC_STACK_GPU_HOME)."""
+    return _stack_settings(stack, stack.env["SHOPREC_STACK_GPU_HOME"])
 
 
 def _prepare_history(settings: Settings) -> list[dt.date]:
@@ -115,7 +123,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         REPO_ROOT / "dags",
         {
             "SHOPREC_MIN_TRAINING_INTERVAL_HOURS": "0",
-            "SHOPREC_TRAIN_EPOCHS": "5",
+            "SHOPREC_TRAIN_STEPS": "20",
             # A small shop: a larger per-training epsilon (user level, RDP, ledger-calibrated, within
             # the 10.0 cap) keeps the DP noise low enough for the model to beat popularity at the gate.
             "SHOPREC_TRAINING_EPSILON": "8.0",
@@ -165,6 +173,34 @@ def test_training_ran_on_the_gpu_worker(chain: dict[str, Any]) -> None:
     others = {tid: ti["hostname"] for tid, ti in tis.items() if tid != "train_model" and ti["hostname"]}
     assert others, tis
     assert {hostname.rsplit("-", 1)[1] for hostname in others.values()} == {"default"}
+
+
+def test_training_ran_in_the_gpu_workers_own_home_sharing_only_the_artifact_store(
+    chain: dict[str, Any],
+) -> None:
+    """As on separate machines: the gpu worker's SHOPREC_HOME is another folder, without the lake or
+    Feast's files; it trained there (its working copies) from the pin the default worker put in the
+    shared artifact store, and the default home holds the pin's copy but no trained model."""
+    from tasks.artifacts import run_key_path
+
+    stack: Stack = chain["stack"]
+    default_home, gpu_home = Path(stack.env["SHOPREC_HOME"]), Path(stack.env["SHOPREC_STACK_GPU_HOME"])
+    assert gpu_home.resolve() != default_home.resolve()
+    gpu = _gpu_worker_settings(stack)
+    default: Settings = chain["settings"]
+    assert gpu.resolved_artifact_store_url == default.resolved_artifact_store_url
+    assert not gpu.resolved_artifact_store_url.startswith(gpu_home.as_uri())
+    lake_and_feast = ("landing_dir", "lake_dir", "items_dir", "features_dir", "feast_dir")
+    assert [name for name in lake_and_feast if getattr(gpu, name).exists()] == []
+    assert default.events_dir.is_dir()
+
+    run = chain["runs"]["train_recommender"][-1]
+    tis = stack.task_instances("train_recommender", run["dag_run_id"])
+    assert tis["pin_training_data"]["hostname"].endswith("-default")
+    folder = run_key_path(run["dag_run_id"])
+    assert (gpu.models_dir / folder / "recommender").is_dir()  # train_model's working copy
+    assert not (default.models_dir / folder / "recommender").exists()
+    assert (default.models_dir / folder / "data").is_dir()  # pin_training_data's
 
 
 def test_champion_model_is_in_the_mlflow_server(chain: dict[str, Any]) -> None:

@@ -124,6 +124,66 @@ def test_dag_file_import_creates_no_file_or_folder(
     assert created == set()
 
 
+_COUNT_SETTINGS = """
+import json, runpy, sys
+import tasks.config
+built = []
+init = tasks.config.Settings.__init__
+def counting_init(self, *args, **kwargs):
+    built.append(1)
+    init(self, *args, **kwargs)
+tasks.config.Settings.__init__ = counting_init
+for path in sys.argv[1:]:
+    runpy.run_path(path)
+print(json.dumps(len(built)))
+"""
+
+
+def test_parsing_the_dag_files_builds_no_settings_and_survives_an_invalid_one(
+    airflow_home: Path, tmp_path: Path
+) -> None:
+    """A DAG file reads at parse time only the fields it needs (tasks.config.one_setting): it builds no
+    Settings, so a bad SHOPREC_TRAIN_BATCH_SIZE (a task-time setting) does not break every DAG's import."""
+    env = {
+        **os.environ,
+        "SHOPREC_HOME": str(tmp_path / "home"),
+        "SHOPREC_TRAIN_BATCH_SIZE": "not-a-number",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    paths = sorted(map(str, DAGS_DIR.glob("*.py")))
+    result = subprocess.run(
+        [sys.executable, "-c", _COUNT_SETTINGS, *paths], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == 0
+    probe = subprocess.run(  # the probe can fail: the same process does count a Settings built
+        [
+            sys.executable,
+            "-c",
+            _COUNT_SETTINGS.replace("print(", "tasks.config.Settings(train_batch_size=1)\nprint("),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert json.loads(probe.stdout.strip().splitlines()[-1]) == 1
+
+
+def test_train_recommender_pins_its_data_on_the_default_queue_before_the_gpu_task(dag_bag: Any) -> None:
+    """pin_training_data (lake and Feast: a default worker) hands train_model (queue gpu) only its
+    output; registration follows the training task."""
+    from airflow.configuration import conf
+
+    dag = dag_bag.get_dag("train_recommender")
+    pin, train = dag.get_task("pin_training_data"), dag.get_task("train_model")
+    assert (pin.queue, train.queue) == (conf.get("operators", "default_queue"), "gpu")
+    assert pin.upstream_task_ids == {"check_training_due"}
+    assert train.upstream_task_ids == {"pin_training_data"}
+    assert dag.get_task("register_and_gate").upstream_task_ids == {"train_model"}
+
+
 def test_no_task_carries_a_pod_override_outside_the_kubernetes_executor(dag_bag: Any) -> None:
     assert [
         f"{dag_id}.{task.task_id}"

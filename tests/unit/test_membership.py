@@ -120,9 +120,11 @@ def test_run_training_and_the_audit_build_candidates_with_the_same_function() ->
             in {"training_candidates", "per_user_cuts", "drop_held_out", "purchases_after_cuts"}
         ]
 
-    assert calls(run_training) == ["training_candidates(settings, events, cuts.validation)"]
+    assert calls(run_training) == [
+        "training_candidates(settings, events, cuts.validation, source=data.state_rows)"
+    ]
     assert calls(record_membership_losses) == [
-        "training_candidates(settings, events, validation, with_held_out=True)"
+        "training_candidates(settings, events, validation, with_held_out=True, source=data.state_rows)"
     ]
 
 

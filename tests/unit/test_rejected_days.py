@@ -19,7 +19,7 @@ from tasks.ingest import (
     update_catalog,
     volume_band,
 )
-from tasks.training import TrainingRefused, refuse_if_too_many_rejected
+from tasks.training_data import TrainingRefused, refuse_if_too_many_rejected
 
 TUESDAY = dt.date(2024, 3, 26)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from helpers_settings import only_shoprec_env
 
-from tasks.config import Settings
+from tasks.config import Settings, one_setting
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCANNED = ("tasks", "dags", "feature_repo", "benchmarks")
@@ -107,19 +107,20 @@ def test_training_and_popularity_settings_come_from_the_environment(
     only_shoprec_env(monkeypatch, {"SHOPREC_HOME": str(tmp_path)})
     defaults = Settings()
     config, pop, country = (
-        train_config(defaults),
+        train_config(defaults, n_users=4_000),
         dp_popularity(defaults),
         country_popularity_release(defaults),
     )
-    # the values the pipeline had as module constants before they became settings
+    # the issue-17 reference design: Poisson rate 0.25 (1,000 expected users of 4,000), 160 steps
     assert (config.batch_size, config.lr, config.n_negatives, config.max_grad_norm, config.cap_k) == (
-        128,
-        1e-2,
-        32,
+        1_000,
+        5e-3,
+        100,
         1.0,
-        20,
+        10,
     )
-    assert (config.epochs, config.seed, config.noise_seed, config.private) == (5, 7, None, True)
+    assert (config.sample_rate(4_000), config.steps(4_000)) == (0.25, 160)
+    assert (config.seed, config.noise_seed, config.private) == (7, None, True)
     assert (pop.noise_multiplier, pop.cap_per_user, pop.days, pop.by_country) == (4.0, 50, 14, False)
     assert (country.noise_multiplier, country.cap_per_user, country.days, country.event_types) == (
         4.0,
@@ -131,7 +132,8 @@ def test_training_and_popularity_settings_come_from_the_environment(
     assert (defaults.train_retry_delay_s, defaults.trainer_image) == (60, "shoprec-trainer:latest")
 
     for key, value in {
-        "SHOPREC_TRAIN_BATCH_SIZE": "64",
+        "SHOPREC_TRAIN_SAMPLE_RATE": "0.1",
+        "SHOPREC_TRAIN_STEPS": "50",
         "SHOPREC_TRAIN_LR": "0.003",
         "SHOPREC_TRAIN_NEGATIVES": "16",
         "SHOPREC_TRAIN_CLIP_NORM": "0.5",
@@ -143,9 +145,10 @@ def test_training_and_popularity_settings_come_from_the_environment(
     }.items():
         monkeypatch.setenv(key, value)
     changed = Settings()
-    config, pop = train_config(changed), dp_popularity(changed)
+    config, pop = train_config(changed, n_users=4_000), dp_popularity(changed)
+    assert (config.sample_rate(4_000), config.steps(4_000)) == (0.1, 50)
     assert (config.batch_size, config.lr, config.n_negatives, config.max_grad_norm, config.cap_k) == (
-        64,
+        400,
         0.003,
         16,
         0.5,
@@ -162,6 +165,31 @@ def test_training_retry_delay_follows_settings(tmp_path: Path, monkeypatch: pyte
     only_shoprec_env(monkeypatch, {"SHOPREC_HOME": str(tmp_path), "SHOPREC_TRAIN_RETRY_DELAY_S": "3"})
     assert training_retry_delay().total_seconds() == 3
     assert training_retry_delay(Settings(train_retry_delay_s=90)).total_seconds() == 90
+
+
+def test_one_setting_reads_one_field_as_settings_would_and_nothing_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """For DAG files: one field from its SHOPREC_* variable (else its default), with the field's type
+    and constraints; an invalid value of another field is not read, so it breaks nothing here."""
+
+    only_shoprec_env(monkeypatch, {"SHOPREC_HOME": str(tmp_path), "SHOPREC_TRAIN_BATCH_SIZE": "many"})
+    monkeypatch.chdir(tmp_path)  # no .env here
+    with pytest.raises(ValueError, match="train_batch_size"):
+        Settings()
+    assert one_setting("train_retry_delay_s") == 60
+    assert one_setting("trainer_image") == "shoprec-trainer:latest"
+    monkeypatch.setenv("SHOPREC_TRAIN_RETRY_DELAY_S", "7")
+    assert one_setting("train_retry_delay_s") == 7
+    (tmp_path / ".env").write_text("SHOPREC_TRAINER_IMAGE=registry.example/trainer:3\n")
+    assert one_setting("trainer_image") == "registry.example/trainer:3"  # the .env file, as Settings
+    for bad in ("-1", "soon"):  # ge=0, int: the field's own validation, one line naming the variable
+        monkeypatch.setenv("SHOPREC_TRAIN_RETRY_DELAY_S", bad)
+        with pytest.raises(ValueError, match=r"^SHOPREC_TRAIN_RETRY_DELAY_S=.*: ") as refused:
+            one_setting("train_retry_delay_s")
+        assert "\n" not in str(refused.value)
+    with pytest.raises(KeyError, match="no_such_field"):
+        one_setting("no_such_field")
 
 
 @pytest.mark.parametrize(("value", "expected"), [("1", True), ("yes", True), ("0", False), ("maybe", False)])

@@ -196,3 +196,19 @@ def test_weekends_are_busier_and_nights_are_quiet(landing: Path) -> None:
 def test_invalid_config_is_refused(change: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="must"):
         dataclasses.replace(SMALL, **change)
+
+
+def test_code_titles_carry_no_information_and_keep_the_same_events(tmp_path: Path, landing: Path) -> None:
+    """``titles="codes"``: the title is the item's own code and the category is empty, so the catalog
+    tells a text tower nothing; the events are those of the same shop with English titles."""
+    codes = tmp_path / "codes"
+    generate(dataclasses.replace(SMALL, titles="codes"), codes)
+    items, words = _items(codes), _items(landing)
+    assert (items["title"] == items["item_id"]).all()
+    assert items["title"].str.fullmatch(r"P\d{5}").all()
+    assert items["category"].isna().all()
+    assert items["item_id"].tolist() == words["item_id"].tolist()
+    assert items["price"].tolist() == words["price"].tolist()
+    pd.testing.assert_frame_equal(_events(codes), _events(landing))
+    with pytest.raises(ValueError, match="titles must be one of words, codes"):
+        dataclasses.replace(SMALL, titles="emoji")

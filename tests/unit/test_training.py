@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -56,12 +57,41 @@ def _tiny_model(item_id_dim: int = 4) -> torch.nn.Module:
     return build_model(_catalog(), dim=8, hidden=16, item_id_dim=item_id_dim)
 
 
-def test_each_users_gradient_contribution_is_clipped_to_max_grad_norm_whatever_their_event_count() -> None:
+def _tower_model(item_tower: str, user_tower: str, user_features: bool) -> torch.nn.Module:
+    if item_tower == "mlp" and user_tower == "mean" and user_features:
+        return _tiny_model()
+    torch.manual_seed(0)
+    model = build_model(
+        _catalog(),
+        hidden=16,
+        item_tower=item_tower,  # type: ignore[arg-type]
+        user_tower=user_tower,  # type: ignore[arg-type]
+        user_features=user_features,
+        max_history=5,
+    )
+    if user_tower == "attention":  # away from the uniform start, so every attention layer has a gradient
+        torch.nn.init.normal_(model.attn_score.weight)
+    return model
+
+
+TOWERS = [
+    ("mlp", "mean", True),
+    ("text", "mean", False),
+    ("residual", "attention", False),
+    ("text", "attention", True),
+]
+
+
+@pytest.mark.parametrize(("item_tower", "user_tower", "user_features"), TOWERS)
+def test_each_users_gradient_contribution_is_clipped_to_max_grad_norm_whatever_their_event_count(
+    item_tower: str, user_tower: str, user_features: bool
+) -> None:
     """Record every sampled user's true gradient (plain autograd, one user at a time) and check that
-    Opacus ghost clipping measures its norm correctly and adds at most ``max_grad_norm`` of it."""
+    Opacus ghost clipping measures its norm correctly and adds at most ``max_grad_norm`` of it, for
+    every tower the pipeline can build (the attention pooling included)."""
     examples = _examples(8)
     batch = [torch.stack(t) for t in zip(*(examples[i] for i in range(len(examples))), strict=True)]
-    model = _tiny_model()
+    model = _tower_model(item_tower, user_tower, user_features)
     reference = copy.deepcopy(model)
     config = TrainConfig(max_grad_norm=0.05, noise_multiplier=0.0, batch_size=8)
     module, optimizer, criterion, _, _ = make_private_trainer(model, examples, config)
@@ -352,3 +382,48 @@ def test_when_two_attempts_release_the_first_stored_noise_wins(tmp_path: Path) -
 
     got = released_once(store, key, tmp_path / "mine" / "r.npz", release_racing)
     assert np.array_equal(got[0], stored[0])
+
+
+def test_the_dp_schedule_samples_at_the_settings_rate_for_about_the_settings_steps() -> None:
+    from tasks.training import dp_schedule
+
+    for n_users, rate, steps in ((4_000, 0.25, 160), (3_517, 0.25, 160), (300, 0.1, 50), (7, 0.5, 3)):
+        batch, epochs = dp_schedule(n_users, rate, steps)
+        config = TrainConfig(batch_size=batch, epochs=epochs)
+        assert config.sample_rate(n_users) == pytest.approx(rate, rel=0.35)
+        per_epoch = round(1 / config.sample_rate(n_users))
+        assert abs(config.steps(n_users) - steps) <= per_epoch / 2  # rounded to whole epochs
+    assert dp_schedule(4_000, 0.25, 160) == (1_000, 40)
+    with pytest.raises(ValueError, match="no DP-SGD schedule"):
+        dp_schedule(0, 0.25, 160)
+
+
+def test_fit_model_builds_the_settings_architecture_and_the_twin_uses_its_own_lr(tmp_path) -> None:
+    from tasks.config import Settings
+    from tasks.training import fit_model, train_config, twin_config
+
+    settings = Settings(
+        home=tmp_path,
+        train_item_tower="text",
+        train_user_tower="attention",
+        train_hidden=16,
+        history_length=5,
+    )
+    examples = _examples(40)
+    config = train_config(settings, n_users=len(examples))
+    twin = twin_config(settings, config)
+    assert (twin.private, twin.lr, twin.batch_size, twin.epochs) == (
+        False,
+        settings.train_lr_nonprivate,
+        config.batch_size,
+        config.epochs,
+    )
+    model, result = fit_model(settings, _catalog(), examples, dataclasses.replace(twin, epochs=1))
+    assert (model.config.item_tower, model.config.user_tower, model.config.user_features) == (
+        "text",
+        "attention",
+        False,
+    )
+    assert model.config.temperature == settings.train_temperature
+    assert not result.private
+    assert len(result.epoch_losses) == 1
