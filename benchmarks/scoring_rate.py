@@ -165,7 +165,11 @@ def run(ctx: Context) -> Section:
         )
         section.figures.append(link)
     section.notes += [
-        f"model dimension {dim}, {torch.get_num_threads()} torch threads; medians of {rounds} interleaved rounds",
+        f"model dimension {dim}, {torch.get_num_threads()} torch threads for the matmul rates; "
+        f"medians of {rounds} interleaved rounds",
+        "score_top_k runs its chunk loop on one torch thread (on a busy machine each parallel small "
+        "operation waits for a descheduled thread); the same-shape matmul uses all the process's threads, "
+        "so the share is against the multi-threaded product and depends on the machine's load",
         "the breakdown table attributes the gap to the bare product: the text-neighbour scatter-max "
         "(20 recent items x 100 neighbours per user), the per-category cap and the exact top-K selection "
         "(argpartition to a pool, then ordering it)",

@@ -56,17 +56,6 @@ WINDOWS: Final = (7, 30)
 TOP_CATEGORIES: Final = 3
 MAX_PURCHASED_ITEMS: Final = 100
 TS: Final = pa.timestamp("us", tz="UTC")
-# the event columns the user state reads
-STATE_INPUT_COLUMNS: Final = (
-    "event_id",
-    "user_id",
-    "item_id",
-    "event_type",
-    "event_timestamp",
-    "quantity",
-    "unit_price",
-    "session_id",
-)
 
 COUNT_COLUMNS: Final = tuple(f"{name}_{days}d" for days in WINDOWS for name in EVENT_NAMES.values())
 
@@ -224,15 +213,107 @@ def _top_per_group(
     return _group_lists(groups[keep], values[keep], n_groups)
 
 
-def _descending_ranks(values: pd.Series, tied: np.ndarray) -> np.ndarray:
-    """Ranks of ``values`` (high value -> low rank) on the rows ``tied`` marks; 0 elsewhere.
+def _descending_ranks(tied_values: pd.Series, tied: np.ndarray) -> np.ndarray:
+    """Ranks (high value -> low rank) of ``tied_values`` on the rows ``tied`` marks; 0 elsewhere.
 
     Only rows that tie on the more significant keys need the tie-breaker, so only they are sorted."""
-    ranks = np.zeros(len(values), dtype=np.int64)
-    if tied.any():
-        codes, _ = _sorted_codes(values[tied])
-        ranks[tied] = -codes
+    ranks = np.zeros(len(tied), dtype=np.int64)
+    codes, _ = _sorted_codes(tied_values)
+    ranks[tied] = -codes
     return ranks
+
+
+def _masked_codes(column: pd.Series, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, uniques) of ``column``'s rows under ``mask``, uniques sorted: a large selection is
+    factorised on the whole column and its codes compacted (no copy of the selected strings)."""
+    if 2 * int(mask.sum()) < len(mask):
+        return _sorted_codes(column[mask])
+    codes, uniques = _sorted_codes(column)
+    selected = codes[mask]
+    present = np.bincount(selected, minlength=len(uniques)) > 0
+    return (np.cumsum(present) - 1)[selected], uniques[present]
+
+
+@dataclass(frozen=True)
+class _State:
+    frame: pd.DataFrame  # the user state, one row per user code
+    user: np.ndarray  # user code of each selected event
+    item: np.ndarray  # item code of each selected event
+    items: np.ndarray  # item ids by code (sorted)
+
+
+def _user_state(
+    events: pd.DataFrame, mask: np.ndarray, at: pd.Timestamp, history_length: int
+) -> _State | None:
+    """:func:`user_state_at` of the events under ``mask`` (all before ``at``); None when there are none."""
+    rows = np.flatnonzero(mask)
+    if not len(rows):
+        return None
+    user, users_sorted = _masked_codes(events["user_id"], mask)
+    item, items_sorted = _masked_codes(events["item_id"], mask)
+    n_users = len(users_sorted)
+    stamps = events["event_timestamp"]
+    ts = _i8(stamps)[rows]
+    out = pd.DataFrame(index=pd.Index(users_sorted, name="user_id"))
+    out["event_timestamp"] = at
+
+    type_codes, type_names = _masked_codes(events["event_type"], mask)
+    # position in EVENT_NAMES of each event's type; -1 for other types (and, last, for a missing one)
+    lookup = [list(EVENT_NAMES).index(t) if t in EVENT_NAMES else -1 for t in type_names]
+    etype = np.asarray([*lookup, -1], dtype=np.int64)[type_codes]
+    for days in WINDOWS:
+        hit = (stamps >= at - pd.Timedelta(days=days)).to_numpy()[rows] & (etype >= 0)
+        counts = np.bincount(user[hit] * len(EVENT_NAMES) + etype[hit], minlength=n_users * len(EVENT_NAMES))
+        counts = counts.reshape(n_users, len(EVENT_NAMES))
+        for k, name in enumerate(EVENT_NAMES.values()):
+            out[f"{name}_{days}d"] = counts[:, k].astype("int64")
+
+    is_buy = etype == list(EVENT_NAMES).index(PURCHASE)
+    in30 = (stamps >= at - pd.Timedelta(days=30)).to_numpy()[rows]
+    buys30 = rows[is_buy & in30]
+    codes30 = user[is_buy & in30]
+    price = events["unit_price"].to_numpy(dtype=np.float64)[buys30]
+    paid = events["quantity"].to_numpy()[buys30] * np.where(np.isnan(price), 0.0, price)
+    spend = pd.Series(paid).groupby(codes30).sum()
+    baskets = pd.Series(events["session_id"].to_numpy()[buys30]).groupby(codes30).nunique().clip(lower=1)
+    spend_all = np.zeros(n_users, dtype=np.float64)
+    spend_all[spend.index.to_numpy()] = spend.to_numpy(np.float64)
+    basket_value = np.zeros(n_users, dtype=np.float64)
+    basket_value[spend.index.to_numpy()] = (spend / baskets).to_numpy(np.float64)
+    out["spend_30d"] = spend_all
+    out["avg_basket_value_30d"] = basket_value
+
+    buy_user, buy_item, buy_ts = user[is_buy], item[is_buy], ts[is_buy]
+    last_buy = stamps.iloc[rows[is_buy]].groupby(buy_user).max()
+    since_buy = np.full(n_users, -1.0)
+    since_buy[last_buy.index.to_numpy()] = (at - last_buy).dt.days.to_numpy(np.float64)
+    out["days_since_last_purchase"] = since_buy
+
+    # recent_items: newest first (timestamp, then event id, descending; ties keep row order), distinct
+    order = np.lexsort((-ts, user))
+    run = np.r_[False, (user[order][1:] == user[order][:-1]) & (ts[order][1:] == ts[order][:-1])]
+    tied = np.zeros(len(ts), dtype=bool)
+    tied[order[run | np.r_[run[1:], False]]] = True
+    if tied.any():
+        order = np.lexsort((_descending_ranks(events["event_id"].iloc[rows[tied]], tied), -ts, user))
+    _, first = np.unique(user[order] * len(items_sorted) + item[order], return_index=True)
+    order = order[np.sort(first)]
+    keep = _rank_in_group(user[order]) < history_length
+    out["recent_items"] = _group_lists(user[order][keep], items_sorted[item[order][keep]], n_users)
+
+    # purchased_items / _counts: all-time counts, most bought first, then latest, then item id
+    pair = buy_user * len(items_sorted) + buy_item
+    pair_order = np.argsort(pair, kind="stable")
+    pairs, starts = np.unique(pair[pair_order], return_index=True)
+    n_bought = np.diff(np.r_[starts, len(pair)])
+    last = np.maximum.reduceat(buy_ts[pair_order], starts) if len(starts) else np.zeros(0, dtype=np.int64)
+    pair_user, pair_item = pairs // len(items_sorted), pairs % len(items_sorted)
+    keys = (-n_bought, -last, pair_item)
+    out["purchased_items"] = _top_per_group(
+        pair_user, keys, items_sorted[pair_item], n_users, MAX_PURCHASED_ITEMS
+    )
+    out["purchased_counts"] = _top_per_group(pair_user, keys, n_bought, n_users, MAX_PURCHASED_ITEMS)
+    return _State(out.reset_index()[USER_STATE_SCHEMA.names], user, item, items_sorted)
 
 
 def user_state_at(
@@ -249,100 +330,53 @@ def user_state_at(
     snapshot row (TTL 0), where this function gives the state at ``at``.
 
     Vectorised on integer codes (users and items factorised in sorted order; counts by ``bincount``,
-    orders by one stable ``lexsort``, lists sliced from one flat array): the cost grows linearly with
-    the events, with no Python call per user except the final list slices.
+    orders by stable sorts, lists sliced from one flat array): no Python call per user except the
+    final list slices, and no copy of the events' string columns.
     """
     mask = (events["event_timestamp"] < at).to_numpy()
     if only is not None:
         mask &= events["user_id"].isin(set(only)).to_numpy()
-    past = events.loc[mask, list(STATE_INPUT_COLUMNS)]
-    if past.empty:
-        return _empty(USER_STATE_SCHEMA)
-    user, users_sorted = _sorted_codes(past["user_id"])
-    item, items_sorted = _sorted_codes(past["item_id"])
-    n_users = len(users_sorted)
-    ts = _i8(past["event_timestamp"])
-    users = pd.Index(users_sorted, name="user_id")
-    out = pd.DataFrame(index=users)
-    out["event_timestamp"] = at
-
-    etype = past["event_type"].map({e: k for k, e in enumerate(EVENT_NAMES)}).fillna(-1).to_numpy(np.int64)
-    for days in WINDOWS:
-        hit = (past["event_timestamp"] >= at - pd.Timedelta(days=days)).to_numpy() & (etype >= 0)
-        counts = np.bincount(user[hit] * len(EVENT_NAMES) + etype[hit], minlength=n_users * len(EVENT_NAMES))
-        counts = counts.reshape(n_users, len(EVENT_NAMES))
-        for k, name in enumerate(EVENT_NAMES.values()):
-            out[f"{name}_{days}d"] = counts[:, k].astype("int64")
-
-    is_buy = (past["event_type"] == PURCHASE).to_numpy()
-    in30 = (past["event_timestamp"] >= at - pd.Timedelta(days=30)).to_numpy()
-    buys30 = past[is_buy & in30]
-    codes30 = user[is_buy & in30]
-    spend = (buys30["quantity"] * buys30["unit_price"].fillna(0.0)).groupby(codes30).sum()
-    baskets = buys30["session_id"].groupby(codes30).nunique().clip(lower=1)
-    spend_all = np.zeros(n_users, dtype=np.float64)
-    spend_all[spend.index.to_numpy()] = spend.to_numpy(np.float64)
-    basket_value = np.zeros(n_users, dtype=np.float64)
-    basket_value[spend.index.to_numpy()] = (spend / baskets).to_numpy(np.float64)
-    out["spend_30d"] = spend_all
-    out["avg_basket_value_30d"] = basket_value
-
-    buy_user, buy_item, buy_ts = user[is_buy], item[is_buy], ts[is_buy]
-    last_buy = past["event_timestamp"][is_buy].groupby(buy_user).max()
-    since_buy = np.full(n_users, -1.0)
-    since_buy[last_buy.index.to_numpy()] = (at - last_buy).dt.days.to_numpy(np.float64)
-    out["days_since_last_purchase"] = since_buy
-
-    # recent_items: newest first (timestamp, then event id, descending; ties keep row order), distinct
-    order = np.lexsort((-ts, user))
-    run = np.r_[False, (user[order][1:] == user[order][:-1]) & (ts[order][1:] == ts[order][:-1])]
-    tied = np.zeros(len(ts), dtype=bool)
-    tied[order[run | np.r_[run[1:], False]]] = True
-    order = np.lexsort((_descending_ranks(past["event_id"], tied), -ts, user))
-    first = ~pd.Series(user[order] * len(items_sorted) + item[order]).duplicated().to_numpy()
-    order = order[first]
-    keep = _rank_in_group(user[order]) < history_length
-    out["recent_items"] = _group_lists(user[order][keep], items_sorted[item[order][keep]], n_users)
-
-    # purchased_items / _counts: all-time counts, most bought first, then latest, then item id
-    pair = buy_user * len(items_sorted) + buy_item
-    pair_order = np.argsort(pair, kind="stable")
-    pairs, starts = np.unique(pair[pair_order], return_index=True)
-    n_bought = np.diff(np.r_[starts, len(pair)])
-    last = np.maximum.reduceat(buy_ts[pair_order], starts) if len(starts) else np.zeros(0, dtype=np.int64)
-    pair_user, pair_item = pairs // len(items_sorted), pairs % len(items_sorted)
-    keys = (-n_bought, -last, pair_item)
-    out["purchased_items"] = _top_per_group(
-        pair_user, keys, items_sorted[pair_item], n_users, MAX_PURCHASED_ITEMS
-    )
-    out["purchased_counts"] = _top_per_group(pair_user, keys, n_bought, n_users, MAX_PURCHASED_ITEMS)
-    return out.reset_index()[USER_STATE_SCHEMA.names]
+    state = _user_state(events, mask, at, history_length)
+    return state.frame if state is not None else _empty(USER_STATE_SCHEMA)
 
 
 def user_features_at(
     events: pd.DataFrame, items: pd.DataFrame, at: pd.Timestamp, history_length: int
 ) -> pd.DataFrame:
     """The ``user_features`` snapshot at ``at``: :func:`user_state_at` of the users with an event in
-    ``[at - 30 days, at)``, plus ``top_categories`` (by event count, then category name)."""
-    window30 = events[
-        (events["event_timestamp"] < at) & (events["event_timestamp"] >= at - pd.Timedelta(days=30))
-    ]
-    state = user_state_at(events, at, history_length, only=window30["user_id"].unique())
-    if state.empty:
+    ``[at - 30 days, at)``, plus ``top_categories`` (by event count, then category name).
+
+    Computed as the state of every user with an event before ``at``, then the rows of the users
+    active in the window (a user's state depends on their own events only)."""
+    before = (events["event_timestamp"] < at).to_numpy()
+    state = _user_state(events, before, at, history_length)
+    if state is None:
         return _empty(USER_FEATURES_SCHEMA)
-    with_cat = window30[["user_id", "item_id"]].merge(
-        items[["item_id", "category"]], on="item_id", how="left"
+    in30 = (events["event_timestamp"] >= at - pd.Timedelta(days=30)).to_numpy()[before]
+    active = np.bincount(state.user[in30], minlength=len(state.frame)) > 0
+    if not active.any():
+        return _empty(USER_FEATURES_SCHEMA)
+    renumber = np.cumsum(active) - 1
+    frame = state.frame[active].reset_index(drop=True)
+    catalog = items[["item_id", "category"]]
+    if catalog["item_id"].is_unique:  # the category of each event's item by code
+        by_item = pd.Series(catalog["category"].to_numpy(), index=catalog["item_id"]).reindex(state.items)
+        item_category, categories = _sorted_codes(by_item.reset_index(drop=True))
+        event_category = item_category[state.item[in30]]
+        known = event_category >= 0
+        user, category = renumber[state.user[in30][known]], event_category[known]
+    else:  # a catalog listing an item twice: join as a merge does (each listing counts)
+        window = pd.DataFrame({"u": renumber[state.user[in30]], "item_id": state.items[state.item[in30]]})
+        joined = window.merge(catalog, on="item_id", how="left").dropna(subset=["category"])
+        user = joined["u"].to_numpy(np.int64)
+        category, categories = _sorted_codes(joined["category"])
+    width = max(len(categories), 1)
+    pairs, n = np.unique(user * width + category, return_counts=True)
+    pair_user, pair_cat = pairs // width, pairs % width
+    frame["top_categories"] = _top_per_group(
+        pair_user, (-n, pair_cat), categories[pair_cat], len(frame), TOP_CATEGORIES
     )
-    with_cat = with_cat.dropna(subset=["category"])
-    user = pd.Index(state["user_id"]).get_indexer(with_cat["user_id"]).astype(np.int64)
-    category, categories = _sorted_codes(with_cat["category"])
-    pair = user * max(len(categories), 1) + category
-    pairs, n = np.unique(pair, return_counts=True)
-    pair_user, pair_cat = pairs // max(len(categories), 1), pairs % max(len(categories), 1)
-    state["top_categories"] = _top_per_group(
-        pair_user, (-n, pair_cat), categories[pair_cat], len(state), TOP_CATEGORIES
-    )
-    return state[USER_FEATURES_SCHEMA.names]
+    return frame[USER_FEATURES_SCHEMA.names]
 
 
 def item_popularity_at(events: pd.DataFrame, at: pd.Timestamp) -> pd.DataFrame:

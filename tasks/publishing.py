@@ -13,7 +13,7 @@ in :class:`PublishRules`:
   are real in retail, and the model's repeat signal ranks them); ``False`` removes them;
 * at most ``max_per_category`` items of one category per list (diversity); ``None`` lifts the cap.
 
-Top-K: ``argpartition`` to a pool of the best ``4k``, ordered by (score, catalog position); the
+Top-K: ``argpartition`` to a pool of the best ``2k``, ordered by (score, catalog position); the
 category cap takes items greedily in that order (:func:`_rank_within_group`), over the whole row where
 the pool runs short.  The same selection makes the cold-start lists (:func:`popularity_top_k`).
 
@@ -31,12 +31,13 @@ version: ``publish_id = <model version>@<scoring time>``.  See :mod:`tasks.publi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -150,6 +151,21 @@ class ScoreBlend:
         return bool(self.weights.content) and self.neighbours is not None and self.recents is not None
 
 
+@contextlib.contextmanager
+def _one_torch_thread() -> Generator[None, None, None]:
+    """Run the chunk loop on one torch thread: its many small operations gain nothing from a second
+    thread, and on a busy machine each parallel one waits for a descheduled thread (2 threads, 2
+    shared cores at load 6: 489 users/s against 12,047 on one; the product is 6% of the time)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _flat(parts: Sequence[np.ndarray], dtype: Any) -> tuple[np.ndarray, np.ndarray]:
     """(offsets [U+1], values) of per-user arrays concatenated once."""
     lengths = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
@@ -187,14 +203,15 @@ def _capped(scores: np.ndarray, ranked: np.ndarray, k: int, category: np.ndarray
 
 def _top_positions(scores: np.ndarray, k: int, category: np.ndarray | None, cap: int | None) -> np.ndarray:
     """Top-``k`` positions per row of ``scores [B, N]`` with at most ``cap`` per ``category`` (-1: no
-    item): greedy in score order (ties by position) over a pool of the best ``4k``, over the whole row
-    where the pool runs short."""
+    item): greedy in score order (ties by position) over a pool of the best ``2k``, over the whole row
+    where the pool runs short (the pool's size changes the cost, never the result: ``4k`` measured
+    25% slower on 4,000 items in 10 categories)."""
     n = scores.shape[1]
     k = min(k, n)
     if category is None or cap is None:
         top = _select(scores, k)
         return np.where(np.isfinite(np.take_along_axis(scores, top, axis=1)), top, -1)
-    pool = min(n, 4 * k)
+    pool = min(n, 2 * k)
     top = _capped(scores, _select(scores, pool), k, category, cap)
     found = (top >= 0).sum(axis=1)
     short = np.flatnonzero((found < k) & (np.isfinite(scores).sum(axis=1) > found))
@@ -274,7 +291,8 @@ def score_top_k(
         return TopK(indices=out_idx, scores=out_val)
     weights = blend.weights if blend is not None else None
     cat = np.asarray(category, dtype=np.int64) if category is not None else None
-    items64 = item_vectors.detach().double()
+    items32 = item_vectors.detach().float()
+    items64 = items32.double()
     item_mean = items64.mean(0)
     item_cov = (items64 - item_mean).T @ (items64 - item_mean) / n_items
     pop_z = np.zeros(n_items, dtype=np.float64)
@@ -298,7 +316,7 @@ def score_top_k(
         neighbour_sim = torch.from_numpy(np.ascontiguousarray(blend.neighbours.similarity, dtype=np.float32))
         neighbour_sim = neighbour_sim.clamp(min=0.0)
     rows = max(8, min(rules.batch_size, CHUNK_FLOATS // n_items))
-    with torch.inference_mode():
+    with torch.inference_mode(), _one_torch_thread():
         for start in range(0, n_users, rows):
             stop = min(start + rows, n_users)
             b = stop - start
@@ -336,7 +354,7 @@ def score_top_k(
                 affinity.view(-1).scatter_reduce_(
                     0, targets, neighbour_sim[mine].reshape(-1), reduce="amax", include_self=True
                 )
-                c_mean = affinity.sum(1, dtype=torch.float64).numpy() / n_items
+                c_mean = affinity.sum(1).double().numpy() / n_items
                 squares = torch.linalg.vector_norm(affinity, dim=1).double().numpy() ** 2 / n_items
                 c_std = np.sqrt(np.clip(squares - c_mean**2, 0, None))
                 gain = weights.content / (c_std + 1e-6)
@@ -348,7 +366,8 @@ def score_top_k(
             if weights is None:
                 value = np.take_along_axis(ranked, safe, axis=1).astype(np.float64)
             else:  # the chosen items' scores, term by term as blend_scores computes them
-                raw = torch.einsum("bd,bkd->bk", users64, items64[torch.from_numpy(safe)]).numpy()
+                chosen = items32[torch.from_numpy(safe)]  # float32, as the reference's product
+                raw = torch.einsum("bd,bkd->bk", users, chosen).double().numpy()
                 value = weights.model * ((raw - row_mean[:, None]) / (row_std[:, None] + 1e-6))
                 if weights.repeat:
                     keys = np.arange(b, dtype=np.int64)[:, None] * n_items + safe

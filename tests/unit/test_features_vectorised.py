@@ -188,3 +188,10 @@ def test_empty_inputs_give_the_reference_empty_frames() -> None:
         user_features_at(events, _items(10), early, 5),
         reference_user_features_at(events, _items(10), early, 5),
     )
+
+
+def test_user_features_match_the_reference_when_the_catalog_lists_an_item_twice() -> None:
+    """Each listing counts for the top categories, as the reference's merge counts it."""
+    events = tricky_shop()
+    items = pd.concat([_items(150), _items(150).iloc[:12].assign(category="twice")], ignore_index=True)
+    _assert_same(user_features_at(events, items, AT, 5), reference_user_features_at(events, items, AT, 5))
