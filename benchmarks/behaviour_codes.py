@@ -19,7 +19,10 @@ ledger's RDP accountant; a DP model's total epsilon covers DP-SGD and its co-occ
 The behaviour settings (items per user k, vector dimensions) are chosen on the VALIDATION window
 (``--sweep``); the test window only reports the chosen setting over ``--seeds``.
 
-    PYTHONPATH=. nice -n 10 python -m benchmarks.behaviour_codes --sweep --seeds 0,1,2 --out result.json
+    PYTHONPATH=. nice -n 10 python -m benchmarks.behaviour_codes --sweep --seeds 0 --out result.json
+    # more seeds of the chosen setting, only some model rows (each fit takes minutes on 2 CPU cores)
+    PYTHONPATH=. nice -n 10 python -m benchmarks.behaviour_codes --seeds 1,2 --k 10 --dim 32 \
+        --rows dp_behaviour,twin_behaviour
 """
 
 from __future__ import annotations
@@ -46,7 +49,18 @@ def _metrics(report: Any) -> dict[str, float]:
     return {f"{v}_ndcg@10": round(report.metric(v, "ndcg@10"), 4) for v in ("A", "B")}
 
 
-def run(seeds: Sequence[int], epsilon: float, sweep: bool, work: Path) -> dict[str, Any]:
+MODEL_ROWS: tuple[str, ...] = ("dp_titles", "dp_behaviour", "twin_titles", "twin_behaviour", "twin_exact")
+
+
+def run(
+    seeds: Sequence[int],
+    epsilon: float,
+    sweep: bool,
+    work: Path,
+    *,
+    rows_wanted: Sequence[str] = MODEL_ROWS,
+    chosen: tuple[int, int] | None = None,
+) -> dict[str, Any]:
     from tasks.baselines import broadcast, cooccurrence_scores, popularity_counts
     from tasks.catalog import BlendWeights, build_item_catalog
     from tasks.config import get_settings
@@ -155,7 +169,7 @@ def run(seeds: Sequence[int], epsilon: float, sweep: bool, work: Path) -> dict[s
         )
 
     nm = settings.cooc_noise_multiplier
-    chosen = (settings.cooc_cap_per_user, settings.cooc_dim)
+    chosen = chosen or (settings.cooc_cap_per_user, settings.cooc_dim)
     if sweep:  # behaviour settings on the validation window only, first seed
         best = -1.0
         for k in SWEEP_K:
@@ -181,22 +195,27 @@ def run(seeds: Sequence[int], epsilon: float, sweep: bool, work: Path) -> dict[s
     both = ["validation", "test"]
     for seed in seeds:
         vectors = dp_vectors(k, dim)  # fresh noise per seed
-        rec, total = fit(None, seed, True, None)
-        evaluate_model(f"DP two-tower, titles only, eps {epsilon:g}", rec, both, seed=seed, epsilon=total)
-        rec, total = fit(vectors, seed, True, nm)
-        evaluate_model(
-            f"DP two-tower + DP behaviour (k={k}, dim={dim}), total eps {epsilon:g}",
-            rec,
-            both,
-            seed=seed,
-            epsilon=total,
-        )
-        rec, _ = fit(None, seed, False, None)
-        evaluate_model("non-private twin, titles only", rec, both, seed=seed)
-        rec, _ = fit(vectors, seed, False, None)
-        evaluate_model("non-private twin + the same DP behaviour vectors", rec, both, seed=seed)
-        rec, _ = fit(exact, seed, False, None)
-        evaluate_model("non-private twin + exact behaviour vectors (no privacy)", rec, both, seed=seed)
+        if "dp_titles" in rows_wanted:
+            rec, total = fit(None, seed, True, None)
+            evaluate_model(f"DP two-tower, titles only, eps {epsilon:g}", rec, both, seed=seed, epsilon=total)
+        if "dp_behaviour" in rows_wanted:
+            rec, total = fit(vectors, seed, True, nm)
+            evaluate_model(
+                f"DP two-tower + DP behaviour (k={k}, dim={dim}), total eps {epsilon:g}",
+                rec,
+                both,
+                seed=seed,
+                epsilon=total,
+            )
+        if "twin_titles" in rows_wanted:
+            rec, _ = fit(None, seed, False, None)
+            evaluate_model("non-private twin, titles only", rec, both, seed=seed)
+        if "twin_behaviour" in rows_wanted:
+            rec, _ = fit(vectors, seed, False, None)
+            evaluate_model("non-private twin + the same DP behaviour vectors", rec, both, seed=seed)
+        if "twin_exact" in rows_wanted:
+            rec, _ = fit(exact, seed, False, None)
+            evaluate_model("non-private twin + exact behaviour vectors (no privacy)", rec, both, seed=seed)
     return {
         "shop": "SyntheticConfig(titles='codes')",
         "users": n_users,
@@ -231,10 +250,21 @@ def main() -> None:
     parser.add_argument("--epsilon", type=float, default=8.0)
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--rows", default=",".join(MODEL_ROWS), help="model rows per seed: " + ", ".join(MODEL_ROWS)
+    )
+    parser.add_argument(
+        "--k", type=int, default=None, help="items per user (default: the sweep's or Settings)"
+    )
+    parser.add_argument("--dim", type=int, default=None, help="behaviour dimensions (as --k)")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    rows = [r for r in args.rows.split(",") if r]
+    if unknown := set(rows) - set(MODEL_ROWS):
+        parser.error(f"unknown rows {sorted(unknown)}; choose among {', '.join(MODEL_ROWS)}")
+    chosen = (args.k, args.dim) if args.k and args.dim else None
     with tempfile.TemporaryDirectory() as work:
-        result = run(seeds, args.epsilon, args.sweep, Path(work))
+        result = run(seeds, args.epsilon, args.sweep, Path(work), rows_wanted=rows, chosen=chosen)
     print(summarise(result["rows"]))
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=2))

@@ -1,22 +1,30 @@
-"""Benchmark 1 (quality under privacy): NDCG@10 and Recall@20 of baselines, the non-private two-tower
-model and user-level DP-SGD models at several epsilons, with and without the own-history blend.
+"""Benchmark 1 (quality under privacy): NDCG@10 and Recall@20 of baselines, the shipped two-tower
+(bare, non-private twin and user-level DP-SGD at several epsilons) and the whole DP system with and
+without the model.
+
+The model is trained by the shipped functions (:func:`fit_bare`: :func:`tasks.training.training_examples`,
+:func:`tasks.training.train_config` / :func:`tasks.training.twin_config`, :func:`tasks.training.fit_model`),
+with the pipeline's Settings; only the noise multiplier is computed here, for the benchmark's epsilon
+(:func:`tasks.privacy.accounting.noise_for_budget`, the calibration the ledger does for a run).
 
 Protocol (:mod:`tasks.evaluation`): temporal split at the data's end ``as_of`` with
-:meth:`tasks.training.Cuts.from_end`: test truth ``[as_of - W, as_of)`` (W = 28 days on Online Retail
+:meth:`tasks.dataset.Cuts.from_end`: test truth ``[as_of - W, as_of)`` (W = 28 days on Online Retail
 II, 7 days on the 45-day synthetic shop), blend tuning on the W days before; the training set is built
 as ``run_training`` builds it (:func:`tasks.dataset.per_user_cuts`: each user's state at their own cut,
-labels from the cut to the validation cut), with the state computed from the events instead of Feast.
-Full ranking over the catalog, variant A (repeats included) and B (only items new to the user).
+labels in the SHOPREC_EVAL_DAYS-long window after it, before the validation cut), with the state
+computed from the events instead of Feast (the same definition). Full ranking over the catalog,
+variant A (repeats included) and B (only items new to the user). Settings were chosen on the
+validation window (benchmarks/model_sweep.py), never on the test window reported here.
 
 * data: the full Online Retail II 2009-2010 file through :func:`tasks.sources.load_online_retail`
   (events read straight from the landing files: no pseudonymisation is needed for an offline score),
   and in the full run a synthetic shop of 100,000 users;
-* privacy: delta = 1 / (10 N_users), user-level, the ledger's RDP accountant
-  (:func:`tasks.privacy.accounting.noise_for_budget` calibrates the noise multiplier for the whole run); the own-history blend uses only the user's own
-  purchases (no privacy cost), so the DP rows' epsilon covers everything they release;
+* privacy: delta = 1 / (10 N_users), user-level, the ledger's RDP accountant; the own-history blend
+  uses only the user's own purchases (no privacy cost), so the DP rows' epsilon covers everything
+  they release; the DP system's total epsilon composes DP-SGD with its two DP popularity releases;
 * the DP popularity baseline is one release of OpenDP's discrete Gaussian (noise multiplier
-  ``Settings.popularity_noise_multiplier``, at most ``Settings.popularity_cap_per_user`` items per user; fresh CSPRNG noise, so it varies
-  between runs whatever the seed), reported with its own epsilon.
+  ``Settings.popularity_noise_multiplier``, at most ``Settings.popularity_cap_per_user`` items per
+  user; fresh CSPRNG noise, so it varies between runs whatever the seed), reported with its own epsilon.
 """
 
 from __future__ import annotations
@@ -37,40 +45,36 @@ from benchmarks.harness import Context, Goal, Section, line_plot, online_retail_
 @dataclass(frozen=True)
 class Plan:
     seeds: tuple[int, ...]
-    epsilons: tuple[float, ...]
-    epochs: int
-    batch_size: int
+    epsilons: tuple[float, ...]  # bare DP model at these user-level epsilons
     window_days: int = 28
     max_eval_users: int | None = None  # evaluate on a seeded sample of the split's users
     # total epsilons of the whole DP system (DP two-tower + own history + DP popularity), composed
     system_epsilons: tuple[float, ...] = (8.0,)
-    sweep: bool = False  # one-at-a-time sweep of batch, epochs, model size, clipping at max(epsilons)
-
-    def train_config(self, seed: int) -> Any:
-        """The pipeline's DP-SGD settings (``Settings.train_*``) with this plan's epochs and batch."""
-        from tasks.config import get_settings
-        from tasks.training import train_config
-
-        base = train_config(get_settings())
-        return dataclasses.replace(
-            base, epochs=self.epochs, batch_size=self.batch_size, seed=seed, noise_seed=None
-        )
+    ablations: bool = False  # one-at-a-time changes of the review items (ABLATIONS), first seed, top epsilon
+    settings: tuple[tuple[str, Any], ...] = ()  # Settings fields changed for this data set
 
 
-# One-at-a-time changes from the plan's settings for the sweep (first seed, DP at the top epsilon).
-SWEEP: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("batch 256", {"batch_size": 256}),
-    ("batch 512", {"batch_size": 512}),
-    ("epochs 2", {"epochs": 2}),
-    ("epochs 10", {"epochs": 10}),
-    ("model dim 32", {"dim": 32}),
-    ("model dim 128", {"dim": 128}),
-    ("clip 0.3", {"max_grad_norm": 0.3}),
-    ("clip 3", {"max_grad_norm": 3.0}),
+# One-at-a-time changes from the shipped settings: what each item of the issue-17 review changed,
+# undone alone (first seed, DP at the plan's top epsilon, bare model, validation and test window).
+ABLATIONS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("user features on (review: near-constant user branch)", {"train_user_features": True}),
+    (
+        "item tower 'mlp' (the session-5 tower: text + category + price through 2 layers)",
+        {"train_item_tower": "mlp"},
+    ),
+    ("item tower 'residual' (text + MLP with a skip)", {"train_item_tower": "residual"}),
+    (
+        "user tower 'attention' (item 3: attention pooling over the ordered items)",
+        {"train_user_tower": "attention"},
+    ),
+    ("temperature 0.2 (the session-5 default)", {"train_temperature": 0.2}),
+    (
+        "DP schedule of the review: sample rate 1/18, 90 steps",
+        {"train_sample_rate": 1 / 18, "train_steps": 90},
+    ),
+    ("DP learning rate 1e-2 (inherited from the synthetic shop)", {"train_lr": 1e-2}),
+    ("32 negatives and 20 positives (session-5)", {"train_negatives": 32, "train_cap_k": 20}),
 )
-
-
-ORACLE_POPULARITY_WEIGHTS: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 1e6)
 
 
 def popularity_noise_for(epsilon: float, delta: float, releases: int) -> float:
@@ -257,63 +261,45 @@ def fit_bare(
     return bare, result, elapsed()
 
 
-def evaluate_dataset(name: str, events: pd.DataFrame, items: pd.DataFrame, plan: Plan) -> dict[str, Any]:
-    """Every ranker's metrics on the test window, per seed; plus what the DP runs spent."""
-    import torch
+SYSTEM = "DP system eps={eps:g} (DP two-tower + own history + DP popularity)"
+SYSTEM_WITHOUT = "DP system eps={eps:g} without the two-tower (own history + the same DP popularity)"
+TWIN = "two-tower, no DP"
+TWIN_SYSTEM = "system, no DP (two-tower + own history + 14 d popularity)"
 
+
+def evaluate_dataset(
+    name: str, events: pd.DataFrame, items: pd.DataFrame, plan: Plan, settings: Any = None
+) -> dict[str, Any]:
+    """Every ranker's metrics on the test window, per seed; what the DP runs spent; the ablations."""
     from tasks.baselines import broadcast, buy_again_scores, cooccurrence_scores, popularity_counts
-    from tasks.catalog import (
-        BlendWeights,
-        blend_scores,
-        build_item_catalog,
-        history_positions,
-        own_purchase_matrix,
-    )
+    from tasks.catalog import blend_scores
     from tasks.config import get_settings
-    from tasks.dataset import INTERACTIONS, Cuts
-    from tasks.embeddings import embed_items, load_pretrained_encoder
-    from tasks.evaluation import evaluate_scores, temporal_split, tune_blend
-    from tasks.model import Recommender, content_affinity, text_neighbours
-    from tasks.privacy.accounting import noise_for_budget, rdp_epsilon
-    from tasks.training import (
-        TrainConfig,
-        build_examples,
-        dp_popularity,
-        popularity_release,
-        train,
-    )
+    from tasks.dataset import INTERACTIONS
+    from tasks.evaluation import evaluate_scores, tune_blend
+    from tasks.privacy.accounting import rdp_epsilon
+    from tasks.training import dp_popularity, popularity_release
 
-    settings = get_settings()
+    settings = (settings or get_settings()).model_copy(update=dict(plan.settings))
     pop_policy = dp_popularity(settings)  # the pipeline's release (Settings.popularity_*)
-    history = settings.history_length
-    encoder = load_pretrained_encoder(device="cpu", package=settings.encoder_package)
-    embedded = embed_items(items[["item_id", "title"]], persistent_cache(), encoder)
-    catalog = build_item_catalog(items, embedded.frame, encoder_id=encoder.model_id)
-    as_of = events["event_timestamp"].max().normalize() + pd.Timedelta(days=1)
-    window = plan.window_days
-    cuts = Cuts.from_end(as_of, window)
-    n_users = events["user_id"].nunique()
-    delta = 1.0 / (10 * n_users)
-    state, labels = per_user_training_set(events, cuts.validation, history, window)
-    val = sample_split(temporal_split(events, catalog, cuts.validation, window, history), plan.max_eval_users)
-    test = sample_split(temporal_split(events, catalog, cuts.test, window, history), plan.max_eval_users)
-    own_val, own_test = own_purchase_matrix(val.state, catalog), own_purchase_matrix(test.state, catalog)
-    neighbours = text_neighbours(catalog.text)
-    content_val, content_test = (
-        content_affinity(
-            history_positions(s.state["recent_items"], catalog, history), neighbours, catalog.n_items
-        )
-        for s in (val, test)
-    )
-    no_model_val, no_model_test = np.zeros_like(content_val), np.zeros_like(content_test)
+    prep = prepare(events, items, plan.window_days, plan.max_eval_users)
+    catalog, cuts, val, test, delta = prep.catalog, prep.cuts, prep.val, prep.test, prep.delta
+    no_model_val, no_model_test = np.zeros_like(prep.content_val), np.zeros_like(prep.content_test)
 
     scores: dict[str, list[dict[str, float]]] = {}
 
+    def metrics(matrix: np.ndarray, split: Any) -> dict[str, float]:
+        report = evaluate_scores("ranker", matrix, split, catalog)
+        return {f"{v}_{m}": report.metric(v, m) for v in ("A", "B") for m in ("ndcg@10", "recall@20")}
+
     def record(label: str, matrix: np.ndarray) -> None:
-        report = evaluate_scores(label, matrix, test, catalog)
-        scores.setdefault(label, []).append(
-            {f"{v}_{m}": report.metric(v, m) for v in ("A", "B") for m in ("ndcg@10", "recall@20")}
-        )
+        scores.setdefault(label, []).append(metrics(matrix, test))
+
+    def blend(
+        raw_val: np.ndarray, raw_test: np.ndarray, pop_val: Any, pop_test: Any
+    ) -> tuple[np.ndarray, Any]:
+        """Blend weights tuned on the validation window, applied to the test window."""
+        weights, _ = tune_blend(raw_val, prep.own_val, pop_val, val, catalog, content=prep.content_val)
+        return blend_scores(raw_test, prep.own_test, pop_test, weights, prep.content_test), weights
 
     popularity = popularity_counts(events, catalog, cuts.test, cuts.test - pd.Timedelta(days=30))
     record("popularity (30 d, no privacy)", broadcast(popularity, test))
@@ -329,47 +315,15 @@ def evaluate_dataset(name: str, events: pd.DataFrame, items: pd.DataFrame, plan:
     }
     record(f"popularity ({pop_policy.days} d, no privacy)", broadcast(recent[cuts.test], test))
     # what the user's own history adds to popularity without any model: text neighbours and repeats
-    own_w, _ = tune_blend(no_model_val, own_val, recent[cuts.validation], val, catalog, content=content_val)
     record(
         f"own history (repeats + text neighbours) + {pop_policy.days} d popularity, no model (no privacy)",
-        blend_scores(no_model_test, own_test, recent[cuts.test], own_w, content_test),
+        blend(no_model_val, no_model_test, recent[cuts.validation], recent[cuts.test])[0],
     )
     record("item-to-item co-occurrence (no privacy)", cooccurrence_scores(events, catalog, test, cuts.test))
     record("buy again (own history + popularity)", buy_again_scores(test, catalog, popularity))
     runs: list[dict[str, Any]] = []
-    sweep: list[dict[str, Any]] = []
-    oracle: list[dict[str, Any]] = []
-
-    def fit(config: TrainConfig, seed: int, dim: int = 64) -> tuple[Any, Any, float]:
-        from tasks.model import build_model
-
-        examples, _ = build_examples(
-            state,
-            labels,
-            catalog,
-            history_length=history,
-            cap_k=config.cap_k,
-            n_negatives=config.n_negatives,
-            seed=seed,
-        )
-        if config.private and config.noise_multiplier <= 0:
-            raise ValueError("a private config needs its noise multiplier")
-        torch.manual_seed(seed)
-        model = build_model(catalog, dim=dim, temperature=settings.train_temperature)
-        with stopwatch() as elapsed:
-            result = train(model, examples, config, delta=delta if config.private else None)
-        bare = Recommender(model, catalog, weights=BlendWeights(), popularity=None, history_length=history)
-        return bare, result, elapsed()
-
-    def calibrated(config: TrainConfig, eps: float, also: list[tuple[float, float, int]]) -> TrainConfig:
-        n_train = len(
-            build_examples(
-                state, labels, catalog, history_length=history, cap_k=config.cap_k, n_negatives=1, seed=0
-            )[0]
-        )
-        q, steps = config.sample_rate(n_train), config.steps(n_train)
-        noise = noise_for_budget(eps, delta, q, steps, also=also)
-        return TrainConfig(**{**config.__dict__, "private": True, "noise_multiplier": noise})
+    contributions: list[dict[str, Any]] = []
+    ablations: list[dict[str, Any]] = []
 
     def run_row(label: str, seed: int, eps: float | None, result: Any, seconds: float, **extra: Any) -> None:
         runs.append(
@@ -391,38 +345,19 @@ def evaluate_dataset(name: str, events: pd.DataFrame, items: pd.DataFrame, plan:
 
     for seed in plan.seeds:
         record("DP popularity", broadcast(popularity_release(events, catalog, cuts.test, pop_policy), test))
-        base = plan.train_config(seed)
-        variants: list[tuple[str, TrainConfig, float | None]] = [
-            ("two-tower, no DP", TrainConfig(**{**base.__dict__, "private": False}), None)
-        ]
-        variants += [(f"DP eps={eps:g}", calibrated(base, eps, []), eps) for eps in plan.epsilons]
-        for label, config, eps in variants:
-            bare, result, seconds = fit(config, seed)
+        twin, result, seconds = fit_bare(prep, settings, private=False, seed=seed)
+        raw_val, raw = twin.model_scores(val.state), twin.model_scores(test.state)
+        record(TWIN, raw)
+        record(f"{TWIN} + own-history blend", blend(raw_val, raw, None, None)[0])
+        record(TWIN_SYSTEM, blend(raw_val, raw, recent[cuts.validation], recent[cuts.test])[0])
+        run_row(TWIN, seed, None, result, seconds)
+        for eps in plan.epsilons:
+            bare, result, seconds = fit_bare(prep, settings, private=True, epsilon=eps, seed=seed)
             raw_val, raw = bare.model_scores(val.state), bare.model_scores(test.state)
-            weights, _ = tune_blend(raw_val, own_val, None, val, catalog, content=content_val)
+            label = f"DP eps={eps:g}"
             record(label, raw)
-            record(f"{label} + own-history blend", blend_scores(raw, own_test, None, weights, content_test))
-            if not config.private:  # the whole system without privacy: exact recent popularity
-                sys_w, _ = tune_blend(
-                    raw_val, own_val, recent[cuts.validation], val, catalog, content=content_val
-                )
-                record(
-                    "system, no DP (two-tower + own history + 14 d popularity)",
-                    blend_scores(raw, own_test, recent[cuts.test], sys_w, content_test),
-                )
-                if plan.sweep and seed == plan.seeds[0]:
-                    # The ceiling of the blend in B: weights picked on the TEST window (an oracle, never
-                    # used for a reported ranker), to see whether the model adds anything to popularity.
-                    for weight in ORACLE_POPULARITY_WEIGHTS:
-                        blended = blend_scores(raw, None, recent[cuts.test], BlendWeights(popularity=weight))
-                        oracle.append(
-                            {
-                                "popularity_weight": weight,
-                                "B_ndcg@10": evaluate_scores("oracle", blended, test, catalog).metric(
-                                    "B", "ndcg@10"
-                                ),
-                            }
-                        )
+            blended, weights = blend(raw_val, raw, None, None)
+            record(f"{label} + own-history blend", blended)
             run_row(
                 label, seed, eps, result, seconds, blend_repeat=weights.repeat, blend_content=weights.content
             )
@@ -431,27 +366,31 @@ def evaluate_dataset(name: str, events: pd.DataFrame, items: pd.DataFrame, plan:
         for eps in plan.system_epsilons:
             pop_noise = popularity_noise_for(eps / 2, delta, 2)
             pop_mech = [(pop_noise, 1.0, 2)]
-            config = calibrated(base, eps, pop_mech)
-            bare, result, seconds = fit(config, seed)
+            bare, result, seconds = fit_bare(
+                prep, settings, private=True, epsilon=eps, also=pop_mech, seed=seed
+            )
             policy = dataclasses.replace(pop_policy, noise_multiplier=pop_noise)
             pop_v = popularity_release(events, catalog, cuts.validation, policy)
             pop_t = popularity_release(events, catalog, cuts.test, policy)
-            weights, _ = tune_blend(
-                bare.model_scores(val.state), own_val, pop_v, val, catalog, content=content_val
+            with_model, weights = blend(
+                bare.model_scores(val.state), bare.model_scores(test.state), pop_v, pop_t
             )
-            label = f"DP system eps={eps:g} (DP two-tower + own history + DP popularity)"
-            record(label, blend_scores(bare.model_scores(test.state), own_test, pop_t, weights, content_test))
-            # ablation: the same DP popularity releases and own history, the two-tower left out
-            no_model_w, _ = tune_blend(no_model_val, own_val, pop_v, val, catalog, content=content_val)
-            record(
-                f"DP system eps={eps:g} without the two-tower (own history + the same DP popularity)",
-                blend_scores(no_model_test, own_test, pop_t, no_model_w, content_test),
+            without_model = blend(no_model_val, no_model_test, pop_v, pop_t)[0]
+            record(SYSTEM.format(eps=eps), with_model)
+            record(SYSTEM_WITHOUT.format(eps=eps), without_model)  # the same releases, no model
+            a, b = scores[SYSTEM.format(eps=eps)][-1], scores[SYSTEM_WITHOUT.format(eps=eps)][-1]
+            contributions.append(
+                {
+                    "epsilon": eps,
+                    "seed": seed,
+                    **{f"{v}_ndcg@10": a[f"{v}_ndcg@10"] - b[f"{v}_ndcg@10"] for v in "AB"},
+                }
             )
             total = rdp_epsilon(
                 [*pop_mech, (result.noise_multiplier, result.sample_rate, result.steps)], delta
             )
             run_row(
-                label,
+                SYSTEM.format(eps=eps),
                 seed,
                 eps,
                 result,
@@ -463,31 +402,26 @@ def evaluate_dataset(name: str, events: pd.DataFrame, items: pd.DataFrame, plan:
                 popularity_noise=pop_noise,
                 total_epsilon=total,
             )
-    if plan.sweep:
-        eps = max(plan.epsilons)
-        seed = plan.seeds[0]
-        base = plan.train_config(seed)
-        for change, values in (("plan settings", {}), *SWEEP):
-            dim = int(values.get("dim", 64))
-            trained = {k: v for k, v in values.items() if k != "dim"}
-            bare, result, seconds = fit(
-                calibrated(TrainConfig(**{**base.__dict__, **trained}), eps, []), seed, dim
+    if plan.ablations:
+        eps, seed = max(plan.epsilons), plan.seeds[0]
+        for change, values in (("shipped settings", {}), *ABLATIONS):
+            changed = settings.model_copy(update=values)
+            bare, result, seconds = fit_bare(prep, changed, private=True, epsilon=eps, seed=seed)
+            on_val, on_test = (
+                metrics(bare.model_scores(val.state), val),
+                metrics(bare.model_scores(test.state), test),
             )
-            raw_val, raw = bare.model_scores(val.state), bare.model_scores(test.state)
-            weights, _ = tune_blend(raw_val, own_val, None, val, catalog, content=content_val)
-            bare_report = evaluate_scores("bare", raw, test, catalog)
-            blend_report = evaluate_scores(
-                "blend", blend_scores(raw, own_test, None, weights, content_test), test, catalog
-            )
-            sweep.append(
+            ablations.append(
                 {
                     "change": change,
                     "epsilon": result.epsilon,
                     "noise_multiplier": result.noise_multiplier,
                     "steps": result.steps,
-                    "A_ndcg@10": bare_report.metric("A", "ndcg@10"),
-                    "B_ndcg@10": bare_report.metric("B", "ndcg@10"),
-                    "blend_A_ndcg@10": blend_report.metric("A", "ndcg@10"),
+                    "sample_rate": result.sample_rate,
+                    "val_A_ndcg@10": on_val["A_ndcg@10"],
+                    "val_B_ndcg@10": on_val["B_ndcg@10"],
+                    "A_ndcg@10": on_test["A_ndcg@10"],
+                    "B_ndcg@10": on_test["B_ndcg@10"],
                     "seconds": seconds,
                 }
             )
@@ -495,26 +429,25 @@ def evaluate_dataset(name: str, events: pd.DataFrame, items: pd.DataFrame, plan:
     return {
         "dataset": name,
         "events": len(events),
-        "users": n_users,
+        "users": prep.n_users,
         "items": catalog.n_items,
         "test_users": test.n_users,
-        "window_days": window,
+        "window_days": plan.window_days,
         "delta": delta,
         "cuts": {k: str(v) for k, v in cuts.__dict__.items()},
         "scores": scores,
         "runs": runs,
-        "sweep": sweep,
-        "oracle_blend_b": oracle,
+        "contributions": contributions,
+        "ablations": ablations,
         "dp_popularity_epsilon": pop_eps,
         "popularity_cap": pop_policy.cap_per_user,
         "popularity_days": pop_policy.days,
+        "settings": {
+            k: getattr(settings, k)
+            for k in type(settings).model_fields
+            if k.startswith("train_") and k not in {"train_retry_delay_s"}
+        },
     }
-
-
-def build_model_for(catalog: Any) -> Any:
-    from tasks.model import build_model
-
-    return build_model(catalog)
 
 
 def _summary(values: Sequence[float]) -> tuple[float, float]:
@@ -522,11 +455,11 @@ def _summary(values: Sequence[float]) -> tuple[float, float]:
 
 
 def tables_for(section: Section, result: dict[str, Any]) -> dict[str, tuple[float, float]]:
-    """The quality table of one data set; returns mean/spread of NDCG@10 per ranker and variant."""
+    """The quality table of one data set; returns mean/spread of every metric per ranker."""
     table = section.table(
         f"{result['dataset']}: {result['users']:,} users, {result['items']:,} items, {result['events']:,} "
         f"events; test = last {result['window_days']} days ({result['test_users']:,} users); mean ± sd over seeds",
-        ["ranker", "A NDCG@10", "A Recall@20", "B NDCG@10", "B Recall@20", "B retention vs no DP"],
+        ["ranker", "A NDCG@10", "A Recall@20", "B NDCG@10", "B Recall@20", "retention vs no DP (A / B)"],
     )
     means: dict[str, tuple[float, float]] = {}
     for label, rows in result["scores"].items():
@@ -535,20 +468,44 @@ def tables_for(section: Section, result: dict[str, Any]) -> dict[str, tuple[floa
             mean, sd = _summary([r[key] for r in rows])
             means[f"{label}|{key}"] = (mean, sd)
             cells.append(f"{mean:.4f} ± {sd:.4f}")
-        base_label = "two-tower, no DP" + (" + own-history blend" if label.endswith("blend") else "")
+        base_label = TWIN + (" + own-history blend" if label.endswith("blend") else "")
         if label.startswith("DP system"):
-            base_label = "system, no DP (two-tower + own history + 14 d popularity)"
+            base_label = TWIN_SYSTEM
         retention = None
-        if (
-            label.startswith(("DP eps", "DP system"))
-            and "without" not in label
-            and base_label in result["scores"]
-        ):
-            dp = statistics.fmean(r["B_ndcg@10"] for r in rows)
-            plain = statistics.fmean(r["B_ndcg@10"] for r in result["scores"][base_label])
-            retention = f"{dp / plain:.0%}" if plain > 0 else None
+        if label.startswith(("DP eps", "DP system")) and "without" not in label:
+            parts = []
+            for v in ("A", "B"):
+                dp = statistics.fmean(r[f"{v}_ndcg@10"] for r in rows)
+                plain = statistics.fmean(r[f"{v}_ndcg@10"] for r in result["scores"][base_label])
+                parts.append(f"{dp / plain:.0%}" if plain > 0 else "-")
+            retention = " / ".join(parts)
         table.add(label, *cells, retention)
     return means
+
+
+def contribution_table(
+    section: Section, name: str, result: dict[str, Any]
+) -> dict[float, dict[str, tuple[float, float]]]:
+    """The model's contribution to the DP system (with minus without the two-tower, same releases), per
+    total epsilon: mean ± sd over seeds; returns {epsilon: {variant: (mean, sd)}}."""
+    table = section.table(
+        f"{name}: what the DP two-tower adds to the DP system (NDCG@10 with minus without the model, the same "
+        "DP popularity releases and blend tuning; mean ± sd over seeds)",
+        ["total epsilon", "seeds", "A", "B", "B > 2 sd"],
+    )
+    out: dict[float, dict[str, tuple[float, float]]] = {}
+    for eps in sorted({c["epsilon"] for c in result["contributions"]}):
+        rows = [c for c in result["contributions"] if c["epsilon"] == eps]
+        out[eps] = {v: _summary([r[f"{v}_ndcg@10"] for r in rows]) for v in ("A", "B")}
+        (a, a_sd), (b, b_sd) = out[eps]["A"], out[eps]["B"]
+        table.add(
+            f"{eps:g}",
+            len(rows),
+            f"{a:+.4f} ± {a_sd:.4f}",
+            f"{b:+.4f} ± {b_sd:.4f}",
+            len(rows) > 1 and b > 2 * b_sd,
+        )
+    return out
 
 
 def run(ctx: Context) -> Section:
@@ -557,40 +514,19 @@ def run(ctx: Context) -> Section:
 
     pop_policy = dp_popularity(get_settings())
     section = Section(key="quality", title="1. Quality under privacy")
-    if ctx.quick:
-        datasets = [
-            (
-                "Online Retail II 2009-2010",
-                lambda: online_retail(ctx),
-                Plan((0,), (8.0,), epochs=1, batch_size=128),
-            )
-        ]
+    if ctx.quick:  # about 5 minutes on a free 2-core machine: 3 fits of the shipped model
+        datasets = [("Online Retail II 2009-2010", lambda: online_retail(ctx), Plan((0,), (8.0,)))]
     else:
         datasets = [
             (
                 "Online Retail II 2009-2010",
                 lambda: online_retail(ctx),
-                Plan(
-                    (0, 1, 2),
-                    (1.0, 2.0, 4.0, 8.0),
-                    epochs=5,
-                    batch_size=128,
-                    system_epsilons=(4.0, 8.0),
-                    sweep=True,
-                ),
+                Plan((0, 1, 2), (1.0, 2.0, 4.0, 8.0), system_epsilons=(1.0, 2.0, 4.0, 8.0), ablations=True),
             ),
             (
                 "synthetic, 100,000 users",
                 lambda: synthetic(ctx, 100_000),
-                Plan(
-                    (0,),
-                    (1.0, 2.0, 4.0, 8.0),
-                    epochs=1,
-                    batch_size=1024,
-                    window_days=7,
-                    max_eval_users=5_000,
-                    lr=3e-3,
-                ),
+                Plan((0,), (8.0,), window_days=7, max_eval_users=5_000),
             ),
         ]
     results = []
@@ -599,82 +535,78 @@ def run(ctx: Context) -> Section:
         result = evaluate_dataset(name, events, items, plan)
         results.append(result)
         means = tables_for(section, result)
+        contribution = contribution_table(section, name, result)
         eps_top = max(plan.epsilons)
-        plain_b = means["two-tower, no DP|B_ndcg@10"][0]
-        dp_b = means[f"DP eps={eps_top:g}|B_ndcg@10"][0]
-        section.goals.append(
+        twin_a, twin_b = means[f"{TWIN}|A_ndcg@10"][0], means[f"{TWIN}|B_ndcg@10"][0]
+        dp_a, dp_b = means[f"DP eps={eps_top:g}|A_ndcg@10"][0], means[f"DP eps={eps_top:g}|B_ndcg@10"][0]
+        section.goals += [
             Goal(
-                f"{name}: at epsilon {eps_top:g} the DP model keeps >= 90% of non-private NDCG@10 (variant B)",
-                plain_b > 0 and dp_b / plain_b >= 0.9,
-                f"{dp_b / plain_b:.0%}" if plain_b > 0 else "non-private NDCG@10 is 0",
-            )
-        )
-        baselines = [k for k in result["scores"] if "no privacy" in k or k.startswith("buy again")]
-        best = max(baselines, key=lambda k: means[f"{k}|A_ndcg@10"][0])
-        dp_blend_a = means[f"DP eps={eps_top:g} + own-history blend|A_ndcg@10"][0]
-        best_a = means[f"{best}|A_ndcg@10"][0]
-        section.goals.append(
+                f"{name}: bare DP two-tower at epsilon {eps_top:g}: A >= 0.25 and B >= 0.08",
+                dp_a >= 0.25 and dp_b >= 0.08,
+                f"A {dp_a:.4f}, B {dp_b:.4f}",
+            ),
             Goal(
-                f"{name}: at epsilon {eps_top:g} the DP model with the blend beats every non-private baseline (A)",
-                dp_blend_a > best_a,
-                f"{dp_blend_a:.4f} vs best baseline {best} {best_a:.4f}",
-            )
-        )
-        system = f"DP system eps={max(plan.system_epsilons):g} (DP two-tower + own history + DP popularity)"
+                f"{name}: non-private twin A >= 0.30 and B >= 0.10",
+                twin_a >= 0.30 and twin_b >= 0.10,
+                f"A {twin_a:.4f}, B {twin_b:.4f}",
+            ),
+            Goal(
+                f"{name}: retention of the bare DP model at epsilon {eps_top:g} >= 0.85 in B",
+                twin_b > 0 and dp_b / twin_b >= 0.85,
+                f"{dp_b / twin_b:.0%}" if twin_b > 0 else "non-private NDCG@10 is 0",
+            ),
+        ]
         if plan.system_epsilons:
-            sys_a, sys_b = means[f"{system}|A_ndcg@10"][0], means[f"{system}|B_ndcg@10"][0]
-            # the stronger of the two non-private popularity baselines, per variant
-            pops = (
-                "popularity (30 d, no privacy)",
-                f"popularity ({result['popularity_days']} d, no privacy)",
-            )
-            pop_a = max(means[f"{p}|A_ndcg@10"][0] for p in pops)
-            pop_b = max(means[f"{p}|B_ndcg@10"][0] for p in pops)
-            again_a = means["buy again (own history + popularity)|A_ndcg@10"][0]
+            sys_eps = max(plan.system_epsilons)
+            b_mean, b_sd = contribution[sys_eps]["B"]
             section.goals.append(
                 Goal(
-                    f"{name}: at total epsilon {max(plan.system_epsilons):g} the DP system beats non-private "
-                    "popularity (best of 30 d and 14 d) in A and B and matches buy again in A",
-                    sys_a > pop_a and sys_b > pop_b and sys_a >= again_a,
-                    f"A {sys_a:.4f} vs popularity {pop_a:.4f} / buy again {again_a:.4f}; "
-                    f"B {sys_b:.4f} vs popularity {pop_b:.4f}",
+                    f"{name}: at total epsilon {sys_eps:g} the DP system beats the same system without the "
+                    "model by more than two standard deviations in B",
+                    len(plan.seeds) > 1 and b_mean > 2 * b_sd,
+                    f"B {b_mean:+.4f} ± {b_sd:.4f} over {len(plan.seeds)} seed(s)",
                 )
             )
-        if result["sweep"]:
-            sweep = section.table(
-                f"{name}: what helps the bare DP model at epsilon {max(plan.epsilons):g} (seed {plan.seeds[0]}, "
-                "one change at a time from the plan's settings)",
+            sys_a = means[f"{SYSTEM.format(eps=sys_eps)}|A_ndcg@10"][0]
+            sys_b = means[f"{SYSTEM.format(eps=sys_eps)}|B_ndcg@10"][0]
+            best_a, best_b = means[f"{TWIN_SYSTEM}|A_ndcg@10"][0], means[f"{TWIN_SYSTEM}|B_ndcg@10"][0]
+            section.goals.append(
+                Goal(
+                    f"{name}: the DP system at total epsilon {sys_eps:g} reaches the non-private system",
+                    sys_a >= best_a and sys_b >= best_b,
+                    f"A {sys_a:.4f} vs {best_a:.4f}; B {sys_b:.4f} vs {best_b:.4f}",
+                )
+            )
+        if result["ablations"]:
+            ablation = section.table(
+                f"{name}: each review item undone alone (bare DP model at epsilon {eps_top:g}, seed "
+                f"{plan.seeds[0]}; the shipped settings were chosen on the validation window)",
                 [
                     "change",
                     "epsilon",
                     "noise multiplier",
+                    "sample rate",
                     "steps",
-                    "A NDCG@10",
-                    "B NDCG@10",
-                    "+ blend A NDCG@10",
+                    "validation A",
+                    "validation B",
+                    "test A",
+                    "test B",
                     "seconds",
                 ],
             )
-            for r in result["sweep"]:
-                sweep.add(
+            for r in result["ablations"]:
+                ablation.add(
                     r["change"],
                     r["epsilon"],
                     r["noise_multiplier"],
+                    r["sample_rate"],
                     r["steps"],
+                    r["val_A_ndcg@10"],
+                    r["val_B_ndcg@10"],
                     r["A_ndcg@10"],
                     r["B_ndcg@10"],
-                    r["blend_A_ndcg@10"],
                     r["seconds"],
                 )
-        if result["oracle_blend_b"]:
-            oracle = section.table(
-                f"{name}: does the model add to recent popularity for new items? Non-private two-tower "
-                f"(seed {plan.seeds[0]}) + w x exact {result['popularity_days']} d popularity, variant B, w chosen "
-                "on the TEST window (an oracle ceiling, not a reported ranker; w = 1e6 is popularity alone)",
-                ["popularity weight w", "B NDCG@10"],
-            )
-            for r in result["oracle_blend_b"]:
-                oracle.add(r["popularity_weight"], r["B_ndcg@10"])
         runs = section.table(
             f"{name}: DP-SGD runs (user-level, delta = {result['delta']:.2e}, RDP accountant)",
             [
@@ -705,22 +637,16 @@ def run(ctx: Context) -> Section:
         )
         slug = "quality_" + "".join(c if c.isalnum() else "_" for c in name.lower())[:40] + ".png"
         path, link = ctx.figure_path(slug)
-        eps = list(plan.epsilons)
         series: dict[str, tuple[Sequence[float], Sequence[float], Sequence[float] | None]] = {}
         for variant in ("A", "B"):
-            for suffix, tag in (("", "DP"), (" + own-history blend", "DP + blend")):
-                ms = [means[f"DP eps={e:g}{suffix}|{variant}_ndcg@10"] for e in eps]
-                series[f"{tag}, variant {variant}"] = (eps, [m[0] for m in ms], [m[1] for m in ms])
+            eps = list(plan.epsilons)
+            ms = [means[f"DP eps={e:g}|{variant}_ndcg@10"] for e in eps]
+            series[f"bare DP model, variant {variant}"] = (eps, [m[0] for m in ms], [m[1] for m in ms])
             if plan.system_epsilons:
-                sys_eps = list(plan.system_epsilons)
-                ms = [
-                    means[
-                        f"DP system eps={e:g} (DP two-tower + own history + DP popularity)|{variant}_ndcg@10"
-                    ]
-                    for e in sys_eps
-                ]
+                sys_list = list(plan.system_epsilons)
+                ms = [means[f"{SYSTEM.format(eps=e)}|{variant}_ndcg@10"] for e in sys_list]
                 series[f"DP system (total eps), variant {variant}"] = (
-                    sys_eps,
+                    sys_list,
                     [m[0] for m in ms],
                     [m[1] for m in ms],
                 )
@@ -731,18 +657,13 @@ def run(ctx: Context) -> Section:
             xlabel="epsilon (user level, delta = 1/(10 N))",
             ylabel="NDCG@10",
             logx=True,
-            reference={
-                "no DP, B": plain_b,
-                "no DP + blend, A": means["two-tower, no DP + own-history blend|A_ndcg@10"][0],
-            },
+            reference={"no DP, A": twin_a, "no DP, B": twin_b},
         )
         section.figures.append(link)
-        config = plan.train_config(plan.seeds[0])
+        shipped = ", ".join(f"{k} {v}" for k, v in result["settings"].items())
         section.notes.append(
-            f"{name}: {plan.epochs} epochs, {plan.batch_size} expected users per step (Poisson), lr {config.lr:g}, "
-            f"clip {config.max_grad_norm:g}, cap {config.cap_k} positives and {config.n_negatives} sampled "
-            "negatives per user, model dim 64; "
-            f"seeds {list(plan.seeds)}; evaluation users capped at {plan.max_eval_users or 'none'}"
+            f"{name}: the shipped Settings ({shipped}); seeds {list(plan.seeds)}; evaluation users capped at "
+            f"{plan.max_eval_users or 'none'}"
         )
     section.notes += [
         "own-history blend: z-scored model score + w * log1p(own purchase count) + c * z-scored text-neighbour "
@@ -759,5 +680,8 @@ def run(ctx: Context) -> Section:
         "non-private twin and exact popularity",
         "DP rows 'DP eps=...': the epsilon is the model's alone (the own-history blend costs nothing)",
     ]
-    section.data = {"datasets": results, "plans": {name: plan.__dict__ for name, _, plan in datasets}}
+    section.data = {
+        "datasets": results,
+        "plans": {name: dataclasses.asdict(plan) for name, _, plan in datasets},
+    }
     return section

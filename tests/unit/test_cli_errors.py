@@ -206,3 +206,20 @@ def test_offer_before_any_policy_is_published(
     code, _, err = run(["offer", "12345"], capsys)
     assert code == 1
     assert_one_line(err, "no offers published yet (offers_v1 is not registered)")
+
+
+def test_generate_with_code_titles_and_a_bad_title_kind(
+    shoprec_home: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    landing = tmp_path / "landing"
+    args = ["generate", "--users", "50", "--items", "20", "--days", "3", "--landing", str(landing)]
+    code, _, _ = run([*args, "--titles", "codes"], capsys)
+    assert code == 0
+    items = pd.concat([pd.read_parquet(p) for p in sorted(landing.glob("date=*/items.parquet"))])
+    assert (items["title"] == items["item_id"]).all()
+    code, _, err = run([*args, "--titles", "emoji"], capsys)
+    assert code == 2  # click's usage error: the choices are named
+    assert "emoji" in err
+    assert "words" in err
+    assert "codes" in err
+    assert "Traceback" not in err
