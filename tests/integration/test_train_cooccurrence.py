@@ -1,7 +1,7 @@
 """train_model with the DP co-occurrence release on (issue 17 item 2), across machines as in issue 16.
 
-The shop and the machines are those of tests/integration/test_train_register_two_machines.py: D pins
-the run's data, A trains, C retries the training task, B registers. With ``SHOPREC_COOC_ENABLED`` the run reserves a third ledger
+The shop and the machines are those of tests/integration/test_train_register_two_machines.py: A trains,
+C retries the training task, B registers. With ``SHOPREC_COOC_ENABLED`` the run reserves a third ledger
 charge (``dp_cooccurrence``, OpenDP discrete Gaussian) before drawing, the retry reads the release
 back instead of drawing again, the model artifact carries the behaviour vectors its item tower reads
 (it scores from the artifact alone), registration commits the charge and the privacy statement lists
@@ -36,30 +36,27 @@ def machines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from tests.integration.test_train_recommender_dag import _write_lake
 
     root = tmp_path_factory.mktemp("cooc")
-    servers = root / "servers"  # what the workers share: MLflow, the ledger
-    servers.mkdir()
+    home_a = root / "a" / "shoprec"
     shared = {
         "SHOPREC_ARTIFACT_STORE_URL": (root / "store").as_uri(),
-        "SHOPREC_MLFLOW_TRACKING_URI": f"sqlite:///{servers / 'mlflow.db'}",
-        "SHOPREC_LEDGER_URL": f"sqlite:///{servers / 'ledger.db'}",
+        "SHOPREC_MLFLOW_TRACKING_URI": f"sqlite:///{home_a / 'mlflow' / 'mlflow.db'}",
+        "SHOPREC_LEDGER_URL": f"sqlite:///{home_a / 'privacy' / 'ledger.db'}",
         "SHOPREC_LEDGER_KEY": "cooccurrence-test-ledger-key",
+        "SHOPREC_FEAST_REGISTRY_URL": f"sqlite:///{home_a / 'feast' / 'registry.db'}",
         "SHOPREC_TRAIN_STEPS": "8",
         "SHOPREC_COOC_ENABLED": "1",
         "SHOPREC_COOC_DIM": "16",
         "SHOPREC_COOC_CAP_PER_USER": "10",
         "SHOPREC_COOC_MAX_ITEMS": "60",  # the shop has 80 items: the top 60 by DP popularity
     }
-    homes = {name: root / name / "shoprec" for name in ("d", "a", "b", "c")}
+    homes = {name: root / name / "shoprec" for name in ("a", "b", "c")}
     out: dict[str, Any] = {"homes": homes}
     with pytest.MonkeyPatch.context() as mp:
-        only_shoprec_env(mp, {**shared, "SHOPREC_HOME": str(homes["d"])})
-        d = get_settings()  # the default worker: lake and Feast, runs pin_training_data
-        compute_features(d, _write_lake(d), encoder=tiny_random_encoder(seed=0, dim=32))
-        apply_definitions(d)
-        pinned = pin_training_data(d, RUN_KEY)
-
         only_shoprec_env(mp, {**shared, "SHOPREC_HOME": str(homes["a"])})
         a = get_settings()
+        compute_features(a, _write_lake(a), encoder=tiny_random_encoder(seed=0, dim=32))
+        apply_definitions(a)
+        pinned = pin_training_data(a, RUN_KEY)  # the pin_training_data task
         out["first"] = run_training(a, run_key=RUN_KEY, training_data_uri=pinned.uri).to_dict()
         out["first_model"] = load_recommender(fetch(a, out["first"]["model_uri"]))
         shutil.rmtree(a.models_dir)

@@ -143,11 +143,11 @@ def test_parsing_the_dag_files_builds_no_settings_and_survives_an_invalid_one(
     airflow_home: Path, tmp_path: Path
 ) -> None:
     """A DAG file reads at parse time only the fields it needs (tasks.config.one_setting): it builds no
-    Settings, so a bad SHOPREC_TRAIN_BATCH_SIZE (a task-time setting) does not break every DAG's import."""
+    Settings, so a bad SHOPREC_TRAIN_STEPS (a task-time setting) does not break every DAG's import."""
     env = {
         **os.environ,
         "SHOPREC_HOME": str(tmp_path / "home"),
-        "SHOPREC_TRAIN_BATCH_SIZE": "not-a-number",
+        "SHOPREC_TRAIN_STEPS": "not-a-number",
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
@@ -161,7 +161,7 @@ def test_parsing_the_dag_files_builds_no_settings_and_survives_an_invalid_one(
         [
             sys.executable,
             "-c",
-            _COUNT_SETTINGS.replace("print(", "tasks.config.Settings(train_batch_size=1)\nprint("),
+            _COUNT_SETTINGS.replace("print(", "tasks.config.Settings(train_steps=1)\nprint("),
         ],
         capture_output=True,
         text=True,

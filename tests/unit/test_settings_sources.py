@@ -173,9 +173,9 @@ def test_one_setting_reads_one_field_as_settings_would_and_nothing_else(
     """For DAG files: one field from its SHOPREC_* variable (else its default), with the field's type
     and constraints; an invalid value of another field is not read, so it breaks nothing here."""
 
-    only_shoprec_env(monkeypatch, {"SHOPREC_HOME": str(tmp_path), "SHOPREC_TRAIN_BATCH_SIZE": "many"})
+    only_shoprec_env(monkeypatch, {"SHOPREC_HOME": str(tmp_path), "SHOPREC_TRAIN_STEPS": "many"})
     monkeypatch.chdir(tmp_path)  # no .env here
-    with pytest.raises(ValueError, match="train_batch_size"):
+    with pytest.raises(ValueError, match="train_steps"):
         Settings()
     assert one_setting("train_retry_delay_s") == 60
     assert one_setting("trainer_image") == "shoprec-trainer:latest"
