@@ -286,6 +286,12 @@ def privacy_within_policy(settings: Settings, tags: dict[str, str], n_users: int
         return [*problems, "privacy statement lacks epsilon or delta"]
     if epsilon > settings.privacy_epsilon_cap:
         problems.append(f"epsilon {epsilon:.4g} exceeds the cap {settings.privacy_epsilon_cap:.4g}")
+    shipped = tags.get("privacy.epsilon_with_counts", "unrecorded")
+    if shipped != "unrecorded" and float(shipped) > settings.privacy_epsilon_cap:
+        problems.append(
+            f"epsilon {float(shipped):.4g} with the count releases exceeds the cap "
+            f"{settings.privacy_epsilon_cap:.4g}"
+        )
     if n_users > 0 and delta > 1.0 / n_users:
         problems.append(f"delta {delta:.3g} exceeds 1/n_users = {1.0 / n_users:.3g}")
     return problems

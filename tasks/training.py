@@ -79,7 +79,7 @@ from tasks.privacy import (
 )
 from tasks.privacy.accounting import LEDGER_ACCOUNTANT, rdp_epsilon
 from tasks.privacy.ledger_key import open_ledger
-from tasks.privacy.policy import active_charge, budget_for_run, dp_sgd_charge
+from tasks.privacy.policy import budget_for_run, count_charge, dp_sgd_charge
 from tasks.training_data import fetch_training_data
 
 log = logging.getLogger(__name__)
@@ -715,26 +715,25 @@ def run_training(
         provenance: dict[str, Any] = dict(
             n_users=len(all_users), code_version=code_version or current_code_version(), data_hash=data_hash
         )
-        pop_charge = active_charge(
-            ledger, settings.privacy_scope, run_key, POPULARITY_PURPOSE
-        ) or ledger.reserve(
+        # a retry whose settings would release other noise than its reserved charge is refused
+        pop_charge = count_charge(
+            ledger,
+            settings,
+            run_key=run_key,
+            purpose=POPULARITY_PURPOSE,
             mechanism=popularity.mechanism(releases=3),
             data_window=(popularity.start(cuts.validation), cuts.as_of),
-            purpose=POPULARITY_PURPOSE,
-            scope=settings.privacy_scope,
-            run_id=run_key,
             **provenance,
         )
         cooc_charge = None
         if cooccurrence is not None:
-            cooc_charge = active_charge(
-                ledger, settings.privacy_scope, run_key, COOCCURRENCE_PURPOSE
-            ) or ledger.reserve(
+            cooc_charge = count_charge(
+                ledger,
+                settings,
+                run_key=run_key,
+                purpose=COOCCURRENCE_PURPOSE,
                 mechanism=cooccurrence.mechanism(releases=1),
                 data_window=(cooccurrence.start(cuts.validation), cuts.validation),
-                purpose=COOCCURRENCE_PURPOSE,
-                scope=settings.privacy_scope,
-                run_id=run_key,
                 **provenance,
             )
         charge, mechanism = dp_sgd_charge(

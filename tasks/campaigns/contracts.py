@@ -22,6 +22,11 @@ from tasks.contracts import TIMESTAMP_TYPE
 
 NO_OFFER: Final = "no_offer"
 
+# The smallest propensity the lake accepts: off-policy evaluation divides by it, and a positive but
+# tiny one (1e-320 is in (0, 1]) makes the importance weight inf (IPS inf, SNIPS NaN); at 1e-6 the
+# weight is at most 1e6, far beyond any useful logging policy over the shop's few actions.
+MIN_PROPENSITY: Final = 1e-6
+
 OFFER_KINDS: Final[tuple[str, ...]] = ("percent_off", "amount_off", "free_shipping", "promoted_item")
 
 OFFERS_SCHEMA: Final = pa.schema(
@@ -47,7 +52,7 @@ EXPOSURES_SCHEMA: Final = pa.schema(
         pa.field("offer_id", pa.string(), nullable=False),
         # slot of the offer where several are shown (1 = first); 1 when one action is taken
         pa.field("position", pa.int64(), nullable=False),
-        # probability the logging policy gave the chosen action for this customer, in (0, 1]
+        # probability the logging policy gave the chosen action for this customer, in [MIN_PROPENSITY, 1]
         pa.field("propensity", pa.float64(), nullable=True),
         pa.field("policy_name", pa.string(), nullable=False),
         pa.field("policy_version", pa.string(), nullable=False),

@@ -9,7 +9,7 @@ The campaign logs land like the events (``landing/date=D/offers*.parquet|csv`` a
 * ``exposures``: user ids replaced by keyed HMAC pseudonyms (the events' key, so a customer has one
   pseudonym in events and campaigns) and decision ids by keyed source-id pseudonyms before anything is
   written; the ``exposures`` suite (known actions: the offers in force and ``no_offer``; a propensity in
-  (0, 1], which off-policy evaluation divides by); rows that fail, or whose values do not parse as the
+  [``MIN_PROPENSITY``, 1], which off-policy evaluation divides by); rows that fail, or whose values do not parse as the
   contract's types, or whose decision lies outside day D, go to ``quarantine/campaigns/date=D/rows.parquet``
   with the names of what they failed, counted per reason in ``report.json``; the others to
   ``lake/campaigns/exposures/date=D/part-0.parquet``.
@@ -41,14 +41,13 @@ import pyarrow.parquet as pq
 from tasks.campaigns.contracts import (
     EXPOSURE_COLUMNS,
     EXPOSURES_SCHEMA,
-    NO_OFFER,
     OFFER_COLUMNS,
     OFFERS_SCHEMA,
     campaigns_quarantine_dir,
     exposures_lake_dir,
     offers_lake_dir,
 )
-from tasks.campaigns.validation import validate_offers
+from tasks.campaigns.validation import exposures_parameters, validate_offers
 from tasks.config import Settings
 from tasks.contracts import ContractError, landing_files, list_partitions, partition_dir
 from tasks.ingest import (
@@ -264,7 +263,7 @@ def ingest_campaign_day(settings: Settings, day: dt.date) -> dict[str, Any]:
     gate = run_gate(
         frame[list(EXPOSURE_COLUMNS)],
         "exposures",
-        {"known_actions": sorted({*in_force["offer_id"].astype(str), NO_OFFER})},
+        exposures_parameters(in_force["offer_id"].astype(str)),
         settings=settings,
         result_path=validation_result_path(settings, "exposures", day),
         run_name=day.isoformat(),

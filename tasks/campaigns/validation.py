@@ -2,8 +2,8 @@
 
 An exposures row that fails a row-level expectation is quarantined with the names of what it failed
 (``failed_expectations``) and counted per reason; the rest stay usable.  In particular a row without a
-propensity in (0, 1] is quarantined (``propensity_present`` / ``propensity_in_unit_interval``):
-off-policy evaluation divides by it.  A table-level failure (columns not matching the contract) or an
+propensity in [:data:`~tasks.campaigns.contracts.MIN_PROPENSITY`, 1] is quarantined
+(``propensity_present`` / ``propensity_in_unit_interval``): off-policy evaluation divides by it.  A table-level failure (columns not matching the contract) or an
 expectation that raised stops the batch with one :class:`~tasks.contracts.ContractError` line.  The
 offers table is small and all-or-nothing, as the item catalog is.
 """
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from tasks.campaigns.contracts import EXPOSURE_COLUMNS, NO_OFFER, OFFER_COLUMNS, OFFER_KINDS
+from tasks.campaigns.contracts import EXPOSURE_COLUMNS, MIN_PROPENSITY, NO_OFFER, OFFER_COLUMNS, OFFER_KINDS
 from tasks.config import Settings
 from tasks.contracts import ContractError
 from tasks.validation import GateResult, run_gate
@@ -39,11 +39,16 @@ def _stop_on_table_failures(gate: GateResult, where: str) -> None:
         raise ContractError(f"{where}: {'; '.join(problems)}")
 
 
+def exposures_parameters(offer_ids: Iterable[str]) -> dict[str, object]:
+    """The ``exposures`` suite's parameters: the known actions (``offer_ids`` and :data:`NO_OFFER`) and
+    the smallest propensity accepted (:data:`MIN_PROPENSITY`)."""
+    return {"known_actions": sorted({*offer_ids, NO_OFFER}), "min_propensity": MIN_PROPENSITY}
+
+
 def validate_exposures(frame: pd.DataFrame, offer_ids: Iterable[str], *, settings: Settings) -> ExposureGate:
     """Run the ``exposures`` suite; actions must be one of ``offer_ids`` or :data:`NO_OFFER`."""
     batch = frame.reset_index(drop=True)
-    known = sorted({*offer_ids, NO_OFFER})
-    gate = run_gate(batch, "exposures", {"known_actions": known}, settings=settings)
+    gate = run_gate(batch, "exposures", exposures_parameters(offer_ids), settings=settings)
     _stop_on_table_failures(gate, "exposures")
     failed = pd.Series([gate.row_failures.get(i, ()) for i in range(len(batch))], index=batch.index)
     bad = failed.map(bool)

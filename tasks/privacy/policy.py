@@ -18,7 +18,7 @@ import math
 from typing import Any, Final
 
 from tasks.config import Settings
-from tasks.privacy.accounting import DpSgdMechanism
+from tasks.privacy.accounting import DpSgdMechanism, Mechanism
 from tasks.privacy.ledger import Budget, Charge, Ledger, calibrate_noise_multiplier
 
 BUDGET_SET_COMMAND: Final = (
@@ -122,6 +122,46 @@ def active_charge(ledger: Any, scope: str, run_key: str, purpose: str) -> Any:
             )
         return charge
     return None
+
+
+def count_charge(
+    ledger: Ledger,
+    settings: Settings,
+    *,
+    run_key: str,
+    purpose: str,
+    mechanism: Mechanism,
+    data_window: tuple[dt.datetime, dt.datetime],
+    n_users: int,
+    code_version: str,
+    data_hash: str,
+) -> Charge:
+    """The ledger charge a count release (``mechanism``: what this attempt will run) of ``run_key`` is
+    made under: the run's reserved one (:func:`active_charge`) or a new reservation.
+
+    A retry releases with the settings it reads, so a reserved charge whose mechanism differs from
+    ``mechanism`` (the noise multiplier or the cap changed since the first attempt) is refused: drawing
+    under it would release with other noise than the ledger holds.
+    """
+    charge = active_charge(ledger, settings.privacy_scope, run_key, purpose)
+    if charge is None:
+        return ledger.reserve(
+            mechanism=mechanism,
+            data_window=data_window,
+            purpose=purpose,
+            scope=settings.privacy_scope,
+            run_id=run_key,
+            n_users=n_users,
+            code_version=code_version,
+            data_hash=data_hash,
+        )
+    if charge.mechanism != mechanism:
+        raise RuntimeError(
+            f"run {run_key!r}: its {purpose} charge {charge.id} was reserved for {charge.mechanism}, "
+            f"but this attempt's settings would release {mechanism}; refusing to release under it "
+            "(restore the run's settings, or start a new run)"
+        )
+    return charge
 
 
 def dp_sgd_charge(

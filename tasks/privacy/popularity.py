@@ -129,9 +129,12 @@ def capped_pairs(frame: pd.DataFrame, keys: Sequence[str], cap_per_user: int) ->
     draws come from numpy's PCG64 seeded from OS entropy, so they are not reproducible from
     configuration either.
     """
-    pairs = frame[["user_id", *keys]].drop_duplicates()
+    # the user is their id as text, for the cap as for every count keyed by it (an object column may
+    # spell one id as 5 and "5"); rows without a user count for nobody
+    pairs = frame.loc[frame["user_id"].notna(), ["user_id", *keys]].astype({"user_id": str})
+    pairs = pairs.drop_duplicates()
     priority = np.random.default_rng().random(len(pairs))
-    order = np.lexsort((priority, pairs["user_id"].astype(str).to_numpy()))
+    order = np.lexsort((priority, pairs["user_id"].to_numpy()))
     pairs = pairs.iloc[order]
     return pairs[pairs.groupby("user_id", sort=False).cumcount() < cap_per_user]
 

@@ -122,6 +122,7 @@ def collect(settings: Settings, *, at: dt.datetime, use_registry: bool = True) -
             continue
         version = charge.model_version or f"charge-{charge.id}"
         statement = PrivacyStatement.from_charge(charge, secure_rng=False).to_dict()
+        statement["epsilon_with_counts"] = None  # the count releases shipped are in the registry's tags
         tags = registry.get(version, {})
         if tags:
             statement["secure_rng"] = tags.get("secure_rng") == "true"
@@ -129,6 +130,8 @@ def collect(settings: Settings, *, at: dt.datetime, use_registry: bool = True) -
             statement["registry_epsilon"] = float(tags["epsilon"]) if "epsilon" in tags else None
             statement["noise_generator"] = tags.get("noise_generator", statement["noise_generator"])
             statement["count_mechanisms"] = tags.get("count_mechanisms", "not recorded")
+            shipped = tags.get("epsilon_with_counts", "unrecorded")
+            statement["epsilon_with_counts"] = None if shipped == "unrecorded" else float(shipped)
         else:
             statement["secure_rng"] = "not recorded"
             statement["count_mechanisms"] = "not recorded"

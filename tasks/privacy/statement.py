@@ -22,6 +22,7 @@ from tasks.privacy.accounting import (
     DpSgdMechanism,
     GaussianCountMechanism,
     LaplaceCountMechanism,
+    compose_epsilon,
 )
 from tasks.privacy.anchors import ANCHOR_TAG
 from tasks.privacy.ledger import Charge
@@ -87,6 +88,9 @@ class PrivacyStatement:
     noise_generator: str = UNRECORDED_GENERATOR
     count_mechanisms: tuple[str, ...] = ()
     not_covered: tuple[str, ...] = NOT_COVERED
+    # epsilon at ``delta`` of the training and every count release the version ships, composed by the
+    # ledger accountant (None: no count release given, or a statement written before it was recorded)
+    epsilon_with_counts: float | None = None
 
     @classmethod
     def from_charge(
@@ -98,11 +102,18 @@ class PrivacyStatement:
         count_charges: Sequence[Charge] = (),
     ) -> PrivacyStatement:
         """The statement of a DP-SGD charge (epsilon of this training alone, at the budget's delta),
-        naming the noise generator and the count releases (``count_charges``) shipped with the model."""
+        naming the noise generator and the count releases (``count_charges``) shipped with the model,
+        and the epsilon of the training and those releases composed (``epsilon_with_counts``)."""
         mechanism = charge.mechanism
         if not isinstance(mechanism, DpSgdMechanism):
             raise TypeError(f"charge {charge.id} is not a DP-SGD training ({type(mechanism).__name__})")
+        shipped = (
+            compose_epsilon([mechanism, *(c.mechanism for c in count_charges)], charge.delta)
+            if count_charges
+            else None
+        )
         return cls(
+            epsilon_with_counts=shipped,
             epsilon=charge.epsilon,
             delta=charge.delta,
             unit=charge.unit,
@@ -123,7 +134,14 @@ class PrivacyStatement:
     def summary(self) -> str:
         rng = "secure RNG (torchcsprng)" if self.secure_rng else f"NOT a secure RNG: {self.noise_generator}"
         counts = "".join(f"; {line}" for line in self.count_mechanisms)
+        shipped = (
+            ""
+            if self.epsilon_with_counts is None
+            else f"the model with its count releases: ({self.epsilon_with_counts:.4g}, {self.delta:.3g})-DP "
+            f"per {self.unit} ({self.accountant} accountant); its DP-SGD training alone: "
+        )
         return (
+            f"{shipped}"
             f"({self.epsilon:.4g}, {self.delta:.3g})-DP per {self.unit} ({self.accountant} accountant); "
             f"DP-SGD noise multiplier {self.noise_multiplier:.4g}, sample rate {self.sample_rate:.4g}, "
             f"{self.steps} steps, clip norm {self.clip_norm:.4g}, at most {self.cap_k} examples per user; "
@@ -169,6 +187,9 @@ class PrivacyStatement:
             "secure_rng": str(self.secure_rng).lower(),
             "noise_generator": self.noise_generator,
             "count_mechanisms": " | ".join(self.count_mechanisms) or "none",
+            "epsilon_with_counts": "unrecorded"
+            if self.epsilon_with_counts is None
+            else repr(self.epsilon_with_counts),
             "not_covered": " | ".join(self.not_covered) or "none",
             "statement": self.summary(),
         }

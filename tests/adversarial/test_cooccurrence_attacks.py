@@ -28,7 +28,7 @@ from tasks.privacy.cooccurrence import (
     exact_cooccurrence,
     release_dp_cooccurrence,
 )
-from tasks.privacy.popularity import discrete_gaussian
+from tasks.privacy.popularity import capped_pairs, discrete_gaussian
 
 CAP = 6
 ITEMS = [f"I{k:03d}" for k in range(30)]
@@ -124,3 +124,17 @@ def test_the_released_domain_is_the_given_items_bought_or_not() -> None:
     assert release.matrix().shape == (len(catalog), len(catalog))
     outside = pd.concat([LIGHT, pd.DataFrame({"user_id": ["u000"], "item_id": ["NOT-IN-DOMAIN"]})])
     assert np.array_equal(exact_cooccurrence(outside, ITEMS, CAP), exact_cooccurrence(LIGHT, ITEMS, CAP))
+
+
+def test_one_user_under_two_spellings_of_the_same_id_is_still_capped() -> None:
+    """The attacker's events carry the id as the integer 5 and as the string "5" (an object column that
+    mixes types, e.g. concatenated sources): the cap must hold for the user the counts are keyed by."""
+    items = ITEMS[:12]
+    attacker = pd.DataFrame({"user_id": [5] * 6 + ["5"] * 6, "item_id": items}, dtype=object)
+    light = LIGHT.astype({"user_id": object})
+    moved = np.linalg.norm(
+        exact_cooccurrence(pd.concat([light, attacker]), ITEMS, CAP) - exact_cooccurrence(light, ITEMS, CAP)
+    )
+    assert moved <= cooccurrence_sensitivity(CAP) + 1e-9
+    kept = capped_pairs(attacker, ["item_id"], CAP)
+    assert len(kept) == CAP

@@ -126,6 +126,9 @@ def test_the_privacy_statement_lists_the_release(machines: dict[str, Any]) -> No
     assert len(listed) == 2
     assert any("(dp_cooccurrence)" in line and "OpenDP discrete Gaussian" in line for line in listed)
     assert any("(dp_popularity)" in line for line in listed)
+    # the loss of everything the version ships, composed by the ledger accountant
+    shipped = float(version.tags["privacy.epsilon_with_counts"])
+    assert shipped > float(version.tags["privacy.epsilon"])
 
 
 def test_the_ledger_with_the_cooccurrence_charge_verifies_independently(machines: dict[str, Any]) -> None:
