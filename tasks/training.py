@@ -472,6 +472,16 @@ def dp_schedule(n_users: int, sample_rate: float, steps: int) -> tuple[int, int]
     return batch, max(1, round(steps / per_epoch))
 
 
+def charged_schedule(runs: Sequence[tuple[TrainConfig, int]]) -> tuple[float, int]:
+    """(sample rate, steps) of the ONE DP-SGD mechanism a training run is charged for all its DP-SGD
+    trainings at one noise multiplier (``(config, n_users)`` each): the largest sample rate and the sum
+    of the steps. A Poisson-subsampled Gaussian's RDP grows with the sample rate and adds up over
+    steps, so this mechanism's epsilon bounds the trainings' composition (unit-tested)."""
+    if not runs:
+        raise ValueError("no training to charge")
+    return max(c.sample_rate(n) for c, n in runs), sum(c.steps(n) for c, n in runs)
+
+
 def train_config(settings: Settings, *, n_users: int) -> TrainConfig:
     """The pipeline's DP-SGD hyper-parameters (``SHOPREC_TRAIN_*``) for ``n_users`` training users; the
     noise multiplier is calibrated to the ledger's grant later, the noise seed set only under the
@@ -577,6 +587,10 @@ class TrainingManifest:
     noise_generator: str
     rejected_days: str = ""  # comma-separated days of the window that ingest rejected (quarantined)
     training_data_uri: str = ""  # the run's pinned data (tasks.training_data), read by registration and audit
+    # the model registered and served: the refit up to the data's end (SHOPREC_TRAIN_REFIT), else the
+    # validation-window model (model_uri), which the gate evaluates in either case
+    served_model_uri: str = ""
+    n_refit_users: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -684,7 +698,17 @@ def run_training(
     if len(examples) < 2:
         raise ValueError(f"only {len(examples)} users with events on two days before {cuts.validation}")
     config = train_config(settings, n_users=len(examples))
-    q, steps = config.sample_rate(len(examples)), config.steps(len(examples))
+    # The served model (issue 17 item 4): once the validation window has tuned the blend with the model
+    # trained before it, the same settings are fitted again on every user's latest window before the
+    # data's end. Both trainings are covered by the run's one DP-SGD charge (charged_schedule).
+    refit: tuple[UserExamples, TrainConfig] | None = None
+    if settings.train_refit:
+        latest = training_candidates(settings, events, cuts.as_of)
+        refit_examples, _ = training_examples(settings, latest.state, latest.labels, catalog)
+        if len(refit_examples) >= 2:
+            refit = refit_examples, train_config(settings, n_users=len(refit_examples))
+    trainings = [(config, len(examples))] + ([(refit[1], len(refit[0]))] if refit else [])
+    q, steps = charged_schedule(trainings)
 
     ledger = open_ledger(settings)
     try:
@@ -723,7 +747,7 @@ def run_training(
                 mechanism=DpSgdMechanism(noise, q, steps, clip_norm=config.max_grad_norm, cap_k=config.cap_k),
                 data_window=(
                     events["event_timestamp"].min().to_pydatetime(),
-                    cuts.validation.to_pydatetime(),
+                    (cuts.as_of if refit else cuts.validation).to_pydatetime(),
                 ),
                 purpose=TRAIN_PURPOSE,
                 **common,
@@ -747,6 +771,20 @@ def run_training(
         checkpoint_saved=lambda path: store.put(path, checkpoint_key),
     )
     twin, twin_result = fit_model(settings, catalog, examples, twin_config(settings, config))
+    served = model
+    if refit is not None:
+        refit_checkpoint, refit_key = run_dir / "checkpoint_refit.pt", f"{prefix}/checkpoint_refit.pt"
+        if store.exists(store.uri(refit_key)):
+            store.get(store.uri(refit_key), refit_checkpoint)
+        served, _ = fit_model(
+            settings,
+            catalog,
+            refit[0],
+            dataclasses.replace(refit[1], noise_multiplier=mechanism.noise_multiplier),
+            delta=delta,
+            checkpoint_path=refit_checkpoint,
+            checkpoint_saved=lambda path: store.put(path, refit_key),
+        )
 
     releases = f"dp_popularity-charge{int(pop_charge.id)}.npz"
     pop_val, pop_test, pop_serve = released_once(
@@ -776,9 +814,13 @@ def run_training(
             content=content_val,
         )
     uris = {}
-    for name, net, folder in (("dp", model, "recommender"), ("nonprivate", twin, "nonprivate")):
+    folders = [("dp", model, "recommender"), ("nonprivate", twin, "nonprivate")]
+    if refit is not None:  # the refit serves with the blend the validation-window model chose
+        folders.append(("served", served, "served"))
+    for name, net, folder in folders:
+        weights = blends["dp" if name == "served" else name]
         rec = Recommender(
-            net, catalog, weights=blends[name], popularity=pop_serve, history_length=settings.history_length
+            net, catalog, weights=weights, popularity=pop_serve, history_length=settings.history_length
         )
 
         def write_model(staging: Path, rec: Recommender = rec) -> None:
@@ -823,4 +865,6 @@ def run_training(
         noise_generator=noise_generator_name(result.device, noise_seed=config.noise_seed),
         rejected_days=",".join(d.isoformat() for d in rejected),
         training_data_uri=data.uri,
+        served_model_uri=uris.get("served", uris["dp"]),
+        n_refit_users=len(refit[0]) if refit else 0,
     )

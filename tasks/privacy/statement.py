@@ -87,6 +87,8 @@ class PrivacyStatement:
     noise_generator: str = UNRECORDED_GENERATOR
     count_mechanisms: tuple[str, ...] = ()
     not_covered: tuple[str, ...] = NOT_COVERED
+    # what the DP-SGD charge covers when it is more than one training ("": the released model's alone)
+    trainings: str = ""
 
     @classmethod
     def from_charge(
@@ -96,9 +98,11 @@ class PrivacyStatement:
         secure_rng: bool,
         noise_generator: str = UNRECORDED_GENERATOR,
         count_charges: Sequence[Charge] = (),
+        trainings: str = "",
     ) -> PrivacyStatement:
         """The statement of a DP-SGD charge (epsilon of this training alone, at the budget's delta),
-        naming the noise generator and the count releases (``count_charges``) shipped with the model."""
+        naming the noise generator and the count releases (``count_charges``) shipped with the model;
+        ``trainings`` says which trainings the charge covers when it covers more than one."""
         mechanism = charge.mechanism
         if not isinstance(mechanism, DpSgdMechanism):
             raise TypeError(f"charge {charge.id} is not a DP-SGD training ({type(mechanism).__name__})")
@@ -118,13 +122,15 @@ class PrivacyStatement:
             secure_rng=secure_rng,
             noise_generator=noise_generator,
             count_mechanisms=tuple(describe_count_charge(c) for c in count_charges),
+            trainings=trainings,
         )
 
     def summary(self) -> str:
         rng = "secure RNG (torchcsprng)" if self.secure_rng else f"NOT a secure RNG: {self.noise_generator}"
         counts = "".join(f"; {line}" for line in self.count_mechanisms)
+        trainings = f"; {self.trainings}" if self.trainings else ""
         return (
-            f"({self.epsilon:.4g}, {self.delta:.3g})-DP per {self.unit} ({self.accountant} accountant); "
+            f"({self.epsilon:.4g}, {self.delta:.3g})-DP per {self.unit} ({self.accountant} accountant){trainings}; "
             f"DP-SGD noise multiplier {self.noise_multiplier:.4g}, sample rate {self.sample_rate:.4g}, "
             f"{self.steps} steps, clip norm {self.clip_norm:.4g}, at most {self.cap_k} examples per user; "
             f"{self.n_users} users, data {self.data_window[0].date()}..{self.data_window[1].date()}; "
@@ -170,6 +176,7 @@ class PrivacyStatement:
             "noise_generator": self.noise_generator,
             "count_mechanisms": " | ".join(self.count_mechanisms) or "none",
             "not_covered": " | ".join(self.not_covered) or "none",
+            "trainings": self.trainings or "the released model's training alone",
             "statement": self.summary(),
         }
         return {TAG_PREFIX + key: value for key, value in tags.items()}
