@@ -14,9 +14,17 @@ An artifact is one file or one folder. A folder is complete when its marker :dat
 it is written last and names every file with its SHA-256, so a reader never takes a half-uploaded
 folder and :meth:`ArtifactStore.get` checks what it fetched. :meth:`ArtifactStore.put` with
 ``once=True`` is write-once: a second put of different content under the same key is refused
-(:class:`ArtifactRefused`), so the first drawn DP noise wins. On the file backend a file is published
-with a hard link and a folder with a rename, both of which fail when the target exists (no race); on
-other backends the check precedes the upload (two attempts racing within one upload could both write).
+(:class:`ArtifactRefused`), a second put of the same content is a no-op, so the first drawn DP noise
+wins. Publishing is atomic on both backends, never check-then-put:
+
+- file backend: a file is published with a hard link and a folder with a rename, both of which fail
+  when the target exists;
+- other backends (S3): a file, and a folder's marker, are written with an exclusive create
+  (fsspec's ``mode="create"``, on S3 a conditional ``PutObject`` with ``If-None-Match: *``: AWS S3,
+  MinIO and moto refuse it with 412 when the key exists). A folder's files go first under a prefix of
+  their own attempt (``<key>/.v-<uuid>/``, named in the marker), so two racing writers never
+  overwrite each other's files: the one whose marker lands first wins, the other removes its prefix
+  and compares contents.
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from fsspec.core import url_to_fs
+
 from tasks.config import Settings
 from tasks.io import atomic_write, atomic_write_json, replace_dir
 from tasks.permissions import private_dir
@@ -40,6 +50,7 @@ if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
 MARKER: Final = ".artifact.json"  # a folder artifact's file list with SHA-256s, written last
+ATTEMPT_PREFIX: Final = ".v-"  # a remote folder's files lie under <key>/.v-<uuid>/, named in its marker
 
 
 class ArtifactRefused(ValueError):
@@ -73,8 +84,6 @@ class ArtifactStore:
 
     @cached_property
     def _fs_root(self) -> tuple[AbstractFileSystem, str]:
-        from fsspec.core import url_to_fs
-
         return url_to_fs(self.url, **self.storage_options)
 
     @property
@@ -104,33 +113,37 @@ class ArtifactStore:
     def exists(self, uri: str) -> bool:
         """Whether ``uri`` holds a complete artifact: a file, or a folder with its marker."""
         path = self._path(uri)
+        self.fs.invalidate_cache(path)  # another machine may have written it since this process looked
         return bool(self.fs.isfile(path) or self.fs.isfile(f"{path}/{MARKER}"))
 
-    def _remote_digests(self, uri: str) -> dict[str, str] | None:
-        """The marker's file list of a folder artifact; None when ``uri`` is a file artifact."""
+    def _marker(self, uri: str) -> dict[str, Any] | None:
+        """The marker of a folder artifact (``files``: name -> SHA-256; ``prefix``: where a remote
+        folder's files lie below the key); None when ``uri`` is a file artifact."""
         path = self._path(uri)
         if self.fs.isfile(path):
             return None
-        return dict(json.loads(self.fs.cat_file(f"{path}/{MARKER}"))["files"])
+        marker: dict[str, Any] = json.loads(self.fs.cat_file(f"{path}/{MARKER}"))
+        return marker
 
     def get(self, uri: str, dest: Path) -> Path:
         """Fetch the artifact at ``uri`` to ``dest`` (replaced; owner-only) and return ``dest``.
 
         A folder's files are checked against its marker. Raises FileNotFoundError when ``uri`` holds
-        no complete artifact.
+        no complete artifact, OSError when a fetched file does not match its SHA-256.
         """
         if not self.exists(uri):
             raise FileNotFoundError(f"no artifact at {uri}")
         path, dest = self._path(uri), Path(dest)
-        digests = self._remote_digests(uri)
-        if digests is None:
+        marker = self._marker(uri)
+        if marker is None:
             return atomic_write(dest, lambda handle: handle.write(self.fs.cat_file(path)), private=True)
+        base = f"{path}/{marker['prefix']}" if marker.get("prefix") else path
 
         def download(staging: Path) -> None:
-            for name, expected in digests.items():
+            for name, expected in marker["files"].items():
                 target = staging / name
                 target.parent.mkdir(parents=True, exist_ok=True)
-                self.fs.get_file(f"{path}/{name}", str(target))
+                self.fs.get_file(f"{base}/{name}", str(target))
                 if file_digest(target) != expected:
                     raise OSError(f"{uri}/{name} does not match its SHA-256 in {MARKER}")
 
@@ -141,35 +154,40 @@ class ArtifactStore:
         """Put the file or folder ``local`` under ``key``; return its URI.
 
         ``once=False`` replaces what the key held. ``once=True``: when the key already holds the
-        same content, nothing is written; different content raises :class:`ArtifactRefused`.
+        same content (put earlier, or by a writer that won a race), nothing is written; different
+        content raises :class:`ArtifactRefused`.
         """
         local, uri = Path(local), self.uri(key)
         if not local.exists():
             raise FileNotFoundError(f"nothing to put at {local}")
-        if once and self.exists(uri):
+        if once and self.exists(uri):  # saves the upload; the publish below is atomic on its own
             self._same_or_refuse(local, uri)
             return uri
+        path = self._path(uri)
         if local.is_dir():
             digests = folder_digests(local)
             if self.local:
-                self._publish_local_folder(local, Path(self._path(uri)), digests, once=once)
+                published = self._publish_local_folder(local, Path(path), digests, once=once)
             else:
-                self._upload_folder(local, self._path(uri), digests)
+                published = self._upload_folder(local, path, digests, once=once)
         elif self.local:
-            self._publish_local_file(local, Path(self._path(uri)), once=once)
+            published = self._publish_local_file(local, Path(path), once=once)
+        elif once:
+            published = self._create(path, local.read_bytes())
         else:
-            self.fs.put_file(str(local), self._path(uri))
-        if once and not self._same(local, uri):  # lost a race on a backend without atomic create
-            raise ArtifactRefused(f"{uri} was written by another attempt with different content")
+            self.fs.put_file(str(local), path)
+            published = True
+        if not published:  # another writer's artifact was there first
+            self._same_or_refuse(local, uri)
         return uri
 
     def _same(self, local: Path, uri: str) -> bool:
-        digests = self._remote_digests(uri)
-        if digests is None:
+        marker = self._marker(uri)
+        if marker is None:
             if not local.is_file():
                 return False
             return hashlib.sha256(self.fs.cat_file(self._path(uri))).hexdigest() == file_digest(local)
-        return local.is_dir() and digests == folder_digests(local)
+        return local.is_dir() and dict(marker["files"]) == folder_digests(local)
 
     def _same_or_refuse(self, local: Path, uri: str) -> None:
         if not self._same(local, uri):
@@ -177,30 +195,75 @@ class ArtifactStore:
                 f"{uri} already holds a different artifact and is write-once: the first write wins"
             )
 
-    def _upload_folder(self, local: Path, path: str, digests: dict[str, str]) -> None:
-        if self.fs.isfile(f"{path}/{MARKER}"):
-            self.fs.rm_file(f"{path}/{MARKER}")  # incomplete until the new marker is written
+    def _create(self, path: str, data: bytes) -> bool:
+        """Write ``data`` at ``path`` only if nothing is there (one exclusive create: on S3 a
+        ``PutObject`` with ``If-None-Match: *``); False when something was."""
+        try:
+            self.fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            return False
+        except OSError:
+            # some S3-compatible servers answer 412 without naming the condition (s3fs then raises
+            # a plain OSError): the create failed because the key exists iff it exists now
+            self.fs.invalidate_cache(path)
+            if self.fs.isfile(path):
+                return False
+            raise
+        return True
+
+    def _upload_folder(self, local: Path, path: str, digests: dict[str, str], *, once: bool) -> bool:
+        """Upload the files under a prefix of this attempt, then the marker that names it (exclusive
+        create when ``once``; else it replaces the old marker, whose files are then removed). False
+        when ``once`` and another writer's marker was there first (this attempt's files are removed)."""
+        prefix = f"{ATTEMPT_PREFIX}{uuid.uuid4().hex}"
         for name in digests:
-            self.fs.put_file(str(local / name), f"{path}/{name}")
-        self.fs.pipe_file(f"{path}/{MARKER}", json.dumps({"files": digests}, sort_keys=True).encode())
+            self.fs.put_file(str(local / name), f"{path}/{prefix}/{name}")
+        marker = json.dumps({"files": digests, "prefix": prefix}, sort_keys=True).encode()
+        if once:
+            if self._create(f"{path}/{MARKER}", marker):
+                return True
+            self._remove(path, {"prefix": prefix, "files": digests})
+            return False
+        old = self._marker_or_none(f"{path}/{MARKER}")
+        self.fs.pipe_file(f"{path}/{MARKER}", marker)
+        if old is not None and old.get("prefix") != prefix:
+            self._remove(path, old)
+        return True
+
+    def _marker_or_none(self, marker_path: str) -> dict[str, Any] | None:
+        try:
+            old: dict[str, Any] = json.loads(self.fs.cat_file(marker_path))
+        except FileNotFoundError:
+            return None
+        return old
+
+    def _remove(self, path: str, marker: dict[str, Any]) -> None:
+        """Remove the files a (replaced or losing) marker names: its prefix, or, without one, its files."""
+        with contextlib.suppress(FileNotFoundError):
+            if marker.get("prefix"):
+                self.fs.rm(f"{path}/{marker['prefix']}", recursive=True)
+            else:
+                self.fs.rm([f"{path}/{name}" for name in marker["files"]])
 
     @staticmethod
-    def _publish_local_file(local: Path, target: Path, *, once: bool) -> None:
+    def _publish_local_file(local: Path, target: Path, *, once: bool) -> bool:
         private_dir(target.parent)
         if not once:
             atomic_write(target, lambda handle: handle.write(local.read_bytes()), private=True)
-            return
+            return True
         staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
         try:
             atomic_write(staging, lambda handle: handle.write(local.read_bytes()), private=True)
-            # fails when the target exists: the first write wins (put() compares the content)
-            with contextlib.suppress(FileExistsError):
-                os.link(staging, target)
+            try:
+                os.link(staging, target)  # fails when the target exists: the first write wins
+            except FileExistsError:
+                return False
+            return True
         finally:
             staging.unlink(missing_ok=True)
 
     @staticmethod
-    def _publish_local_folder(local: Path, target: Path, digests: dict[str, str], *, once: bool) -> None:
+    def _publish_local_folder(local: Path, target: Path, digests: dict[str, str], *, once: bool) -> bool:
         def copy(staging: Path) -> None:
             for name in digests:
                 (staging / name).parent.mkdir(parents=True, exist_ok=True)
@@ -209,7 +272,7 @@ class ArtifactStore:
 
         if not once:
             replace_dir(target, copy, private=True)
-            return
+            return True
         private_dir(target.parent)
         staging = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
         try:
@@ -219,20 +282,28 @@ class ArtifactStore:
             except OSError:
                 if not (target / MARKER).is_file():
                     raise
+                return False
+            return True
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
 
 def artifact_store(settings: Settings) -> ArtifactStore:
     """The store of ``settings`` (:attr:`Settings.resolved_artifact_store_url`, its S3 endpoint and
-    credentials when set)."""
+    credentials when set; without credentials s3fs takes botocore's chain: ``AWS_*`` variables, the
+    shared credentials file, an instance or pod role). Raises ValueError when only one of the key id
+    and the secret is set."""
     options: dict[str, Any] = {}
+    key = settings.artifact_store_key_id or None
+    secret = settings.artifact_store_secret.get_secret_value() if settings.artifact_store_secret else None
+    if bool(key) != bool(secret):
+        raise ValueError(
+            "SHOPREC_ARTIFACT_STORE_KEY_ID and SHOPREC_ARTIFACT_STORE_SECRET go together: set both or neither"
+        )
     if settings.artifact_store_endpoint_url:
         options["endpoint_url"] = settings.artifact_store_endpoint_url
-    if settings.artifact_store_key_id:
-        options["key"] = settings.artifact_store_key_id
-    if settings.artifact_store_secret is not None:
-        options["secret"] = settings.artifact_store_secret.get_secret_value()
+    if key and secret:
+        options["key"], options["secret"] = key, secret
     return ArtifactStore(settings.resolved_artifact_store_url, options)
 
 

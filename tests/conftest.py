@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,15 @@ def airflow_home(pytestconfig: pytest.Config) -> Path:
     airflow = Path(sys.executable).parent / "airflow"
     subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True, env=os.environ.copy())
     return home
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """The endpoint URL of a real S3 protocol server (moto) on 127.0.0.1, for the session."""
+    from helpers_s3 import moto_s3_server  # moto and s3fs load only in sessions that need them
+
+    with moto_s3_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture

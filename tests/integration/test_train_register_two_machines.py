@@ -7,6 +7,10 @@ home), the MLflow tracking store, the privacy ledger (with its key, as SHOPREC_L
 Feast registry. The lake lives in A only, and A's run folder is deleted after training, so a task that
 opened a worker-local path of another task, or read the lake instead of the run's pinned data, fails.
 
+The flow runs twice: with the artifact store a folder (``file://``) and a bucket (``s3://``) of a real
+S3 protocol server (moto on 127.0.0.1, reached through s3fs with SHOPREC_ARTIFACT_STORE_ENDPOINT_URL and
+credentials from the environment, as a worker reaches MinIO or AWS S3).
+
 The shop is the train_recommender DAG test's (400 users, 80 items, 35 days), trained for 2 epochs.
 """
 
@@ -18,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers_s3 import new_bucket, s3_options
 from helpers_settings import only_shoprec_env
 
 pytestmark = pytest.mark.integration
@@ -25,8 +30,8 @@ pytestmark = pytest.mark.integration
 RUN_KEY = "two-machines-1"
 
 
-@pytest.fixture(scope="module")
-def machines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+@pytest.fixture(scope="module", params=["file", "s3"])
+def machines(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from tasks.artifacts import run_key_path
     from tasks.config import get_settings
     from tasks.contracts import list_partitions
@@ -40,8 +45,19 @@ def machines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
     root = tmp_path_factory.mktemp("machines")
     home_a = root / "a" / "shoprec"
+    if request.param == "file":
+        store = {"SHOPREC_ARTIFACT_STORE_URL": (root / "store").as_uri()}
+    else:
+        endpoint = request.getfixturevalue("s3_endpoint")
+        options = s3_options(endpoint)
+        store = {
+            "SHOPREC_ARTIFACT_STORE_URL": f"s3://{new_bucket(endpoint)}/shoprec",
+            "SHOPREC_ARTIFACT_STORE_ENDPOINT_URL": endpoint,
+            "SHOPREC_ARTIFACT_STORE_KEY_ID": options["key"],
+            "SHOPREC_ARTIFACT_STORE_SECRET": options["secret"],
+        }
     shared = {
-        "SHOPREC_ARTIFACT_STORE_URL": (root / "store").as_uri(),
+        **store,
         "SHOPREC_MLFLOW_TRACKING_URI": f"sqlite:///{home_a / 'mlflow' / 'mlflow.db'}",
         "SHOPREC_LEDGER_URL": f"sqlite:///{home_a / 'privacy' / 'ledger.db'}",
         "SHOPREC_LEDGER_KEY": "two-machines-test-ledger-key",
@@ -49,7 +65,7 @@ def machines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "SHOPREC_TRAIN_STEPS": "8",
     }
     homes = {name: root / name / "shoprec" for name in ("a", "b", "c")}
-    out: dict[str, Any] = {"homes": homes}
+    out: dict[str, Any] = {"homes": homes, "store_url": store["SHOPREC_ARTIFACT_STORE_URL"]}
     with pytest.MonkeyPatch.context() as mp:
         only_shoprec_env(mp, {**shared, "SHOPREC_HOME": str(homes["a"])})
         a = get_settings()
@@ -82,10 +98,9 @@ def _checkpoint_epoch(run_dir: Path) -> int:
 
 
 def test_the_manifest_carries_artifact_store_uris_never_worker_paths(machines: dict[str, Any]) -> None:
-    store = machines["homes"]["a"].parents[1] / "store"
     manifest = machines["first"]
     for field in ("model_uri", "nonprivate_uri", "training_users_uri", "training_data_uri"):
-        assert manifest[field].startswith(store.as_uri() + "/runs/"), field
+        assert manifest[field].startswith(machines["store_url"] + "/runs/"), field
     assert not any(str(machines["homes"]["a"]) in str(v) for v in manifest.values())
 
 

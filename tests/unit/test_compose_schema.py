@@ -32,6 +32,9 @@ SECRETS = (
     "SHOPREC_PSEUDONYM_KEY",
     "SHOPREC_LEDGER_KEY",
     "SHOPREC_LEDGER_APP_PASSWORD",
+    "MINIO_ROOT_PASSWORD",
+    "SHOPREC_ARTIFACT_STORE_KEY_ID",
+    "SHOPREC_ARTIFACT_STORE_SECRET",
 )
 AIRFLOW_SERVICES = (
     "airflow-apiserver",
@@ -123,6 +126,8 @@ def test_stack_has_every_production_service(compose: dict[str, Any]) -> None:
         *AIRFLOW_SERVICES,
         "mlflow",
         "feast",
+        "minio",
+        "minio-init",
     }
 
 
@@ -130,7 +135,7 @@ def test_every_published_port_binds_loopback_by_default(compose: dict[str, Any])
     published = {
         name: port for name, service in compose["services"].items() for port in service.get("ports", [])
     }
-    assert set(published) == {"postgres", "redis", "airflow-apiserver", "mlflow", "feast"}
+    assert set(published) == {"postgres", "redis", "airflow-apiserver", "mlflow", "feast", "minio"}
     assert all(str(port).startswith("127.0.0.1:") for port in published.values()), published
 
 
@@ -169,3 +174,58 @@ def test_env_example_names_every_secret_with_an_empty_value() -> None:
         if line.strip() and not line.startswith("#")
     )
     assert {name: values.get(name) for name in SECRETS} == dict.fromkeys(SECRETS, "")
+
+
+@pytest.mark.parametrize("service", [*AIRFLOW_SERVICES, "feast"])
+def test_airflow_services_use_the_minio_bucket_as_artifact_store_with_credentials_from_env(
+    compose: dict[str, Any], service: str
+) -> None:
+    env = compose["services"][service]["environment"]
+    secrets = _secrets_env()
+    assert env["SHOPREC_ARTIFACT_STORE_URL"] == "s3://shoprec-artifacts/shoprec"
+    assert env["SHOPREC_ARTIFACT_STORE_ENDPOINT_URL"] == "http://minio:9000"
+    assert env["SHOPREC_ARTIFACT_STORE_KEY_ID"] == secrets["SHOPREC_ARTIFACT_STORE_KEY_ID"]
+    assert env["SHOPREC_ARTIFACT_STORE_SECRET"] == secrets["SHOPREC_ARTIFACT_STORE_SECRET"]
+    assert "MINIO_ROOT_PASSWORD" not in env  # the services never hold MinIO's root credentials
+
+
+def test_the_bucket_and_the_endpoint_can_be_pointed_elsewhere() -> None:
+    env = {
+        **_secrets_env(),
+        "SHOPREC_ARTIFACT_BUCKET": "acme-shoprec",
+        "SHOPREC_ARTIFACT_STORE_ENDPOINT_URL": "https://s3.eu-west-1.amazonaws.com",
+    }
+    services = load_compose(env)["services"]
+    worker = services["airflow-worker-gpu"]["environment"]
+    assert worker["SHOPREC_ARTIFACT_STORE_URL"] == "s3://acme-shoprec/shoprec"
+    assert worker["SHOPREC_ARTIFACT_STORE_ENDPOINT_URL"] == "https://s3.eu-west-1.amazonaws.com"
+    assert services["minio-init"]["environment"]["BUCKET"] == "acme-shoprec"
+
+
+def test_minio_and_its_client_images_are_pinned_releases(compose: dict[str, Any]) -> None:
+    assert re.fullmatch(
+        r"minio/minio:RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ", compose["services"]["minio"]["image"]
+    )
+    assert re.fullmatch(
+        r"minio/mc:RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ", compose["services"]["minio-init"]["image"]
+    )
+
+
+def test_minio_init_makes_the_private_bucket_and_a_user_limited_to_it(compose: dict[str, Any]) -> None:
+    init = compose["services"]["minio-init"]
+    script = init["entrypoint"][-1]
+    assert init["depends_on"] == {"minio": {"condition": "service_healthy"}}
+    assert 'mc mb --ignore-existing "local/${BUCKET}"' in script
+    assert 'mc anonymous set none "local/${BUCKET}"' in script
+    assert (
+        'mc admin user add local "${SHOPREC_ARTIFACT_STORE_KEY_ID}" "${SHOPREC_ARTIFACT_STORE_SECRET}"'
+        in script
+    )
+    assert "arn:aws:s3:::'\"${BUCKET}\"'/*" in script  # the policy names the bucket, nothing wider
+    assert '"Resource":["*"]' not in script
+
+
+@pytest.mark.parametrize("service", [*AIRFLOW_SERVICES, "feast"])
+def test_tasks_start_only_after_the_bucket_exists(compose: dict[str, Any], service: str) -> None:
+    depends = compose["services"][service]["depends_on"]
+    assert depends["minio-init"] == {"condition": "service_completed_successfully"}
