@@ -262,6 +262,12 @@ class Settings(BaseSettings):
         description="Feed the user's Feast count/recency features into the user MLP (off: history only).",
     )
     train_hidden: int = Field(default=128, ge=1, description="Hidden width of the towers' MLPs.")
+    train_refit: bool = Field(
+        default=True,
+        description="Serve a refit up to the data's end: after the validation window tuned the blend, the "
+        "same settings trained again on every user's latest window (the run's one DP-SGD charge covers "
+        "both trainings); off: serve the model trained before the validation cut.",
+    )
     train_retry_delay_s: int = Field(
         default=60,
         ge=0,

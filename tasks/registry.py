@@ -41,6 +41,14 @@ CHALLENGER: Final = "challenger"
 CHAMPION: Final = "champion"
 GATE_METRIC: Final = "ndcg@10"
 MODEL_ARTIFACT: Final = "model"
+# What a refit version's DP-SGD charge covers (its privacy statement, docs/privacy.md)
+REFIT_TRAININGS: Final = (
+    "this charge covers two DP-SGD trainings at this noise multiplier: the model trained before the "
+    "validation cut (kept as the version's gate_model: it tuned the blend and the gate evaluated it; never "
+    "published) and the served refit on every user's latest window up to the data's end; sample rate = the "
+    "larger of their two, steps = the sum of theirs (a bound of their composition under RDP)"
+)
+GATE_ARTIFACT: Final = "gate_model"  # a refit version's model trained before its validation cut
 # The gate's baselines: the non-private rankers evaluation_reports computes on the run's test split,
 # what the shop would ship instead of the private model (DP popularity is part of the model's blend).
 GATE_BASELINES: Final = ("popularity_all", "popularity_recent", "buy_again", "cooccurrence")
@@ -164,9 +172,12 @@ def log_training(
     metrics: dict[str, float],
     report: dict[str, Any],
     extra_tags: dict[str, str] | None = None,
+    gate_model: Recommender | None = None,
 ) -> RegisteredModel:
     """Log one training as an MLflow run, register the model and give it the alias ``challenger``.
 
+    ``gate_model``: the model the gate evaluated when the registered one is a refit that has seen the
+    evaluation window (artifact ``gate_model``: a later gate compares its challenger with this one).
     Idempotent on ``run_key``: a retried task gets the version already registered for it.
     """
     import mlflow
@@ -180,6 +191,9 @@ def log_training(
     signature = model_signature()
     with tempfile.TemporaryDirectory() as tmp:
         folder = save_recommender(recommender, Path(tmp) / "recommender")
+        artifacts = {"recommender": str(folder)}
+        if gate_model is not None:
+            artifacts[GATE_ARTIFACT] = str(save_recommender(gate_model, Path(tmp) / GATE_ARTIFACT))
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{run_key}") as run:
             mlflow.set_tag("shoprec.run_key", run_key)
             mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
@@ -188,13 +202,14 @@ def log_training(
             info = mlflow.pyfunc.log_model(
                 name=MODEL_ARTIFACT,
                 python_model=_python_model_class()(),
-                artifacts={"recommender": str(folder)},
+                artifacts=artifacts,
                 signature=signature,
                 input_example=(example_input(recommender), {"k": 10}),
             )
             artifact_uri = str(run.info.artifact_uri)
             run_id = run.info.run_id
         shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(Path(tmp) / GATE_ARTIFACT, ignore_errors=True)
     try:
         mlflow_client.get_registered_model(name)
     except mlflow.exceptions.MlflowException:
@@ -217,15 +232,21 @@ def log_training(
     )
 
 
-def load_version(settings: Settings, version: str) -> Recommender:
-    """The :class:`Recommender` of a registered version (downloads its artifacts)."""
+def load_version(settings: Settings, version: str, *, for_gate: bool = False) -> Recommender:
+    """The :class:`Recommender` of a registered version (downloads its artifacts).
+
+    ``for_gate``: the model to compare on an evaluation window, i.e. the version's ``gate_model``
+    (trained before its validation cut) when the served one is a refit up to its data's end; a version
+    without one (no refit, or registered before refits) served the model its gate evaluated.
+    """
     import mlflow
 
     client(settings)
     uri = f"models:/{settings.registered_model_name}/{version}"
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
-        return load_recommender(local / "artifacts" / "recommender")
+        gate = local / "artifacts" / GATE_ARTIFACT
+        return load_recommender(gate if for_gate and gate.exists() else local / "artifacts" / "recommender")
 
 
 def alias_version(settings: Settings, alias: str) -> str | None:
@@ -438,7 +459,8 @@ def register_and_gate(settings: Settings, manifest: dict[str, Any]) -> Registrat
     """Evaluate, log and register the challenger, attach its privacy statement, commit the ledger
     charges, and run the promotion gate against the champion on the same evaluation data."""
     champion_version = alias_version(settings, CHAMPION)
-    champion = load_version(settings, champion_version) if champion_version else None
+    # the champion's model trained before its validation cut: its served refit may have seen this test window
+    champion = load_version(settings, champion_version, for_gate=True) if champion_version else None
     reports, split = evaluation_reports(settings, manifest, champion)
     metrics = {f"{name}.{k}": v for name, r in reports.items() for k, v in r.flat().items()}
     for variant in ("A", "B"):
@@ -456,9 +478,12 @@ def register_and_gate(settings: Settings, manifest: dict[str, Any]) -> Registrat
     params.update({f"blend_{k}": v for k, v in manifest["blend"].items()})
     report = {name: r.to_dict() for name, r in reports.items()}
     report["test_users"] = split.n_users
+    served_uri = manifest.get("served_model_uri") or manifest["model_uri"]
+    refit = served_uri != manifest["model_uri"]
     registered = log_training(
         settings,
-        load_recommender(fetch(settings, manifest["model_uri"])),
+        load_recommender(fetch(settings, served_uri)),
+        gate_model=load_recommender(fetch(settings, manifest["model_uri"])) if refit else None,
         run_key=manifest["run_key"],
         params=params,
         metrics=metrics,
@@ -485,6 +510,7 @@ def register_and_gate(settings: Settings, manifest: dict[str, Any]) -> Registrat
             secure_rng=False,
             noise_generator=manifest["noise_generator"],
             count_charges=[ledger.charge(charge_id) for charge_id in count_ids],
+            trainings=REFIT_TRAININGS if refit else "",
         )
         # the ledger's head after this version's commits, anchored on the version beside its statement
         attach_to_model_version(

@@ -517,6 +517,16 @@ def dp_schedule(n_users: int, sample_rate: float, steps: int) -> tuple[int, int]
     return batch, max(1, round(steps / per_epoch))
 
 
+def charged_schedule(runs: Sequence[tuple[TrainConfig, int]]) -> tuple[float, int]:
+    """(sample rate, steps) of the ONE DP-SGD mechanism a training run is charged for all its DP-SGD
+    trainings at one noise multiplier (``(config, n_users)`` each): the largest sample rate and the sum
+    of the steps. A Poisson-subsampled Gaussian's RDP grows with the sample rate and adds up over
+    steps, so this mechanism's epsilon bounds the trainings' composition (unit-tested)."""
+    if not runs:
+        raise ValueError("no training to charge")
+    return max(c.sample_rate(n) for c, n in runs), sum(c.steps(n) for c, n in runs)
+
+
 def train_config(settings: Settings, *, n_users: int) -> TrainConfig:
     """The pipeline's DP-SGD hyper-parameters (``SHOPREC_TRAIN_*``) for ``n_users`` training users; the
     noise multiplier is calibrated to the ledger's grant later, the noise seed set only under the
@@ -623,6 +633,10 @@ class TrainingManifest:
     rejected_days: str = ""  # comma-separated days of the window that ingest rejected (quarantined)
     training_data_uri: str = ""  # the run's pinned data (tasks.training_data), read by registration and audit
     cooccurrence_charge_id: int | None = None  # the DP co-occurrence release the item tower reads, if any
+    # the model registered and served: the refit up to the data's end (SHOPREC_TRAIN_REFIT), else the
+    # validation-window model (model_uri), which the gate evaluates in either case
+    served_model_uri: str = ""
+    n_refit_users: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -703,7 +717,17 @@ def run_training(
     if len(examples) < 2:
         raise ValueError(f"only {len(examples)} users with events on two days before {cuts.validation}")
     config = train_config(settings, n_users=len(examples))
-    q, steps = config.sample_rate(len(examples)), config.steps(len(examples))
+    # The served model (issue 17 item 4): once the validation window has tuned the blend with the model
+    # trained before it, the same settings are fitted again on every user's latest window before the
+    # data's end. Both trainings are covered by the run's one DP-SGD charge (charged_schedule).
+    refit: tuple[UserExamples, TrainConfig] | None = None
+    if settings.train_refit:
+        latest = training_candidates(settings, events, cuts.as_of)
+        refit_examples, _ = training_examples(settings, latest.state, latest.labels, catalog)
+        if len(refit_examples) >= 2:
+            refit = refit_examples, train_config(settings, n_users=len(refit_examples))
+    trainings = [(config, len(examples))] + ([(refit[1], len(refit[0]))] if refit else [])
+    q, steps = charged_schedule(trainings)
 
     ledger = open_ledger(settings)
     try:
@@ -747,7 +771,10 @@ def run_training(
             epsilon_target=settings.training_epsilon,
             clip_norm=config.max_grad_norm,
             cap_k=config.cap_k,
-            data_window=(events["event_timestamp"].min().to_pydatetime(), cuts.validation.to_pydatetime()),
+            data_window=(
+                events["event_timestamp"].min().to_pydatetime(),
+                (cuts.as_of if refit else cuts.validation).to_pydatetime(),
+            ),
             at=cuts.as_of.to_pydatetime(),
             **provenance,
         )
@@ -790,6 +817,20 @@ def run_training(
         checkpoint_saved=lambda path: store.put(path, checkpoint_key),
     )
     twin, twin_result = fit_model(settings, catalog, examples, twin_config(settings, config))
+    served = model
+    if refit is not None:
+        refit_checkpoint, refit_key = run_dir / "checkpoint_refit.pt", f"{prefix}/checkpoint_refit.pt"
+        if store.exists(store.uri(refit_key)):
+            store.get(store.uri(refit_key), refit_checkpoint)
+        served, _ = fit_model(
+            settings,
+            catalog,
+            refit[0],
+            dataclasses.replace(refit[1], noise_multiplier=mechanism.noise_multiplier),
+            delta=delta,
+            checkpoint_path=refit_checkpoint,
+            checkpoint_saved=lambda path: store.put(path, refit_key),
+        )
 
     val_state = feature_state(settings, all_users, cuts.validation, source=data.state_rows)
     val = temporal_split_from_state(events, catalog, val_state, cuts.validation, cuts.test)
@@ -809,9 +850,13 @@ def run_training(
             content=content_val,
         )
     uris = {}
-    for name, net, folder in (("dp", model, "recommender"), ("nonprivate", twin, "nonprivate")):
+    folders = [("dp", model, "recommender"), ("nonprivate", twin, "nonprivate")]
+    if refit is not None:  # the refit serves with the blend the validation-window model chose
+        folders.append(("served", served, "served"))
+    for name, net, folder in folders:
+        weights = blends["dp" if name == "served" else name]
         rec = Recommender(
-            net, catalog, weights=blends[name], popularity=pop_serve, history_length=settings.history_length
+            net, catalog, weights=weights, popularity=pop_serve, history_length=settings.history_length
         )
 
         def write_model(staging: Path, rec: Recommender = rec) -> None:
@@ -857,4 +902,6 @@ def run_training(
         rejected_days=",".join(d.isoformat() for d in rejected),
         training_data_uri=data.uri,
         cooccurrence_charge_id=None if cooc_charge is None else int(cooc_charge.id),
+        served_model_uri=uris.get("served", uris["dp"]),
+        n_refit_users=len(refit[0]) if refit else 0,
     )

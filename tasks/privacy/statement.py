@@ -91,6 +91,8 @@ class PrivacyStatement:
     # epsilon at ``delta`` of the training and every count release the version ships, composed by the
     # ledger accountant (None: no count release given, or a statement written before it was recorded)
     epsilon_with_counts: float | None = None
+    # what the DP-SGD charge covers when it is more than one training ("": the released model's alone)
+    trainings: str = ""
 
     @classmethod
     def from_charge(
@@ -100,10 +102,12 @@ class PrivacyStatement:
         secure_rng: bool,
         noise_generator: str = UNRECORDED_GENERATOR,
         count_charges: Sequence[Charge] = (),
+        trainings: str = "",
     ) -> PrivacyStatement:
         """The statement of a DP-SGD charge (epsilon of this training alone, at the budget's delta),
         naming the noise generator and the count releases (``count_charges``) shipped with the model,
-        and the epsilon of the training and those releases composed (``epsilon_with_counts``)."""
+        and the epsilon of the training and those releases composed (``epsilon_with_counts``);
+        ``trainings`` says which trainings the charge covers when it covers more than one."""
         mechanism = charge.mechanism
         if not isinstance(mechanism, DpSgdMechanism):
             raise TypeError(f"charge {charge.id} is not a DP-SGD training ({type(mechanism).__name__})")
@@ -129,6 +133,7 @@ class PrivacyStatement:
             secure_rng=secure_rng,
             noise_generator=noise_generator,
             count_mechanisms=tuple(describe_count_charge(c) for c in count_charges),
+            trainings=trainings,
         )
 
     def summary(self) -> str:
@@ -140,9 +145,10 @@ class PrivacyStatement:
             else f"the model with its count releases: ({self.epsilon_with_counts:.4g}, {self.delta:.3g})-DP "
             f"per {self.unit} ({self.accountant} accountant); its DP-SGD training alone: "
         )
+        trainings = f"; {self.trainings}" if self.trainings else ""
         return (
             f"{shipped}"
-            f"({self.epsilon:.4g}, {self.delta:.3g})-DP per {self.unit} ({self.accountant} accountant); "
+            f"({self.epsilon:.4g}, {self.delta:.3g})-DP per {self.unit} ({self.accountant} accountant){trainings}; "
             f"DP-SGD noise multiplier {self.noise_multiplier:.4g}, sample rate {self.sample_rate:.4g}, "
             f"{self.steps} steps, clip norm {self.clip_norm:.4g}, at most {self.cap_k} examples per user; "
             f"{self.n_users} users, data {self.data_window[0].date()}..{self.data_window[1].date()}; "
@@ -191,6 +197,7 @@ class PrivacyStatement:
             if self.epsilon_with_counts is None
             else repr(self.epsilon_with_counts),
             "not_covered": " | ".join(self.not_covered) or "none",
+            "trainings": self.trainings or "the released model's training alone",
             "statement": self.summary(),
         }
         return {TAG_PREFIX + key: value for key, value in tags.items()}

@@ -105,6 +105,25 @@ def test_first_run_registers_version_1_with_its_privacy_statement(runs: dict[str
     )
 
 
+def test_the_registered_model_is_the_refit_and_one_charge_covers_both_trainings(runs: dict[str, Any]) -> None:
+    """Issue 17 item 4: version 1 serves a refit up to the data's end; the model its gate evaluated
+    (trained before the validation cut) is kept beside it; the DP-SGD charge counts both trainings'
+    steps (SHOPREC_TRAIN_STEPS=16 each, rounded to whole passes)."""
+    import numpy as np
+
+    from tasks.registry import load_version
+
+    served, gated = load_version(runs["settings"], "1"), load_version(runs["settings"], "1", for_gate=True)
+    frame_weights = [p.detach().numpy() for p in served.model.parameters()]
+    gate_weights = [p.detach().numpy() for p in gated.model.parameters()]
+    assert any(not np.allclose(a, b) for a, b in zip(frame_weights, gate_weights, strict=True))
+    assert served.weights == gated.weights  # the refit serves with the blend the validation window chose
+    tags = _tags(runs["settings"], "1")
+    assert 28 <= int(tags["privacy.steps"]) <= 36
+    assert tags["privacy.trainings"].startswith("this charge covers two DP-SGD trainings")
+    assert tags["privacy.trainings"] in tags["privacy.statement"]
+
+
 def test_first_run_is_promoted_and_emits_model_champion(runs: dict[str, Any]) -> None:
     from tasks.registry import alias_version
 

@@ -100,3 +100,17 @@ def test_statement_says_what_its_epsilon_does_not_cover() -> None:
     old = json.loads(_statement().to_json())
     del old["not_covered"]  # a statement written before the field existed reads with today's list
     assert PrivacyStatement.from_json(json.dumps(old)).not_covered == _statement().not_covered
+
+
+def test_a_statement_names_the_trainings_its_charge_covers_and_older_ones_load_without() -> None:
+    import dataclasses
+
+    plain = _statement()
+    both = dataclasses.replace(plain, trainings="this charge covers two DP-SGD trainings: a and b")
+    assert "two DP-SGD trainings" in both.summary()
+    assert both.to_tags()["privacy.trainings"] == both.trainings
+    assert plain.to_tags()["privacy.trainings"] == "the released model's training alone"
+    assert PrivacyStatement.from_json(both.to_json()) == both
+    old = json.loads(plain.to_json())
+    del old["trainings"]
+    assert PrivacyStatement.from_json(json.dumps(old)).trainings == ""

@@ -427,3 +427,25 @@ def test_fit_model_builds_the_settings_architecture_and_the_twin_uses_its_own_lr
     assert model.config.temperature == settings.train_temperature
     assert not result.private
     assert len(result.epoch_losses) == 1
+
+
+def test_one_charge_bounds_the_validation_window_training_and_the_refit_together() -> None:
+    """The run's DP-SGD charge (largest sample rate, summed steps, one noise multiplier) is never
+    below the composition of its two trainings under the ledger's accountant."""
+    from tasks.training import charged_schedule
+
+    for n1, n2, sigma in ((3_500, 3_900, 2.1), (300, 340, 1.0), (40, 90, 0.8)):
+        first, second = (
+            TrainConfig(batch_size=max(1, n1 // 4), epochs=40),
+            TrainConfig(batch_size=max(1, n2 // 3), epochs=30),
+        )
+        q, steps = charged_schedule([(first, n1), (second, n2)])
+        assert q == max(first.sample_rate(n1), second.sample_rate(n2))
+        assert steps == first.steps(n1) + second.steps(n2)
+        both = [
+            (sigma, first.sample_rate(n1), first.steps(n1)),
+            (sigma, second.sample_rate(n2), second.steps(n2)),
+        ]
+        assert rdp_epsilon(both, 1e-5) <= rdp_epsilon([(sigma, q, steps)], 1e-5) + 1e-12
+    with pytest.raises(ValueError, match="no training"):
+        charged_schedule([])
