@@ -252,7 +252,10 @@ stop() {
         if kill -0 -- "-$group" 2>/dev/null; then
             log "still running after ${STOP_TIMEOUT}s: KILL"
             kill -KILL -- "-$group" 2>/dev/null || true
-            sleep 1
+            # a killed process still exists until the kernel has torn it down and its parent reaped it
+            deadline=$((SECONDS + 30))
+            while kill -0 -- "-$group" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.5; done
+            kill -0 -- "-$group" 2>/dev/null && die "process group $group still has processes after KILL"
         fi
     fi
     rm -f "$STATE/pgid"

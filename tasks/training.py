@@ -722,7 +722,7 @@ def run_training(
     # data's end. Both trainings are covered by the run's one DP-SGD charge (charged_schedule).
     refit: tuple[UserExamples, TrainConfig] | None = None
     if settings.train_refit:
-        latest = training_candidates(settings, events, cuts.as_of)
+        latest = training_candidates(settings, events, cuts.as_of, source=data.state_rows)
         refit_examples, _ = training_examples(settings, latest.state, latest.labels, catalog)
         if len(refit_examples) >= 2:
             refit = refit_examples, train_config(settings, n_users=len(refit_examples))

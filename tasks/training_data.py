@@ -97,14 +97,18 @@ def state_requests(settings: Settings, events: pd.DataFrame, cuts: Cuts) -> pd.D
     - each candidate user at their own cut before the validation cut, held-out users included
       (``run_training`` trains on the others; the membership audit scores all of them);
     - every user at the validation cut (``run_training``'s blend tuning);
-    - every user with an event before the test cut, at the test cut (``register_and_gate``).
+    - every user with an event before the test cut, at the test cut (``register_and_gate``);
+    - each candidate user at their own cut before the data's end (the served refit,
+      ``SHOPREC_TRAIN_REFIT``; pinned whatever that setting, so a retry may change it).
     """
     candidates = training_user_cuts(settings, events, cuts.validation, with_held_out=True)
+    latest = training_user_cuts(settings, events, cuts.as_of, with_held_out=True)
     everyone = sorted(events["user_id"].astype(str).unique())
     requests = [
         candidates.rename(columns={"cut": "event_timestamp"}),
         pd.DataFrame({"user_id": everyone, "event_timestamp": cuts.validation}),
         pd.DataFrame({"user_id": users_before(events, cuts.test), "event_timestamp": cuts.test}),
+        latest.rename(columns={"cut": "event_timestamp"}),
     ]
     return _state_keys(pd.concat(requests, ignore_index=True)).drop_duplicates(ignore_index=True)
 

@@ -121,7 +121,9 @@ def test_run_training_and_the_audit_build_candidates_with_the_same_function() ->
         ]
 
     assert calls(run_training) == [
-        "training_candidates(settings, events, cuts.validation, source=data.state_rows)"
+        "training_candidates(settings, events, cuts.validation, source=data.state_rows)",
+        # the served refit (SHOPREC_TRAIN_REFIT): the same function at the data's end, from the pin too
+        "training_candidates(settings, events, cuts.as_of, source=data.state_rows)",
     ]
     assert calls(record_membership_losses) == [
         "training_candidates(settings, events, validation, with_held_out=True, source=data.state_rows)"
