@@ -412,6 +412,7 @@ def evaluation_reports(
             f"{name}_bare", rec.model_scores(split.state), split, catalog
         )
     if champion is not None:
+        champion = champion.on_catalog(catalog)  # the run's pinned catalog may have grown since
         champion.popularity = pop_eval
         reports["champion"] = evaluate_scores("champion", champion.scores(split.state), split, catalog)
     pop_all = popularity_counts(events, catalog, cut)
