@@ -1,8 +1,10 @@
 """Train the two-tower recommender with user-level DP-SGD, register it in MLflow, gate its promotion.
 
-Runs when the Asset `features` is updated, unless the data is less than
-`SHOPREC_MIN_TRAINING_INTERVAL_HOURS` newer than the data of the last registered version
-(`check_training_due`, compared on data time, not the clock).
+Runs when the Asset `features` is updated. `check_training_due` judges the run on its own data (the
+lake days up to the last day its triggering events or conf name, as `train_model` pins them), on data
+time, never the clock: it skips the run when that data covers fewer than 3 x `SHOPREC_EVAL_DAYS` days,
+or ends less than `SHOPREC_MIN_TRAINING_INTERVAL_HOURS` after the newest registered version's data end
+(tag `shoprec.data_end`; a run triggered by an older event during a backfill is therefore skipped).
 
 `pin_training_data` (default queue: the worker with the lake and Feast's offline store) pins the run's
 data once: the lake days up to the last day its triggering `features` events name (or the run conf's
@@ -49,11 +51,16 @@ def train_recommender() -> None:
     """features -> DP-SGD challenger in MLflow -> promotion gate -> model_champion."""
 
     @task.short_circuit
-    def check_training_due() -> bool:
+    def check_training_due(*, run_id=None, dag_run=None, triggering_asset_events=None) -> bool:  # type: ignore[no-untyped-def]
         from tasks.config import get_settings
+        from tasks.io import asset_event_extras, run_days
         from tasks.registry import training_due
 
-        return training_due(get_settings())
+        # judged on the run's own data end (its triggering events' days), not the lake's latest day
+        days = run_days(dag_run.conf if dag_run else None, asset_event_extras(triggering_asset_events))
+        decision = training_due(get_settings(), days, run_key=run_id)
+        print(f"training {'due' if decision.due else 'not due'}: {decision.reason}")
+        return decision.due
 
     @task(multiple_outputs=False, execution_timeout=pendulum.duration(hours=1))
     def pin_training_data(*, run_id=None, dag_run=None, triggering_asset_events=None) -> dict:  # type: ignore[no-untyped-def]

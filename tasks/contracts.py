@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -174,6 +175,35 @@ def days_in_interval(start: dt.datetime, end: dt.datetime) -> list[dt.date]:
         days.append(day)
         day += dt.timedelta(days=1)
     return days
+
+
+def format_day_ranges(days: Iterable[dt.date]) -> str:
+    """Days as comma-separated runs of consecutive days, ``2025-06-01..2025-06-09,2025-06-11``:
+    exact (a gap shows) and short whatever the window's length (an MLflow tag value)."""
+    ordered = sorted(set(days))
+    runs: list[list[dt.date]] = []
+    for day in ordered:
+        if runs and day - runs[-1][-1] == dt.timedelta(days=1):
+            runs[-1].append(day)
+        else:
+            runs.append([day])
+    return ",".join(
+        run[0].isoformat() if len(run) == 1 else f"{run[0].isoformat()}..{run[-1].isoformat()}"
+        for run in runs
+    )
+
+
+def parse_day_ranges(text: str) -> list[dt.date]:
+    """The days of :func:`format_day_ranges`'s text, sorted. Raises ValueError on anything else."""
+    days: list[dt.date] = []
+    for part in filter(None, text.split(",")):
+        first, _, last = part.partition("..")
+        start = dt.date.fromisoformat(first)
+        end = dt.date.fromisoformat(last) if last else start
+        if end < start:
+            raise ValueError(f"day range {part!r} ends before it starts")
+        days.extend(start + dt.timedelta(days=k) for k in range((end - start).days + 1))
+    return sorted(set(days))
 
 
 def landing_files(day_dir: Path, table: str) -> list[Path]:

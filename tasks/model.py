@@ -28,6 +28,7 @@ inputs (catalog, feature transform, history indices, blend) are in :mod:`tasks.c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -365,6 +366,48 @@ class Recommender:
         own = own_purchase_matrix(frame, self.catalog) if "purchased_items" in frame else None
         content = self.content_scores(frame) if self.weights.content else None
         return blend_scores(self.model_scores(frame), own, self.popularity, self.weights, content)
+
+    def on_catalog(self, catalog: ItemCatalog) -> Recommender:
+        """This recommender scoring ``catalog`` instead of its own (the champion evaluated on a
+        challenger's pinned catalog, which may have grown since the champion was trained; issue 16).
+
+        Items it knows keep their item-tower inputs (and item-id rows); new items enter through their
+        title vector, their category when the champion knows its name, and their price bucket when the
+        bucket edges agree (else padding). The popularity release is not carried over: set one for
+        ``catalog``.
+        """
+        known = self.catalog
+        config = dataclasses.replace(self.model.config, n_items=catalog.n_items)
+        tower = TwoTower(config)
+        per_item = {"item_text", "item_category", "item_price", "item_id.weight"}
+        state = {k: v for k, v in self.model.state_dict().items() if k not in per_item}
+        tower.load_state_dict(state, strict=False)
+        old = known.index_of(list(catalog.item_ids))  # model index in the champion, 0 = new item
+        seen = torch.from_numpy(old > 0)
+        names = {c: i for i, c in enumerate(known.categories)}
+        category = np.asarray([names.get(catalog.categories[c], -1) for c in catalog.category_index])
+        same_edges = tuple(catalog.price_edges) == tuple(known.price_edges)
+        price = catalog.price_bucket if same_edges else np.full(catalog.n_items, -1)
+        with torch.no_grad():
+            own = torch.from_numpy(old)
+            text = torch.from_numpy(catalog.text).to(tower.item_text.dtype)
+            # a champion with DP behaviour vectors (item_features = text + behaviour columns): a new
+            # item has none, so zero behaviour columns, as publishing gives it
+            text = torch.nn.functional.pad(text, (0, tower.item_text.shape[1] - text.shape[1]))
+            tower.item_text[1:] = torch.where(seen[:, None], self.model.item_text[own].cpu(), text)
+            tower.item_category[1:] = torch.where(
+                seen, self.model.item_category[own].cpu(), torch.from_numpy(category + 1)
+            )
+            tower.item_price[1:] = torch.where(
+                seen, self.model.item_price[own].cpu(), torch.from_numpy(price + 1)
+            )
+            if tower.item_id is not None and self.model.item_id is not None:
+                tower.item_id.weight[1:] = torch.where(
+                    seen[:, None], self.model.item_id.weight[own].cpu(), 0.0
+                )
+        return Recommender(
+            tower, catalog, weights=self.weights, popularity=None, history_length=self.history_length
+        )
 
     def recommend(self, frame: pd.DataFrame, k: int) -> list[tuple[list[str], list[float]]]:
         """Top-``k`` (item ids, scores) per user row of ``frame``."""

@@ -11,8 +11,10 @@ to the version's tags.
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -24,7 +26,7 @@ from tasks.artifacts import fetch
 from tasks.baselines import broadcast, buy_again_scores, cooccurrence_scores, popularity_counts
 from tasks.catalog import USER_FEATURE_COLUMNS
 from tasks.config import Settings
-from tasks.contracts import list_partitions
+from tasks.contracts import format_day_ranges, list_partitions
 from tasks.dataset import feature_state, users_before
 from tasks.evaluation import evaluate_scores, retention, temporal_split_from_state
 from tasks.features import snapshot_time
@@ -32,7 +34,7 @@ from tasks.model import Recommender, load_recommender, save_recommender
 from tasks.permissions import private_sqlite
 from tasks.privacy import PrivacyStatement, attach_to_model_version
 from tasks.privacy.ledger_key import open_ledger
-from tasks.training_data import fetch_training_data
+from tasks.training_data import fetch_training_data, pinned_days
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -437,6 +439,7 @@ def evaluation_reports(
             f"{name}_bare", rec.model_scores(split.state), split, catalog
         )
     if champion is not None:
+        champion = champion.on_catalog(catalog)  # the run's pinned catalog may have grown since
         champion.popularity = pop_eval
         reports["champion"] = evaluate_scores("champion", champion.scores(split.state), split, catalog)
     pop_all = popularity_counts(events, catalog, cut)
@@ -462,6 +465,7 @@ def register_and_gate(settings: Settings, manifest: dict[str, Any]) -> Registrat
     # the champion's model trained before its validation cut: its served refit may have seen this test window
     champion = load_version(settings, champion_version, for_gate=True) if champion_version else None
     reports, split = evaluation_reports(settings, manifest, champion)
+    data = fetch_training_data(settings, manifest["training_data_uri"])  # cached: the days it trained on
     metrics = {f"{name}.{k}": v for name, r in reports.items() for k, v in r.flat().items()}
     for variant in ("A", "B"):
         metrics[f"retention_{variant}_ndcg_at_10"] = retention(
@@ -490,6 +494,7 @@ def register_and_gate(settings: Settings, manifest: dict[str, Any]) -> Registrat
         report=report,
         extra_tags={
             "shoprec.as_of": str(manifest["as_of"]),
+            **data_tags(data.days),
             # days of the training window that ingest rejected (quarantined); "" when none
             "shoprec.rejected_days": str(manifest.get("rejected_days", "")),
         },
@@ -557,25 +562,93 @@ def register_and_gate(settings: Settings, manifest: dict[str, Any]) -> Registrat
     )
 
 
-def last_trained_as_of(settings: Settings) -> pd.Timestamp | None:
-    """The data end (``as_of``) of the newest registered version, or None."""
+# --- is a training due? ---------------------------------------------------------------------------
+DATA_DAYS_TAG: Final = "shoprec.data_days"  # the days a version was trained on (format_day_ranges)
+DATA_END_TAG: Final = "shoprec.data_end"  # the last of them (ISO date): the version's data end
+
+
+def data_tags(days: Sequence[dt.date]) -> dict[str, str]:
+    """The tags that say which lake days a registered version was trained on."""
+    return {DATA_DAYS_TAG: format_day_ranges(days), DATA_END_TAG: max(days).isoformat()}
+
+
+def version_data_end(tags: Mapping[str, str]) -> dt.date | None:
+    """A version's data end from its tags (``shoprec.data_end``; a version registered before that
+    tag existed: the day before its ``shoprec.as_of``), or None."""
+    if DATA_END_TAG in tags:
+        return dt.date.fromisoformat(tags[DATA_END_TAG])
+    if "shoprec.as_of" in tags:
+        return (pd.Timestamp(tags["shoprec.as_of"]) - pd.Timedelta(days=1)).date()
+    return None
+
+
+def last_trained_data_end(settings: Settings, *, other_than_run: str | None = None) -> dt.date | None:
+    """The newest data end of the registered versions (leaving out ``other_than_run``'s own), or None."""
     import mlflow
 
     try:
         versions = client(settings).search_model_versions(f"name = '{settings.registered_model_name}'")
     except mlflow.exceptions.MlflowException:
         return None
-    stamps = [pd.Timestamp(v.tags["shoprec.as_of"]) for v in versions if "shoprec.as_of" in v.tags]
-    return max(stamps) if stamps else None
+    ends = [
+        end
+        for v in versions
+        if other_than_run is None or v.tags.get("shoprec.run_key") != other_than_run
+        if (end := version_data_end(v.tags)) is not None
+    ]
+    return max(ends) if ends else None
 
 
-def training_due(settings: Settings) -> bool:
-    """Whether the lake's data end is at least ``min_training_interval_hours`` after the data end of
-    the last registered version (data time, never the clock)."""
-    days = list_partitions(settings.events_dir)
+@dataclass(frozen=True)
+class TrainingDue:
+    """Whether a ``train_recommender`` run trains, and why (its ``check_training_due`` log says it)."""
+
+    due: bool
+    reason: str
+
+
+def decide_training_due(
+    days: Sequence[dt.date], last_end: dt.date | None, *, eval_days: int, min_interval_hours: float
+) -> TrainingDue:
+    """The due rule on data time alone (never the clock), for a run that would train on ``days``
+    (:func:`tasks.training_data.pinned_days`) when the newest registered version's data end is
+    ``last_end``: due when the days cover the validation and the test window (``eval_days`` each) and
+    as many days of history before them, and their end is at least ``min_interval_hours`` after
+    ``last_end``. A run triggered by an older event than the last training's is judged on its own
+    data end, so it is not due."""
     if not days:
-        return False
-    last = last_trained_as_of(settings)
-    if last is None:
-        return True
-    return snapshot_time(days[-1]) - last >= pd.Timedelta(hours=settings.min_training_interval_hours)
+        return TrainingDue(False, "no lake partition up to the run's data end")
+    end, span = max(days), (max(days) - min(days)).days + 1
+    needed = 3 * eval_days
+    if span < needed:
+        return TrainingDue(
+            False,
+            f"data {min(days)}..{end} covers {span} days; a training needs {needed} "
+            f"(validation and test windows of {eval_days} days and as much history before them)",
+        )
+    if last_end is None:
+        return TrainingDue(True, f"no version registered yet; data end {end}")
+    gap_hours = (snapshot_time(end) - snapshot_time(last_end)) / pd.Timedelta(hours=1)
+    if gap_hours < min_interval_hours:
+        return TrainingDue(
+            False,
+            f"data end {end} is {gap_hours:g} h after the newest version's data end {last_end}; "
+            f"the minimum is {min_interval_hours:g} h",
+        )
+    return TrainingDue(True, f"data end {end} is {gap_hours:g} h after the newest version's {last_end}")
+
+
+def training_due(
+    settings: Settings, named_days: Sequence[dt.date] = (), *, run_key: str | None = None
+) -> TrainingDue:
+    """Whether the run ``run_key``, whose triggering ``features`` events (or conf) name ``named_days``,
+    should train: :func:`decide_training_due` on the lake days it would pin (up to the last named day;
+    none named: the lake's latest partition) against the newest data end among the versions other
+    runs registered (a re-run of a run that registered already goes on: its steps are idempotent)."""
+    days = pinned_days(list_partitions(settings.events_dir), named_days)
+    return decide_training_due(
+        days,
+        last_trained_data_end(settings, other_than_run=run_key),
+        eval_days=settings.eval_days,
+        min_interval_hours=settings.min_training_interval_hours,
+    )

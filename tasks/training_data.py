@@ -181,6 +181,14 @@ def fetch_training_data(settings: Settings, uri: str) -> TrainingData:
     return load_training_data(fetch(settings, uri), uri)
 
 
+def pinned_days(lake: Sequence[dt.date], named_days: Sequence[dt.date] = ()) -> list[dt.date]:
+    """The lake days a run trains on: those up to the last of ``named_days`` (the days of its
+    triggering asset events or conf), all of them when none is named. The one rule, read by
+    :func:`pin_training_data` and by the due check (``tasks.registry.training_due``)."""
+    end = max(named_days) if named_days else None
+    return sorted(d for d in lake if end is None or d <= end)
+
+
 def pin_training_data(settings: Settings, run_key: str, named_days: Sequence[dt.date] = ()) -> TrainingData:
     """The run's pinned data: fetched from the artifact store when an earlier try (on any machine)
     pinned it, else chosen now from the lake, the catalog and Feast, written below the run's local
@@ -195,10 +203,9 @@ def pin_training_data(settings: Settings, run_key: str, named_days: Sequence[dt.
     key = f"runs/{run_key_path(run_key)}/data"
     if store.exists(store.uri(key)):
         return fetch_training_data(settings, store.uri(key))
-    lake = list_partitions(settings.events_dir)
-    end = max(named_days) if named_days else (lake[-1] if lake else None)
-    days = [d for d in lake if end is not None and d <= end]
+    days = pinned_days(list_partitions(settings.events_dir), named_days)
     if not days:
+        end = max(named_days) if named_days else None
         raise FileNotFoundError(f"no event partitions under {settings.events_dir} up to {end}")
     rejected = refuse_if_too_many_rejected(settings, days)
     source = "asset events or run conf" if named_days else "latest lake partition at the first try"

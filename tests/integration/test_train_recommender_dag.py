@@ -124,6 +124,17 @@ def test_the_registered_model_is_the_refit_and_one_charge_covers_both_trainings(
     assert tags["privacy.trainings"] in tags["privacy.statement"]
 
 
+def test_each_version_is_tagged_with_the_days_it_was_trained_on(runs: dict[str, Any]) -> None:
+    """Issue 16: the due check and the audit read a version's data from its tags."""
+    from tasks.contracts import format_day_ranges
+
+    lake = list_partitions(runs["settings"].events_dir)  # both runs pinned the whole lake
+    for version in ("1", "2"):
+        tags = _tags(runs["settings"], version)
+        assert tags["shoprec.data_days"] == format_day_ranges(lake)
+        assert tags["shoprec.data_end"] == lake[-1].isoformat()
+
+
 def test_first_run_is_promoted_and_emits_model_champion(runs: dict[str, Any]) -> None:
     from tasks.registry import alias_version
 
