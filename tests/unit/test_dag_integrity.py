@@ -176,7 +176,7 @@ def test_train_recommender_pins_its_data_on_the_default_queue_before_the_gpu_tas
     output; registration follows the training task."""
     from airflow.configuration import conf
 
-    dag = dag_bag.get_dag("train_recommender")
+    dag = dag_bag.dags["train_recommender"]  # the parsed DAG: no metadata-DB read (structure only)
     pin, train = dag.get_task("pin_training_data"), dag.get_task("train_model")
     assert (pin.queue, train.queue) == (conf.get("operators", "default_queue"), "gpu")
     assert pin.upstream_task_ids == {"check_training_due"}
