@@ -86,6 +86,16 @@ def exposures_lake_dir(settings: Settings) -> Path:
     return settings.campaigns_dir / "exposures"
 
 
+def published_dir(settings: Settings) -> Path:
+    """``lake/campaigns/published/date=D.json``: day D's offers and exposures partitions are complete.
+
+    The ingest removes a day's marker before it rewrites the day's partitions and writes it last, and
+    readers take only the days that have one: they see a day's offers and exposures of one ingest run
+    together, or not the day at all (a crash between the two writes never pairs new offers with old
+    exposures)."""
+    return settings.campaigns_dir / "published"
+
+
 def campaigns_quarantine_dir(settings: Settings) -> Path:
     """``quarantine/campaigns/date=D/``: day D's failing exposure rows (``rows.parquet``) and its report."""
     return settings.quarantine_dir / "campaigns"

@@ -18,7 +18,14 @@ A day is rejected and nothing of it reaches the lake when a file is malformed (u
 missing columns, wrong types), the offers break their suite, a table-level expectation fails or more
 than ``settings.max_bad_row_share`` of its rows fail: :class:`CampaignDayRejected`, one line, and the
 quarantine report says why.  Partitions are written to a temporary folder and renamed into place,
-sorted deterministically, so a re-run replaces the day (identical input and key: identical files).
+sorted deterministically, so a re-run replaces the day (identical input and key: identical files); a
+re-run without an offers file removes the day's earlier offers partition (the offers in force are then
+the latest landed before D, as on a first run without one).
+
+A day is published as a whole: the day's marker ``lake/campaigns/published/date=D.json``
+(:func:`~tasks.campaigns.contracts.published_dir`) is removed before either partition is rewritten and
+written after both, and the readers (:func:`offers_in_force`, :func:`read_lake_exposures`) take only
+days with a marker, so they see one ingest run's offers and exposures of a day together or not that day.
 """
 
 from __future__ import annotations
@@ -46,10 +53,11 @@ from tasks.campaigns.contracts import (
     campaigns_quarantine_dir,
     exposures_lake_dir,
     offers_lake_dir,
+    published_dir,
 )
 from tasks.campaigns.validation import exposures_parameters, validate_offers
 from tasks.config import Settings
-from tasks.contracts import ContractError, landing_files, list_partitions, partition_dir
+from tasks.contracts import ContractError, landing_files, parse_partition, partition_dir
 from tasks.ingest import (
     LAKE_FILE,
     QUARANTINE_FILE,
@@ -59,7 +67,7 @@ from tasks.ingest import (
     read_landing_table,
     validation_result_path,
 )
-from tasks.io import replace_dir
+from tasks.io import atomic_write_json, replace_dir
 from tasks.pseudonymize import load_key, pseudonymize, pseudonymize_source_id, record_key_fingerprint
 from tasks.sources.timestamps import parse_timestamps
 from tasks.validation import run_gate
@@ -145,12 +153,49 @@ def _parse_exposures(frame: pd.DataFrame, where: str) -> pd.DataFrame:
     return out
 
 
+def marker_path(settings: Settings, day: dt.date) -> Path:
+    """Day ``day``'s publication marker (:func:`~tasks.campaigns.contracts.published_dir`)."""
+    return published_dir(settings) / f"{partition_dir(Path(), day).name}.json"
+
+
+def published_days(settings: Settings) -> list[dt.date]:
+    """Sorted days whose offers and exposures partitions are published (their marker exists)."""
+    folder = published_dir(settings)
+    if not folder.is_dir():
+        return []
+    days = (parse_partition(p.stem) for p in folder.iterdir() if p.is_file() and p.suffix == ".json")
+    return sorted(d for d in days if d is not None)
+
+
+def _retract(settings: Settings, day: dt.date) -> None:
+    """Unpublish day ``day`` (its marker gone, durably) before any of its partitions changes."""
+    marker = marker_path(settings, day)
+    if marker.exists():
+        marker.unlink()
+        fd = os.open(marker.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _remove_partition(folder: Path, day: dt.date) -> None:
+    stale = partition_dir(folder, day)
+    if stale.is_dir():
+        retired = stale.with_name(f".{stale.name}.{uuid.uuid4().hex}.old")
+        os.replace(stale, retired)  # readers see the folder or nothing, never part of it
+        shutil.rmtree(retired)
+
+
 def offers_in_force(settings: Settings, day: dt.date) -> pd.DataFrame | None:
-    """The offers of the latest lake partition on or before ``day`` (None before any landed)."""
-    days = [d for d in list_partitions(offers_lake_dir(settings)) if d <= day]
+    """The offers of the latest published day on or before ``day`` that landed offers (None before any)."""
+    folder = offers_lake_dir(settings)
+    days = [
+        d for d in published_days(settings) if d <= day and (partition_dir(folder, d) / LAKE_FILE).is_file()
+    ]
     if not days:
         return None
-    return pd.read_parquet(partition_dir(offers_lake_dir(settings), days[-1]) / LAKE_FILE)
+    return pd.read_parquet(partition_dir(folder, days[-1]) / LAKE_FILE)
 
 
 # --- writing ---------------------------------------------------------------------------------------
@@ -187,12 +232,9 @@ def _write_report(settings: Settings, day: dt.date, report: dict[str, Any], rows
 def _reject(settings: Settings, day: dt.date, reason: str, rows_in: int = 0, rows: pa.Table | None = None,
             counts: dict[str, int] | None = None) -> CampaignDayRejected:  # fmt: skip
     """Record day ``day`` as rejected (its lake partitions removed) and build the one-line error."""
+    _retract(settings, day)  # an earlier accepted run of the same day: the day is now refused whole
     for folder in (exposures_lake_dir(settings), offers_lake_dir(settings)):
-        stale = partition_dir(folder, day)
-        if stale.is_dir():  # an earlier accepted run of the same day: the day is now refused whole
-            retired = stale.with_name(f".{stale.name}.{uuid.uuid4().hex}.old")
-            os.replace(stale, retired)  # readers see the day or nothing, never part of it
-            shutil.rmtree(retired)
+        _remove_partition(folder, day)
     report = {
         "day": day.isoformat(),
         "status": "rejected",
@@ -293,6 +335,7 @@ def ingest_campaign_day(settings: Settings, day: dt.date) -> dict[str, Any]:
         raise _reject(settings, day, "; ".join(problems), len(frame), _quarantine_table(bad), counts)
 
     lake = partition_dir(exposures_lake_dir(settings), day)
+    _retract(settings, day)  # readers lose the day until both partitions below are in place
     if offers is not None:
         table = pa.Table.from_pandas(
             offers.sort_values("offer_id", kind="mergesort")[list(OFFER_COLUMNS)],
@@ -303,7 +346,13 @@ def ingest_campaign_day(settings: Settings, day: dt.date) -> dict[str, Any]:
             partition_dir(offers_lake_dir(settings), day),
             lambda tmp: pq.write_table(table, tmp / LAKE_FILE, **_PARQUET_OPTIONS),
         )
+    else:  # a re-run without an offers file: the day's earlier offers no longer apply
+        _remove_partition(offers_lake_dir(settings), day)
     replace_dir(lake, lambda tmp: pq.write_table(_lake_table(good), tmp / LAKE_FILE, **_PARQUET_OPTIONS))
+    atomic_write_json(
+        marker_path(settings, day),
+        {"day": day.isoformat(), "offers": offers is not None, "exposures": len(good)},
+    )
     report = {
         "day": day.isoformat(),
         "status": "accepted",
@@ -358,9 +407,10 @@ def asset_extra(outcomes: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def read_lake_exposures(settings: Settings, first: dt.date, last: dt.date) -> pd.DataFrame:
-    """The lake's exposures of the days ``[first, last]`` (empty frame of the contract without any)."""
+    """The lake's exposures of the published days ``[first, last]`` (empty frame of the contract
+    without any)."""
     folder = exposures_lake_dir(settings)
-    files = [partition_dir(folder, d) / LAKE_FILE for d in list_partitions(folder) if first <= d <= last]
+    files = [partition_dir(folder, d) / LAKE_FILE for d in published_days(settings) if first <= d <= last]
     if not files:
         return EXPOSURES_SCHEMA.empty_table().to_pandas()
     return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)

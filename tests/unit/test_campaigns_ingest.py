@@ -14,7 +14,13 @@ from helpers_raw_ids import find_raw_ids
 
 from tasks.campaigns import simulator
 from tasks.campaigns.contracts import campaigns_quarantine_dir, exposures_lake_dir, offers_lake_dir
-from tasks.campaigns.ingest import CampaignDayRejected, ingest_campaign_day, ingest_campaign_days
+from tasks.campaigns.ingest import (
+    CampaignDayRejected,
+    ingest_campaign_day,
+    ingest_campaign_days,
+    offers_in_force,
+    read_lake_exposures,
+)
 from tasks.config import Settings
 from tasks.contracts import partition_dir
 from tasks.pseudonymize import load_key, pseudonymize, pseudonymize_source_id
@@ -227,3 +233,67 @@ def test_offers_carry_forward_and_a_day_without_exposures_is_none(
     outcomes = ingest_campaign_days(shoprec_home, [DAY, later, empty])
     assert [o["status"] for o in outcomes] == ["accepted", "accepted", "none"]
     assert lake_file(shoprec_home, later).is_file()
+
+
+def _priced(population: simulator.Population, percent: float) -> pd.DataFrame:
+    """The population's offers with ``pct10`` at ``percent`` off: the day's offers, told apart by value."""
+    frame = population.offers_frame()
+    frame.loc[frame["offer_id"] == "pct10", "value"] = percent
+    return frame
+
+
+def _pct(settings: Settings) -> int | None:
+    """The percent off of ``pct10`` in force on DAY (whole percents: the test's offers differ by 10)."""
+    offers = offers_in_force(settings, DAY)
+    return None if offers is None else round(offers.set_index("offer_id").at["pct10", "value"])
+
+
+def test_a_rerun_without_its_offers_file_drops_the_days_earlier_offers(
+    shoprec_home: Settings, population: simulator.Population
+) -> None:
+    """A day re-landed without offers is judged (and read back) with the offers in force before it,
+    as on a first run without one, not with the offers of its earlier run."""
+    before = DAY - dt.timedelta(days=1)
+    land(shoprec_home, before, exposures_of(population, 30, before), _priced(population, 10.0))
+    land(shoprec_home, DAY, exposures_of(population, 30), _priced(population, 20.0))
+    ingest_campaign_days(shoprec_home, [before, DAY])
+    assert _pct(shoprec_home) == 20
+    (partition_dir(shoprec_home.landing_dir, DAY) / "offers.parquet").unlink()
+    outcome = ingest_campaign_day(shoprec_home, DAY)
+    assert outcome["status"] == "accepted"
+    assert not partition_dir(offers_lake_dir(shoprec_home), DAY).exists()
+    assert _pct(shoprec_home) == 10
+    assert len(read_lake_exposures(shoprec_home, DAY, DAY)) == 30
+
+
+def test_a_crash_between_the_offers_and_the_exposures_write_never_pairs_new_offers_with_old_exposures(
+    shoprec_home: Settings, population: simulator.Population, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The day is published by its marker, written last: after a crash between the two partition
+    writes the readers see neither the new offers beside the old exposures nor half the day."""
+    from tasks.campaigns import ingest
+
+    land(shoprec_home, DAY, exposures_of(population, 30), _priced(population, 20.0))
+    ingest_campaign_day(shoprec_home, DAY)
+    assert _pct(shoprec_home) == 20
+    land(shoprec_home, DAY, exposures_of(population, 50), _priced(population, 30.0))
+    real = ingest.replace_dir
+
+    def crash_on_exposures(target: Path, write: object, **kwargs: object) -> Path:
+        if target == partition_dir(exposures_lake_dir(shoprec_home), DAY):
+            raise OSError("injected crash between the offers and the exposures write")
+        return real(target, write, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ingest, "replace_dir", crash_on_exposures)
+    with pytest.raises(OSError, match="injected crash"):
+        ingest_campaign_day(shoprec_home, DAY)
+    # the new offers are on disk beside the old exposures: the day is not published
+    on_disk = pd.read_parquet(partition_dir(offers_lake_dir(shoprec_home), DAY) / "part-0.parquet")
+    assert round(on_disk.set_index("offer_id").at["pct10", "value"]) == 30
+    assert len(pd.read_parquet(lake_file(shoprec_home))) == 30
+    assert _pct(shoprec_home) is None
+    assert read_lake_exposures(shoprec_home, DAY, DAY).empty
+    monkeypatch.setattr(ingest, "replace_dir", real)
+    ingest_campaign_day(shoprec_home, DAY)  # the re-run publishes the day whole
+    assert _pct(shoprec_home) == 30
+    assert len(read_lake_exposures(shoprec_home, DAY, DAY)) == 50
