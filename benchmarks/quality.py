@@ -64,8 +64,8 @@ ABLATIONS: tuple[tuple[str, dict[str, Any]], ...] = (
     ),
     ("item tower 'residual' (text + MLP with a skip)", {"train_item_tower": "residual"}),
     (
-        "user tower 'attention' (item 3: attention pooling over the ordered items)",
-        {"train_user_tower": "attention"},
+        "user tower 'mean' (item 3: masked mean instead of attention over the ordered items)",
+        {"train_user_tower": "mean"},
     ),
     ("temperature 0.2 (the session-5 default)", {"train_temperature": 0.2}),
     (
