@@ -56,14 +56,13 @@ class Plan:
 
 # One-at-a-time changes from the shipped settings: what each item of the issue-17 review changed,
 # undone alone (first seed, DP at the plan's top epsilon, bare model, validation and test window).
-# The 'residual' item tower (an option, not a review item; a DP run of it did not finish in 25 min)
-# is measured by benchmarks/model_sweep.py, not here.
 ABLATIONS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("user features on (review: near-constant user branch)", {"train_user_features": True}),
     (
         "item tower 'mlp' (the session-5 tower: text + category + price through 2 layers)",
         {"train_item_tower": "mlp"},
     ),
+    ("item tower 'residual' (text + MLP with a skip)", {"train_item_tower": "residual"}),
     (
         "user tower 'mean' (item 3: masked mean instead of attention over the ordered items)",
         {"train_user_tower": "mean"},
