@@ -27,7 +27,7 @@ CHANGES: dict[str, dict[str, Any]] = {
     "item tower residual": {"train_item_tower": "residual"},
     "item tower mlp": {"train_item_tower": "mlp"},
     "user features on": {"train_user_features": True},
-    "user tower attention": {"train_user_tower": "attention"},
+    "user tower mean": {"train_user_tower": "mean"},
     "temperature 0.1": {"train_temperature": 0.1},
     "temperature 0.2": {"train_temperature": 0.2},
     "lr 2e-3 / 1e-3": {"train_lr": 2e-3, "train_lr_nonprivate": 1e-3},
