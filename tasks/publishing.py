@@ -14,7 +14,7 @@ in :class:`PublishRules`:
 * at most ``max_per_category`` items of one category per list (diversity); ``None`` lifts the cap.
 
 Top-K: ``argpartition`` to a pool of the best ``2k``, ordered by (score, catalog position); the
-category cap takes items greedily in that order (:func:`_rank_within_group`), over the whole row where
+category cap takes items greedily in that order (:func:`_capped`), over the whole row where
 the pool runs short.  The same selection makes the cold-start lists (:func:`popularity_top_k`).
 
 Reasons (:func:`explain`): for each recommended item, the item of the user's own history (purchases
@@ -38,6 +38,7 @@ import hashlib
 import secrets
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -111,24 +112,6 @@ class TopK:
 
 
 # --- top-K with business rules -----------------------------------------------------------------------
-def _rank_within_group(groups: torch.Tensor) -> torch.Tensor:
-    """For rows of group labels ``[B, M]`` in score order, each entry's rank inside its group."""
-    import torch
-
-    b, m = groups.shape
-    position = torch.arange(m, device=groups.device).expand(b, m)
-    order = torch.argsort(groups * m + position, dim=1, stable=True)
-    sorted_groups = torch.gather(groups, 1, order)
-    starts = torch.ones_like(sorted_groups, dtype=torch.bool)
-    starts[:, 1:] = sorted_groups[:, 1:] != sorted_groups[:, :-1]
-    start_pos = torch.where(starts, position, torch.zeros_like(position))
-    start_pos = torch.cummax(start_pos, dim=1).values
-    rank_sorted = position - start_pos
-    rank = torch.empty_like(rank_sorted)
-    rank.scatter_(1, order, rank_sorted)
-    return rank
-
-
 # Floats in one chunk's [rows, N] score buffer (2 MiB; the content buffer is as large): 2**17 to 2**21
 # measured within 10% of each other on 4,000 items, 2**19 the fastest.
 CHUNK_FLOATS: Final = 2**19
@@ -180,25 +163,53 @@ def _z_popularity(popularity: np.ndarray) -> np.ndarray:
     return np.asarray((pop - pop.mean()) / (pop.std() + 1e-6), dtype=np.float64)
 
 
+def _order_keys(values: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """int64 keys whose ascending order is (value descending, position ascending): the float32 value's
+    bits mapped to an order-preserving int32 (negated) in the high word, the position in the low word."""
+    bits = (np.asarray(values, dtype=np.float32) + np.float32(0.0)).view(np.int32)  # + 0: -0.0 -> 0.0
+    monotone = bits ^ ((bits >> 31) & np.int32(0x7FFFFFFF))  # increases with the float
+    keys = np.negative(monotone, dtype=np.int64)
+    keys <<= 32
+    keys |= positions
+    return keys
+
+
 def _select(scores: np.ndarray, m: int) -> np.ndarray:
-    """Per row, the positions of the ``m`` best scores, best first, ties by position: ``[B, m]``."""
+    """Per row, the positions of the ``m`` best scores, best first, ties by position: ``[B, m]``
+    (``argpartition`` to the pool, then one integer sort of its (score, position) keys)."""
     n = scores.shape[1]
     if m < n:
-        pool = np.sort(np.argpartition(scores, n - m, axis=1)[:, n - m :], axis=1)
+        pool = np.argpartition(scores, n - m, axis=1)[:, n - m :]
     else:
         pool = np.broadcast_to(np.arange(n), scores.shape)
-    order = np.argsort(-np.take_along_axis(scores, pool, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(pool, order, axis=1)
+    keys = _order_keys(np.take_along_axis(scores, pool, axis=1), pool)
+    keys.sort(axis=1)
+    return keys & np.int64(0xFFFFFFFF)
 
 
 def _capped(scores: np.ndarray, ranked: np.ndarray, k: int, category: np.ndarray, cap: int) -> np.ndarray:
-    """From ``ranked`` positions (best first), the first ``k`` with at most ``cap`` per category; -1 pads."""
-    import torch
+    """From ``ranked`` positions (best first), the first ``k`` with at most ``cap`` per category; -1 pads.
 
-    rank = _rank_within_group(torch.from_numpy(np.ascontiguousarray(category[ranked]))).numpy()
+    An entry's rank inside its category: one integer sort of (category, slot) keys, the slot minus its
+    category's first sorted slot."""
+    b, m = ranked.shape
+    slot = np.arange(m, dtype=np.int64)
+    keys = category[ranked].astype(np.int64) << 32
+    keys |= slot
+    keys.sort(axis=1)
+    groups = keys >> 32
+    starts = np.ones((b, m), dtype=bool)
+    starts[:, 1:] = groups[:, 1:] != groups[:, :-1]
+    first = np.maximum.accumulate(np.where(starts, slot, 0), axis=1)
+    rank = np.empty((b, m), dtype=np.int64)
+    np.put_along_axis(rank, keys & np.int64(0xFFFFFFFF), slot - first, axis=1)
     ok = (rank < cap) & np.isfinite(np.take_along_axis(scores, ranked, axis=1))
-    take = np.argsort(~ok, axis=1, kind="stable")[:, :k]
-    return np.where(np.take_along_axis(ok, take, axis=1), np.take_along_axis(ranked, take, axis=1), -1)
+    out_slot = np.cumsum(ok, axis=1) - 1
+    ok &= out_slot < k
+    rows, cols = np.nonzero(ok)
+    top = np.full((b, k), -1, dtype=np.int64)
+    top[rows, out_slot[rows, cols]] = ranked[rows, cols]
+    return top
 
 
 def _top_positions(scores: np.ndarray, k: int, category: np.ndarray | None, cap: int | None) -> np.ndarray:
@@ -260,27 +271,34 @@ def score_top_k(
     allowed: np.ndarray | None = None,
     category: np.ndarray | None = None,
     blend: ScoreBlend | None = None,
+    threads: int = 1,
 ) -> TopK:
     """Top-K catalog positions per user and their blended scores, vectorised on chunks of users.
 
     ``purchases[u]``: (catalog positions, counts) of user u's own purchases; ``blend``: the
-    :class:`ScoreBlend` (None: the bare model score).  Per chunk of users (sized so its score rows stay
-    in the cache), one matrix product gives each row's ranking score: the model score times
-    ``model / (row std + 1e-6)`` plus the weighted z-scored popularity (one more row of the item
-    matrix); the repeat term is added at the user's purchases and the content affinity (a scatter-max
-    of the text neighbours of the recent items) times ``content / (its row std + 1e-6)``.  Row means
-    only shift a row, so the ranking leaves them out.  The model scores' row mean and std come from the
-    item vectors' mean and covariance (``u . mean``, ``u' cov u``, float64), the content's from its
-    row sums.  Top-K: ``argpartition`` to a pool ordered by (score, position), the category cap
-    greedily over the pool (over the whole row where the pool runs short).  The chosen items' scores
-    are then computed in float64 term by term as :func:`tasks.catalog.blend_scores` computes them.
-    tests/unit/test_scoring_kernel.py pins equal top-K to that NumPy blend and ``top_k_with_rules``.
+    :class:`ScoreBlend` (None: the bare model score); ``threads``: chunks scored at once, each on one
+    torch thread (the chunk's operations release the GIL).  Per chunk of users (sized so its score
+    rows stay in the cache), the content affinity first (a scatter-max of the text neighbours of the
+    recent items into a ``[rows, N]`` buffer) and its row std; then one matrix product accumulated
+    onto that buffer gives each row's ranking score divided by the row's positive content gain
+    ``content / (std + 1e-6)`` (a positive factor per row leaves its ranking as it is): the model
+    score times ``model / (row std + 1e-6)`` plus the weighted z-scored popularity (one more row of
+    the item matrix), both divided by the gain, plus the affinity; the repeat term (over the gain) is
+    added at the user's purchases.  Row means only shift a row, so the ranking leaves them out.  The
+    model scores' row mean and std come from the item vectors' mean and covariance (``u . mean``,
+    ``u' cov u``, float64), the content's from its row sums.  Top-K: ``argpartition`` to a pool
+    ordered by (score, position), the category cap greedily over the pool (over the whole row where
+    the pool runs short).  The chosen items' scores are then computed in float64 term by term as
+    :func:`tasks.catalog.blend_scores` computes them.  tests/unit/test_scoring_kernel.py pins equal
+    top-K to that NumPy blend and ``top_k_with_rules``.
     """
     import torch
 
     n_users, n_items = user_vectors.shape[0], item_vectors.shape[0]
     if len(purchases) != n_users:
         raise ValueError(f"{len(purchases)} purchase histories for {n_users} users")
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
     content = blend is not None and blend.uses_content
     if content and blend is not None and blend.recents is not None and len(blend.recents) != n_users:
         raise ValueError(f"{len(blend.recents)} recent-item lists for {n_users} users")
@@ -291,7 +309,7 @@ def score_top_k(
         return TopK(indices=out_idx, scores=out_val)
     weights = blend.weights if blend is not None else None
     cat = np.asarray(category, dtype=np.int64) if category is not None else None
-    items32 = item_vectors.detach().float()
+    items32 = item_vectors.detach().float().contiguous()
     items64 = items32.double()
     item_mean = items64.mean(0)
     item_cov = (items64 - item_mean).T @ (items64 - item_mean) / n_items
@@ -299,14 +317,19 @@ def score_top_k(
     if weights is not None and weights.popularity and blend is not None and blend.popularity is not None:
         pop_z = _z_popularity(np.asarray(blend.popularity, dtype=np.float64))
     pop_term = pop_z * (weights.popularity if weights is not None else 0.0)
-    design = torch.cat(
-        [item_vectors.detach().float().t(), torch.from_numpy(pop_term.astype(np.float32))[None, :]]
-    ).contiguous()
+    design = torch.cat([items32.t(), torch.from_numpy(pop_term.astype(np.float32))[None, :]]).contiguous()
     barred = (
         torch.from_numpy(np.flatnonzero(~np.asarray(allowed, dtype=bool))) if allowed is not None else None
     )
+    # own purchases as sorted (user * N + item) keys, duplicate counts summed, once for all chunks
     buy_offsets, buy_items = _flat([p for p, _ in purchases], np.int64)
     _, buy_counts = _flat([c for _, c in purchases], np.float64)
+    owner = np.repeat(np.arange(n_users, dtype=np.int64), np.diff(buy_offsets))
+    bought_keys, inverse = np.unique(owner * n_items + buy_items, return_inverse=True)
+    bought_counts = np.bincount(inverse.reshape(-1), weights=buy_counts, minlength=len(bought_keys))
+    repeat_all = np.zeros(len(bought_keys))
+    if weights is not None and weights.repeat:
+        repeat_all = weights.repeat * np.log1p(np.clip(bought_counts, 0, None))
     if content:
         assert blend is not None
         assert blend.neighbours is not None
@@ -315,72 +338,91 @@ def score_top_k(
         neighbour_index = torch.from_numpy(np.ascontiguousarray(blend.neighbours.index, dtype=np.int64))
         neighbour_sim = torch.from_numpy(np.ascontiguousarray(blend.neighbours.similarity, dtype=np.float32))
         neighbour_sim = neighbour_sim.clamp(min=0.0)
-    rows = max(8, min(rules.batch_size, CHUNK_FLOATS // n_items))
-    with torch.inference_mode(), _one_torch_thread():
-        for start in range(0, n_users, rows):
-            stop = min(start + rows, n_users)
-            b = stop - start
-            users = user_vectors[start:stop].detach().float()
-            users64 = users.double()
-            row_mean = (users64 @ item_mean).numpy()
-            row_std = ((users64 @ item_cov) * users64).sum(1).clamp(min=0.0).sqrt().numpy()
-            scale = np.ones(b) if weights is None else weights.model / (row_std + 1e-6)
-            lhs = torch.cat(
-                [users * torch.from_numpy(scale.astype(np.float32))[:, None], torch.ones(b, 1)], 1
-            )
-            scores = lhs @ design  # [b, N]: the ranking scores
-            flat = scores.view(-1)
-            # own purchases as (row, item) keys, duplicate counts summed
-            lo, hi = buy_offsets[start], buy_offsets[stop]
-            owner = np.repeat(np.arange(b, dtype=np.int64), np.diff(buy_offsets[start : stop + 1]))
-            bought, inverse = np.unique(owner * n_items + buy_items[lo:hi], return_inverse=True)
-            counts = np.bincount(inverse, weights=buy_counts[lo:hi], minlength=len(bought))
-            repeat = np.zeros(len(bought))
-            if weights is not None and weights.repeat:
-                repeat = weights.repeat * np.log1p(np.clip(counts, 0, None))
-                flat.index_add_(0, torch.from_numpy(bought), torch.from_numpy(repeat.astype(np.float32)))
-            if not rules.include_purchased:
-                flat[torch.from_numpy(bought[counts > 0])] = float("-inf")
-            if barred is not None and len(barred):
-                scores.index_fill_(1, barred, float("-inf"))
-            affinity, c_mean, c_std = None, np.zeros(b), np.zeros(b)
-            if content:
-                assert weights is not None
-                r_lo, r_hi = recent_offsets[start], recent_offsets[stop]
-                holder = np.repeat(np.arange(b, dtype=np.int64), np.diff(recent_offsets[start : stop + 1]))
-                mine = torch.from_numpy(recent_items[r_lo:r_hi])
-                targets = (torch.from_numpy(holder)[:, None] * n_items + neighbour_index[mine]).view(-1)
-                affinity = torch.zeros(b, n_items)
-                affinity.view(-1).scatter_reduce_(
-                    0, targets, neighbour_sim[mine].reshape(-1), reduce="amax", include_self=True
+    # positive gain: the product is accumulated onto the affinity, every other term over the gain
+    divide = content and weights is not None and weights.content > 0
+
+    def score_chunk(start: int, stop: int) -> None:
+        b = stop - start
+        users = user_vectors[start:stop].detach().float()
+        users64 = users.double()
+        row_mean = (users64 @ item_mean).numpy()
+        row_std = ((users64 @ item_cov) * users64).sum(1).clamp(min=0.0).sqrt().numpy()
+        scale = np.ones(b) if weights is None else weights.model / (row_std + 1e-6)
+        affinity, c_mean, c_std, gain = None, np.zeros(b), np.zeros(b), np.ones(b)
+        if content:
+            assert weights is not None
+            r_lo, r_hi = recent_offsets[start], recent_offsets[stop]
+            mine = torch.from_numpy(recent_items[r_lo:r_hi])
+            holder = torch.from_numpy(
+                np.repeat(
+                    np.arange(0, b * n_items, n_items, dtype=np.int64),
+                    np.diff(recent_offsets[start : stop + 1]),
                 )
-                c_mean = affinity.sum(1).double().numpy() / n_items
-                squares = torch.linalg.vector_norm(affinity, dim=1).double().numpy() ** 2 / n_items
-                c_std = np.sqrt(np.clip(squares - c_mean**2, 0, None))
-                gain = weights.content / (c_std + 1e-6)
+            )
+            targets = neighbour_index.index_select(0, mine).add_(holder[:, None]).view(-1)
+            affinity = torch.zeros(b, n_items)
+            affinity.view(-1).scatter_reduce_(
+                0, targets, neighbour_sim.index_select(0, mine).view(-1), reduce="amax", include_self=True
+            )
+            c_mean = affinity.sum(1).double().numpy() / n_items
+            squares = torch.linalg.vector_norm(affinity, dim=1).double().numpy() ** 2 / n_items
+            c_std = np.sqrt(np.clip(squares - c_mean**2, 0, None))
+            gain = weights.content / (c_std + 1e-6)
+        divisor = gain if divide else np.ones(b)
+        lhs = torch.from_numpy(np.stack([scale, np.ones(b)], 1) / divisor[:, None]).float()
+        lhs = torch.cat([users * lhs[:, :1], lhs[:, 1:]], 1)
+        if divide:
+            assert affinity is not None
+            scores = affinity.clone().addmm_(lhs, design)  # [b, N]: ranking scores / gain
+        else:
+            scores = lhs @ design  # [b, N]: the ranking scores
+            if affinity is not None:
                 scores.addcmul_(affinity, torch.from_numpy(gain.astype(np.float32))[:, None])
-            ranked = scores.numpy()
-            top = _top_positions(ranked, rules.k, cat, rules.max_per_category)
-            valid = top >= 0
-            safe = np.where(valid, top, 0)
-            if weights is None:
-                value = np.take_along_axis(ranked, safe, axis=1).astype(np.float64)
-            else:  # the chosen items' scores, term by term as blend_scores computes them
-                chosen = items32[torch.from_numpy(safe)]  # float32, as the reference's product
-                raw = torch.einsum("bd,bkd->bk", users, chosen).double().numpy()
-                value = weights.model * ((raw - row_mean[:, None]) / (row_std[:, None] + 1e-6))
-                if weights.repeat:
-                    keys = np.arange(b, dtype=np.int64)[:, None] * n_items + safe
-                    at = np.clip(np.searchsorted(bought, keys), 0, max(len(bought) - 1, 0))
-                    hit = bought[at] == keys if len(bought) else np.zeros(keys.shape, dtype=bool)
-                    value = value + np.where(hit, repeat[at] if len(bought) else 0.0, 0.0)
-                if weights.popularity:
-                    value = value + pop_term[safe]
-                if affinity is not None:
-                    near = np.take_along_axis(affinity.numpy(), safe, axis=1).astype(np.float64)
-                    value = value + weights.content * ((near - c_mean[:, None]) / (c_std[:, None] + 1e-6))
-            out_idx[start:stop] = top
-            out_val[start:stop] = np.where(valid, value, -np.inf).astype(np.float32)
+        flat = scores.view(-1)
+        lo, hi = np.searchsorted(bought_keys, [start * n_items, stop * n_items])
+        bought = bought_keys[lo:hi] - start * n_items
+        repeat = repeat_all[lo:hi]
+        if weights is not None and weights.repeat and hi > lo:
+            owners = bought // n_items
+            flat.index_add_(
+                0, torch.from_numpy(bought), torch.from_numpy((repeat / divisor[owners]).astype(np.float32))
+            )
+        if not rules.include_purchased:
+            flat[torch.from_numpy(bought[bought_counts[lo:hi] > 0])] = float("-inf")
+        if barred is not None and len(barred):
+            scores.index_fill_(1, barred, float("-inf"))
+        ranked = scores.numpy()
+        top = _top_positions(ranked, rules.k, cat, rules.max_per_category)
+        valid = top >= 0
+        safe = np.where(valid, top, 0)
+        if weights is None:
+            value = np.take_along_axis(ranked, safe, axis=1).astype(np.float64)
+        else:  # the chosen items' scores, term by term as blend_scores computes them
+            chosen = items32.index_select(0, torch.from_numpy(safe.reshape(-1))).view(b, k_out, -1)
+            raw = torch.bmm(chosen, users[:, :, None]).view(b, k_out).double().numpy()  # float32 products
+            value = weights.model * ((raw - row_mean[:, None]) / (row_std[:, None] + 1e-6))
+            if weights.repeat and len(bought):
+                keys = np.arange(b, dtype=np.int64)[:, None] * n_items + safe
+                at = np.clip(np.searchsorted(bought, keys), 0, len(bought) - 1)
+                value = value + np.where(bought[at] == keys, repeat[at], 0.0)
+            if weights.popularity:
+                value = value + pop_term[safe]
+            if affinity is not None:
+                near = np.take_along_axis(affinity.numpy(), safe, axis=1).astype(np.float64)
+                value = value + weights.content * ((near - c_mean[:, None]) / (c_std[:, None] + 1e-6))
+        out_idx[start:stop] = top
+        out_val[start:stop] = np.where(valid, value, -np.inf).astype(np.float32)
+
+    rows = max(8, min(rules.batch_size, CHUNK_FLOATS // n_items))
+    chunks = [(start, min(start + rows, n_users)) for start in range(0, n_users, rows)]
+    with torch.inference_mode(), _one_torch_thread():
+        if threads == 1 or len(chunks) == 1:
+            for start, stop in chunks:
+                score_chunk(start, stop)
+        else:
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                for done in pool.map(lambda chunk: score_chunk(*chunk), chunks):
+                    del done
     return TopK(indices=out_idx, scores=out_val)
 
 

@@ -110,6 +110,8 @@ BLENDS = {
     "content only with model": BlendWeights(content=1.3),
     "model off": BlendWeights(repeat=1.0, popularity=0.5, content=0.5, model=0.0),
     "negative repeat": BlendWeights(repeat=-0.4, popularity=0.2, content=0.2, model=0.6),
+    # a negative content weight: the product is not accumulated onto the affinity (no positive gain)
+    "negative content": BlendWeights(repeat=0.5, popularity=0.2, content=-0.3, model=1.0),
 }
 
 
@@ -214,3 +216,21 @@ def test_chunking_does_not_change_the_result() -> None:
     for other in runs[1:]:
         assert np.array_equal(other.indices, runs[0].indices)
         np.testing.assert_allclose(other.scores, runs[0].scores, rtol=0, atol=1e-6)
+
+
+def test_two_threads_give_the_one_thread_result() -> None:
+    """Chunks scored on two threads at once write the same lists and scores as one thread."""
+    s = shop(seed=7)
+    common = {
+        "rules": PublishRules(k=50, max_per_category=10, batch_size=16),
+        "purchases": s["purchases"],
+        "allowed": s["allowed"],
+        "category": s["category"],
+        "blend": ScoreBlend(BLENDS["full"], s["popularity"], s["recents"], s["neighbours"]),
+    }
+    one = score_top_k(s["users"], s["items"], **common, threads=1)
+    two = score_top_k(s["users"], s["items"], **common, threads=2)
+    assert np.array_equal(one.indices, two.indices)
+    assert np.array_equal(one.scores, two.scores)
+    with pytest.raises(ValueError, match="threads"):
+        score_top_k(s["users"], s["items"], **common, threads=0)
