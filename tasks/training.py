@@ -4,8 +4,9 @@ Privacy unit: the user. One dataset sample is one user: that user's features and
 the items they interacted with (``INTERACTIONS``) in the label window after it (capped at ``cap_k``) and
 sampled negatives. Users are
 Poisson-sampled (Opacus ``DPDataLoader``), each user's gradient is clipped to ``max_grad_norm`` as one
-vector (``grad_sample_mode="ghost"``: per-sample gradient norms without materialising per-sample
-gradients), Gaussian noise ``noise_multiplier * max_grad_norm`` is added to the sum, and the ledger's
+vector (Book-Keeping clipping, :mod:`tasks.dp_clipping`: norms and clipped sum from ONE backward
+pass, equal to Opacus' ghost clipping within 1e-5, ``tests/unit/test_dp_clipping.py``), Gaussian
+noise ``noise_multiplier * max_grad_norm`` is added to the sum by Opacus' optimizer, and the ledger's
 RDP accountant (:func:`tasks.privacy.accounting.rdp_epsilon`, the orders the ledger composes at) turns
 the steps Opacus recorded (noise multiplier, sample rate, steps) into (epsilon, delta).
 
