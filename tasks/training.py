@@ -363,6 +363,17 @@ def train_step(module: nn.Module, optimizer: Any, criterion: Any, batch: Sequenc
     return float(loss.item())
 
 
+def empty_batch_step(model: nn.Module, optimizer: Any) -> None:
+    """The DP-SGD step of an empty Poisson sample: the clipped sum of no users is zero, so the update
+    is the noise alone (and the accountant counts the step). Zero gradients are set explicitly: at a
+    run's first step there are none yet, and Opacus' optimizer needs one per parameter."""
+    optimizer.zero_grad()
+    for p in model.parameters():
+        if p.requires_grad:
+            p.grad = torch.zeros_like(p)
+    optimizer.step()
+
+
 def train(
     model: TwoTower,
     examples: UserExamples,
@@ -405,8 +416,7 @@ def train(
             features, history, candidates, target = (t.to(device) for t in batch)
             if features.shape[0] == 0:
                 if config.private:  # an empty Poisson batch is still a step: noise only
-                    optimizer.zero_grad()
-                    optimizer.step()
+                    empty_batch_step(model, optimizer)
                     steps += 1
                 continue
             tic = time.perf_counter()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_training import TOWERS, _examples, _tower_model
 
-from tasks.training import TrainConfig, make_private_trainer
+from tasks.training import TrainConfig, empty_batch_step, make_private_trainer
 
 
 def _batch(n: int = 8) -> tuple[object, list[torch.Tensor]]:
@@ -71,3 +71,15 @@ def test_a_layer_without_a_one_pass_formula_is_refused() -> None:
 
     with pytest.raises(ValueError, match="LayerNorm"):
         BookKeepingModule(torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.LayerNorm(3)))
+
+
+def test_an_empty_poisson_sample_at_the_first_step_is_a_noise_only_step() -> None:
+    """Opacus' optimizer needs a gradient per parameter; before the first backward there is none."""
+    examples, _ = _batch()
+    model = _tower_model("text", "attention", False)
+    config = TrainConfig(max_grad_norm=0.5, noise_multiplier=1.0, batch_size=4)
+    _, optimizer, _, _, engine = make_private_trainer(model, examples, config)
+    before = [p.detach().clone() for p in model.parameters()]
+    empty_batch_step(model, optimizer)
+    assert engine.accountant.history == [(1.0, 0.5, 1)]
+    assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
