@@ -42,6 +42,10 @@ USER_TOWERS = ("attention", "mean")
 SHIPPED = "book_keeping"  # what tasks.training.make_private_trainer uses by default
 REFERENCE = "ghost"  # Opacus' ghost clipping (the trainer's path before)
 # every candidate measured by --candidates: the trainer's two, Opacus' per-sample modes, torch.func
+# One torch thread: on the shared 2-core machine two threads per process measured 40x slower steps
+# (plain, batch 64: 8.5 CPU ms/step at 1 thread, 337 at 2, OpenMP threads fighting other processes),
+# so the ratio, a property of the work each step does, is measured single-threaded.
+THREADS = 1
 CANDIDATES = ("book_keeping", "ghost", "hooks", "functorch", "ew", "vmap")
 
 
@@ -196,10 +200,23 @@ def fixed_batches(examples: Any, batch: int, count: int) -> list[tuple[Any, ...]
 
 
 def interleaved_step_times(
-    user_tower: str, batch: int, rounds: int, steps: int, kinds: Sequence[str]
+    user_tower: str, batch: int, rounds: int, steps: int, kinds: Sequence[str], threads: int = THREADS
 ) -> dict[str, dict[str, list[float]]]:
     """Per side: wall and CPU seconds per step over ``rounds`` blocks of ``steps`` steps, the sides'
-    blocks alternating, on the same batches."""
+    blocks alternating, on the same batches, with ``threads`` torch threads."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _interleaved(user_tower, batch, rounds, steps, kinds)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _interleaved(
+    user_tower: str, batch: int, rounds: int, steps: int, kinds: Sequence[str]
+) -> dict[str, dict[str, list[float]]]:
     settings = shipped_settings(user_tower)
     catalog, examples = synthetic_setup(settings)
     sides = {kind: Side(kind, settings, catalog, examples, batch) for kind in kinds}
@@ -278,7 +295,6 @@ def _median(times: dict[str, list[float]], clock: str = "cpu") -> float:
 
 
 def run(ctx: Context) -> Section:
-    import torch
 
     section = Section(key="dp_speed", title="2. DP-SGD training speed")
     batches = (64, 256) if ctx.quick else (64, 256, 1024)
@@ -361,7 +377,9 @@ def run(ctx: Context) -> Section:
     )
     section.figures.append(link)
     section.notes += [
-        f"{rounds} rounds x {steps} steps per side, {torch.get_num_threads()} torch threads; synthetic users "
+        f"{rounds} rounds x {steps} steps per side, {THREADS} torch thread (on the shared 2-core machine two "
+        "threads per process made steps ~40x slower: plain batch 64, 8.5 vs 337 CPU ms), CPU time "
+        "(time.process_time); synthetic users "
         f"over a {N_ITEMS:,}-item catalog with the shipped Settings (model_for, train_config: item tower "
         "'text', hidden 128, history 20, 10 positives and 100 negatives per user)",
         "DP side: tasks.training.make_private_trainer (Book-Keeping clipping, one backward pass, "
