@@ -4,8 +4,9 @@ Privacy unit: the user. One dataset sample is one user: that user's features and
 the items they interacted with (``INTERACTIONS``) in the label window after it (capped at ``cap_k``) and
 sampled negatives. Users are
 Poisson-sampled (Opacus ``DPDataLoader``), each user's gradient is clipped to ``max_grad_norm`` as one
-vector (``grad_sample_mode="ghost"``: per-sample gradient norms without materialising per-sample
-gradients), Gaussian noise ``noise_multiplier * max_grad_norm`` is added to the sum, and the ledger's
+vector (Book-Keeping clipping, :mod:`tasks.dp_clipping`: norms and clipped sum from ONE backward
+pass, equal to Opacus' ghost clipping within 1e-5, ``tests/unit/test_dp_clipping.py``), Gaussian
+noise ``noise_multiplier * max_grad_norm`` is added to the sum by Opacus' optimizer, and the ledger's
 RDP accountant (:func:`tasks.privacy.accounting.rdp_epsilon`, the orders the ledger composes at) turns
 the steps Opacus recorded (noise multiplier, sample rate, steps) into (epsilon, delta).
 
@@ -61,6 +62,7 @@ from tasks.dataset import (
     feature_state,
     training_candidates,
 )
+from tasks.dp_clipping import BookKeepingLoss, BookKeepingModule
 from tasks.evaluation import temporal_split_from_state, tune_blend
 from tasks.io import atomic_write, atomic_write_json, replace_dir
 from tasks.model import (
@@ -289,10 +291,20 @@ def dp_generators(config: TrainConfig, device: torch.device) -> tuple[torch.Gene
     return noise, sampling
 
 
+CLIPPINGS: Final[tuple[str, ...]] = ("book_keeping", "ghost")
+
+
 def make_private_trainer(
-    model: TwoTower, examples: UserExamples, config: TrainConfig
+    model: TwoTower, examples: UserExamples, config: TrainConfig, *, clipping: str = "book_keeping"
 ) -> tuple[nn.Module, Any, Any, DataLoader[Any], Any]:
-    """Wrap model, optimizer, loss and loader for user-level DP-SGD (ghost clipping, Poisson sampling).
+    """Wrap model, optimizer, loss and loader for user-level DP-SGD (per-user clipping, Poisson sampling).
+
+    ``clipping``: ``"book_keeping"`` (the trainer's; :mod:`tasks.dp_clipping`, one backward pass) or
+    ``"ghost"`` (Opacus' ghost clipping, two backward passes; the reference the equivalence tests and
+    ``benchmarks/dp_speed.py`` compare with). Both hand the clipped per-user sum to the same Opacus
+    ``DPOptimizerFastGradientClipping`` (noise ``config.noise_multiplier * max_grad_norm`` on the sum,
+    divided by the expected batch size) with the same RDP accountant step hook and the same Poisson
+    ``DPDataLoader`` as ``PrivacyEngine.make_private(grad_sample_mode="ghost")``.
 
     The noise and the Poisson sampling draw from their own generators (:func:`dp_generators`), never
     from torch's global generator, whose state a checkpoint saves and restores.
@@ -300,23 +312,66 @@ def make_private_trainer(
     """
     from opacus import PrivacyEngine
 
+    if clipping not in CLIPPINGS:
+        raise ValueError(f"unknown clipping {clipping!r}: one of {CLIPPINGS}")
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     noise_gen, sampling_gen = dp_generators(config, next(model.parameters()).device)
     # DPDataLoader.from_data_loader samples with this loader's generator (Opacus 1.6, no secure_mode)
     loader = DataLoader(examples, batch_size=config.batch_size, shuffle=False, generator=sampling_gen)
     engine = PrivacyEngine(accountant=ACCOUNTANT)
-    module, dp_optimizer, criterion, dp_loader = engine.make_private(
-        module=model,
-        optimizer=optimizer,
-        criterion=UserSoftmaxLoss(reduction="mean"),
-        data_loader=loader,
+    if clipping == "ghost":
+        module, dp_optimizer, criterion, dp_loader = engine.make_private(
+            module=model,
+            optimizer=optimizer,
+            criterion=UserSoftmaxLoss(reduction="mean"),
+            data_loader=loader,
+            noise_multiplier=config.noise_multiplier,
+            max_grad_norm=config.max_grad_norm,
+            grad_sample_mode="ghost",
+            poisson_sampling=True,
+            noise_generator=noise_gen,
+        )
+        return module, dp_optimizer, criterion, dp_loader, engine
+    from opacus.data_loader import DPDataLoader
+    from opacus.optimizers import DPOptimizerFastGradientClipping
+
+    # what PrivacyEngine.make_private does for grad_sample_mode="ghost", minus the model wrapping
+    engine.validate(module=model, optimizer=optimizer, data_loader=loader)
+    dp_loader = DPDataLoader.from_data_loader(loader)
+    sample_rate = 1 / len(dp_loader)
+    dp_optimizer = DPOptimizerFastGradientClipping(
+        optimizer,
         noise_multiplier=config.noise_multiplier,
         max_grad_norm=config.max_grad_norm,
-        grad_sample_mode="ghost",
-        poisson_sampling=True,
-        noise_generator=noise_gen,
+        expected_batch_size=int(len(examples) * sample_rate),
+        loss_reduction="mean",
+        generator=noise_gen,
     )
+    dp_optimizer.attach_step_hook(engine.accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
+    module = BookKeepingModule(model)
+    criterion = BookKeepingLoss(module, UserSoftmaxLoss(reduction="mean"), config.max_grad_norm)
     return module, dp_optimizer, criterion, dp_loader, engine
+
+
+def train_step(module: nn.Module, optimizer: Any, criterion: Any, batch: Sequence[torch.Tensor]) -> float:
+    """One optimizer step of :func:`train` on ``batch`` (features, history, candidates, target); the loss."""
+    features, history, candidates, target = batch
+    optimizer.zero_grad()
+    loss = criterion(module(features, history, candidates), target)
+    loss.backward()
+    optimizer.step()
+    return float(loss.item())
+
+
+def empty_batch_step(model: nn.Module, optimizer: Any) -> None:
+    """The DP-SGD step of an empty Poisson sample: the clipped sum of no users is zero, so the update
+    is the noise alone (and the accountant counts the step). Zero gradients are set explicitly: at a
+    run's first step there are none yet, and Opacus' optimizer needs one per parameter."""
+    optimizer.zero_grad()
+    for p in model.parameters():
+        if p.requires_grad:
+            p.grad = torch.zeros_like(p)
+    optimizer.step()
 
 
 def train(
@@ -361,17 +416,13 @@ def train(
             features, history, candidates, target = (t.to(device) for t in batch)
             if features.shape[0] == 0:
                 if config.private:  # an empty Poisson batch is still a step: noise only
-                    optimizer.zero_grad()
-                    optimizer.step()
+                    empty_batch_step(model, optimizer)
                     steps += 1
                 continue
             tic = time.perf_counter()
-            optimizer.zero_grad()
-            loss = criterion(module(features, history, candidates), target)
-            loss.backward()
-            optimizer.step()
+            loss = train_step(module, optimizer, criterion, (features, history, candidates, target))
             busy += time.perf_counter() - tic
-            total += float(loss.item())
+            total += loss
             batches += 1
             steps += 1
         losses.append(total / max(1, batches))

@@ -87,8 +87,9 @@ def test_each_users_gradient_contribution_is_clipped_to_max_grad_norm_whatever_t
     item_tower: str, user_tower: str, user_features: bool
 ) -> None:
     """Record every sampled user's true gradient (plain autograd, one user at a time) and check that
-    Opacus ghost clipping measures its norm correctly and adds at most ``max_grad_norm`` of it, for
-    every tower the pipeline can build (the attention pooling included)."""
+    the trainer's clipping (Book-Keeping, tasks.dp_clipping; the same as Opacus' ghost clipping,
+    tests/unit/test_dp_clipping.py) measures its norm correctly and adds at most ``max_grad_norm`` of
+    it, for every tower the pipeline can build (the attention pooling included)."""
     examples = _examples(8)
     batch = [torch.stack(t) for t in zip(*(examples[i] for i in range(len(examples))), strict=True)]
     model = _tower_model(item_tower, user_tower, user_features)
