@@ -14,7 +14,7 @@ and non-private (the pipeline's twin reads the same DP vectors; "exact vectors" 
 reference built from the exact, uncapped counts). Privacy: delta = 1 / (10 users), user level, the
 ledger's RDP accountant; a DP model's total epsilon covers DP-SGD and its co-occurrence release
 (a Gaussian of noise multiplier ``SHOPREC_COOC_NOISE_MULTIPLIER`` at rate 1, composed by
-:func:`tasks.privacy.accounting.noise_for_budget`).
+:func:`tasks.privacy.accounting.calibrate_noise`).
 
 The behaviour settings (items per user k, vector dimensions) are chosen on the VALIDATION window
 (``--sweep``); the test window only reports the chosen setting over ``--seeds``.
@@ -68,7 +68,7 @@ def run(
     from tasks.embeddings import embed_items, load_pretrained_encoder
     from tasks.evaluation import evaluate_scores, temporal_split
     from tasks.model import Recommender
-    from tasks.privacy.accounting import noise_for_budget, rdp_epsilon
+    from tasks.privacy.accounting import calibrate_noise, rdp_epsilon, sampled_gaussians
     from tasks.privacy.cooccurrence import CooccurrenceCounts, behaviour_vectors, exact_cooccurrence
     from tasks.sources import SyntheticConfig, generate
     from tasks.training import (
@@ -145,7 +145,8 @@ def run(
         config = dataclasses.replace(base, seed=seed, noise_seed=None)
         if private:
             config = dataclasses.replace(
-                config, noise_multiplier=noise_for_budget(epsilon, delta, q, steps, also=also)
+                config,
+                noise_multiplier=calibrate_noise(epsilon, delta, q, steps, existing=sampled_gaussians(also)),
             )
         else:
             config = twin_config(settings, config)

@@ -5,7 +5,7 @@ without the model.
 The model is trained by the shipped functions (:func:`fit_bare`: :func:`tasks.training.training_examples`,
 :func:`tasks.training.train_config` / :func:`tasks.training.twin_config`, :func:`tasks.training.fit_model`),
 with the pipeline's Settings; only the noise multiplier is computed here, for the benchmark's epsilon
-(:func:`tasks.privacy.accounting.noise_for_budget`, the calibration the ledger does for a run).
+(:func:`tasks.privacy.accounting.calibrate_noise`, the calibration the ledger does for a run).
 
 Protocol (:mod:`tasks.evaluation`): temporal split at the data's end ``as_of`` with
 :meth:`tasks.dataset.Cuts.from_end`: test truth ``[as_of - W, as_of)`` (W = 28 days on Online Retail
@@ -80,13 +80,9 @@ ABLATIONS: tuple[tuple[str, dict[str, Any]], ...] = (
 def popularity_noise_for(epsilon: float, delta: float, releases: int) -> float:
     """Noise multiplier of ``releases`` discrete Gaussian popularity releases that together spend
     ``epsilon`` (rho-zCDP, the RDP curve of a Gaussian with q = 1, as the ledger composes it)."""
-    from tasks.privacy.accounting import rdp_epsilon
+    from tasks.privacy.accounting import rdp_epsilon, smallest_noise
 
-    low, high = 0.05, 100.0
-    while high - low > 1e-3:
-        mid = (low + high) / 2
-        low, high = (mid, high) if rdp_epsilon([(mid, 1.0, releases)], delta) > epsilon else (low, mid)
-    return high
+    return smallest_noise(lambda noise: rdp_epsilon([(noise, 1.0, releases)], delta), epsilon)
 
 
 def per_user_training_set(
@@ -241,7 +237,7 @@ def fit_bare(
     benchmark's delta), as the ledger's calibration would."""
     from tasks.catalog import BlendWeights
     from tasks.model import Recommender
-    from tasks.privacy.accounting import noise_for_budget
+    from tasks.privacy.accounting import calibrate_noise, sampled_gaussians
     from tasks.training import fit_model, train_config, training_examples, twin_config
 
     if seed is not None:
@@ -252,7 +248,9 @@ def fit_bare(
         if epsilon is None:
             raise ValueError("a private fit needs its epsilon")
         n = len(examples)
-        noise = noise_for_budget(epsilon, prep.delta, config.sample_rate(n), config.steps(n), also=also)
+        noise = calibrate_noise(
+            epsilon, prep.delta, config.sample_rate(n), config.steps(n), existing=sampled_gaussians(also)
+        )
         config = dataclasses.replace(config, noise_multiplier=noise)
     else:
         config = twin_config(settings, config)
@@ -282,7 +280,7 @@ def fit_served(
     :func:`tasks.training.charged_schedule` with ``also`` to spend ``epsilon``."""
     from tasks.catalog import BlendWeights
     from tasks.model import Recommender
-    from tasks.privacy.accounting import noise_for_budget
+    from tasks.privacy.accounting import calibrate_noise, sampled_gaussians
     from tasks.training import charged_schedule, fit_model, train_config, training_examples
 
     if seed is not None:
@@ -291,7 +289,7 @@ def fit_served(
     second, _ = training_examples(settings, prep.refit_state, prep.refit_labels, prep.catalog)
     configs = [(train_config(settings, n_users=len(e)), e) for e in (first, second)]
     q, steps = charged_schedule([(c, len(e)) for c, e in configs])
-    noise = noise_for_budget(epsilon, prep.delta, q, steps, also=also)
+    noise = calibrate_noise(epsilon, prep.delta, q, steps, existing=sampled_gaussians(also))
     models, results, each = [], [], []
     with stopwatch() as elapsed:
         for config, examples in configs:

@@ -209,6 +209,16 @@ class Settings(BaseSettings):
     training_epsilon: float = Field(
         default=3.0, gt=0, description="User-level epsilon one DP-SGD training may add (ledger-calibrated)."
     )
+    # A run the ledger would calibrate above this noise multiplier is refused instead of trained (near
+    # the cap a run gets what is left, and its noise grows without bound: 63 for 2.5e-4 left at rate
+    # 0.05 x 200 steps). 50 is ~11x the default recommender run's 4.35 (epsilon 3 at rate 0.25, 160
+    # steps, delta 1e-4); at that schedule it refuses runs adding less than epsilon ~0.2 (a chosen bound,
+    # not a measured quality limit).
+    dp_max_noise_multiplier: float = Field(
+        default=50.0,
+        gt=0,
+        description="Largest DP-SGD noise multiplier the ledger calibrates; a run needing more is refused.",
+    )
     # DP-SGD schedule, as the privacy mechanism sees it: each step Poisson-samples every training user
     # with probability train_sample_rate (expected batch = rate x training users), train_steps steps;
     # the non-private twin runs the same schedule (same model and loop) at its own learning rate.

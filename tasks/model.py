@@ -381,7 +381,9 @@ class Recommender:
         tower = TwoTower(config)
         per_item = {"item_text", "item_category", "item_price", "item_id.weight"}
         state = {k: v for k, v in self.model.state_dict().items() if k not in per_item}
-        tower.load_state_dict(state, strict=False)
+        missing, unexpected = tower.load_state_dict(state, strict=False)
+        if set(missing) - per_item or unexpected:
+            raise ValueError(f"the recommender's weights do not fit its architecture: {missing} {unexpected}")
         old = known.index_of(list(catalog.item_ids))  # model index in the champion, 0 = new item
         seen = torch.from_numpy(old > 0)
         names = {c: i for i, c in enumerate(known.categories)}

@@ -32,7 +32,6 @@ version: ``publish_id = <model version>@<scoring time>``.  See :mod:`tasks.publi
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as dt
 import hashlib
 import secrets
@@ -564,14 +563,13 @@ class ScoringCatalog:
 def scoring_catalog(recommender: Recommender, items: pd.DataFrame) -> ScoringCatalog:
     """Score the CURRENT catalog (``items``: item_id, category, price, embedding) with the champion.
 
-    Items that left the catalog are gone from the result, so they are never recommended; items the
-    champion never saw get item-tower vectors from their title embedding, category and price (the
-    tower has no per-item parameters unless ``item_id_dim > 0``, in which case unseen items are
-    dropped). Known items keep the champion's DP behaviour vectors; new items get zero ones.
+    Items that left the catalog are gone from the result, so they are never recommended; the champion
+    moves to the current catalog as :meth:`tasks.model.Recommender.on_catalog` moves it (known items
+    keep their item-tower inputs and DP behaviour vectors, items it never saw enter through their
+    title embedding, category and price with zero behaviour columns). With ``item_id_dim > 0`` unseen
+    items are dropped (the tower has no row for them).
     """
     import torch
-
-    from tasks.model import TwoTower
 
     known = recommender.catalog
     frame = items.dropna(subset=["embedding"]).sort_values("item_id", kind="stable")
@@ -581,48 +579,33 @@ def scoring_catalog(recommender: Recommender, items: pd.DataFrame) -> ScoringCat
         raise ValueError("no current catalog item can be scored")
     ids = tuple(str(i) for i in frame["item_id"])
     text = np.stack([np.asarray(v, dtype=np.float32) for v in frame["embedding"]])
-    cat_pos = {c: i for i, c in enumerate(known.categories)}
     category = frame["category"].fillna("<unknown>").astype(str)
-    category_index = np.asarray([cat_pos.get(c, -1) for c in category], dtype=np.int64)  # -1 -> padding
+    names = tuple(sorted(set(category)))
     price = frame["price"].fillna(0.0).to_numpy(dtype=np.float64)
     catalog = ItemCatalog(
         item_ids=ids,
         text=text,
-        category_index=category_index,
+        category_index=np.asarray([names.index(c) for c in category], dtype=np.int64),
         price_bucket=np.searchsorted(np.asarray(known.price_edges), price).astype(np.int64),
-        categories=known.categories,
+        categories=names,
         price_edges=known.price_edges,
         encoder_id=known.encoder_id,
-        # the champion's DP behaviour vectors (its ledger-charged release); zero rows for new items
-        behaviour=known.behaviour_for(ids),
+        behaviour=known.behaviour_for(ids),  # the champion's DP release; zero rows for new items
     )
-    config = recommender.model.config
-    tower = TwoTower(dataclasses.replace(config, n_items=len(ids)))
-    per_item = {"item_text", "item_category", "item_price", "item_id.weight"}
-    state = {k: v for k, v in recommender.model.state_dict().items() if k not in per_item}
-    missing, unexpected = tower.load_state_dict(state, strict=False)
-    if set(missing) - per_item or unexpected:
-        raise ValueError(f"champion weights do not fit its architecture: {missing} {unexpected}")
-    if config.item_id_dim > 0:
-        assert tower.item_id is not None
-        old = recommender.model.state_dict()["item_id.weight"]
-        with torch.no_grad():
-            tower.item_id.weight[1:] = old[torch.from_numpy(known.index_of(list(ids)))]
-    tower.load_catalog(catalog)
-    tower.eval()
+    moved = recommender.on_catalog(catalog)
+    moved.model.eval()
     with torch.inference_mode():
-        vectors = tower.item_vectors(torch.arange(1, len(ids) + 1))
+        vectors = moved.item_vectors()
     popularity = None
     if recommender.popularity is not None and len(recommender.popularity):
         old_pos = known.index_of(list(ids))  # model index (1-based), 0 = unseen
         padded = np.concatenate([[0.0], np.asarray(recommender.popularity, dtype=np.float64)])
         popularity = padded[old_pos]
-    labels = {c: i for i, c in enumerate(sorted(set(category)))}
     return ScoringCatalog(
         item_ids=ids,
         vectors=vectors,
         text=text,
-        category=np.asarray([labels[c] for c in category], dtype=np.int64),
+        category=catalog.category_index,
         popularity=popularity,
         n_new=int(sum(1 for i in ids if i not in set(known.item_ids))),
     )

@@ -19,8 +19,8 @@ torchcsprng, which is not installed).  Only ``TrainConfig.noise_seed``, set by `
 reproducible.
 
 The noise multiplier is an input: it is calibrated against the budget the privacy ledger grants
-(:func:`tasks.privacy.policy.dp_sgd_charge`, which reserves it), or by :func:`tasks.privacy.accounting.noise_for_budget`
-when the composition is known up front (benchmarks), never by ``make_private_with_epsilon``, which
+(:func:`tasks.privacy.policy.dp_sgd_charge`, which reserves it), or by
+:func:`tasks.privacy.accounting.calibrate_noise` (the same calibration) when the composition is known up front (benchmarks), never by ``make_private_with_epsilon``, which
 ignores budget already spent.
 """
 

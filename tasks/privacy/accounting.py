@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any, Final
@@ -210,41 +210,65 @@ def compose_epsilon(mechanisms: Iterable[Mechanism], delta: float) -> float:
     return epsilon_from_rdp(total, delta)
 
 
+def sampled_gaussians(history: Iterable[tuple[float, float, int]]) -> list[DpSgdMechanism]:
+    """The mechanisms of sampled Gaussians given as (noise multiplier, sample rate, steps) triples (a
+    plain Gaussian release is ``(sigma / sensitivity, 1.0, releases)``); clip norm and cap do not
+    change their cost."""
+    return [DpSgdMechanism(float(s), float(q), int(n), clip_norm=1.0, cap_k=1) for s, q, n in history]
+
+
 def rdp_epsilon(history: Iterable[tuple[float, float, int]], delta: float) -> float:
     """User-level epsilon at ``delta`` of sampled Gaussians given as (noise multiplier, sample rate,
     steps), the ledger accountant (the trainer reads Opacus' step history through this); a plain
     Gaussian release (DP popularity counts, say) is ``(sigma / sensitivity, 1.0, 1)``."""
-    total = np.zeros(len(RDP_ORDERS))
-    for sigma, rate, steps in history:
-        total = total + sampled_gaussian_rdp(float(sigma), float(rate), int(steps))
-    return epsilon_from_rdp(total, delta)
+    return compose_epsilon(sampled_gaussians(history), delta)
 
 
-def noise_for_budget(
-    epsilon: float,
+class NoNoiseFits(ValueError):
+    """Not even the largest allowed noise multiplier keeps a DP-SGD run within the epsilon limit."""
+
+
+def smallest_noise(
+    epsilon_of: Callable[[float], float], limit: float, *, max_noise_multiplier: float = 1e5
+) -> float:
+    """THE noise bisection: the smallest noise multiplier (relative precision 1e-4) with
+    ``epsilon_of(noise) <= limit``, for an ``epsilon_of`` that decreases as the noise grows. Raises
+    :class:`NoNoiseFits` when not even ``max_noise_multiplier`` fits."""
+    if epsilon_of(max_noise_multiplier) > limit:
+        raise NoNoiseFits(
+            f"no noise multiplier up to {max_noise_multiplier:g} keeps epsilon within {limit:.4g}"
+        )
+    low, high = 0.05, 0.5
+    while epsilon_of(high) > limit:
+        low, high = high, high * 2
+    while high - low > 1e-4 * high:
+        middle = (low + high) / 2
+        if epsilon_of(middle) > limit:
+            low = middle
+        else:
+            high = middle
+    return min(high, max_noise_multiplier)
+
+
+def calibrate_noise(
+    limit: float,
     delta: float,
     sample_rate: float,
     steps: int,
     *,
-    also: Sequence[tuple[float, float, int]] = (),
-    tolerance: float = 0.005,
+    existing: Sequence[Mechanism] = (),
+    max_noise_multiplier: float = 1e5,
 ) -> float:
-    """Smallest noise multiplier whose run, composed with the mechanisms in ``also``, stays within
-    (``epsilon``, ``delta``) user-level under the ledger accountant (bisection)."""
-    if rdp_epsilon(list(also), delta) >= epsilon:
-        raise ValueError(f"the other mechanisms alone spend epsilon >= {epsilon} at delta={delta}")
-    low, high = 0.0, 1.0
-    while rdp_epsilon([*also, (high, sample_rate, steps)], delta) > epsilon:
-        low, high = high, high * 2
-        if high > 1e4:
-            raise ValueError("no noise multiplier below 1e4 fits the budget")
-    while high - low > tolerance:
-        mid = (low + high) / 2
-        if rdp_epsilon([*also, (mid, sample_rate, steps)], delta) > epsilon:
-            low = mid
-        else:
-            high = mid
-    return high
+    """THE noise calibration of DP-SGD (the ledger's for a run, the benchmarks' for theirs): the
+    smallest noise multiplier (:func:`smallest_noise`) whose run of ``steps`` Poisson sampled steps at
+    ``sample_rate``, composed with ``existing``, has epsilon at most ``limit`` at ``delta`` (ledger
+    accountant, privacy unit user). Raises :class:`NoNoiseFits` when not even
+    ``max_noise_multiplier`` fits."""
+
+    def total(noise: float) -> float:
+        return compose_epsilon([*existing, *sampled_gaussians([(noise, sample_rate, steps)])], delta)
+
+    return smallest_noise(total, limit, max_noise_multiplier=max_noise_multiplier)
 
 
 def naive_sum_epsilon(mechanisms: Sequence[Mechanism], delta: float) -> float:

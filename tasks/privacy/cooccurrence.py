@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.privacy.accounting import DiscreteGaussianCountMechanism
-from tasks.privacy.popularity import capped_pairs, noisy_counts
+from tasks.privacy.popularity import ReleaseWindow, capped_pairs, noisy_counts
 
 # PMI with a smoothed context distribution (Levy, Goldberg and Dagan 2015): counts ** 0.75
 CONTEXT_SMOOTHING: Final = 0.75
@@ -117,7 +117,7 @@ def cooccurrence_mechanism(
 
 
 @dataclass(frozen=True)
-class CooccurrenceRelease:
+class CooccurrenceRelease(ReleaseWindow):
     """The co-occurrence release policy of a training run: events of ``event_types`` in the ``days``
     before the release time, at most ``cap_per_user`` distinct items per user, noise multiplier
     ``noise_multiplier`` (scale / L2 sensitivity); privacy unit user."""
@@ -129,17 +129,6 @@ class CooccurrenceRelease:
 
     def mechanism(self, releases: int = 1) -> DiscreteGaussianCountMechanism:
         return cooccurrence_mechanism(self.noise_multiplier, self.cap_per_user, releases)
-
-    def start(self, end: pd.Timestamp) -> pd.Timestamp:
-        """First instant of the data window ``[start, end)`` of a release at ``end``."""
-        return end - pd.Timedelta(days=self.days)
-
-    def window(self, events: pd.DataFrame, end: pd.Timestamp) -> pd.DataFrame:
-        return events[
-            events["event_type"].isin(list(self.event_types))
-            & (events["event_timestamp"] >= self.start(end))
-            & (events["event_timestamp"] < end)
-        ]
 
     def release(
         self, events: pd.DataFrame, end: pd.Timestamp, *, item_ids: Sequence[str]

@@ -44,8 +44,9 @@ import sqlalchemy as sa
 from tasks.permissions import private_sqlite
 from tasks.privacy.accounting import (
     LEDGER_ACCOUNTANT,
-    DpSgdMechanism,
     Mechanism,
+    NoNoiseFits,
+    calibrate_noise,
     compose_epsilon,
     mechanism_from_json,
     mechanism_kind,
@@ -703,13 +704,17 @@ def calibrate_noise_multiplier(
     delta: float,
     epsilon_target: float | None,
     at: dt.datetime,
+    max_noise_multiplier: float,
 ) -> float:
     """Smallest DP-SGD noise multiplier that keeps the scope's budget.
 
     Composes (with the ledger accountant, at ``delta``) the active charges of the period ending at
     ``at`` with a run of ``steps`` steps at ``sample_rate``, and bisects the noise multiplier so that
-    the total is at most ``min(cap, spent + epsilon_target)``.  ``delta`` may not exceed the budget's
-    delta (a smaller one is conservative).  Raises :class:`BudgetExceeded` when nothing is left.
+    the total is at most ``min(cap, spent + epsilon_target)``
+    (:func:`~tasks.privacy.accounting.calibrate_noise`).  ``delta`` may not exceed the budget's delta
+    (a smaller one is conservative).  Raises :class:`BudgetExceeded` when nothing is left, or when so
+    little is left that the run would need a noise multiplier above ``max_noise_multiplier``
+    (``Settings.dp_max_noise_multiplier``: such a run would train on noise, and spend what is left).
     """
     budget = ledger.budget(scope)
     if delta > budget.delta:
@@ -718,28 +723,27 @@ def calibrate_noise_multiplier(
     existing = [c.mechanism for c in ledger.charges(scope) if c.id in set(report.charge_ids)]
     spent = compose_epsilon(existing, delta)
     limit = budget.epsilon_cap if epsilon_target is None else min(budget.epsilon_cap, spent + epsilon_target)
+    remaining = max(budget.epsilon_cap - spent, 0.0)
+    where = f"at delta={delta:.3g} (unit: user, accountant: {LEDGER_ACCOUNTANT})"
     if limit - spent <= 1e-6:
         raise BudgetExceeded(
             spent,
             0.0 if epsilon_target is None else epsilon_target,
-            max(budget.epsilon_cap - spent, 0.0),
+            remaining,
             f"privacy budget {scope!r} has nothing left: spent epsilon={spent:.4g} of cap "
-            f"{budget.epsilon_cap:.4g} at delta={delta:.3g} (unit: user, accountant: {LEDGER_ACCOUNTANT})",
+            f"{budget.epsilon_cap:.4g} {where}",
         )
-
-    def total(noise: float) -> float:
-        run = DpSgdMechanism(noise, sample_rate, steps, clip_norm=1.0, cap_k=1)
-        return compose_epsilon([*existing, run], delta)
-
-    low, high = 0.05, 0.5
-    while total(high) > limit:
-        low, high = high, high * 2
-        if high > 1e5:
-            raise BudgetExceeded(spent, limit - spent, limit - spent, "no noise multiplier up to 1e5 fits")
-    while high - low > 1e-4 * high:
-        middle = (low + high) / 2
-        if total(middle) > limit:
-            low = middle
-        else:
-            high = middle
-    return high
+    try:
+        return calibrate_noise(
+            limit, delta, sample_rate, steps, existing=existing, max_noise_multiplier=max_noise_multiplier
+        )
+    except NoNoiseFits:
+        raise BudgetExceeded(
+            spent,
+            limit - spent,
+            remaining,
+            f"privacy budget {scope!r} has too little left for a DP-SGD run: epsilon={limit - spent:.3g} "
+            f"(spent {spent:.4g} of cap {budget.epsilon_cap:.4g} {where}) needs a noise multiplier above "
+            f"the maximum {max_noise_multiplier:g} (SHOPREC_DP_MAX_NOISE_MULTIPLIER) for {steps} steps at "
+            f"sample rate {sample_rate:.3g}; refused, nothing reserved",
+        ) from None

@@ -191,7 +191,8 @@ def dp_sgd_charge(
     period ending at ``at`` and this run of ``steps`` Poisson-sampled steps at ``sample_rate`` compose
     to at most min(cap, spent + ``epsilon_target``) at ``delta`` (``None``: up to the cap), and that
     :class:`~tasks.privacy.accounting.DpSgdMechanism` is reserved. Raises
-    :class:`~tasks.privacy.ledger.BudgetExceeded` when the budget has nothing left.
+    :class:`~tasks.privacy.ledger.BudgetExceeded`, reserving nothing, when the budget has nothing left
+    or so little that the noise multiplier would exceed ``settings.dp_max_noise_multiplier``.
     """
     scope = settings.privacy_scope
     charge = active_charge(ledger, scope, run_key, purpose)
@@ -204,6 +205,7 @@ def dp_sgd_charge(
             delta=delta,
             epsilon_target=epsilon_target,
             at=at,
+            max_noise_multiplier=settings.dp_max_noise_multiplier,
         )
         charge = ledger.reserve(
             scope=scope,

@@ -39,8 +39,27 @@ def popularity_mechanism(sigma: float, cap_per_user: int) -> DiscreteGaussianCou
     return DiscreteGaussianCountMechanism(scale=sigma, l2_sensitivity=math.sqrt(cap_per_user), releases=1)
 
 
+class ReleaseWindow:
+    """The data window of a DP release policy: events of ``event_types`` in the ``days`` before the
+    release time (the popularity and the co-occurrence releases share it)."""
+
+    days: int
+    event_types: tuple[str, ...]
+
+    def start(self, end: pd.Timestamp) -> pd.Timestamp:
+        """First instant of the data window ``[start, end)`` of a release at ``end``."""
+        return end - pd.Timedelta(days=self.days)
+
+    def window(self, events: pd.DataFrame, end: pd.Timestamp) -> pd.DataFrame:
+        return events[
+            events["event_type"].isin(list(self.event_types))
+            & (events["event_timestamp"] >= self.start(end))
+            & (events["event_timestamp"] < end)
+        ]
+
+
 @dataclass(frozen=True)
-class PopularityRelease:
+class PopularityRelease(ReleaseWindow):
     """One DP popularity release: distinct users per item (or country and item) with an event of
     ``event_types`` in the ``days`` before the release time, at most ``cap_per_user`` keys per user,
     OpenDP's discrete Gaussian of scale ``noise_multiplier * sqrt(cap_per_user)`` (privacy unit: user).
@@ -61,17 +80,6 @@ class PopularityRelease:
 
     def mechanism(self, releases: int = 1) -> DiscreteGaussianCountMechanism:
         return replace(popularity_mechanism(self.sigma, self.cap_per_user), releases=releases)
-
-    def start(self, end: pd.Timestamp) -> pd.Timestamp:
-        """First instant of the data window ``[start, end)`` of a release at ``end``."""
-        return end - pd.Timedelta(days=self.days)
-
-    def window(self, events: pd.DataFrame, end: pd.Timestamp) -> pd.DataFrame:
-        return events[
-            events["event_type"].isin(list(self.event_types))
-            & (events["event_timestamp"] >= self.start(end))
-            & (events["event_timestamp"] < end)
-        ]
 
     def release(
         self,

@@ -114,7 +114,14 @@ def test_count_release_and_training_compose_in_one_budget(ledger: Ledger) -> Non
 def test_calibrated_noise_fills_exactly_the_remaining_budget(ledger: Ledger) -> None:
     _reserve(ledger, "run-1")
     noise = calibrate_noise_multiplier(
-        ledger, scope="events", sample_rate=0.01, steps=1000, delta=DELTA, epsilon_target=None, at=JANUARY[1]
+        ledger,
+        scope="events",
+        sample_rate=0.01,
+        steps=1000,
+        delta=DELTA,
+        epsilon_target=None,
+        at=JANUARY[1],
+        max_noise_multiplier=Settings().dp_max_noise_multiplier,
     )
     planned = DpSgdMechanism(noise, 0.01, 1000, 1.0, 20)
     charge = _reserve(ledger, "run-2", mechanism=planned)

@@ -86,7 +86,14 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     try:
         ledger.ensure_budget("events", epsilon_cap=10.0, delta=delta * 10, period_days=365)
         noise = calibrate_noise_multiplier(
-            ledger, scope="events", sample_rate=q, steps=steps, delta=delta, epsilon_target=EPSILON, at=at
+            ledger,
+            scope="events",
+            sample_rate=q,
+            steps=steps,
+            delta=delta,
+            epsilon_target=EPSILON,
+            at=at,
+            max_noise_multiplier=settings.dp_max_noise_multiplier,
         )
         mechanism = DpSgdMechanism(noise, q, steps, clip_norm=config.max_grad_norm, cap_k=config.cap_k)
         charge = ledger.reserve(

@@ -19,9 +19,10 @@ from tasks.model import build_model
 from tasks.privacy.accounting import (
     LEDGER_ACCOUNTANT,
     DpSgdMechanism,
+    calibrate_noise,
     compose_epsilon,
-    noise_for_budget,
     rdp_epsilon,
+    sampled_gaussians,
 )
 from tasks.training import TrainConfig, UserExamples, UserSoftmaxLoss, make_private_trainer, train
 
@@ -129,10 +130,10 @@ def test_user_softmax_loss_ignores_padding_and_returns_one_loss_per_user() -> No
     torch.testing.assert_close(per_user, torch.stack([expected0, expected1]))
 
 
-def test_noise_for_budget_fits_the_epsilon_left_after_the_other_mechanisms() -> None:
+def test_calibrate_noise_fits_the_epsilon_left_after_the_other_mechanisms() -> None:
     delta, q, steps = 1e-4, 0.05, 200
-    alone = noise_for_budget(4.0, delta, q, steps)
-    with_popularity = noise_for_budget(4.0, delta, q, steps, also=[(5.0, 1.0, 1)])
+    alone = calibrate_noise(4.0, delta, q, steps)
+    with_popularity = calibrate_noise(4.0, delta, q, steps, existing=sampled_gaussians([(5.0, 1.0, 1)]))
     assert rdp_epsilon([(alone, q, steps)], delta) <= 4.0
     assert rdp_epsilon([(5.0, 1.0, 1), (with_popularity, q, steps)], delta) <= 4.0
     assert rdp_epsilon([(alone - 0.01, q, steps)], delta) > 4.0
