@@ -83,8 +83,14 @@ class BookKeepingModule(nn.Module):
         if len(calls) != len(self.layers):
             missing = [type(x).__name__ for x in self.layers if all(c.layer is not x for c in calls)]
             raise RuntimeError(f"trainable layers not used in this forward pass: {missing}")
-        outputs = torch.autograd.grad(loss_per_sample.sum(), [c.output for c in calls])
         n = loss_per_sample.shape[0]
+        for call in calls:  # each row of a layer's input and output must belong to one user
+            if call.inputs.shape[0] != n or call.output.shape[0] != n:
+                raise RuntimeError(
+                    f"{type(call.layer).__name__} ran on a leading dimension of {call.inputs.shape[0]}, not the "
+                    f"batch's {n} users: its rows cannot be attributed to users, so its gradient cannot be clipped"
+                )
+        outputs = torch.autograd.grad(loss_per_sample.sum(), [c.output for c in calls])
         squared = torch.zeros(n, dtype=loss_per_sample.dtype, device=loss_per_sample.device)
         for call, grad in zip(calls, outputs, strict=True):
             squared += _norm_squared(call.layer, call.inputs, grad.detach())

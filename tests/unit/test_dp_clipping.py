@@ -83,3 +83,27 @@ def test_an_empty_poisson_sample_at_the_first_step_is_a_noise_only_step() -> Non
     empty_batch_step(model, optimizer)
     assert engine.accountant.history == [(1.0, 0.5, 1)]
     assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
+
+
+def test_a_layer_run_on_rows_shared_by_all_users_is_refused() -> None:
+    """A trainable layer applied once to a table every user reads (leading dimension 1, not the batch)
+    has rows that belong to no user: it is refused in one line before any gradient is set (before this
+    check the norms broadcast over it and the step failed later in an opaque matmul shape error). A shared
+    table whose leading dimension happens to equal the batch cannot be told apart by shape: the model keeps
+    the batch-first rule (one row block per user), as Opacus' ghost clipping also assumes."""
+    from tasks.dp_clipping import BookKeepingModule
+
+    class SharedTable(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.table = torch.nn.Parameter(torch.randn(1, 5, 3), requires_grad=False)
+            self.items = torch.nn.Linear(3, 3)
+
+        def forward(self, users: torch.Tensor) -> torch.Tensor:
+            return (users.unsqueeze(1) * self.items(self.table)).sum(dim=(1, 2))  # [B]
+
+    module = BookKeepingModule(SharedTable())
+    module.train()
+    loss = module(torch.randn(4, 3)).square()
+    with pytest.raises(RuntimeError, match="cannot be attributed to users"):
+        module.clipped_backward(loss, max_grad_norm=1.0)
