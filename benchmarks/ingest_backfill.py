@@ -78,7 +78,8 @@ def run(ctx: Context) -> Section:
     section = Section(key="ingest", title="4. Online Retail II year ingested through Airflow")
     figures = measure(ctx, QUICK_DAYS if ctx.quick else None)
     states = figures["task_states"]
-    if states.get("validate_and_publish") != "success" or states.get("build_data_docs") != "success":
+    # report_rejected_days fails the run by design when the gate rejected a day (listed below)
+    if states.get("pseudonymize_and_validate") != "success" or states.get("build_data_docs") != "success":
         raise RuntimeError(f"the ingest run did not complete: {states}")
     per_day = figures["ingest_s"] / figures["days"]
     year_s = per_day * figures["days_landed"]

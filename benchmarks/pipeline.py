@@ -167,6 +167,7 @@ def scaling_point(ctx: Context, users: int) -> dict[str, Any]:
     from benchmarks.dp_speed import Side
     from benchmarks.quality import read_landing
     from tasks.catalog import build_item_catalog, history_matrix, user_feature_matrix
+    from tasks.config import get_settings
     from tasks.dataset import purchases_between
     from tasks.features import item_popularity_at, user_features_at, user_state_at
     from tasks.model import build_model
@@ -199,7 +200,7 @@ def scaling_point(ctx: Context, users: int) -> dict[str, Any]:
         seed=0,
     )
     batch = 256
-    side = Side(True, catalog, examples, batch)
+    side = Side("book_keeping", get_settings(), catalog, examples, batch)  # the shipped DP-SGD step
     from benchmarks.dp_speed import fixed_batches
 
     steps_per_epoch = math.ceil(len(examples) / batch)
